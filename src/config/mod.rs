@@ -1,0 +1,522 @@
+//! The configuration tree, read from TOML.
+//!
+//! Every section and field has a default, so `tidegate run` with no file is a working
+//! gateway (journal in `./tidegate-data`, MQTT on 127.0.0.1:1883, no upstream). Unknown keys
+//! are errors, and [`Config::validate`] reports every problem at once, each naming its key,
+//! so an operator fixes a bad file in one pass. Sizes take human units (`"1GiB"`, `"64KiB"`)
+//! and durations too (`"2ms"`, `"10s"`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this gateway, stamped on every record sent upstream.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// The durable local log.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// The device-facing MQTT listener.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Where the journal is forwarded to; none means readings are only held locally.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway id sent as the `tidegate-gateway` header. Defaults to the host name, so
+    /// two gateways never share an id by accident.
+    #[serde(default = "default_gateway_id")]
+    pub id: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            id: default_gateway_id(),
+        }
+    }
+}
+
+fn default_gateway_id() -> String {
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tidegate".to_owned())
+}
+
+/// What the journal does when it holds `max_size` and a new reading arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    /// Delete the oldest readings (counted and logged) to make room: newest data wins.
+    DropOldest,
+    /// Refuse new readings: QoS 1 publishes are not acknowledged, so devices keep them.
+    Reject,
+}
+
+impl std::fmt::Display for OnFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnFull::DropOldest => "drop-oldest",
+            OnFull::Reject => "reject",
+        })
+    }
+}
+
+/// `[journal]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Directory holding the LMDB environment. Created if missing.
+    #[serde(default = "default_journal_dir")]
+    pub dir: PathBuf,
+    /// Cap on the readings held (encoded bytes plus per-record overhead).
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// Policy once `max_size` is reached.
+    #[serde(default = "default_on_full")]
+    pub on_full: OnFull,
+    /// Longest a reading waits for other readings to share its commit. 0 commits as soon
+    /// as the writer is free; the writer always takes everything already queued.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Most readings in one commit; bounds a transaction's memory and latency.
+    #[serde(default = "default_commit_max_records")]
+    pub commit_max_records: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_journal_dir(),
+            max_size: default_max_size(),
+            on_full: default_on_full(),
+            commit_interval: default_commit_interval(),
+            commit_max_records: default_commit_max_records(),
+        }
+    }
+}
+
+fn default_journal_dir() -> PathBuf {
+    PathBuf::from("./tidegate-data")
+}
+fn default_max_size() -> ByteSize {
+    ByteSize::gib(1)
+}
+fn default_on_full() -> OnFull {
+    OnFull::DropOldest
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(2)
+}
+fn default_commit_max_records() -> usize {
+    10_000
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address the device-facing MQTT listener binds (MQTT 3.1.1 and 5 on one port).
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Largest MQTT packet accepted; a device sending more is disconnected and counted.
+    #[serde(default = "default_max_packet")]
+    pub max_packet: ByteSize,
+    /// Most devices connected at once; further connections are refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most QoS 1 publishes a device may have unacknowledged (MQTT 5 receive maximum).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+    /// Time allowed between the TCP connect and the MQTT CONNECT packet.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_mqtt_listen(),
+            max_packet: default_max_packet(),
+            max_connections: default_max_connections(),
+            max_inflight: default_max_inflight(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_max_packet() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_inflight() -> u16 {
+    1000
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The kind of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum UpstreamKind {
+    /// An Apache Kafka cluster (or any Kafka-protocol broker).
+    Kafka,
+}
+
+/// Compression of Kafka record batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+/// One `[[upstream]]`: a destination with its own cursor in the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Unique name; it keys the upstream's cursor in the journal, so renaming an upstream
+    /// starts it again from the oldest reading held.
+    pub name: String,
+    /// Which sink forwards to it.
+    pub kind: UpstreamKind,
+    /// Bootstrap brokers, `host:port`.
+    #[serde(default)]
+    pub brokers: Vec<String>,
+    /// Kafka topic every reading goes to; the MQTT topic becomes the record key.
+    #[serde(default)]
+    pub topic: String,
+    /// Most readings in one forwarded batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// How long a forwarder waits for a batch to fill once it has something to send.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Batch compression.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Create the topic with `partitions` partitions if it does not exist.
+    #[serde(default = "default_create_topic")]
+    pub create_topic: bool,
+    /// Partition count used when tidegate creates the topic.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor used when tidegate creates the topic.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i16,
+    /// Time allowed for one produce request before it counts as failed and is retried.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry delay while the upstream is unreachable; doubles up to `backoff_max`.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest delay between retries.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+fn default_max_batch() -> usize {
+    5000
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_compression() -> Compression {
+    Compression::Lz4
+}
+fn default_create_topic() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication_factor() -> i16 {
+    1
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The file parsed but its values do not make sense together.
+    #[error("config file {path} has {} error(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` only names the source in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem with the values, each naming its key. Empty means valid.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.gateway.id.trim().is_empty() {
+            p.push("gateway.id: must not be empty".to_owned());
+        }
+        if self.journal.dir.as_os_str().is_empty() {
+            p.push("journal.dir: must not be empty".to_owned());
+        }
+        if self.journal.max_size < ByteSize::mib(1) {
+            p.push(format!(
+                "journal.max_size: {} is below the 1 MiB minimum",
+                self.journal.max_size
+            ));
+        }
+        if self.journal.commit_interval > Duration::from_secs(1) {
+            p.push(format!(
+                "journal.commit_interval: {} holds every acknowledgement that long; use at most 1s",
+                humantime::format_duration(self.journal.commit_interval)
+            ));
+        }
+        if self.journal.commit_max_records == 0 {
+            p.push("journal.commit_max_records: must be at least 1".to_owned());
+        }
+        if self.mqtt.max_packet < ByteSize::b(64) || self.mqtt.max_packet > ByteSize::mib(256) {
+            p.push(format!(
+                "mqtt.max_packet: {} is outside 64 B ..= 256 MiB",
+                self.mqtt.max_packet
+            ));
+        }
+        if self.mqtt.max_packet.as_u64() * 2 > self.journal.max_size.as_u64() {
+            p.push(format!(
+                "mqtt.max_packet: {} must be at most half of journal.max_size ({}) so one reading always fits",
+                self.mqtt.max_packet, self.journal.max_size
+            ));
+        }
+        if self.mqtt.max_connections == 0 {
+            p.push("mqtt.max_connections: must be at least 1".to_owned());
+        }
+        if self.mqtt.max_inflight == 0 {
+            p.push("mqtt.max_inflight: must be at least 1".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            let key = format!("upstream[{i}]");
+            if u.name.trim().is_empty() {
+                p.push(format!("{key}.name: must not be empty"));
+            } else if !u
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                p.push(format!(
+                    "{key}.name: {:?} may only hold letters, digits, '-', '_' and '.'",
+                    u.name
+                ));
+            } else if !names.insert(u.name.clone()) {
+                p.push(format!(
+                    "{key}.name: {:?} is used by another upstream; names key cursors and must be unique",
+                    u.name
+                ));
+            }
+            match u.kind {
+                UpstreamKind::Kafka => {
+                    if u.brokers.is_empty() {
+                        p.push(format!(
+                            "{key}.brokers: a kafka upstream needs at least one \"host:port\""
+                        ));
+                    }
+                    for b in &u.brokers {
+                        if b.rsplit_once(':')
+                            .and_then(|(h, port)| (!h.is_empty()).then_some(port))
+                            .and_then(|port| port.parse::<u16>().ok())
+                            .is_none()
+                        {
+                            p.push(format!("{key}.brokers: {b:?} is not \"host:port\""));
+                        }
+                    }
+                    if u.topic.is_empty() {
+                        p.push(format!("{key}.topic: a kafka upstream needs a topic"));
+                    } else if u.topic.len() > 249
+                        || !u
+                            .topic
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    {
+                        p.push(format!(
+                            "{key}.topic: {:?} is not a legal Kafka topic name (letters, digits, '.', '_', '-'; at most 249)",
+                            u.topic
+                        ));
+                    }
+                }
+            }
+            if u.max_batch == 0 || u.max_batch > 100_000 {
+                p.push(format!("{key}.max_batch: {} is outside 1 ..= 100000", u.max_batch));
+            }
+            if u.partitions < 1 {
+                p.push(format!("{key}.partitions: must be at least 1"));
+            }
+            if u.replication_factor < 1 {
+                p.push(format!("{key}.replication_factor: must be at least 1"));
+            }
+            if u.backoff_initial.is_zero() || u.backoff_initial > u.backoff_max {
+                p.push(format!(
+                    "{key}.backoff_initial: must be above 0 and at most backoff_max ({})",
+                    humantime::format_duration(u.backoff_max)
+                ));
+            }
+            if u.request_timeout.is_zero() {
+                p.push(format!("{key}.request_timeout: must be above 0"));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_embedded_defaults() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.journal.dir, PathBuf::from("./tidegate-data"));
+        assert_eq!(c.mqtt.listen, "127.0.0.1:1883".parse().unwrap());
+        assert!(c.upstream.is_empty());
+        assert_eq!(c.journal.on_full, OnFull::DropOldest);
+        assert!(!c.gateway.id.is_empty());
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_human_units() {
+        let c = parse(
+            r#"
+            [gateway]
+            id = "gw-01"
+            [journal]
+            dir = "/var/lib/tidegate"
+            max_size = "1GiB"
+            on_full = "reject"
+            commit_interval = "2ms"
+            [mqtt]
+            listen = "0.0.0.0:1883"
+            [[upstream]]
+            name = "cluster"
+            kind = "kafka"
+            brokers = ["127.0.0.1:9092"]
+            topic = "telemetry"
+            max_batch = 5000
+            linger = "10ms"
+            compression = "lz4"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.id, "gw-01");
+        assert_eq!(c.journal.max_size, ByteSize::gib(1));
+        assert_eq!(c.journal.on_full, OnFull::Reject);
+        assert_eq!(c.journal.commit_interval, Duration::from_millis(2));
+        assert_eq!(c.upstream[0].linger, Duration::from_millis(10));
+        assert_eq!(c.upstream[0].compression, Compression::Lz4);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = parse("[journal]\nmax_sise = \"1GiB\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("max_sise"), "{err}");
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_key() {
+        let err = parse(
+            r#"
+            [journal]
+            max_size = "10KiB"
+            [[upstream]]
+            name = "a"
+            kind = "kafka"
+            brokers = ["nohost"]
+            topic = "bad topic"
+            [[upstream]]
+            name = "a"
+            kind = "kafka"
+            "#,
+        )
+        .expect_err("must fail");
+        let text = err.to_string();
+        for needle in [
+            "journal.max_size",
+            "upstream[0].brokers",
+            "upstream[0].topic",
+            "upstream[1].name",
+            "upstream[1].brokers",
+            "upstream[1].topic",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_size_unit_is_a_parse_error() {
+        let err = parse("[journal]\nmax_size = \"lots\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("max_size"), "{err}");
+    }
+}
