@@ -1,3 +1,4 @@
 pub mod config;
+pub mod journal;
 pub mod record;
 pub mod sinks;

@@ -1,0 +1,364 @@
+//! The journal: tidegate's durable local log, in LMDB.
+//!
+//! Every reading is appended here before anything else happens to it, and everything
+//! downstream — forwarders, `tidegate status` — reads from here. It owns the LMDB
+//! environment ([`store`]), the one thread that writes to it ([`writer`]) and the rules for
+//! what is kept ([`retention`]).
+//!
+//! # Invariants
+//!
+//! 1. **Durable before acknowledged.** [`Journal::append`] resolves only after the LMDB
+//!    transaction holding the readings has committed and synced. Ingest sends a PUBACK only
+//!    after that, so a crash at any instant loses no acknowledged reading.
+//! 2. **One writer.** Only the `journal-writer` thread opens write transactions. It drains
+//!    everything queued (up to `commit_max_records`, waiting at most `commit_interval` for
+//!    company) and commits it in one transaction, so many devices share one sync.
+//! 3. **Contiguous, increasing sequence numbers.** Sequence numbers are assigned in commit
+//!    order and never reused; the records held are always one range `first..=last`.
+//! 4. **Bounded.** The accounted size of the records held stays at or under
+//!    `journal.max_size`. When a commit would pass it, `drop-oldest` deletes from the front
+//!    (counted and logged) and `reject` refuses the readings that do not fit (the caller
+//!    does not acknowledge them). The LMDB map grows as needed instead of failing.
+//! 5. **Removed only once delivered everywhere.** A record is deleted when every configured
+//!    upstream's cursor has passed it, or by `drop-oldest`; never otherwise.
+//! 6. **Fail closed.** After an LMDB error the writer answers every later request with
+//!    [`JournalError::Failed`]; the daemon stops and systemd restarts it on a fresh open,
+//!    rather than retrying a sync whose outcome is unknown.
+
+pub mod retention;
+pub mod store;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::JournalConfig;
+use crate::record::{self, Reading, Record};
+use store::Store;
+
+/// Why the journal could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A filesystem operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// LMDB reported an error.
+    #[error("journal {op} failed: {source}")]
+    Lmdb {
+        op: &'static str,
+        source: heed::Error,
+    },
+    /// The journal was written by a newer tidegate.
+    #[error("journal in {dir} has layout version {found}; this build reads up to {supported}. Upgrade tidegate, or move the directory aside to start a new journal")]
+    FutureFormat {
+        dir: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    /// No journal exists where one was expected (read-only opens).
+    #[error("no journal in {dir}: is journal.dir right, and has the daemon run there?")]
+    Missing { dir: PathBuf },
+    /// A stored record could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] record::DecodeError),
+    /// The writer stopped after an earlier error; the daemon must restart.
+    #[error("journal writer has stopped after an earlier error; restart tidegate")]
+    Failed,
+    /// The writer is shutting down and takes no more work.
+    #[error("journal is shutting down")]
+    Closed,
+}
+
+impl JournalError {
+    pub(crate) fn lmdb(op: &'static str, source: heed::Error) -> Self {
+        JournalError::Lmdb { op, source }
+    }
+}
+
+/// What became of the readings of one [`Journal::append`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number given to the first accepted reading; the rest follow in order.
+    pub first_seq: u64,
+    /// How many readings, from the front of the call, were committed. With
+    /// `on_full = "reject"` the rest were refused because the journal is full; they must
+    /// not be acknowledged.
+    pub accepted: usize,
+}
+
+/// A request to the writer thread.
+pub(crate) enum Request {
+    Append {
+        readings: Vec<Reading>,
+        reply: oneshot::Sender<Result<Appended, JournalError>>,
+    },
+    SetCursor {
+        upstream: String,
+        next_seq: u64,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
+}
+
+/// Counters the writer keeps, readable at any time without touching LMDB.
+#[derive(Debug, Default)]
+pub struct JournalCounters {
+    /// Readings committed since start.
+    pub appended: AtomicU64,
+    /// Readings refused by `on_full = "reject"` since start.
+    pub rejected_full: AtomicU64,
+    /// Readings deleted by `on_full = "drop-oldest"` before every upstream had them.
+    pub dropped_full: AtomicU64,
+    /// Readings removed because every upstream had them.
+    pub trimmed: AtomicU64,
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// Accounted bytes held now.
+    pub bytes_held: AtomicU64,
+    /// First sequence held now (0 when empty).
+    pub first_seq: AtomicU64,
+    /// Sequence the next reading will get.
+    pub next_seq: AtomicU64,
+}
+
+/// Shared state between handles and the writer thread.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    /// Readers hold this shared while a read transaction is open; the writer holds it
+    /// exclusively to grow the map, which LMDB allows only with no transaction open.
+    pub(crate) resize_lock: RwLock<()>,
+    pub(crate) counters: JournalCounters,
+}
+
+/// A cheap, clonable handle to the journal.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    requests: mpsc::Sender<Request>,
+    committed: watch::Receiver<u64>,
+}
+
+/// The writer thread's join handle; joining it waits until everything queued is committed.
+pub struct WriterHandle {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to finish. It finishes once every [`Journal`] handle is dropped
+    /// and everything queued before that is committed.
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Journal {
+    /// Opens the journal in `config.dir`, reconciles the cursors with the configured
+    /// upstreams and starts the writer thread.
+    ///
+    /// Cursors of upstreams no longer configured are removed (so they stop holding
+    /// readings back); a new upstream starts at the oldest reading held.
+    pub fn open(
+        config: &JournalConfig,
+        upstreams: &[String],
+    ) -> Result<(Journal, WriterHandle), JournalError> {
+        let store = Store::open(&config.dir, retention::initial_map_size(config))?;
+        let shared = Arc::new(Shared {
+            store,
+            resize_lock: RwLock::new(()),
+            counters: JournalCounters::default(),
+        });
+        let start = writer::prepare(&shared, upstreams)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let (committed_tx, committed_rx) = watch::channel(start.next_seq.saturating_sub(1));
+        let thread = writer::spawn(shared.clone(), config.clone(), upstreams.to_vec(), rx, committed_tx, start)?;
+        Ok((
+            Journal {
+                shared,
+                requests: tx,
+                committed: committed_rx,
+            },
+            WriterHandle {
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Appends readings and resolves once they are durable (or refused because full).
+    ///
+    /// Readings of one call get consecutive sequence numbers in the order given. Calls
+    /// from one task are committed in call order.
+    pub async fn append(&self, readings: Vec<Reading>) -> Result<Appended, JournalError> {
+        let rx = self.submit(readings).await?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Queues readings for the next commit and returns the receiver of its outcome.
+    ///
+    /// Queueing in call order and awaiting the receivers in the same order lets one
+    /// connection pipeline many appends while keeping its acknowledgements in order.
+    pub async fn submit(
+        &self,
+        readings: Vec<Reading>,
+    ) -> Result<oneshot::Receiver<Result<Appended, JournalError>>, JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Append { readings, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Records that `upstream` has delivered everything before `next_seq`.
+    pub async fn set_cursor(&self, upstream: &str, next_seq: u64) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::SetCursor {
+                upstream: upstream.to_owned(),
+                next_seq,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// The stored cursor of `upstream` (next sequence to send).
+    pub fn cursor(&self, upstream: &str) -> Result<Option<u64>, JournalError> {
+        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        let txn = self.shared.store.read_txn()?;
+        self.shared
+            .store
+            .cursors
+            .get(&txn, upstream)
+            .map_err(|e| JournalError::lmdb("read cursor", e))
+    }
+
+    /// Reads up to `max` records (and about `max_bytes`) from `from` on. Blocking: call it
+    /// from a blocking context. Records that fail their checksum are returned as errors
+    /// in place so the caller can count and skip them.
+    pub fn read_from(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Result<Record, record::DecodeError>>, JournalError> {
+        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        let txn = self.shared.store.read_txn()?;
+        self.shared
+            .store
+            .read_from(&txn, from, max, max_bytes)
+            .map_err(|e| JournalError::lmdb("read", e))
+    }
+
+    /// A receiver of the last committed sequence number; changes wake forwarders.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Live counters.
+    pub fn counters(&self) -> &JournalCounters {
+        &self.shared.counters
+    }
+
+    /// Snapshot of what the journal holds, for status and logs.
+    pub fn summary(&self) -> Result<Summary, JournalError> {
+        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        summarize(&self.shared.store)
+    }
+}
+
+/// What a journal holds and how far each upstream has got.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// Journal directory.
+    pub dir: PathBuf,
+    /// Records held.
+    pub records: u64,
+    /// First and last sequence held.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Sequence the next reading will get.
+    pub next_seq: u64,
+    /// Accounted bytes held (what `max_size` bounds).
+    pub bytes_held: u64,
+    /// Size of the LMDB files on disk.
+    pub disk_bytes: u64,
+    /// Per upstream, by name.
+    pub upstreams: Vec<UpstreamSummary>,
+}
+
+/// One upstream's position in the journal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamSummary {
+    pub name: String,
+    /// Next sequence to send.
+    pub cursor: u64,
+    /// Records held that it has not yet delivered.
+    pub backlog: u64,
+    /// Ingest time of its oldest unsent record, ms since the epoch.
+    pub oldest_unsent_ms: Option<u64>,
+}
+
+fn summarize(store: &Store) -> Result<Summary, JournalError> {
+    let txn = store.read_txn()?;
+    let lm = |e| JournalError::lmdb("read", e);
+    let meta = store.meta(&txn).map_err(lm)?;
+    let bounds = store.bounds(&txn).map_err(lm)?;
+    let records = match bounds {
+        Some((first, last)) => last - first + 1,
+        None => 0,
+    };
+    let mut upstreams = Vec::new();
+    for (name, cursor) in store.cursors(&txn).map_err(lm)? {
+        let backlog = match bounds {
+            Some((first, last)) if cursor <= last => last + 1 - cursor.max(first),
+            _ => 0,
+        };
+        let oldest_unsent_ms = if backlog > 0 {
+            store.ingest_ms_at_or_after(&txn, cursor).map_err(lm)?
+        } else {
+            None
+        };
+        upstreams.push(UpstreamSummary {
+            name,
+            cursor,
+            backlog,
+            oldest_unsent_ms,
+        });
+    }
+    Ok(Summary {
+        dir: store.env.path().to_owned(),
+        records,
+        first_seq: bounds.map(|b| b.0),
+        last_seq: bounds.map(|b| b.1),
+        next_seq: meta.next_seq,
+        bytes_held: meta.bytes_held,
+        disk_bytes: store.disk_size(),
+        upstreams,
+    })
+}
+
+/// Reads the summary of the journal in `dir` without writing, alongside a running daemon.
+pub fn summary_read_only(dir: &Path) -> Result<Summary, JournalError> {
+    let store = Store::open_read_only(dir)?;
+    summarize(&store)
+}
+
+/// The current time in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! The LMDB environment: the only module that talks to heed.
+//!
+//! Three named databases live in one environment, so a single write transaction commits
+//! readings, cursors and bookkeeping together:
+//!
+//! | database  | key                    | value                                        |
+//! |-----------|------------------------|----------------------------------------------|
+//! | `records` | seq, big-endian u64    | the record encoding of [`crate::record`]     |
+//! | `cursors` | upstream name (UTF-8)  | next seq to send, big-endian u64             |
+//! | `meta`    | `format`, `next_seq`, `bytes_held` | u64, big-endian                  |
+//!
+//! Sequence numbers held are always one contiguous range `first..=last`: records are only
+//! appended at the end and only removed from the front (delivered to every upstream, or
+//! dropped by `drop-oldest`). `next_seq` is kept in `meta` so a number is never reused even
+//! when every record has been removed.
+
+use std::ops::RangeBounds;
+use std::path::Path;
+
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes, Str, U64};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, RoTxn, RwTxn};
+
+use super::JournalError;
+use crate::record::{self, Record};
+
+/// Version of the journal layout (databases and meta keys), separate from the record format.
+pub const JOURNAL_FORMAT: u64 = 1;
+
+/// LMDB page size assumed for space accounting.
+const PAGE: u64 = 4096;
+
+/// Bytes LMDB spends on a record besides its value: 8-byte key, node header, page slot.
+const ENTRY_OVERHEAD: u64 = 24;
+
+/// Values larger than this go to overflow pages, which are allocated whole.
+const OVERFLOW_THRESHOLD: u64 = PAGE / 2 - 64;
+
+/// The space a value of `len` bytes is accounted for in `bytes_held`.
+///
+/// This is what `journal.max_size` bounds. It rounds overflow values up to whole pages,
+/// as LMDB stores them, so a journal of large payloads is not under-counted.
+pub fn accounted_size(len: usize) -> u64 {
+    let len = len as u64;
+    if len > OVERFLOW_THRESHOLD {
+        len.div_ceil(PAGE) * PAGE + ENTRY_OVERHEAD
+    } else {
+        len + ENTRY_OVERHEAD
+    }
+}
+
+pub type RecordsDb = Database<'static, U64<BigEndian>, Bytes>;
+pub type CursorsDb = Database<'static, Str, U64<BigEndian>>;
+pub type MetaDb = Database<'static, Str, U64<BigEndian>>;
+
+/// An open LMDB environment with its three databases.
+pub struct Store {
+    pub env: Env,
+    pub records: RecordsDb,
+    pub cursors: CursorsDb,
+    pub meta: MetaDb,
+}
+
+/// Counters persisted in `meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    pub next_seq: u64,
+    pub bytes_held: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the environment in `dir` for reading and writing.
+    pub fn open(dir: &Path, map_size: usize) -> Result<Store, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+            what: format!("create journal directory {}", dir.display()),
+            source,
+        })?;
+        Self::open_with(dir, map_size, false)
+    }
+
+    /// Opens an existing environment read-only, alongside a running daemon.
+    pub fn open_read_only(dir: &Path) -> Result<Store, JournalError> {
+        if !dir.join("data.mdb").exists() {
+            return Err(JournalError::Missing {
+                dir: dir.to_owned(),
+            });
+        }
+        Self::open_with(dir, 0, true)
+    }
+
+    fn open_with(dir: &Path, map_size: usize, read_only: bool) -> Result<Store, JournalError> {
+        let mut opts = EnvOpenOptions::new();
+        opts.max_dbs(4);
+        if map_size > 0 {
+            opts.map_size(map_size);
+        }
+        if read_only {
+            // SAFETY: READ_ONLY only restricts what this handle may do.
+            unsafe {
+                opts.flags(heed::EnvFlags::READ_ONLY);
+            }
+        }
+        // SAFETY: the journal directory belongs to tidegate; the only other process that
+        // opens it is `tidegate status`, read-only, through LMDB's own lock file.
+        let env = unsafe { opts.open(dir) }.map_err(|e| JournalError::lmdb("open", e))?;
+        let missing = || JournalError::Missing {
+            dir: dir.to_owned(),
+        };
+        let (records, cursors, meta): (RecordsDb, CursorsDb, MetaDb) = if read_only {
+            let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
+            let opened = env
+                .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                    let records = dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
+                    let cursors = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
+                    let meta = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("meta"))?;
+                    Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
+                })
+                .map_err(|e| JournalError::lmdb("open", e))?;
+            match opened {
+                CommitOrAbort::Commit((Some(r), Some(c), Some(m))) => (r, c, m),
+                _ => return Err(missing()),
+            }
+        } else {
+            let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
+            let created = env
+                .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
+                    let records = dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
+                    let cursors = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
+                    let meta = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
+                    if meta.get(wtxn, "format")?.is_none() {
+                        meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
+                    }
+                    Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
+                })
+                .map_err(|e| JournalError::lmdb("open", e))?;
+            match created {
+                CommitOrAbort::Commit(dbs) => dbs,
+                CommitOrAbort::Abort(()) => return Err(missing()),
+            }
+        };
+        let store = Store {
+            env,
+            records,
+            cursors,
+            meta,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), JournalError> {
+        let rtxn = self.read_txn()?;
+        let found = self
+            .meta
+            .get(&rtxn, "format")
+            .map_err(|e| JournalError::lmdb("read", e))?
+            .unwrap_or(JOURNAL_FORMAT);
+        if found > JOURNAL_FORMAT {
+            return Err(JournalError::FutureFormat {
+                dir: self.env.path().to_owned(),
+                found,
+                supported: JOURNAL_FORMAT,
+            });
+        }
+        // The newest record must be readable by this build; an older tidegate meeting a
+        // newer record format refuses to start rather than forward garbage.
+        if let Some((seq, value)) = self
+            .records
+            .last(&rtxn)
+            .map_err(|e| JournalError::lmdb("read", e))?
+        {
+            if let Err(e @ record::DecodeError::FutureVersion { .. }) = record::decode(seq, value) {
+                return Err(JournalError::Decode(e));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read_txn(&self) -> Result<RoTxn<'_, heed::WithTls>, JournalError> {
+        self.env
+            .read_txn()
+            .map_err(|e| JournalError::lmdb("begin read transaction", e))
+    }
+
+    pub fn write_txn(&self) -> Result<RwTxn<'_>, heed::Error> {
+        self.env.write_txn()
+    }
+
+    /// Reads `next_seq` and `bytes_held`, deriving them from the records if absent.
+    pub fn meta(&self, txn: &RoTxn<'_>) -> Result<Meta, heed::Error> {
+        let next_seq = match self.meta.get(txn, "next_seq")? {
+            Some(n) => n,
+            None => self
+                .records
+                .last(txn)?
+                .map(|(seq, _)| seq + 1)
+                .unwrap_or(1),
+        };
+        let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
+        Ok(Meta {
+            next_seq,
+            bytes_held,
+        })
+    }
+
+    pub fn put_meta(&self, txn: &mut RwTxn<'_>, meta: Meta) -> Result<(), heed::Error> {
+        self.meta.put(txn, "next_seq", &meta.next_seq)?;
+        self.meta.put(txn, "bytes_held", &meta.bytes_held)
+    }
+
+    /// Appends one encoded record; `seq` must exceed every key held.
+    pub fn append(&self, txn: &mut RwTxn<'_>, seq: u64, value: &[u8]) -> Result<(), heed::Error> {
+        self.records.put_with_flags(txn, PutFlags::APPEND, &seq, value)
+    }
+
+    /// First and last sequence held, if any.
+    pub fn bounds(
+        &self,
+        txn: &RoTxn<'_>,
+    ) -> Result<Option<(u64, u64)>, heed::Error> {
+        let first = self.records.first(txn)?.map(|(s, _)| s);
+        let last = self.records.last(txn)?.map(|(s, _)| s);
+        Ok(first.zip(last))
+    }
+
+    /// Deletes every record in `range`; returns (count, accounted bytes) removed.
+    pub fn delete_range(
+        &self,
+        txn: &mut RwTxn<'_>,
+        range: impl RangeBounds<u64>,
+    ) -> Result<(u64, u64), heed::Error> {
+        let mut count = 0;
+        let mut bytes = 0;
+        let mut iter = self.records.range_mut(txn, &range)?;
+        while let Some(item) = iter.next() {
+            let (_, value) = item?;
+            bytes += accounted_size(value.len());
+            count += 1;
+            // SAFETY: no reference into the database is kept across the deletion.
+            unsafe { iter.del_current()? };
+        }
+        Ok((count, bytes))
+    }
+
+    /// Deletes from the front until at least `need` accounted bytes are freed or `limit`
+    /// (exclusive) is reached. Returns (count, bytes, last seq removed).
+    pub fn delete_oldest(
+        &self,
+        txn: &mut RwTxn<'_>,
+        need: u64,
+    ) -> Result<(u64, u64, Option<u64>), heed::Error> {
+        let mut count = 0;
+        let mut bytes = 0;
+        let mut last = None;
+        let mut iter = self.records.iter_mut(txn)?;
+        while bytes < need {
+            let Some(item) = iter.next() else { break };
+            let (seq, value) = item?;
+            bytes += accounted_size(value.len());
+            count += 1;
+            last = Some(seq);
+            // SAFETY: no reference into the database is kept across the deletion.
+            unsafe { iter.del_current()? };
+        }
+        Ok((count, bytes, last))
+    }
+
+    /// Reads up to `max` records starting at `from` (or the first held after it).
+    pub fn read_from(
+        &self,
+        txn: &RoTxn<'_>,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Result<Record, record::DecodeError>>, heed::Error> {
+        let mut out = Vec::with_capacity(max.min(4096));
+        let mut bytes = 0usize;
+        for item in self.records.range(txn, &(from..))? {
+            let (seq, value) = item?;
+            if out.len() >= max || (!out.is_empty() && bytes + value.len() > max_bytes) {
+                break;
+            }
+            bytes += value.len();
+            out.push(record::decode(seq, value));
+        }
+        Ok(out)
+    }
+
+    /// Ingest time of the record `seq`, or of the first held after it.
+    pub fn ingest_ms_at_or_after(
+        &self,
+        txn: &RoTxn<'_>,
+        seq: u64,
+    ) -> Result<Option<u64>, heed::Error> {
+        match self.records.range(txn, &(seq..))?.next() {
+            Some(item) => {
+                let (s, v) = item?;
+                Ok(record::decode(s, v).ok().map(|r| r.reading.ingest_ms))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// All cursors stored, by upstream name.
+    pub fn cursors(
+        &self,
+        txn: &RoTxn<'_>,
+    ) -> Result<Vec<(String, u64)>, heed::Error> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter(txn)? {
+            let (name, seq) = item?;
+            out.push((name.to_owned(), seq));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the environment occupies on disk.
+    pub fn disk_size(&self) -> u64 {
+        self.env.real_disk_size().unwrap_or(0)
+    }
+
+    /// Current map size.
+    pub fn map_size(&self) -> usize {
+        self.env.info().map_size
+    }
+
+    /// Grows the map. The caller (the writer thread) guarantees no transaction of this
+    /// process is open; LMDB handles readers of other processes through its lock file.
+    pub fn resize(&self, new_size: usize) -> Result<(), heed::Error> {
+        // SAFETY: called only by the writer thread between transactions, and readers in
+        // this process hold no transaction across a call into the writer.
+        unsafe { self.env.resize(new_size) }
+    }
+}
