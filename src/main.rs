@@ -1,1 +1,114 @@
-fn main() {}
+//! The `tidegate` command: a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidegate::config::Config;
+
+/// IoT edge ingestion daemon: MQTT readings into a durable LMDB journal, forwarded in
+/// ordered batches to Kafka.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config it runs on embedded defaults: journal in
+    /// ./tidegate-data, MQTT on 127.0.0.1:1883, no upstream.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log filter when RUST_LOG is unset (e.g. "info", "tidegate=debug").
+        #[arg(long, default_value = "info,rskafka=warn")]
+        log: String,
+    },
+    /// Validate a configuration file and print the effective configuration, or every
+    /// error with its key. Exits 1 when invalid.
+    CheckConfig {
+        /// Configuration file (TOML); omit to print the embedded defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Show what the journal holds and how far each upstream has got. Safe while the
+    /// daemon runs (read-only).
+    Status {
+        /// Configuration file naming the journal directory.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Writes to stdout, treating a closed pipe (`| head`) as the reader's choice, not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, log } => {
+            tidegate::telemetry::init_logging(&log);
+            let config = load(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("tidegate")
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(tidegate::app::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => match load(config.as_deref()) {
+            Ok(c) => {
+                let text = toml::to_string_pretty(&c).context("cannot print the configuration")?;
+                emit(&format!("# effective configuration: valid\n{text}"));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { config, json } => {
+            let config = load(config.as_deref())?;
+            let summary = tidegate::journal::summary_read_only(&config.journal.dir)?;
+            if json {
+                emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+            } else {
+                emit(&tidegate::status::render(
+                    &summary,
+                    &config,
+                    tidegate::journal::now_ms(),
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -119,10 +119,26 @@ pub enum DecodeError {
     Truncated { seq: u64, len: usize },
     /// The stored checksum does not match the contents.
     #[error("record {seq} fails its checksum (stored {stored:#010x}, computed {computed:#010x})")]
-    Checksum { seq: u64, stored: u32, computed: u32 },
+    Checksum {
+        seq: u64,
+        stored: u32,
+        computed: u32,
+    },
     /// A field holds a value no writer produces (unknown source kind, bad UTF-8, bad QoS).
     #[error("record {seq} is malformed: {what}")]
     Malformed { seq: u64, what: &'static str },
+}
+
+impl DecodeError {
+    /// The sequence number of the record that failed.
+    pub fn seq(&self) -> u64 {
+        match self {
+            DecodeError::FutureVersion { seq, .. }
+            | DecodeError::Truncated { seq, .. }
+            | DecodeError::Checksum { seq, .. }
+            | DecodeError::Malformed { seq, .. } => *seq,
+        }
+    }
 }
 
 /// Reasons a reading cannot be encoded at all; ingest rejects such readings up front.
@@ -249,10 +265,7 @@ pub fn decode(seq: u64, value: &[u8]) -> Result<Record, DecodeError> {
     }
     let qos = flags & 0b11;
     if qos == 3 {
-        return Err(DecodeError::Malformed {
-            seq,
-            what: "QoS 3",
-        });
+        return Err(DecodeError::Malformed { seq, what: "QoS 3" });
     }
     Ok(Record {
         seq,
@@ -341,7 +354,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(decode(7, &bad).is_err(), "flip at byte {i} bit {bit} went unnoticed");
+                assert!(
+                    decode(7, &bad).is_err(),
+                    "flip at byte {i} bit {bit} went unnoticed"
+                );
             }
         }
     }
@@ -349,14 +365,20 @@ mod tests {
     #[test]
     fn a_value_under_the_wrong_sequence_fails_its_checksum() {
         let bytes = encode(7, &sample());
-        assert!(matches!(decode(8, &bytes), Err(DecodeError::Checksum { .. })));
+        assert!(matches!(
+            decode(8, &bytes),
+            Err(DecodeError::Checksum { .. })
+        ));
     }
 
     #[test]
     fn truncated_values_are_refused_at_every_length() {
         let bytes = encode(3, &sample());
         for len in 0..bytes.len() {
-            assert!(decode(3, &bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+            assert!(
+                decode(3, &bytes[..len]).is_err(),
+                "prefix of {len} bytes accepted"
+            );
         }
     }
 

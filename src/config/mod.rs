@@ -282,7 +282,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     /// The file parsed but its values do not make sense together.
     #[error("config file {path} has {} error(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 impl Config {
@@ -406,7 +409,10 @@ impl Config {
                 }
             }
             if u.max_batch == 0 || u.max_batch > 100_000 {
-                p.push(format!("{key}.max_batch: {} is outside 1 ..= 100000", u.max_batch));
+                p.push(format!(
+                    "{key}.max_batch: {} is outside 1 ..= 100000",
+                    u.max_batch
+                ));
             }
             if u.partitions < 1 {
                 p.push(format!("{key}.partitions: must be at least 1"));

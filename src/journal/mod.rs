@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     /// exclusively to grow the map, which LMDB allows only with no transaction open.
     pub(crate) resize_lock: RwLock<()>,
     pub(crate) counters: JournalCounters,
+    /// Set by the writer when it stops after an LMDB error.
+    pub(crate) failed: std::sync::atomic::AtomicBool,
 }
 
 /// A cheap, clonable handle to the journal.
@@ -174,11 +176,19 @@ impl Journal {
             store,
             resize_lock: RwLock::new(()),
             counters: JournalCounters::default(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         });
         let start = writer::prepare(&shared, upstreams)?;
         let (tx, rx) = mpsc::channel(4096);
         let (committed_tx, committed_rx) = watch::channel(start.next_seq.saturating_sub(1));
-        let thread = writer::spawn(shared.clone(), config.clone(), upstreams.to_vec(), rx, committed_tx, start)?;
+        let thread = writer::spawn(
+            shared.clone(),
+            config.clone(),
+            upstreams.to_vec(),
+            rx,
+            committed_tx,
+            start,
+        )?;
         Ok((
             Journal {
                 shared,
@@ -232,7 +242,11 @@ impl Journal {
 
     /// The stored cursor of `upstream` (next sequence to send).
     pub fn cursor(&self, upstream: &str) -> Result<Option<u64>, JournalError> {
-        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .shared
+            .resize_lock
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let txn = self.shared.store.read_txn()?;
         self.shared
             .store
@@ -250,7 +264,11 @@ impl Journal {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Result<Record, record::DecodeError>>, JournalError> {
-        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .shared
+            .resize_lock
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let txn = self.shared.store.read_txn()?;
         self.shared
             .store
@@ -263,6 +281,13 @@ impl Journal {
         self.committed.clone()
     }
 
+    /// Whether the writer has stopped after an error; the daemon must then restart.
+    pub fn is_failed(&self) -> bool {
+        self.shared
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Live counters.
     pub fn counters(&self) -> &JournalCounters {
         &self.shared.counters
@@ -270,7 +295,11 @@ impl Journal {
 
     /// Snapshot of what the journal holds, for status and logs.
     pub fn summary(&self) -> Result<Summary, JournalError> {
-        let _guard = self.shared.resize_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .shared
+            .resize_lock
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         summarize(&self.shared.store)
     }
 }

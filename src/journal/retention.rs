@@ -26,7 +26,8 @@ pub fn initial_map_size(config: &JournalConfig) -> usize {
 /// The next map size after `MDB_MAP_FULL`, or `None` at the ceiling.
 pub fn grown_map_size(current: usize, config: &JournalConfig) -> Option<usize> {
     let ceiling = map_ceiling(config);
-    (current < ceiling).then(|| round_to_page((current as u64 * 2).min(ceiling as u64)).min(ceiling))
+    (current < ceiling)
+        .then(|| round_to_page((current as u64 * 2).min(ceiling as u64)).min(ceiling))
 }
 
 fn round_to_page(n: u64) -> usize {
@@ -80,7 +81,9 @@ impl Summarizer {
         if self.pending == 0 {
             return false;
         }
-        let due = self.last.is_none_or(|t| now.duration_since(t) >= self.interval);
+        let due = self
+            .last
+            .is_none_or(|t| now.duration_since(t) >= self.interval);
         if due {
             self.last = Some(now);
         }

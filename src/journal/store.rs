@@ -110,8 +110,10 @@ impl Store {
             let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
             let opened = env
                 .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
-                    let records = dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
-                    let cursors = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
+                    let records =
+                        dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
+                    let cursors =
+                        dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
                     let meta = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("meta"))?;
                     Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
                 })
@@ -124,8 +126,10 @@ impl Store {
             let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
             let created = env
                 .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
-                    let records = dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
-                    let cursors = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
+                    let records =
+                        dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
+                    let cursors =
+                        dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
                     let meta = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
                     if meta.get(wtxn, "format")?.is_none() {
                         meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
@@ -190,11 +194,7 @@ impl Store {
     pub fn meta(&self, txn: &RoTxn<'_>) -> Result<Meta, heed::Error> {
         let next_seq = match self.meta.get(txn, "next_seq")? {
             Some(n) => n,
-            None => self
-                .records
-                .last(txn)?
-                .map(|(seq, _)| seq + 1)
-                .unwrap_or(1),
+            None => self.records.last(txn)?.map(|(seq, _)| seq + 1).unwrap_or(1),
         };
         let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
         Ok(Meta {
@@ -210,14 +210,12 @@ impl Store {
 
     /// Appends one encoded record; `seq` must exceed every key held.
     pub fn append(&self, txn: &mut RwTxn<'_>, seq: u64, value: &[u8]) -> Result<(), heed::Error> {
-        self.records.put_with_flags(txn, PutFlags::APPEND, &seq, value)
+        self.records
+            .put_with_flags(txn, PutFlags::APPEND, &seq, value)
     }
 
     /// First and last sequence held, if any.
-    pub fn bounds(
-        &self,
-        txn: &RoTxn<'_>,
-    ) -> Result<Option<(u64, u64)>, heed::Error> {
+    pub fn bounds(&self, txn: &RoTxn<'_>) -> Result<Option<(u64, u64)>, heed::Error> {
         let first = self.records.first(txn)?.map(|(s, _)| s);
         let last = self.records.last(txn)?.map(|(s, _)| s);
         Ok(first.zip(last))
@@ -302,10 +300,7 @@ impl Store {
     }
 
     /// All cursors stored, by upstream name.
-    pub fn cursors(
-        &self,
-        txn: &RoTxn<'_>,
-    ) -> Result<Vec<(String, u64)>, heed::Error> {
+    pub fn cursors(&self, txn: &RoTxn<'_>) -> Result<Vec<(String, u64)>, heed::Error> {
         let mut out = Vec::new();
         for item in self.cursors.iter(txn)? {
             let (name, seq) = item?;

@@ -50,10 +50,25 @@ fn upstreams(names: &[&str]) -> Vec<String> {
 async fn appended_readings_get_increasing_sequence_numbers_and_read_back_intact() {
     let dir = tempfile::tempdir().unwrap();
     let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
-    let a = j.append(vec![reading("a", 1, 5000), reading("a", 2, 10)]).await.unwrap();
+    let a = j
+        .append(vec![reading("a", 1, 5000), reading("a", 2, 10)])
+        .await
+        .unwrap();
     let b = j.append(vec![reading("b", 1, 10)]).await.unwrap();
-    assert_eq!(a, Appended { first_seq: 1, accepted: 2 });
-    assert_eq!(b, Appended { first_seq: 3, accepted: 1 });
+    assert_eq!(
+        a,
+        Appended {
+            first_seq: 1,
+            accepted: 2
+        }
+    );
+    assert_eq!(
+        b,
+        Appended {
+            first_seq: 3,
+            accepted: 1
+        }
+    );
     let all = read_all(&j, 1);
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(all[1].reading, reading("a", 2, 10));
@@ -86,11 +101,17 @@ async fn concurrent_appends_share_commits_and_each_caller_keeps_its_order() {
     }
     for t in tasks {
         let seqs = t.await.unwrap();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "order kept per caller");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "order kept per caller"
+        );
     }
     let commits = j.counters().commits.load(Ordering::Relaxed);
     assert_eq!(j.counters().appended.load(Ordering::Relaxed), 1000);
-    assert!(commits < 1000, "group commit must share syncs, got {commits} commits for 1000 appends");
+    assert!(
+        commits < 1000,
+        "group commit must share syncs, got {commits} commits for 1000 appends"
+    );
     drop(j);
     w.join();
 }
@@ -101,7 +122,9 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
     let cfg = config(dir.path());
     {
         let (j, w) = Journal::open(&cfg, &upstreams(&["k1", "k2"])).unwrap();
-        j.append((1..=10).map(|n| reading("a", n, 10)).collect()).await.unwrap();
+        j.append((1..=10).map(|n| reading("a", n, 10)).collect())
+            .await
+            .unwrap();
         j.set_cursor("k1", 4).await.unwrap();
         drop(j);
         w.join();
@@ -109,7 +132,11 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
     let (j, w) = Journal::open(&cfg, &upstreams(&["k1", "k2"])).unwrap();
     assert_eq!(j.cursor("k1").unwrap(), Some(4));
     assert_eq!(j.cursor("k2").unwrap(), Some(1));
-    assert_eq!(read_all(&j, 1).len(), 10, "k2 has sent nothing, so nothing is trimmed");
+    assert_eq!(
+        read_all(&j, 1).len(),
+        10,
+        "k2 has sent nothing, so nothing is trimmed"
+    );
     let next = j.append(vec![reading("a", 11, 10)]).await.unwrap();
     assert_eq!(next.first_seq, 11, "sequence numbers continue after reopen");
     drop(j);
@@ -120,12 +147,18 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
 async fn records_are_removed_once_every_upstream_has_them() {
     let dir = tempfile::tempdir().unwrap();
     let (j, w) = Journal::open(&config(dir.path()), &upstreams(&["k1", "k2"])).unwrap();
-    j.append((1..=10).map(|n| reading("a", n, 10)).collect()).await.unwrap();
+    j.append((1..=10).map(|n| reading("a", n, 10)).collect())
+        .await
+        .unwrap();
     j.set_cursor("k1", 8).await.unwrap();
     assert_eq!(read_all(&j, 0).first().map(|r| r.seq), Some(1));
     j.set_cursor("k2", 5).await.unwrap();
     let left = read_all(&j, 0);
-    assert_eq!(left.first().map(|r| r.seq), Some(5), "trimmed below the slowest cursor");
+    assert_eq!(
+        left.first().map(|r| r.seq),
+        Some(5),
+        "trimmed below the slowest cursor"
+    );
     assert_eq!(j.counters().trimmed.load(Ordering::Relaxed), 4);
     // A cursor never moves backwards.
     j.set_cursor("k1", 2).await.unwrap();
@@ -144,7 +177,9 @@ async fn cursors_of_removed_upstreams_stop_holding_readings_and_new_ones_start_a
     let cfg = config(dir.path());
     {
         let (j, w) = Journal::open(&cfg, &upstreams(&["old"])).unwrap();
-        j.append((1..=5).map(|n| reading("a", n, 10)).collect()).await.unwrap();
+        j.append((1..=5).map(|n| reading("a", n, 10)).collect())
+            .await
+            .unwrap();
         drop(j);
         w.join();
     }
@@ -163,17 +198,31 @@ async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
     let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
     let total = 3000u64;
     for chunk in (1..=total).collect::<Vec<_>>().chunks(100) {
-        let a = j.append(chunk.iter().map(|&n| reading("a", n, 1000)).collect()).await.unwrap();
+        let a = j
+            .append(chunk.iter().map(|&n| reading("a", n, 1000)).collect())
+            .await
+            .unwrap();
         assert_eq!(a.accepted, chunk.len(), "drop-oldest always accepts");
     }
     let c = j.counters();
     let held = read_all(&j, 0);
     let dropped = c.dropped_full.load(Ordering::Relaxed);
     assert!(dropped > 0);
-    assert_eq!(held.len() as u64 + dropped, total, "every reading is either held or counted as dropped");
+    assert_eq!(
+        held.len() as u64 + dropped,
+        total,
+        "every reading is either held or counted as dropped"
+    );
     assert!(c.bytes_held.load(Ordering::Relaxed) <= ByteSize::mib(1).as_u64());
-    assert_eq!(held.last().unwrap().seq, total, "the newest readings are the ones kept");
-    assert!(held.windows(2).all(|w| w[1].seq == w[0].seq + 1), "what is held stays contiguous");
+    assert_eq!(
+        held.last().unwrap().seq,
+        total,
+        "the newest readings are the ones kept"
+    );
+    assert!(
+        held.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "what is held stays contiguous"
+    );
     drop(j);
     w.join();
 }
@@ -194,9 +243,16 @@ async fn reject_refuses_what_does_not_fit_and_accepts_again_once_delivered() {
     }
     assert!(refused > 0 && accepted > 0);
     assert_eq!(j.counters().rejected_full.load(Ordering::Relaxed), refused);
-    assert_eq!(read_all(&j, 0).len() as u64, accepted, "nothing dropped under reject");
+    assert_eq!(
+        read_all(&j, 0).len() as u64,
+        accepted,
+        "nothing dropped under reject"
+    );
     // A refused reading in a multi-reading call refuses everything after it too.
-    let a = j.append(vec![reading("a", 1, 5000), reading("a", 2, 10)]).await.unwrap();
+    let a = j
+        .append(vec![reading("a", 1, 5000), reading("a", 2, 10)])
+        .await
+        .unwrap();
     assert_eq!(a.accepted, 0);
     // Delivering frees room.
     j.set_cursor("k", accepted + 1).await.unwrap();
@@ -216,7 +272,11 @@ async fn the_map_grows_instead_of_failing() {
     // 100 MB of readings into a 64 MiB initial map.
     for chunk in 0..100u64 {
         let a = j
-            .append((0..100).map(|n| reading("a", chunk * 100 + n, 10_000)).collect())
+            .append(
+                (0..100)
+                    .map(|n| reading("a", chunk * 100 + n, 10_000))
+                    .collect(),
+            )
             .await
             .unwrap();
         assert_eq!(a.accepted, 100);
@@ -235,7 +295,11 @@ async fn a_journal_of_a_newer_layout_is_refused_with_a_clear_error() {
     {
         let (j, w) = Journal::open(&cfg, &[]).unwrap();
         let mut txn = j.shared.store.write_txn().unwrap();
-        j.shared.store.meta.put(&mut txn, "format", &(store::JOURNAL_FORMAT + 1)).unwrap();
+        j.shared
+            .store
+            .meta
+            .put(&mut txn, "format", &(store::JOURNAL_FORMAT + 1))
+            .unwrap();
         txn.commit().unwrap();
         drop(j);
         w.join();
@@ -261,7 +325,13 @@ async fn a_record_of_a_newer_format_is_refused_at_open() {
         w.join();
     }
     let err = Journal::open(&cfg, &[]).err().expect("must refuse");
-    assert!(matches!(err, JournalError::Decode(record::DecodeError::FutureVersion { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            JournalError::Decode(record::DecodeError::FutureVersion { .. })
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -270,14 +340,19 @@ async fn a_read_only_summary_sees_what_the_writer_committed() {
     let cfg = config(dir.path());
     {
         let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
-        j.append((1..=7).map(|n| reading("a", n, 10)).collect()).await.unwrap();
+        j.append((1..=7).map(|n| reading("a", n, 10)).collect())
+            .await
+            .unwrap();
         j.set_cursor("k", 3).await.unwrap();
         drop(j);
         w.join();
     }
     let s = summary_read_only(dir.path()).unwrap();
-    assert_eq!((s.records, s.first_seq, s.last_seq, s.next_seq), (5, Some(3), Some(7), 8));
+    assert_eq!(
+        (s.records, s.first_seq, s.last_seq, s.next_seq),
+        (5, Some(3), Some(7), 8)
+    );
     assert_eq!(s.upstreams[0].backlog, 5);
-    let missing = summary_read_only(&dir.path().join("nope")).err().expect("missing");
+    let missing = summary_read_only(&dir.path().join("nope")).expect_err("missing");
     assert!(missing.to_string().contains("no journal"), "{missing}");
 }

@@ -193,7 +193,9 @@ impl Writer {
         let mut cursors = Vec::new();
         for r in group {
             match r {
-                Request::Append { readings, reply } => appends.push(PendingAppend { readings, reply }),
+                Request::Append { readings, reply } => {
+                    appends.push(PendingAppend { readings, reply })
+                }
                 Request::SetCursor {
                     upstream,
                     next_seq,
@@ -216,10 +218,17 @@ impl Writer {
                     let current = self.shared.store.map_size();
                     match retention::grown_map_size(current, &self.config) {
                         Some(next) => {
-                            let _guard = self.shared.resize_lock.write().unwrap_or_else(|p| p.into_inner());
-                            if let Err(e) = self.shared.store.resize(next) {
+                            let resized = {
+                                let _guard = self
+                                    .shared
+                                    .resize_lock
+                                    .write()
+                                    .unwrap_or_else(|p| p.into_inner());
+                                self.shared.store.resize(next)
+                            };
+                            if let Err(e) = resized {
                                 tracing::error!(error = %e, "Journal map could not grow; stopping the journal.");
-                                self.poisoned = true;
+                                self.poison();
                                 return fail_all(appends, cursors);
                             }
                             tracing::info!(from = current, to = next, "Journal map grown.");
@@ -227,7 +236,7 @@ impl Writer {
                         None if !force_full => force_full = true,
                         None => {
                             tracing::error!("Journal map is at its ceiling even after applying on_full; stopping the journal.");
-                            self.poisoned = true;
+                            self.poison();
                             return fail_all(appends, cursors);
                         }
                     }
@@ -238,7 +247,7 @@ impl Writer {
                 }
                 Attempt::DiskFull(e) | Attempt::Failed(e) => {
                     tracing::error!(error = %e, "Journal commit failed; refusing further writes until tidegate restarts. Readings not yet acknowledged stay with their devices.");
-                    self.poisoned = true;
+                    self.poison();
                     return fail_all(appends, cursors);
                 }
             }
@@ -248,11 +257,18 @@ impl Writer {
 
     /// Builds and commits one transaction. Nothing is answered here, so an attempt that
     /// fails is simply aborted and may be tried again.
-    fn attempt(&mut self, appends: &[PendingAppend], cursors: &[PendingCursor], force_full: bool) -> Attempt {
+    fn attempt(
+        &mut self,
+        appends: &[PendingAppend],
+        cursors: &[PendingCursor],
+        force_full: bool,
+    ) -> Attempt {
         match self.try_commit(appends, cursors, force_full) {
             Ok(o) => Attempt::Done(o),
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => Attempt::MapFull,
-            Err(heed::Error::Io(e)) if e.raw_os_error() == Some(28) => Attempt::DiskFull(heed::Error::Io(e)),
+            Err(heed::Error::Io(e)) if e.raw_os_error() == Some(28) => {
+                Attempt::DiskFull(heed::Error::Io(e))
+            }
             Err(e) => Attempt::Failed(e),
         }
     }
@@ -272,7 +288,9 @@ impl Writer {
         for c in cursors {
             let old = store.cursors.get(&txn, &c.upstream)?.unwrap_or(0);
             if c.next_seq > old {
-                store.cursors.put(&mut txn, &c.upstream, &c.next_seq.min(meta.next_seq))?;
+                store
+                    .cursors
+                    .put(&mut txn, &c.upstream, &c.next_seq.min(meta.next_seq))?;
             }
         }
         if !self.upstreams.is_empty() && !cursors.is_empty() {
@@ -316,7 +334,11 @@ impl Writer {
                 }
             }
             OnFull::Reject => {
-                budget = if force_full { 0 } else { limit.saturating_sub(meta.bytes_held) };
+                budget = if force_full {
+                    0
+                } else {
+                    limit.saturating_sub(meta.bytes_held)
+                };
             }
         }
 
@@ -361,7 +383,8 @@ impl Writer {
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.bytes_held.store(o.meta.bytes_held, Ordering::Relaxed);
         c.next_seq.store(o.meta.next_seq, Ordering::Relaxed);
-        c.first_seq.store(o.first_seq.unwrap_or(0), Ordering::Relaxed);
+        c.first_seq
+            .store(o.first_seq.unwrap_or(0), Ordering::Relaxed);
 
         let now = Instant::now();
         if o.dropped > 0 {
@@ -393,12 +416,22 @@ impl Writer {
         }
 
         for (a, (first_seq, accepted)) in appends.into_iter().zip(o.appended) {
-            let _ = a.reply.send(Ok(Appended { first_seq, accepted }));
+            let _ = a.reply.send(Ok(Appended {
+                first_seq,
+                accepted,
+            }));
         }
         for cur in cursors {
             let _ = cur.reply.send(Ok(()));
         }
         let _ = self.committed.send(o.meta.next_seq.saturating_sub(1));
+    }
+}
+
+impl Writer {
+    fn poison(&mut self) {
+        self.poisoned = true;
+        self.shared.failed.store(true, Ordering::Relaxed);
     }
 }
 

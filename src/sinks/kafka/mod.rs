@@ -1,1 +1,771 @@
-//! placeholder
+//! The Kafka sink: delivers journal batches to one topic of a Kafka-protocol cluster.
+//!
+//! # What it owns
+//!
+//! [`KafkaSink`] owns the connection to one upstream's cluster (an `rskafka` client and one
+//! `PartitionClient` per partition of the topic), the mapping of a [`Record`] to a Kafka
+//! record, the choice of partition, and the memory of which part of a failed batch the
+//! cluster already acknowledged. It does no retrying or backoff of its own beyond what one
+//! request needs: the forwarder ([`crate::forward`]) calls [`Sink::send`] again.
+//!
+//! # Record mapping
+//!
+//! | Kafka            | from the record                                   |
+//! |------------------|---------------------------------------------------|
+//! | key              | `reading.topic` (the MQTT topic / serial topic)   |
+//! | value            | `reading.payload`, byte for byte                  |
+//! | timestamp        | `reading.ingest_ms` (CreateTime)                  |
+//! | header `tidegate-gateway` | the gateway id                           |
+//! | header `tidegate-seq`     | the journal sequence, decimal ASCII      |
+//!
+//! The partition is Kafka's default for keyed records,
+//! `toPositive(murmur2(key)) % partitions` ([`partition_for_key`]), so tidegate places a
+//! key exactly where a Java or librdkafka producer would.
+//!
+//! # Invariants
+//!
+//! * **Ordered per key.** A batch is split by partition keeping journal order; each
+//!   partition's share is produced in order, in chunks that go strictly one after another,
+//!   with at most one produce request in flight per partition. Partitions go concurrently:
+//!   they hold different keys.
+//! * **Acknowledged means acknowledged.** `send` returns `Ok` only when every record of the
+//!   batch has been acknowledged with `acks=all`; that is the forwarder's only reason to
+//!   advance its cursor.
+//! * **A retry never resends what was acknowledged.** When some partitions succeed and
+//!   others fail, the acknowledged sequence numbers are remembered for that batch (keyed by
+//!   its first sequence number); the retry of the same batch skips them. What is skipped
+//!   is always a prefix of each key's records, so skipping never reorders. The memory is
+//!   cleared on success and whenever a batch with another first sequence arrives.
+//!
+//! Two cases still produce a duplicate (never a loss), which the `tidegate-seq` header
+//! lets a consumer drop: a request that times out after the broker wrote it, and a crash
+//! between the acknowledgement and the forwarder persisting its cursor.
+//!
+//! # Connection
+//!
+//! [`KafkaSink::new`] does no I/O. The first `send` connects, reads the topic's metadata,
+//! creates the topic if it is missing and `create_topic` allows it, and opens one client per
+//! partition. Any connection-level error (refused, reset, timed out, leader moved, metadata
+//! stale) drops all of it, so the next `send` starts over from the bootstrap brokers and
+//! re-reads the partition count. Every network call is bounded by `request_timeout`.
+
+mod partitioner;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
+use rskafka::client::partition::{
+    Compression as KafkaCompression, PartitionClient, UnknownTopicHandling,
+};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record as KafkaRecord;
+use rskafka::BackoffConfig;
+use tracing::{debug, info};
+
+use crate::config::{Compression, UpstreamConfig};
+use crate::record::Record;
+use crate::sinks::{Sink, SinkError};
+
+pub use partitioner::{murmur2, partition_for_key};
+
+/// Header carrying the gateway id, so a consumer knows which gateway a record came from.
+pub const HEADER_GATEWAY: &str = "tidegate-gateway";
+/// Header carrying the journal sequence number in decimal ASCII; with the gateway id it
+/// identifies a reading uniquely, so a consumer can drop duplicates.
+pub const HEADER_SEQ: &str = "tidegate-seq";
+
+/// Most estimated bytes in one produce request. Brokers refuse a record batch above
+/// `message.max.bytes` (1 MiB by default) with MESSAGE_TOO_LARGE, which tidegate must treat
+/// as fatal; staying under it with uncompressed sizes means a large partition share is
+/// split into several requests instead of being refused.
+const MAX_REQUEST_BYTES: usize = 960 * 1024;
+
+/// Upper bound of the Kafka v2 per-record framing (length, attributes, deltas, key/value
+/// lengths, header count and header lengths as varints), added to each record's size
+/// estimate for [`MAX_REQUEST_BYTES`].
+const RECORD_OVERHEAD_BYTES: usize = 64;
+
+/// How often the topic's metadata is read again while waiting for a topic tidegate just
+/// created to become visible.
+const TOPIC_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Delivers batches to one Kafka topic. See the [module docs](self) for the guarantees.
+pub struct KafkaSink {
+    /// Who we talk to, for every log line and error message.
+    target: Target,
+    /// Batch compression, as configured.
+    compression: KafkaCompression,
+    /// Whether a missing topic may be created.
+    create_topic: bool,
+    /// Partition count for a topic tidegate creates.
+    partitions: i32,
+    /// Replication factor for a topic tidegate creates.
+    replication_factor: i16,
+    /// Bound on every network call; past it the call counts as failed (retryable).
+    request_timeout: Duration,
+    /// Value of the `tidegate-gateway` header.
+    gateway_id: String,
+    /// The live connection; `None` until the first send and after connection errors.
+    connection: Option<Connection>,
+    /// What the cluster acknowledged of the batch currently being retried.
+    acked: AckedMemory,
+}
+
+/// The upstream's identity as errors and logs name it.
+struct Target {
+    upstream: String,
+    brokers: Vec<String>,
+    topic: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "upstream {:?} (Kafka brokers {}, topic {:?})",
+            self.upstream,
+            self.brokers.join(","),
+            self.topic
+        )
+    }
+}
+
+/// A connected cluster: one client per partition, indexed by partition id.
+struct Connection {
+    /// Held so the cluster-wide client lives exactly as long as its partition clients.
+    _client: Client,
+    /// `partitions[p]` produces to partition `p`; the length is the partition count.
+    partitions: Vec<Arc<PartitionClient>>,
+}
+
+/// The sequence numbers of one batch the cluster has acknowledged, so the retry of that
+/// batch sends only the rest.
+#[derive(Debug, Default)]
+struct AckedMemory {
+    /// First sequence number of the batch the set belongs to.
+    batch_first_seq: Option<u64>,
+    /// Acknowledged sequence numbers of that batch.
+    seqs: HashSet<u64>,
+}
+
+impl AckedMemory {
+    /// Forgets everything unless `first_seq` starts the batch the memory belongs to.
+    fn start_batch(&mut self, first_seq: u64) {
+        if self.batch_first_seq != Some(first_seq) {
+            self.batch_first_seq = Some(first_seq);
+            self.seqs.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batch_first_seq = None;
+        self.seqs.clear();
+    }
+}
+
+impl KafkaSink {
+    /// A sink for `config`'s brokers and topic, stamping records with `gateway_id`.
+    ///
+    /// Does no I/O: the cluster is contacted by the first [`Sink::send`], so a cluster that
+    /// is down at start only delays delivery.
+    pub fn new(config: &UpstreamConfig, gateway_id: &str) -> KafkaSink {
+        KafkaSink {
+            target: Target {
+                upstream: config.name.clone(),
+                brokers: config.brokers.clone(),
+                topic: config.topic.clone(),
+            },
+            compression: kafka_compression(config.compression),
+            create_topic: config.create_topic,
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+            request_timeout: config.request_timeout,
+            gateway_id: gateway_id.to_owned(),
+            connection: None,
+            acked: AckedMemory::default(),
+        }
+    }
+
+    /// The partition count of the connected topic, or `None` while disconnected.
+    pub fn partition_count(&self) -> Option<usize> {
+        self.connection.as_ref().map(|c| c.partitions.len())
+    }
+
+    /// Retry policy for rskafka's own retries inside one call. The deadline keeps them
+    /// well inside `request_timeout`, so a refused connection is reported with its cause
+    /// rather than as a bare timeout.
+    fn backoff_config(&self) -> BackoffConfig {
+        BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            base: 3.0,
+            deadline: Some(self.request_timeout / 2),
+        }
+    }
+
+    /// Runs one network call with the request timeout, turning any failure into a
+    /// [`SinkError`] that names the upstream and what was being done.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, KafkaError>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(what, &Failure::Kafka(e))),
+            Err(_) => Err(self.error(what, &Failure::TimedOut)),
+        }
+    }
+
+    /// The error for `failure` while doing `what`.
+    fn error(&self, what: &str, failure: &Failure) -> SinkError {
+        let verdict = failure.verdict();
+        let message = format!(
+            "{}: {what} failed: {}{}",
+            self.target,
+            failure.describe(self.request_timeout),
+            verdict.hint.map(|h| format!("; {h}")).unwrap_or_default()
+        );
+        verdict.severity.error(message)
+    }
+
+    /// Connects to the cluster, makes sure the topic exists and opens its partitions.
+    async fn connect(&self) -> Result<Connection, SinkError> {
+        debug!(upstream = %self.target.upstream, brokers = %self.target.brokers.join(","), "Connecting to the Kafka cluster.");
+        let builder = ClientBuilder::new(self.target.brokers.clone())
+            .client_id(format!("tidegate-{}", self.gateway_id))
+            .backoff_config(self.backoff_config());
+        let client = self
+            .within("connecting to the bootstrap brokers", builder.build())
+            .await?;
+
+        let count = match self.topic_partitions(&client).await? {
+            Some(count) => count,
+            None if self.create_topic => self.create_missing_topic(&client).await?,
+            None => return Err(self.missing_topic_error()),
+        };
+
+        let topic = &self.target.topic;
+        let opening = (0..count).map(|p| {
+            let client = &client;
+            async move {
+                let id = i32::try_from(p).unwrap_or(i32::MAX);
+                let partition = self
+                    .within(
+                        &format!("opening partition {p}"),
+                        client.partition_client(topic.clone(), id, UnknownTopicHandling::Retry),
+                    )
+                    .await?;
+                Ok::<_, SinkError>(Arc::new(partition))
+            }
+        });
+        let partitions = futures::future::try_join_all(opening).await?;
+        info!(
+            upstream = %self.target.upstream,
+            brokers = %self.target.brokers.join(","),
+            topic = %self.target.topic,
+            partitions = partitions.len(),
+            compression = ?self.compression,
+            "Connected to the Kafka cluster."
+        );
+        Ok(Connection {
+            _client: client,
+            partitions,
+        })
+    }
+
+    /// The topic's partition count, `None` if the cluster does not know the topic.
+    async fn topic_partitions(&self, client: &Client) -> Result<Option<usize>, SinkError> {
+        let topics = self
+            .within("reading the cluster metadata", client.list_topics())
+            .await?;
+        let Some(topic) = topics.into_iter().find(|t| t.name == self.target.topic) else {
+            return Ok(None);
+        };
+        // A BTreeSet: sorted and free of duplicates.
+        let ids = topic.partitions;
+        let contiguous = ids
+            .iter()
+            .enumerate()
+            .all(|(i, &id)| usize::try_from(id).is_ok_and(|id| id == i));
+        if ids.is_empty() || !contiguous {
+            // Seen while a topic is being created or reassigned; metadata settles.
+            return Err(SinkError::Retryable(format!(
+                "{}: the cluster metadata lists partitions {ids:?} for the topic, not 0..n; \
+                 waiting for it to settle",
+                self.target
+            )));
+        }
+        Ok(Some(ids.len()))
+    }
+
+    /// Creates the topic (tolerating a concurrent creator) and waits until its metadata
+    /// shows; returns the partition count it actually has.
+    async fn create_missing_topic(&self, client: &Client) -> Result<usize, SinkError> {
+        let controller = client
+            .controller_client()
+            .map_err(|e| self.error("finding the cluster controller", &Failure::Kafka(e)))?;
+        let timeout_ms = i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX);
+        let created = controller.create_topic(
+            self.target.topic.clone(),
+            self.partitions,
+            self.replication_factor,
+            timeout_ms,
+        );
+        match tokio::time::timeout(self.request_timeout, created).await {
+            Ok(Ok(())) => info!(
+                upstream = %self.target.upstream,
+                topic = %self.target.topic,
+                partitions = self.partitions,
+                replication_factor = self.replication_factor,
+                "Created the Kafka topic."
+            ),
+            Ok(Err(KafkaError::ServerError {
+                protocol_error: ProtocolError::TopicAlreadyExists,
+                ..
+            })) => debug!(
+                upstream = %self.target.upstream,
+                topic = %self.target.topic,
+                "The topic was created by someone else meanwhile."
+            ),
+            Ok(Err(e)) => return Err(self.error("creating the topic", &Failure::Kafka(e))),
+            Err(_) => return Err(self.error("creating the topic", &Failure::TimedOut)),
+        }
+
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let last = match self.topic_partitions(client).await {
+                Ok(Some(count)) => return Ok(count),
+                Ok(None) => None,
+                Err(e @ SinkError::Retryable(_)) => Some(e),
+                Err(e) => return Err(e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last.unwrap_or_else(|| {
+                    SinkError::Retryable(format!(
+                        "{}: the topic was created but the cluster metadata does not show it \
+                         after {}",
+                        self.target,
+                        humantime::format_duration(self.request_timeout)
+                    ))
+                }));
+            }
+            tokio::time::sleep(TOPIC_POLL_INTERVAL).await;
+        }
+    }
+
+    fn missing_topic_error(&self) -> SinkError {
+        let topic = &self.target.topic;
+        SinkError::Fatal(format!(
+            "{}: topic {topic:?} does not exist and create_topic is false for this upstream; \
+             create the topic on the cluster (for example `kafka-topics.sh --create --topic \
+             {topic} --partitions {} --replication-factor {} --bootstrap-server {}`) or set \
+             create_topic = true for upstream {:?}",
+            self.target,
+            self.partitions,
+            self.replication_factor,
+            self.target
+                .brokers
+                .first()
+                .map(String::as_str)
+                .unwrap_or("HOST:PORT"),
+            self.target.upstream,
+        ))
+    }
+
+    /// Sends `batch` (minus what is already acknowledged) over `partitions` clients.
+    async fn deliver(
+        &mut self,
+        batch: &[Record],
+        partitions: Vec<Arc<PartitionClient>>,
+    ) -> Result<(), SinkError> {
+        let plan = plan(batch, &self.acked.seqs, partitions.len());
+        let sends = plan
+            .into_iter()
+            .zip(partitions)
+            .enumerate()
+            .filter(|(_, (records, _))| !records.is_empty())
+            .map(|(partition, (records, client))| {
+                let records = records
+                    .into_iter()
+                    .map(|r| (r.seq, to_kafka_record(r, &self.gateway_id)))
+                    .collect();
+                produce_partition(
+                    partition,
+                    client,
+                    records,
+                    self.compression,
+                    self.request_timeout,
+                )
+            })
+            .collect::<Vec<_>>();
+        let outcomes = futures::future::join_all(sends).await;
+
+        let mut failures = Vec::new();
+        for outcome in outcomes {
+            self.acked.seqs.extend(outcome.acked);
+            if let Some(failure) = outcome.failure {
+                failures.push((outcome.partition, outcome.unacked, failure));
+            }
+        }
+        if failures.is_empty() {
+            self.acked.clear();
+            return Ok(());
+        }
+
+        if failures.iter().any(|(_, _, f)| f.verdict().reconnect) {
+            debug!(upstream = %self.target.upstream, "Dropping the Kafka connection after a connection-level error.");
+            self.connection = None;
+        }
+        // Report a fatal failure if there is one: it is what an operator must act on.
+        failures.sort_by_key(|(_, _, f)| f.verdict().severity != Severity::Fatal);
+        let acked = batch
+            .iter()
+            .filter(|r| self.acked.seqs.contains(&r.seq))
+            .count();
+        let (partition, unacked, failure) = &failures[0];
+        let more = match failures.len() - 1 {
+            0 => String::new(),
+            n => format!(" (and {n} more partitions failed)"),
+        };
+        let verdict = failure.verdict();
+        let message = format!(
+            "{}: producing {unacked} records to partition {partition} failed: {}{}{more}; \
+             {acked} of the batch's {} records are acknowledged and will not be sent again",
+            self.target,
+            failure.describe(self.request_timeout),
+            verdict.hint.map(|h| format!("; {h}")).unwrap_or_default(),
+            batch.len(),
+        );
+        Err(verdict.severity.error(message))
+    }
+}
+
+impl Sink for KafkaSink {
+    async fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        self.acked.start_batch(first.seq);
+        let partitions = match &self.connection {
+            Some(connection) => connection.partitions.clone(),
+            None => {
+                let connection = self.connect().await?;
+                let partitions = connection.partitions.clone();
+                self.connection = Some(connection);
+                partitions
+            }
+        };
+        self.deliver(batch, partitions).await
+    }
+}
+
+/// Splits `batch` into one list per partition, in journal order, leaving out the records
+/// in `acked`.
+fn plan<'a>(batch: &'a [Record], acked: &HashSet<u64>, partitions: usize) -> Vec<Vec<&'a Record>> {
+    let mut plan = vec![Vec::new(); partitions.max(1)];
+    for record in batch.iter().filter(|r| !acked.contains(&r.seq)) {
+        let partition = partition_for_key(record.reading.topic.as_bytes(), partitions);
+        plan[partition].push(record);
+    }
+    plan
+}
+
+/// Splits one partition's records into produce requests of at most [`MAX_REQUEST_BYTES`]
+/// (estimated); a single larger record goes alone and the broker decides.
+fn chunk(records: Vec<(u64, KafkaRecord)>) -> Vec<Vec<(u64, KafkaRecord)>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for (seq, record) in records {
+        let size = record.approximate_size() + RECORD_OVERHEAD_BYTES;
+        if !current.is_empty() && bytes + size > MAX_REQUEST_BYTES {
+            chunks.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push((seq, record));
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// What happened to one partition's share of a batch.
+struct PartitionOutcome {
+    partition: usize,
+    /// Sequence numbers the broker acknowledged.
+    acked: Vec<u64>,
+    /// Records not acknowledged (the failed request and every later one).
+    unacked: usize,
+    failure: Option<Failure>,
+}
+
+/// Produces `records` to one partition, chunk after chunk, stopping at the first failure
+/// so nothing later overtakes what failed.
+async fn produce_partition(
+    partition: usize,
+    client: Arc<PartitionClient>,
+    records: Vec<(u64, KafkaRecord)>,
+    compression: KafkaCompression,
+    timeout: Duration,
+) -> PartitionOutcome {
+    let total = records.len();
+    let mut acked = Vec::with_capacity(total);
+    for chunk in chunk(records) {
+        let (seqs, records): (Vec<u64>, Vec<KafkaRecord>) = chunk.into_iter().unzip();
+        let count = records.len();
+        let failure =
+            match tokio::time::timeout(timeout, client.produce(records, compression)).await {
+                Ok(Ok(offsets)) => {
+                    debug!(
+                        topic = client.topic(),
+                        partition,
+                        records = count,
+                        first_offset = offsets.first().copied(),
+                        "Produced records."
+                    );
+                    acked.extend(seqs);
+                    continue;
+                }
+                Ok(Err(e)) => Failure::Kafka(e),
+                Err(_) => Failure::TimedOut,
+            };
+        return PartitionOutcome {
+            partition,
+            unacked: total - acked.len(),
+            acked,
+            failure: Some(failure),
+        };
+    }
+    PartitionOutcome {
+        partition,
+        acked,
+        unacked: 0,
+        failure: None,
+    }
+}
+
+/// Maps one journal record to the Kafka record tidegate sends.
+fn to_kafka_record(record: &Record, gateway_id: &str) -> KafkaRecord {
+    let mut headers = BTreeMap::new();
+    headers.insert(HEADER_GATEWAY.to_owned(), gateway_id.as_bytes().to_vec());
+    headers.insert(HEADER_SEQ.to_owned(), record.seq.to_string().into_bytes());
+    KafkaRecord {
+        key: Some(record.reading.topic.as_bytes().to_vec()),
+        value: Some(record.reading.payload.to_vec()),
+        headers,
+        timestamp: ingest_time(record.reading.ingest_ms),
+    }
+}
+
+/// The record timestamp for an ingest time. A time chrono cannot represent (beyond the
+/// year 262143) cannot come from a real clock; it is replaced by now rather than refused.
+fn ingest_time(ingest_ms: u64) -> DateTime<Utc> {
+    i64::try_from(ingest_ms)
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .unwrap_or_else(Utc::now)
+}
+
+fn kafka_compression(compression: Compression) -> KafkaCompression {
+    match compression {
+        Compression::None => KafkaCompression::NoCompression,
+        Compression::Gzip => KafkaCompression::Gzip,
+        Compression::Snappy => KafkaCompression::Snappy,
+        Compression::Lz4 => KafkaCompression::Lz4,
+        Compression::Zstd => KafkaCompression::Zstd,
+    }
+}
+
+/// A failed network call.
+#[derive(Debug)]
+enum Failure {
+    Kafka(KafkaError),
+    /// No answer within `request_timeout`.
+    TimedOut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Severity {
+    Retryable,
+    Fatal,
+}
+
+impl Severity {
+    fn error(self, message: String) -> SinkError {
+        match self {
+            Severity::Retryable => SinkError::Retryable(message),
+            Severity::Fatal => SinkError::Fatal(message),
+        }
+    }
+}
+
+/// How to treat a failure.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    severity: Severity,
+    /// Whether the cached connection and partition clients must be dropped.
+    reconnect: bool,
+    /// What an operator should do, for fatal errors.
+    hint: Option<&'static str>,
+}
+
+impl Verdict {
+    const RETRY: Verdict = Verdict {
+        severity: Severity::Retryable,
+        reconnect: false,
+        hint: None,
+    };
+    const RECONNECT: Verdict = Verdict {
+        severity: Severity::Retryable,
+        reconnect: true,
+        hint: None,
+    };
+
+    fn fatal(hint: &'static str) -> Verdict {
+        Verdict {
+            severity: Severity::Fatal,
+            reconnect: false,
+            hint: Some(hint),
+        }
+    }
+}
+
+impl Failure {
+    fn describe(&self, timeout: Duration) -> String {
+        match self {
+            Failure::Kafka(e) => e.to_string(),
+            Failure::TimedOut => format!(
+                "no answer within request_timeout ({})",
+                humantime::format_duration(timeout)
+            ),
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match self {
+            Failure::TimedOut => Verdict::RECONNECT,
+            Failure::Kafka(e) => classify(e),
+        }
+    }
+}
+
+/// Sorts an rskafka error into retryable or fatal, and says whether the connection must be
+/// rebuilt.
+fn classify(error: &KafkaError) -> Verdict {
+    match error {
+        KafkaError::ServerError { protocol_error, .. } => classify_protocol(protocol_error),
+        KafkaError::Request(e) => classify_request(e),
+        KafkaError::Connection(e) => match e {
+            rskafka::ConnectionError::SyncVersions(_) => Verdict {
+                reconnect: true,
+                ..Verdict::fatal(
+                    "the broker does not support the Kafka API versions tidegate needs \
+                     (Kafka 0.11 or later)",
+                )
+            },
+            rskafka::ConnectionError::SaslFailed(_) => Verdict {
+                reconnect: true,
+                ..Verdict::fatal("check the upstream's credentials")
+            },
+            _ => Verdict::RECONNECT,
+        },
+        // rskafka gave up retrying errors it considers transient.
+        KafkaError::RetryFailed(_) | KafkaError::Timeout | KafkaError::InvalidResponse(_) => {
+            Verdict::RECONNECT
+        }
+        _ => Verdict::RECONNECT,
+    }
+}
+
+fn classify_request(error: &RequestError) -> Verdict {
+    match error {
+        RequestError::NoVersionMatch { .. } => Verdict {
+            reconnect: true,
+            ..Verdict::fatal(
+                "the broker does not support a Kafka API version tidegate needs \
+                 (Kafka 0.11 or later)",
+            )
+        },
+        RequestError::Poisoned(inner) => classify_request(inner),
+        // I/O, framing and decoding errors: the connection is unusable.
+        _ => Verdict::RECONNECT,
+    }
+}
+
+fn classify_protocol(error: &ProtocolError) -> Verdict {
+    use ProtocolError as P;
+    match error {
+        // Metadata is stale: leadership moved or the topic is (re)appearing.
+        P::UnknownTopicOrPartition
+        | P::LeaderNotAvailable
+        | P::NotLeaderOrFollower
+        | P::BrokerNotAvailable
+        | P::ReplicaNotAvailable
+        | P::NetworkException
+        | P::NotController
+        | P::FencedLeaderEpoch
+        | P::UnknownLeaderEpoch
+        | P::ListenerNotFound
+        | P::PreferredLeaderNotAvailable
+        | P::EligibleLeadersNotAvailable => Verdict::RECONNECT,
+        // Transient on the broker side; the connection is fine.
+        P::UnknownServerError
+        | P::CorruptMessage
+        | P::RequestTimedOut
+        | P::NotEnoughReplicas
+        | P::NotEnoughReplicasAfterAppend
+        | P::KafkaStorageError
+        | P::CoordinatorLoadInProgress
+        | P::CoordinatorNotAvailable
+        | P::NotCoordinator
+        | P::OffsetNotAvailable
+        | P::ReassignmentInProgress
+        | P::ThrottlingQuotaExceeded
+        | P::ConcurrentTransactions
+        | P::OperationNotAttempted => Verdict::RETRY,
+        P::TopicAuthorizationFailed
+        | P::ClusterAuthorizationFailed
+        | P::TransactionalIdAuthorizationFailed => Verdict::fatal(
+            "grant this client WRITE (and DESCRIBE, plus CREATE if create_topic is set) on \
+             the topic",
+        ),
+        P::SaslAuthenticationFailed | P::UnsupportedSaslMechanism | P::IllegalSaslState => {
+            Verdict::fatal("check the upstream's authentication settings")
+        }
+        P::MessageTooLarge | P::RecordListTooLarge => Verdict::fatal(
+            "a reading is larger than the cluster accepts; raise the topic's \
+             max.message.bytes (and the broker's message.max.bytes) or lower \
+             mqtt.max_packet",
+        ),
+        P::InvalidTopicException => Verdict::fatal("fix the upstream's topic name"),
+        P::InvalidReplicationFactor | P::InvalidPartitions | P::InvalidReplicaAssignment => {
+            Verdict::fatal(
+                "the cluster refuses the upstream's partitions / replication_factor; create \
+                 the topic by hand or change those settings",
+            )
+        }
+        P::PolicyViolation | P::InvalidConfig => {
+            Verdict::fatal("the cluster's policy refuses this request; ask its operator")
+        }
+        P::UnsupportedVersion | P::UnsupportedForMessageFormat => Verdict::fatal(
+            "the broker does not support the request tidegate sends (Kafka 0.11 or later)",
+        ),
+        P::UnsupportedCompressionType => Verdict::fatal(
+            "the broker does not support the configured compression; choose another codec",
+        ),
+        P::InvalidTimestamp => Verdict::fatal(
+            "the broker refuses the record timestamps; check this gateway's clock and the \
+             topic's message.timestamp.*.max.ms",
+        ),
+        _ => Verdict::fatal("the cluster refuses the request; see the error"),
+    }
+}

@@ -1,0 +1,206 @@
+//! Forwarding: one [`Forwarder`] per upstream moves the journal to its sink in order.
+//!
+//! A forwarder owns its upstream's cursor (the next sequence to send, stored in the
+//! journal). Its loop: wait for records past the cursor; let a batch fill for up to
+//! `linger`; read up to `max_batch` records; send them with [`Sink::send`] until the
+//! upstream acknowledges all of them, backing off with jitter between failures; then move
+//! the cursor past the batch. The cursor moves on acknowledgement and nothing else, and a
+//! failed batch is retried before anything later is read (invariant 2, *Ordered*). Each
+//! forwarder runs on its own, so a dead upstream never holds another back (invariant 5).
+
+pub mod retry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::UpstreamConfig;
+use crate::journal::Journal;
+use crate::record::Record;
+use crate::sinks::{Sink, SinkError};
+use crate::telemetry::{add, ForwardCounters};
+use retry::Backoff;
+
+/// Bytes of record values read into one batch at most; sinks split further as their
+/// protocol requires.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// How often a still-failing upstream is logged again.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Moves one upstream's share of the journal.
+pub struct Forwarder<S: Sink> {
+    config: UpstreamConfig,
+    journal: Journal,
+    sink: S,
+    counters: Arc<ForwardCounters>,
+}
+
+impl<S: Sink> Forwarder<S> {
+    pub fn new(
+        config: UpstreamConfig,
+        journal: Journal,
+        sink: S,
+        counters: Arc<ForwardCounters>,
+    ) -> Self {
+        Self {
+            config,
+            journal,
+            sink,
+            counters,
+        }
+    }
+
+    /// Runs until `shutdown`. A batch already being sent is finished (or fails) first, so
+    /// shutdown never abandons a request whose outcome is unknown.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let name = self.config.name.clone();
+        let mut cursor = match self.journal.cursor(&name) {
+            Ok(Some(c)) => c,
+            Ok(None) => 1,
+            Err(e) => {
+                tracing::error!(upstream = %name, error = %e, "Cannot read the upstream's cursor; it forwards nothing until tidegate restarts.");
+                return;
+            }
+        };
+        tracing::info!(upstream = %name, cursor, brokers = ?self.config.brokers, topic = %self.config.topic, "Forwarder started.");
+        let mut committed = self.journal.committed();
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut failing_since: Option<Instant> = None;
+        let mut last_failure_log: Option<Instant> = None;
+        loop {
+            // Wait until something past the cursor is committed.
+            let last = *committed.borrow_and_update();
+            if last < cursor {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = committed.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Let a small batch fill up, unless a full one is already there.
+            if last + 1 - cursor < self.config.max_batch as u64 && !self.config.linger.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.config.linger) => {}
+                }
+            }
+            let (records, next) = match self.read_batch(cursor).await {
+                Some(b) => b,
+                None => {
+                    // Journal read failed: already logged; try again later.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.config.backoff_max) => continue,
+                    }
+                }
+            };
+            if !records.is_empty() {
+                // Send until acknowledged; a failure retries this same batch.
+                loop {
+                    match self.sink.send(&records).await {
+                        Ok(()) => {
+                            add(&self.counters.sent, records.len() as u64);
+                            add(&self.counters.batches, 1);
+                            self.counters
+                                .connected
+                                .store(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Some(since) = failing_since.take() {
+                                tracing::info!(upstream = %name, attempts = backoff.attempts(), down_for = ?since.elapsed(), "Upstream reachable again; backlog draining.");
+                            }
+                            backoff.reset();
+                            break;
+                        }
+                        Err(e) => {
+                            add(&self.counters.failures, 1);
+                            self.counters
+                                .connected
+                                .store(0, std::sync::atomic::Ordering::Relaxed);
+                            let now = Instant::now();
+                            failing_since.get_or_insert(now);
+                            let due = last_failure_log
+                                .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_INTERVAL);
+                            if due {
+                                last_failure_log = Some(now);
+                                let backlog =
+                                    committed.borrow().saturating_add(1).saturating_sub(cursor);
+                                match &e {
+                                    SinkError::Fatal(_) => {
+                                        tracing::error!(upstream = %name, error = %e, backlog, "Upstream refuses the batch; holding the cursor until an operator acts. Retrying slowly.")
+                                    }
+                                    _ => {
+                                        tracing::warn!(upstream = %name, error = %e, backlog, attempts = backoff.attempts() + 1, "Upstream unreachable; readings stay in the journal and are retried with backoff.")
+                                    }
+                                }
+                            }
+                            let delay = if e.is_retryable() {
+                                backoff.next_delay()
+                            } else {
+                                self.config.backoff_max
+                            };
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                        }
+                    }
+                }
+            }
+            match self.journal.set_cursor(&name, next).await {
+                Ok(()) => cursor = next,
+                Err(e) => {
+                    tracing::error!(upstream = %name, error = %e, "Cannot store the cursor; stopping this forwarder (the batch will be resent after restart).");
+                    return;
+                }
+            }
+        }
+        tracing::info!(upstream = %name, cursor, "Forwarder stopped.");
+    }
+
+    /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
+    /// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged.
+    async fn read_batch(&self, cursor: u64) -> Option<(Vec<Record>, u64)> {
+        let journal = self.journal.clone();
+        let max = self.config.max_batch;
+        let read =
+            tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES))
+                .await;
+        let items = match read {
+            Ok(Ok(items)) => items,
+            Ok(Err(e)) => {
+                tracing::error!(upstream = %self.config.name, error = %e, "Reading the journal failed.");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(upstream = %self.config.name, error = %e, "Journal read task failed.");
+                return None;
+            }
+        };
+        let mut next = cursor;
+        let mut records = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Ok(r) => {
+                    if r.seq > next {
+                        let lost = r.seq - next;
+                        add(&self.counters.lost_to_drop_oldest, lost);
+                        tracing::warn!(upstream = %self.config.name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
+                    }
+                    next = r.seq + 1;
+                    records.push(r);
+                }
+                Err(e) => {
+                    add(&self.counters.corrupt_skipped, 1);
+                    tracing::error!(upstream = %self.config.name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
+                    next = next.max(e.seq() + 1);
+                }
+            }
+        }
+        Some((records, next))
+    }
+}

@@ -1,0 +1,656 @@
+//! The device-facing MQTT listener (MQTT 3.1.1 and 5 on one port).
+//!
+//! tidegate owns the connection loop so that it can keep invariant 1 of the journal:
+//! **a PUBACK (or PUBREC) is written only after the commit that holds the reading**.
+//! Each connection runs two halves joined by a bounded channel:
+//!
+//! * the *reader* parses every packet a socket read delivered, hands all of its
+//!   publishes to the journal in one [`Journal::submit`], and queues the acknowledgements
+//!   that depend on that commit, in packet order;
+//! * the *writer* awaits each queued commit in turn and only then writes its acks.
+//!
+//! Because commits are awaited in queue order, a device's acknowledgements keep the order
+//! of its publishes, and one device can pipeline many publishes into a single group commit
+//! shared with every other connection.
+//!
+//! Refusals: with `on_full = "reject"` a refused QoS 1/2 reading is answered with reason
+//! 0x97 (quota exceeded) under MQTT 5 and not acknowledged at all under 3.1.1 — the
+//! connection is closed instead, so the device keeps the reading and sends it again after
+//! reconnecting. Malformed and oversized packets close the connection, counted and logged
+//! with the client id; the good packets before them are journaled and acknowledged first.
+//!
+//! The listener journals; it does not route. SUBSCRIBE is answered with a failure code.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::codec::{
+    self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, Version,
+};
+use crate::config::MqttConfig;
+use crate::journal::{now_ms, Appended, Journal, JournalError};
+use crate::record::{Reading, SourceKind};
+use crate::telemetry::{add, IngestCounters};
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    #[error("cannot listen for MQTT on {addr}: {source} (is another broker using the port? set mqtt.listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the listener socket, so that a port conflict stops start-up with a clear error.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { addr, source })
+}
+
+/// State shared by every connection.
+struct Ctx {
+    config: MqttConfig,
+    journal: Journal,
+    counters: Arc<IngestCounters>,
+    /// Client id → (connection number, its cancel token): a new connection with the same
+    /// id takes the session over and closes the old one, as MQTT requires.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_conn: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// Accepts devices until `shutdown` is cancelled; every connection task is tracked by
+/// `tracker`, and each one finishes by writing the acks of what it already journaled.
+pub async fn serve(
+    listener: TcpListener,
+    config: MqttConfig,
+    journal: Journal,
+    counters: Arc<IngestCounters>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let ctx = Arc::new(Ctx {
+        config,
+        journal,
+        counters,
+        sessions: Mutex::new(HashMap::new()),
+        next_conn: AtomicU64::new(1),
+        shutdown: shutdown.clone(),
+    });
+    let mut refused_logged = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "Accepting an MQTT connection failed; retrying shortly.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            add(&ctx.counters.connections_refused, 1);
+            if !refused_logged {
+                tracing::warn!(%peer, max_connections = ctx.config.max_connections, "Refusing MQTT connection: mqtt.max_connections reached (logged once).");
+                refused_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            handle(stream, peer, ctx).await;
+            drop(permit);
+        });
+    }
+    tracing::info!("MQTT listener stopped accepting connections.");
+}
+
+/// An acknowledgement waiting for its commit.
+#[derive(Debug)]
+enum Action {
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) of the reading at `index` in the batch; `None`
+    /// when the reading was not journaled and `reason` says why.
+    Ack {
+        qos: u8,
+        pkid: u16,
+        index: Option<usize>,
+        reason: AckReason,
+    },
+    PubComp(u16),
+    PingResp,
+    SubAckRefused {
+        pkid: u16,
+        filters: usize,
+    },
+    UnsubAck {
+        pkid: u16,
+        filters: usize,
+    },
+}
+
+/// What the reader hands the writer.
+enum Out {
+    Batch {
+        commit: Option<oneshot::Receiver<Result<Appended, JournalError>>>,
+        actions: Vec<Action>,
+    },
+    Close(Option<DisconnectReason>),
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let max = ctx.config.max_packet.as_u64() as usize;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+
+    let connect = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        r = tokio::time::timeout(ctx.config.connect_timeout, read_connect(&mut rd, &mut buf, max)) => r,
+    };
+    let connect = match connect {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return, // closed before CONNECT
+        Ok(Err(e)) => {
+            add(&ctx.counters.connections_refused, 1);
+            if matches!(e, CodecError::TooLarge { .. }) {
+                add(&ctx.counters.rejected_oversized, 1);
+            } else {
+                add(&ctx.counters.rejected_malformed, 1);
+            }
+            tracing::warn!(%peer, error = %e, "Refusing MQTT connection: bad CONNECT.");
+            if let CodecError::UnsupportedVersion(_) = e {
+                // 3.1.1 CONNACK 0x01 is understood by every client version.
+                let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            }
+            return;
+        }
+        Err(_) => {
+            add(&ctx.counters.connections_refused, 1);
+            tracing::debug!(%peer, "No CONNECT within mqtt.connect_timeout; closing.");
+            return;
+        }
+    };
+
+    let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let version = connect.version;
+    let mut out = BytesMut::with_capacity(256);
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            // 3.1.1 §3.1.3.1: an empty id needs a clean session.
+            codec::write_connack(
+                version,
+                false,
+                Some(Refusal::BadClientId),
+                None,
+                0,
+                0,
+                &mut out,
+            );
+            let _ = wr.write_all(&out).await;
+            add(&ctx.counters.connections_refused, 1);
+            tracing::warn!(%peer, "Refusing MQTT connection: empty client id with a persistent session.");
+            return;
+        }
+        let id = format!("tidegate-auto-{conn_id}");
+        if version == Version::V5 {
+            assigned = Some(id.clone());
+        }
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let span = tracing::info_span!("device", client_id = %client_id, %peer);
+    async move {
+        let conn_token = ctx.shutdown.child_token();
+        if let Some((_, old)) = ctx
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone(), (conn_id, conn_token.clone()))
+        {
+            tracing::info!("Session taken over by a new connection with the same client id.");
+            old.cancel();
+        }
+
+        // tidegate keeps no server-side state a publisher needs, so a persistent session is
+        // always "present": a device then keeps and resends its unacknowledged publishes.
+        let session_present = !connect.clean_session;
+        codec::write_connack(
+            version,
+            session_present,
+            None,
+            assigned,
+            ctx.config.max_inflight,
+            max as u32,
+            &mut out,
+        );
+        if wr.write_all(&out).await.is_err() {
+            release_session(&ctx, &client_id, conn_id);
+            return;
+        }
+        add(&ctx.counters.connections_accepted, 1);
+        ctx.counters
+            .connections_active
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            ?version,
+            clean_session = connect.clean_session,
+            keep_alive = connect.keep_alive,
+            "Device connected."
+        );
+
+        // QoS 2 packet ids received and not yet released: a resend with one of these ids
+        // is a duplicate and is not journaled again.
+        let awaiting_rel = Arc::new(Mutex::new(HashSet::new()));
+        let (tx, rx) = mpsc::channel::<Out>(64);
+        let writer_done = CancellationToken::new();
+        let writer = tokio::spawn(
+            write_loop(
+                wr,
+                rx,
+                version,
+                ctx.counters.clone(),
+                awaiting_rel.clone(),
+                writer_done.clone(),
+            )
+            .in_current_span(),
+        );
+        let reason = read_loop(
+            &mut rd,
+            buf,
+            &ctx,
+            &client_id,
+            version,
+            connect.keep_alive,
+            &tx,
+            &conn_token,
+            &writer_done,
+            &awaiting_rel,
+        )
+        .await;
+        let _ = tx.send(Out::Close(reason)).await;
+        drop(tx);
+        let _ = writer.await;
+        release_session(&ctx, &client_id, conn_id);
+        ctx.counters
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(?reason, "Device disconnected.");
+    }
+    .instrument(span)
+    .await
+}
+
+fn release_session(ctx: &Ctx, client_id: &str, conn_id: u64) {
+    let mut sessions = ctx.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if sessions
+        .get(client_id)
+        .is_some_and(|(id, _)| *id == conn_id)
+    {
+        sessions.remove(client_id);
+    }
+}
+
+async fn read_connect(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<codec::ConnectInfo>, CodecError> {
+    loop {
+        if let Frame::Packet(c) = codec::read_connect(buf, max)? {
+            return Ok(Some(c));
+        }
+        buf.reserve(4096);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads packets until the device leaves, an error, takeover or shutdown. Returns the
+/// reason to give the device (MQTT 5), if any.
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    rd: &mut OwnedReadHalf,
+    mut buf: BytesMut,
+    ctx: &Ctx,
+    client_id: &str,
+    version: Version,
+    keep_alive: u16,
+    tx: &mpsc::Sender<Out>,
+    conn_token: &CancellationToken,
+    writer_done: &CancellationToken,
+    awaiting_rel: &Arc<Mutex<HashSet<u16>>>,
+) -> Option<DisconnectReason> {
+    let max = ctx.config.max_packet.as_u64() as usize;
+    // MQTT: the server may close after 1.5 keep-alive periods of silence.
+    let idle = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
+    let mut subscribe_logged = false;
+    loop {
+        // Parse everything already buffered into one journal submission.
+        let mut readings = Vec::new();
+        let mut actions = Vec::new();
+        let mut stop: Option<Option<DisconnectReason>> = None;
+        loop {
+            match codec::read(version, &mut buf, max) {
+                Ok(Frame::Incomplete) => break,
+                Ok(Frame::Packet(p)) => match p {
+                    Inbound::Publish {
+                        topic,
+                        payload,
+                        qos,
+                        pkid,
+                        retain,
+                        dup: _,
+                        topic_alias,
+                    } => {
+                        if topic_alias.is_some() {
+                            add(&ctx.counters.rejected_topic, 1);
+                            tracing::warn!(
+                                "Closing connection: topic alias used but none was offered."
+                            );
+                            stop = Some(Some(DisconnectReason::TopicAliasInvalid));
+                            break;
+                        }
+                        let topic = match validate_topic(topic) {
+                            Ok(t) => t,
+                            Err(why) => {
+                                add(&ctx.counters.rejected_topic, 1);
+                                tracing::warn!(
+                                    reason = why,
+                                    "Closing connection: invalid publish topic."
+                                );
+                                stop = Some(Some(DisconnectReason::ProtocolError));
+                                break;
+                            }
+                        };
+                        if topic.starts_with('$') {
+                            add(&ctx.counters.rejected_system_topic, 1);
+                            if qos > 0 {
+                                actions.push(Action::Ack {
+                                    qos,
+                                    pkid,
+                                    index: None,
+                                    reason: AckReason::TopicNameInvalid,
+                                });
+                            }
+                            continue;
+                        }
+                        if qos == 2 {
+                            let mut set = awaiting_rel.lock().unwrap_or_else(|p| p.into_inner());
+                            if !set.insert(pkid) {
+                                // Resent before PUBREL: already journaled.
+                                actions.push(Action::Ack {
+                                    qos,
+                                    pkid,
+                                    index: None,
+                                    reason: AckReason::Success,
+                                });
+                                continue;
+                            }
+                        }
+                        let index = readings.len();
+                        readings.push(Reading {
+                            ingest_ms: now_ms(),
+                            source_kind: SourceKind::MqttListener,
+                            source: client_id.to_owned(),
+                            topic,
+                            payload,
+                            qos,
+                            retain,
+                        });
+                        if qos > 0 {
+                            actions.push(Action::Ack {
+                                qos,
+                                pkid,
+                                index: Some(index),
+                                reason: AckReason::Success,
+                            });
+                        }
+                    }
+                    Inbound::PubRel { pkid } => {
+                        awaiting_rel
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&pkid);
+                        actions.push(Action::PubComp(pkid));
+                    }
+                    Inbound::PingReq => actions.push(Action::PingResp),
+                    Inbound::Subscribe { pkid, filters } => {
+                        if !subscribe_logged {
+                            tracing::info!("Refusing SUBSCRIBE: tidegate's listener journals readings and serves no subscriptions; consume them upstream.");
+                            subscribe_logged = true;
+                        }
+                        actions.push(Action::SubAckRefused { pkid, filters });
+                    }
+                    Inbound::Unsubscribe { pkid, filters } => {
+                        actions.push(Action::UnsubAck { pkid, filters })
+                    }
+                    Inbound::Ignored => {}
+                    Inbound::Disconnect => {
+                        stop = Some(None);
+                        break;
+                    }
+                    Inbound::Unexpected(what) => {
+                        add(&ctx.counters.rejected_malformed, 1);
+                        tracing::warn!(packet = what, "Closing connection: protocol error.");
+                        stop = Some(Some(DisconnectReason::ProtocolError));
+                        break;
+                    }
+                },
+                Err(e) => {
+                    let reason = if matches!(e, CodecError::TooLarge { .. }) {
+                        add(&ctx.counters.rejected_oversized, 1);
+                        DisconnectReason::PacketTooLarge
+                    } else {
+                        add(&ctx.counters.rejected_malformed, 1);
+                        DisconnectReason::Malformed
+                    };
+                    tracing::warn!(error = %e, "Closing connection: rejected packet; the readings before it are kept.");
+                    stop = Some(Some(reason));
+                    break;
+                }
+            }
+        }
+
+        if !readings.is_empty() || !actions.is_empty() {
+            let commit = if readings.is_empty() {
+                None
+            } else {
+                add(&ctx.counters.readings_received, readings.len() as u64);
+                match ctx.journal.submit(readings).await {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Journal unavailable; closing the connection without acknowledging.");
+                        return Some(DisconnectReason::ShuttingDown);
+                    }
+                }
+            };
+            if tx.send(Out::Batch { commit, actions }).await.is_err() {
+                return None;
+            }
+        }
+        if let Some(reason) = stop {
+            return reason;
+        }
+
+        buf.reserve(16 * 1024);
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, rd.read_buf(&mut buf)).await.ok(),
+                None => Some(rd.read_buf(&mut buf).await),
+            }
+        };
+        tokio::select! {
+            _ = conn_token.cancelled() => {
+                return Some(if ctx.shutdown.is_cancelled() {
+                    DisconnectReason::ShuttingDown
+                } else {
+                    DisconnectReason::SessionTakenOver
+                });
+            }
+            _ = writer_done.cancelled() => return None,
+            r = read => match r {
+                None => {
+                    tracing::info!("Closing connection: no packet within 1.5 keep-alive periods.");
+                    return Some(DisconnectReason::KeepAliveTimeout);
+                }
+                Some(Ok(0)) | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// A publish topic must be UTF-8, non-empty and free of wildcards.
+fn validate_topic(topic: Bytes) -> Result<String, &'static str> {
+    let topic = String::from_utf8(topic.to_vec()).map_err(|_| "topic is not UTF-8")?;
+    if topic.is_empty() {
+        return Err("empty topic");
+    }
+    if topic.contains(['+', '#']) {
+        return Err("wildcard in a publish topic");
+    }
+    if topic.contains('\0') {
+        return Err("NUL in topic");
+    }
+    Ok(topic)
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Out>,
+    version: Version,
+    counters: Arc<IngestCounters>,
+    awaiting_rel: Arc<Mutex<HashSet<u16>>>,
+    done: CancellationToken,
+) {
+    let mut out = BytesMut::with_capacity(4096);
+    let _done = done.drop_guard();
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Out::Batch { commit, actions } => {
+                let accepted = match commit {
+                    None => usize::MAX,
+                    Some(rx) => match rx.await {
+                        Ok(Ok(a)) => a.accepted,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "Journal commit failed; closing without acknowledging.");
+                            let _ = wr.shutdown().await;
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = wr.shutdown().await;
+                            return;
+                        }
+                    },
+                };
+                let mut close_after = false;
+                for action in actions {
+                    match action {
+                        Action::Ack {
+                            qos,
+                            pkid,
+                            index,
+                            reason,
+                        } => {
+                            let reason = match index {
+                                Some(i) if i >= accepted => {
+                                    add(&counters.rejected_full, 1);
+                                    if qos == 2 {
+                                        awaiting_rel
+                                            .lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .remove(&pkid);
+                                    }
+                                    if version == Version::V4 {
+                                        // 3.1.1 has no negative ack: withhold it and close,
+                                        // so the device resends after reconnecting.
+                                        close_after = true;
+                                        break;
+                                    }
+                                    AckReason::QuotaExceeded
+                                }
+                                Some(_) => {
+                                    add(&counters.readings_acknowledged, 1);
+                                    reason
+                                }
+                                None => reason,
+                            };
+                            if qos == 2 {
+                                codec::write_pubrec(version, pkid, reason, &mut out);
+                            } else {
+                                codec::write_puback(version, pkid, reason, &mut out);
+                            }
+                        }
+                        Action::PubComp(pkid) => codec::write_pubcomp(version, pkid, &mut out),
+                        Action::PingResp => codec::write_pingresp(&mut out),
+                        Action::SubAckRefused { pkid, filters } => {
+                            codec::write_suback_refused(version, pkid, filters, &mut out)
+                        }
+                        Action::UnsubAck { pkid, filters } => {
+                            codec::write_unsuback(version, pkid, filters, &mut out)
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if wr.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                }
+                if close_after {
+                    tracing::warn!("Journal full (on_full = \"reject\"): withholding PUBACK and closing so the device keeps its readings.");
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            }
+            Out::Close(reason) => {
+                if let Some(r) = reason {
+                    codec::write_disconnect(version, r, &mut out);
+                    let _ = wr.write_all(&out).await;
+                }
+                let _ = wr.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_topics_with_wildcards_or_bad_utf8_are_refused() {
+        assert!(validate_topic(Bytes::from_static(b"turbines/wt-1/telemetry")).is_ok());
+        assert!(validate_topic(Bytes::from_static(b"a/+/b")).is_err());
+        assert!(validate_topic(Bytes::from_static(b"a/#")).is_err());
+        assert!(validate_topic(Bytes::from_static(b"")).is_err());
+        assert!(validate_topic(Bytes::from_static(b"\xff\xfe")).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Ingest: every way a reading enters tidegate. Each source turns input into
+//! [`crate::record::Reading`]s and hands them to the journal; none acknowledges a reading
+//! before the journal has committed it.
+
+pub mod broker;
+pub mod codec;

