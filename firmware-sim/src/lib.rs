@@ -1,1 +1,36 @@
+//! Simulated wind-turbine fleets for tidegate: the test bed, load generator and verifier.
+//!
+//! # Layout
+//! - [`telemetry`]: the deterministic turbine model and its JSON payloads;
+//! - [`fleet`]: N turbines, one MQTT connection each, that survive broker restarts and record
+//!   exactly which readings were acknowledged ([`run_fleet`]);
+//! - [`verify`]: reads a Kafka topic back and checks it against a fleet's report — missing
+//!   acknowledged readings, duplicates, reordering, headers, keys ([`check`],
+//!   [`wait_until_complete`]);
+//! - [`load`]: the benchmark: a fleet as fast as possible, with PUBACK and end-to-end
+//!   latency percentiles ([`run_load`]);
+//! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of.
+//!
+//! ```text
+//!  Turbine ─▶ publisher ─▶ rumqttc ─MQTT─▶ gateway ─▶ Kafka ─▶ verify::check
+//!                 ▲            │ PUBACK                          ▲
+//!                 └─ window ◀──┴─▶ AckTracker ─▶ FleetReport ─────┘
+//! ```
 
+pub mod fleet;
+pub mod latency;
+pub mod load;
+pub mod seqset;
+pub mod telemetry;
+pub mod verify;
+
+pub use fleet::{
+    run_fleet, run_fleet_with_progress, DeviceReport, FleetError, FleetOptions, FleetProgress,
+    FleetReport, Protocol, Qos,
+};
+pub use latency::{Histogram, LatencySummary};
+pub use load::{run_load, KafkaTarget, LoadOptions, LoadReport};
+pub use seqset::SeqSet;
+pub use telemetry::{device_id, topic_for, Reading, ReadingId, Turbine};
+pub use tokio_util::sync::CancellationToken;
+pub use verify::{check, wait_until_complete, KafkaReading, VerifyReport};

@@ -526,3 +526,35 @@ mod tests {
         assert!(err.to_string().contains("max_size"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example documents every key; it must stay loadable and match the code.
+    #[test]
+    fn the_shipped_example_config_is_valid_and_its_stated_defaults_are_the_real_ones() {
+        let c = Config::from_toml(
+            include_str!("../../deploy/tidegate.toml"),
+            Path::new("deploy/tidegate.toml"),
+        )
+        .expect("deploy/tidegate.toml is valid");
+        let d = Config::default();
+        assert_eq!(c.journal.max_size, d.journal.max_size);
+        assert_eq!(c.journal.on_full, d.journal.on_full);
+        assert_eq!(c.journal.commit_interval, d.journal.commit_interval);
+        assert_eq!(c.journal.commit_max_records, d.journal.commit_max_records);
+        assert_eq!(c.mqtt.max_packet, d.mqtt.max_packet);
+        assert_eq!(c.mqtt.max_connections, d.mqtt.max_connections);
+        assert_eq!(c.mqtt.max_inflight, d.mqtt.max_inflight);
+        assert_eq!(c.mqtt.connect_timeout, d.mqtt.connect_timeout);
+        let u = &c.upstream[0];
+        assert_eq!(u.max_batch, default_max_batch());
+        assert_eq!(u.linger, default_linger());
+        assert_eq!(u.compression, default_compression());
+        assert_eq!(u.partitions, default_partitions());
+        assert_eq!(u.request_timeout, default_request_timeout());
+        assert_eq!(u.backoff_initial, default_backoff_initial());
+        assert_eq!(u.backoff_max, default_backoff_max());
+    }
+}

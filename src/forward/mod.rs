@@ -29,6 +29,9 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// How often a still-failing upstream is logged again.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Records read for one send, and the cursor after them.
+type Batch = (Vec<Record>, u64);
+
 /// Moves one upstream's share of the journal.
 pub struct Forwarder<S: Sink> {
     config: UpstreamConfig,
@@ -69,42 +72,69 @@ impl<S: Sink> Forwarder<S> {
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failing_since: Option<Instant> = None;
         let mut last_failure_log: Option<Instant> = None;
-        loop {
-            // Wait until something past the cursor is committed.
-            let last = *committed.borrow_and_update();
-            if last < cursor {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    changed = committed.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            // Let a small batch fill up, unless a full one is already there.
-            if last + 1 - cursor < self.config.max_batch as u64 && !self.config.linger.is_zero() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(self.config.linger) => {}
-                }
-            }
-            let (records, next) = match self.read_batch(cursor).await {
-                Some(b) => b,
+        // While a batch is being sent, the next one is read (when a full one is waiting)
+        // and the previous cursor is being stored: the upstream is kept busy.
+        let mut prefetched: Option<tokio::task::JoinHandle<Option<Batch>>> = None;
+        let mut cursor_store: Option<tokio::task::JoinHandle<bool>> = None;
+        'batches: loop {
+            let batch = match prefetched.take() {
+                Some(handle) => handle.await.ok().flatten(),
                 None => {
-                    // Journal read failed: already logged; try again later.
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(self.config.backoff_max) => continue,
+                    // Wait until something past the cursor is committed.
+                    let last = *committed.borrow_and_update();
+                    if last < cursor {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            changed = committed.changed() => {
+                                if changed.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
                     }
+                    // Let a small batch fill up, unless a full one is already there.
+                    if last + 1 - cursor < self.config.max_batch as u64
+                        && !self.config.linger.is_zero()
+                    {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(self.config.linger) => {}
+                        }
+                    }
+                    read_batch(
+                        self.journal.clone(),
+                        name.clone(),
+                        self.counters.clone(),
+                        cursor,
+                        self.config.max_batch,
+                    )
+                    .await
                 }
             };
+            let Some((records, next)) = batch else {
+                // Journal read failed: already logged; try again later.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.config.backoff_max) => continue,
+                }
+            };
+            if next > cursor && *committed.borrow() + 1 >= next + self.config.max_batch as u64 {
+                prefetched = Some(tokio::spawn(read_batch(
+                    self.journal.clone(),
+                    name.clone(),
+                    self.counters.clone(),
+                    next,
+                    self.config.max_batch,
+                )));
+            }
             if !records.is_empty() {
                 // Send until acknowledged; a failure retries this same batch.
                 loop {
+                    let started = Instant::now();
                     match self.sink.send(&records).await {
                         Ok(()) => {
+                            tracing::debug!(upstream = %name, records = records.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
                             add(&self.counters.sent, records.len() as u64);
                             add(&self.counters.batches, 1);
                             self.counters
@@ -134,7 +164,7 @@ impl<S: Sink> Forwarder<S> {
                                         tracing::error!(upstream = %name, error = %e, backlog, "Upstream refuses the batch; holding the cursor until an operator acts. Retrying slowly.")
                                     }
                                     _ => {
-                                        tracing::warn!(upstream = %name, error = %e, backlog, attempts = backoff.attempts() + 1, "Upstream unreachable; readings stay in the journal and are retried with backoff.")
+                                        tracing::warn!(upstream = %name, error = %e, backlog, attempts = backoff.attempts() + 1, "Upstream unreachable; readings stay in the journal and are retried with backoff (logged again every 30s while it lasts).")
                                     }
                                 }
                             }
@@ -144,40 +174,64 @@ impl<S: Sink> Forwarder<S> {
                                 self.config.backoff_max
                             };
                             tokio::select! {
-                                _ = shutdown.cancelled() => return,
+                                _ = shutdown.cancelled() => break 'batches,
                                 _ = tokio::time::sleep(delay) => {}
                             }
                         }
                     }
                 }
             }
-            match self.journal.set_cursor(&name, next).await {
-                Ok(()) => cursor = next,
-                Err(e) => {
-                    tracing::error!(upstream = %name, error = %e, "Cannot store the cursor; stopping this forwarder (the batch will be resent after restart).");
-                    return;
+            // Store the cursor in the background; the writer keeps the highest, so stores
+            // that finish out of order never move it back.
+            if let Some(previous) = cursor_store.take() {
+                if previous.await.ok() != Some(true) {
+                    break;
                 }
             }
+            let journal = self.journal.clone();
+            let upstream = name.clone();
+            cursor_store = Some(tokio::spawn(async move {
+                match journal.set_cursor(&upstream, next).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(upstream = %upstream, error = %e, "Cannot store the cursor; stopping this forwarder (the batch will be resent after restart).");
+                        false
+                    }
+                }
+            }));
+            cursor = next;
+        }
+        if let Some(previous) = cursor_store.take() {
+            let _ = previous.await;
+        }
+        if let Some(p) = prefetched.take() {
+            p.abort();
         }
         tracing::info!(upstream = %name, cursor, "Forwarder stopped.");
     }
+}
 
-    /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
-    /// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged.
-    async fn read_batch(&self, cursor: u64) -> Option<(Vec<Record>, u64)> {
-        let journal = self.journal.clone();
-        let max = self.config.max_batch;
+/// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
+/// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged.
+async fn read_batch(
+    journal: Journal,
+    name: String,
+    counters: Arc<ForwardCounters>,
+    cursor: u64,
+    max: usize,
+) -> Option<Batch> {
+    {
         let read =
             tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES))
                 .await;
         let items = match read {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
-                tracing::error!(upstream = %self.config.name, error = %e, "Reading the journal failed.");
+                tracing::error!(upstream = %name, error = %e, "Reading the journal failed.");
                 return None;
             }
             Err(e) => {
-                tracing::error!(upstream = %self.config.name, error = %e, "Journal read task failed.");
+                tracing::error!(upstream = %name, error = %e, "Journal read task failed.");
                 return None;
             }
         };
@@ -188,15 +242,15 @@ impl<S: Sink> Forwarder<S> {
                 Ok(r) => {
                     if r.seq > next {
                         let lost = r.seq - next;
-                        add(&self.counters.lost_to_drop_oldest, lost);
-                        tracing::warn!(upstream = %self.config.name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
+                        add(&counters.lost_to_drop_oldest, lost);
+                        tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
                     }
                     next = r.seq + 1;
                     records.push(r);
                 }
                 Err(e) => {
-                    add(&self.counters.corrupt_skipped, 1);
-                    tracing::error!(upstream = %self.config.name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
+                    add(&counters.corrupt_skipped, 1);
+                    tracing::error!(upstream = %name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
                     next = next.max(e.seq() + 1);
                 }
             }

@@ -1,0 +1,446 @@
+//! The benchmark: a fleet publishing as fast as its windows allow, with a progress line per
+//! second and, when given a Kafka topic, end-to-end completeness and latency.
+//!
+//! End-to-end latency is *publish → readable in Kafka*: a consumer task per partition reads
+//! the topic while the fleet runs and records, for every reading of this run, the wall-clock
+//! time it was read minus the `ts` the device stamped on it when it sampled it (ms
+//! resolution, so figures carry up to 1 ms of rounding). Both clocks are this machine's.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::{
+    now_ms, run_fleet_with_progress, FleetError, FleetOptions, FleetProgress, FleetReport, Qos,
+};
+use crate::latency::{ms, Histogram, LatencySummary};
+use crate::verify::{Checker, KafkaReading, StartAt, TopicReader, VerifyError, VerifyReport};
+
+/// The Kafka side of a load run.
+#[derive(Debug, Clone)]
+pub struct KafkaTarget {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// Topic the gateway forwards to.
+    pub topic: String,
+}
+
+/// How a load run goes. [`LoadOptions::default`] is the project benchmark: 100 devices,
+/// QoS 1, 100-byte payloads, 100 in flight each, as fast as possible, for 10 s.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// The fleet.
+    pub fleet: FleetOptions,
+    /// Where to check forwarding, if anywhere.
+    pub kafka: Option<KafkaTarget>,
+    /// After publishing stops, how long to wait for every acknowledged reading to be readable
+    /// in Kafka.
+    pub kafka_timeout: Duration,
+    /// Print a progress line this often (`None`: silent).
+    pub progress_interval: Option<Duration>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        let fleet = FleetOptions {
+            devices: 100,
+            qos: Qos::AtLeastOnce,
+            payload_size: Some(100),
+            window: 100,
+            rate: None,
+            duration: Some(Duration::from_secs(10)),
+            ramp_up: Duration::from_millis(500),
+            ..FleetOptions::default()
+        };
+        LoadOptions {
+            fleet,
+            kafka: None,
+            kafka_timeout: Duration::from_secs(60),
+            progress_interval: Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Errors of [`run_load`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The fleet could not run.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// Kafka could not be read.
+    #[error(transparent)]
+    Kafka(#[from] VerifyError),
+    /// The Kafka consumer task panicked (a bug in the simulator).
+    #[error("Kafka consumer task failed: {0}")]
+    ConsumerTask(#[from] tokio::task::JoinError),
+}
+
+/// Forwarding figures of a load run.
+#[derive(Debug, Clone)]
+pub struct KafkaLoadReport {
+    /// The verification of the topic against the fleet's report.
+    pub verify: VerifyReport,
+    /// Whether every acknowledged reading was found before the timeout.
+    pub complete: bool,
+    /// Readings of this run read from Kafka (duplicates included).
+    pub received: u64,
+    /// Publish → readable in Kafka, over the readings of this run.
+    pub end_to_end: LatencySummary,
+    /// Readings of this run read per second, from the start of the run to the last one read.
+    pub forwarded_per_sec: f64,
+    /// From the end of publishing to the last acknowledged reading being readable.
+    pub drain_time: Duration,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// The fleet's own report.
+    pub fleet: FleetReport,
+    /// Readings handed to the clients per second, while publishing.
+    pub published_per_sec: f64,
+    /// Readings acknowledged per second, over the whole run.
+    pub acked_per_sec: f64,
+    /// Publish → PUBACK latency.
+    pub puback: LatencySummary,
+    /// Forwarding, when a Kafka target was given.
+    pub kafka: Option<KafkaLoadReport>,
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fl = &self.fleet;
+        writeln!(
+            f,
+            "devices {}  published {}  acked {}  unacked {}  retransmits {}  connection errors {}  in {:.2} s",
+            fl.devices.len(),
+            fl.published(),
+            fl.acked(),
+            fl.unacked(),
+            fl.retransmits(),
+            fl.connection_errors(),
+            fl.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "acked rate       {:>12.0} readings/s   (published {:.0}/s)",
+            self.acked_per_sec, self.published_per_sec
+        )?;
+        write!(
+            f,
+            "publish→PUBACK   p50 {}  p99 {}  max {}",
+            ms(self.puback.p50_us),
+            ms(self.puback.p99_us),
+            ms(self.puback.max_us)
+        )?;
+        if let Some(k) = &self.kafka {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "kafka            {}  received {}  missing {}  duplicates {}  out of order {}  drain {:.2} s",
+                if k.complete { "COMPLETE" } else { "INCOMPLETE" },
+                k.received,
+                k.verify.missing(),
+                k.verify.duplicates(),
+                k.verify.out_of_order(),
+                k.drain_time.as_secs_f64()
+            )?;
+            writeln!(
+                f,
+                "forwarded rate   {:>12.0} readings/s",
+                k.forwarded_per_sec
+            )?;
+            write!(
+                f,
+                "publish→Kafka    p50 {}  p99 {}  max {}",
+                ms(k.end_to_end.p50_us),
+                ms(k.end_to_end.p99_us),
+                ms(k.end_to_end.max_us)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What the consumer tasks pass to the checker: a record and when it was read (µs since
+/// the epoch).
+type Arrival = (KafkaReading, u64);
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+struct ConsumerOutcome {
+    verify: VerifyReport,
+    complete: bool,
+    received: u64,
+    e2e: Histogram,
+    last_arrival: Option<Instant>,
+    completed_at: Option<Instant>,
+}
+
+/// Consumes the topic until told the fleet's report and every acknowledged reading of it is
+/// in, or the timeout after the report passes.
+async fn consume(
+    target: KafkaTarget,
+    boot: u64,
+    mut fleet_done: watch::Receiver<Option<Arc<FleetReport>>>,
+    timeout: Duration,
+    forwarded: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> Result<ConsumerOutcome, VerifyError> {
+    // The topic may not exist until the gateway forwards the first batch; if it does, start
+    // at its end so earlier runs' records are not read at all. Give up once the fleet is done
+    // and the timeout has passed without the topic appearing.
+    let mut give_up: Option<tokio::time::Instant> = None;
+    let mut start_at = StartAt::Latest;
+    let reader = loop {
+        let start = TopicReader::connect(&target.brokers, &target.topic, start_at).await;
+        match start {
+            Ok(r) => break r,
+            Err(e) => {
+                if give_up.is_none() && fleet_done.borrow().is_some() {
+                    give_up = Some(tokio::time::Instant::now() + timeout);
+                }
+                if stop.is_cancelled() || give_up.is_some_and(|d| tokio::time::Instant::now() >= d)
+                {
+                    let report = fleet_done.borrow().clone();
+                    return Ok(ConsumerOutcome {
+                        verify: Checker::new().report(report.as_deref()),
+                        complete: false,
+                        received: 0,
+                        e2e: Histogram::new(),
+                        last_arrival: None,
+                        completed_at: None,
+                    });
+                }
+                if matches!(e, VerifyError::TopicNotFound(_)) {
+                    // Created during this run: all of it is this run's.
+                    start_at = StartAt::Earliest;
+                }
+                tracing::debug!(error = %e, "topic not readable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<Arrival>>(64);
+    let halt = CancellationToken::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for mut p in reader.split() {
+        let tx = tx.clone();
+        let halt = halt.clone();
+        readers.spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = halt.cancelled() => return Ok::<(), VerifyError>(()),
+                    b = p.poll(Duration::from_millis(50)) => b,
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = p.partition(), "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                let t = now_us();
+                let batch: Vec<Arrival> = batch.into_iter().map(|r| (r, t)).collect();
+                if tx.send(batch).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+    }
+    drop(tx);
+
+    let mut checker = Checker::new();
+    let mut e2e = Histogram::new();
+    let mut received = 0u64;
+    let mut last_arrival = None;
+    let mut report: Option<Arc<FleetReport>> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut completed_at = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { break };
+                for (r, at_us) in batch {
+                    if let Some(id) = checker.add(&r) {
+                        if id.boot == boot {
+                            received += 1;
+                            forwarded.fetch_add(1, Ordering::Relaxed);
+                            e2e.record(at_us.saturating_sub(id.ts.saturating_mul(1000)));
+                            last_arrival = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+            changed = fleet_done.changed(), if report.is_none() => {
+                if changed.is_err() {
+                    break;
+                }
+                report = fleet_done.borrow().clone();
+                if report.is_some() {
+                    deadline = Some(tokio::time::Instant::now() + timeout);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        if let Some(rep) = &report {
+            if checker.report(Some(rep)).is_complete() {
+                completed_at = Some(Instant::now());
+                break;
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                break;
+            }
+        }
+    }
+    halt.cancel();
+    while readers.join_next().await.is_some() {}
+    // Drain what the readers had already sent.
+    while let Ok(batch) = rx.try_recv() {
+        for (r, at_us) in batch {
+            if let Some(id) = checker.add(&r) {
+                if id.boot == boot {
+                    received += 1;
+                    e2e.record(at_us.saturating_sub(id.ts.saturating_mul(1000)));
+                }
+            }
+        }
+    }
+    let verify = match &report {
+        Some(rep) => checker.report(Some(rep)),
+        None => checker.report(None),
+    };
+    Ok(ConsumerOutcome {
+        complete: report.is_some() && verify.is_complete(),
+        verify,
+        received,
+        e2e,
+        last_arrival,
+        completed_at,
+    })
+}
+
+/// Runs a load test; see [`LoadOptions`]. `stop` ends publishing early (the run still drains
+/// and reports).
+pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<LoadReport, LoadError> {
+    let mut fleet_opts = opts.fleet.clone();
+    let boot = *fleet_opts.boot.get_or_insert_with(now_ms);
+    let progress = Arc::new(FleetProgress::default());
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = watch::channel(None);
+
+    let consumer = opts.kafka.clone().map(|target| {
+        tokio::spawn(consume(
+            target,
+            boot,
+            done_rx,
+            opts.kafka_timeout,
+            forwarded.clone(),
+            stop.clone(),
+        ))
+    });
+    // Give the consumer a moment to position itself at the end of the topic.
+    if consumer.is_some() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let started = Instant::now();
+    let printer = opts.progress_interval.map(|every| {
+        let progress = progress.clone();
+        let forwarded = forwarded.clone();
+        let kafka = opts.kafka.is_some();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            let mut last = progress.snapshot();
+            let mut last_fwd = 0;
+            loop {
+                tick.tick().await;
+                let now = progress.snapshot();
+                let fwd = forwarded.load(Ordering::Relaxed);
+                let secs = every.as_secs_f64();
+                let mut line = format!(
+                    "[{:>5.1}s] published {:>9.0}/s  acked {:>9.0}/s  connected {:>5}  acked total {}",
+                    started.elapsed().as_secs_f64(),
+                    (now.published - last.published) as f64 / secs,
+                    (now.acked - last.acked) as f64 / secs,
+                    now.connected,
+                    now.acked
+                );
+                if kafka {
+                    line.push_str(&format!(
+                        "  kafka {:>9.0}/s  total {}",
+                        (fwd - last_fwd) as f64 / secs,
+                        fwd
+                    ));
+                }
+                println!("{line}");
+                last = now;
+                last_fwd = fwd;
+            }
+        })
+    });
+
+    let fleet = run_fleet_with_progress(fleet_opts, stop.clone(), progress.clone()).await;
+    let fleet = match fleet {
+        Ok(f) => f,
+        Err(e) => {
+            if let Some(p) = printer {
+                p.abort();
+            }
+            return Err(e.into());
+        }
+    };
+    let publish_end = Instant::now();
+    let fleet = Arc::new(fleet);
+    let _ = done_tx.send(Some(fleet.clone()));
+
+    let kafka = match consumer {
+        Some(handle) => {
+            let outcome = handle.await??;
+            let span = outcome
+                .last_arrival
+                .map(|t| t.saturating_duration_since(started))
+                .unwrap_or_default();
+            Some(KafkaLoadReport {
+                complete: outcome.complete,
+                received: outcome.received,
+                end_to_end: outcome.e2e.summary(),
+                forwarded_per_sec: outcome.received as f64 / span.as_secs_f64().max(1e-9),
+                drain_time: outcome
+                    .completed_at
+                    .unwrap_or_else(Instant::now)
+                    .saturating_duration_since(publish_end),
+                verify: outcome.verify,
+            })
+        }
+        None => None,
+    };
+    if let Some(p) = printer {
+        p.abort();
+    }
+    let fleet = Arc::try_unwrap(fleet).unwrap_or_else(|a| (*a).clone());
+    Ok(LoadReport {
+        published_per_sec: fleet.published() as f64 / fleet.publish_elapsed.as_secs_f64().max(1e-9),
+        acked_per_sec: fleet.acked_per_sec(),
+        puback: fleet.puback_latency,
+        fleet,
+        kafka,
+    })
+}

@@ -1,0 +1,367 @@
+//! `firmware-sim`: run a turbine fleet, benchmark a gateway, verify a Kafka topic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use firmware_sim::fleet::{FleetOptions, Protocol, Qos};
+use firmware_sim::load::{KafkaTarget, LoadOptions};
+use firmware_sim::verify::{self, check_stream};
+use firmware_sim::{CancellationToken, FleetReport};
+
+/// Simulated wind-turbine fleets for tidegate: MQTT publishers, load generator, Kafka verifier.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a fleet of turbines, one MQTT connection each, and report which readings were
+    /// acknowledged. Exits 1 if a QoS 1 reading was left unacknowledged.
+    Fleet {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Write the fleet report (JSON, including every acknowledged counter) to this file;
+        /// `verify --report` checks a topic against it.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Benchmark: drive a fleet as fast as possible, print a progress line per second and
+    /// the acknowledged rate and publish→PUBACK latency; with --kafka, also forwarding
+    /// completeness and publish→readable-in-Kafka latency. Exits 1 if readings were left
+    /// unacknowledged or, with --kafka, acknowledged readings never arrived.
+    Load {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Kafka bootstrap brokers (comma-separated host:port) to check forwarding against.
+        #[arg(
+            long,
+            value_name = "BROKERS",
+            value_delimiter = ',',
+            requires = "topic"
+        )]
+        kafka: Vec<String>,
+        /// Kafka topic the gateway forwards to (with --kafka).
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+        /// After publishing stops, how long to wait for every acknowledged reading to be
+        /// readable in Kafka.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        kafka_timeout: Duration,
+        /// Write the fleet report (JSON) to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Read a Kafka topic (all partitions, earliest to high watermark) and report, per
+    /// device, missing, duplicated and out-of-order readings and header/key problems. Exits
+    /// 1 if any rule is broken (duplicates alone are allowed).
+    Verify {
+        /// Kafka bootstrap brokers, comma-separated host:port.
+        #[arg(
+            long,
+            value_name = "BROKERS",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:9092"
+        )]
+        brokers: Vec<String>,
+        /// Topic to read.
+        #[arg(long)]
+        topic: String,
+        /// A report written by `fleet --report`: check that every acknowledged reading is
+        /// there. Without it, every hole below a device's highest counter is a gap.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// With --report: keep reading until every acknowledged reading is there, up to this
+        /// long.
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Fleet settings shared by `fleet` and `load` (defaults differ where noted).
+#[derive(Args, Debug)]
+struct FleetArgs {
+    /// MQTT broker (the gateway), host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Number of turbines [fleet: 10, load: 100].
+    #[arg(long, short = 'n')]
+    devices: Option<usize>,
+    /// Number of the first turbine (1 → wt-0001); lets several simulators share a broker.
+    #[arg(long, default_value_t = 1)]
+    first_device: usize,
+    /// MQTT QoS of every reading: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// MQTT version: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(4..=5))]
+    mqtt_version: u8,
+    /// Start every connection with a clean session (default: persistent sessions).
+    #[arg(long)]
+    clean_session: bool,
+    /// QoS 1 readings a device may have unacknowledged at once [fleet: 10, load: 100].
+    #[arg(long)]
+    window: Option<u16>,
+    /// Readings per second per device, or "max" for as fast as the window allows
+    /// [fleet: 1, load: max].
+    #[arg(long, value_name = "RATE|max", value_parser = parse_rate)]
+    rate: Option<Rate>,
+    /// Readings per device; the run ends when all are published.
+    #[arg(long)]
+    count: Option<u64>,
+    /// How long to publish, e.g. 30s, 5m [fleet: until --count or Ctrl-C, load: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Pad each JSON payload to exactly this many bytes (below ~140 the sensor values are
+    /// dropped, identity fields kept) [fleet: unpadded, load: 100].
+    #[arg(long, value_name = "BYTES")]
+    payload_size: Option<usize>,
+    /// Seed of the turbine model: the same seed gives the same readings.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Boot id stamped on every reading (default: the current time in ms).
+    #[arg(long)]
+    boot: Option<u64>,
+    /// After publishing stops, how long to wait for outstanding PUBACKs.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Spread the first connections over this long [fleet: 0s, load: 500ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    ramp_up: Option<Duration>,
+    /// MQTT keep-alive (at least 5s for MQTT 5).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    keep_alive: Duration,
+    /// Longest delay between reconnect attempts (it starts at 50ms and doubles).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    reconnect_max: Duration,
+    /// MQTT username.
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    /// MQTT password.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSecond(r)),
+        _ => Err(format!("{s:?} is neither a positive number nor \"max\"")),
+    }
+}
+
+impl FleetArgs {
+    fn apply(&self, o: &mut FleetOptions) {
+        o.broker = self.broker.clone();
+        if let Some(n) = self.devices {
+            o.devices = n;
+        }
+        o.first_device = self.first_device;
+        o.qos = Qos::from_level(self.qos).unwrap_or(Qos::AtLeastOnce);
+        o.protocol = if self.mqtt_version == 5 {
+            Protocol::V5
+        } else {
+            Protocol::V4
+        };
+        o.clean_session = self.clean_session;
+        if let Some(w) = self.window {
+            o.window = w;
+        }
+        match self.rate {
+            Some(Rate::Max) => o.rate = None,
+            Some(Rate::PerSecond(r)) => o.rate = Some(r),
+            None => {}
+        }
+        if self.count.is_some() {
+            o.count = self.count;
+        }
+        if self.duration.is_some() {
+            o.duration = self.duration;
+        }
+        if self.payload_size.is_some() {
+            o.payload_size = self.payload_size;
+        }
+        o.seed = self.seed;
+        o.boot = self.boot;
+        o.drain_timeout = self.drain_timeout;
+        if let Some(r) = self.ramp_up {
+            o.ramp_up = r;
+        }
+        o.keep_alive = self.keep_alive;
+        o.reconnect_max = self.reconnect_max;
+        o.credentials = self.username.clone().zip(self.password.clone());
+    }
+}
+
+/// Cancels `stop` on the first Ctrl-C; exits on the second.
+fn stop_on_ctrl_c() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: draining outstanding readings (Ctrl-C again to quit now)");
+            s.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    stop
+}
+
+fn write_report(path: &PathBuf, report: &FleetReport) -> Result<()> {
+    let json = serde_json::to_vec(report).context("serializing the fleet report")?;
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_fleet(report: &FleetReport) {
+    println!(
+        "devices {}  published {}  acked {}  unacked {}  retransmits {}  connection errors {}  anomalies {}  in {:.2} s",
+        report.devices.len(),
+        report.published(),
+        report.acked(),
+        report.unacked(),
+        report.retransmits(),
+        report.connection_errors(),
+        report.anomalies(),
+        report.elapsed.as_secs_f64()
+    );
+    if report.qos == Qos::AtLeastOnce {
+        println!(
+            "acked rate {:.0} readings/s; publish→PUBACK {}",
+            report.acked_per_sec(),
+            report.puback_latency
+        );
+    }
+    for (id, d) in report.devices.iter().filter(|(_, d)| !d.unacked.is_empty()) {
+        println!(
+            "{id}: {} unacknowledged {:?}; last error: {}",
+            d.unacked.len(),
+            d.unacked,
+            d.last_error.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Fleet { fleet, report } => {
+            let mut o = FleetOptions::default();
+            fleet.apply(&mut o);
+            let stop = stop_on_ctrl_c();
+            let r = firmware_sim::run_fleet(o, stop).await?;
+            print_fleet(&r);
+            if let Some(path) = &report {
+                write_report(path, &r)?;
+            }
+            let ok = r.qos == Qos::AtMostOnce || (r.unacked() == 0 && r.anomalies() == 0);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Load {
+            fleet,
+            kafka,
+            topic,
+            kafka_timeout,
+            report,
+        } => {
+            let mut o = LoadOptions::default();
+            fleet.apply(&mut o.fleet);
+            if let Some(topic) = topic {
+                if kafka.is_empty() {
+                    bail!("--topic needs --kafka BROKERS");
+                }
+                o.kafka = Some(KafkaTarget {
+                    brokers: kafka,
+                    topic,
+                });
+            }
+            o.kafka_timeout = kafka_timeout;
+            let stop = stop_on_ctrl_c();
+            let r = firmware_sim::run_load(o, stop).await?;
+            println!("{r}");
+            if let Some(path) = &report {
+                write_report(path, &r.fleet)?;
+            }
+            let mut ok = r.fleet.qos == Qos::AtMostOnce || r.fleet.unacked() == 0;
+            if let Some(k) = &r.kafka {
+                ok &= k.complete && k.verify.is_ok();
+                for p in k.verify.problems().iter().take(20) {
+                    println!("{p}");
+                }
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Verify {
+            brokers,
+            topic,
+            report,
+            timeout,
+        } => {
+            let v = match report {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let fleet: FleetReport = serde_json::from_slice(&bytes)
+                        .with_context(|| format!("parsing {}", path.display()))?;
+                    verify::wait_until_complete(&brokers, &topic, &fleet, timeout).await?
+                }
+                None => check_stream(&verify::read_topic(&brokers, &topic).await?),
+            };
+            println!("{v}");
+            Ok(if v.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The fleet against a real MQTT broker (Mosquitto, started here on a free loopback port):
+//! PUBACK accounting is exact, and a fleet survives the broker being SIGKILLed and restarted
+//! mid-run with every reading acknowledged in the end.
+//!
+//! Needs the `mosquitto` binary: `scripts/test.sh` installs it (or set
+//! `TIDEGATE_MOSQUITTO_BIN`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use firmware_sim::fleet::{FleetOptions, FleetReport, Protocol, Qos};
+use firmware_sim::{run_fleet, CancellationToken, ReadingId};
+
+fn mosquitto_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDEGATE_MOSQUITTO_BIN") {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("mosquitto"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push("/usr/sbin/mosquitto".into());
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "mosquitto not found (set TIDEGATE_MOSQUITTO_BIN or install it): \
+                 run scripts/test.sh, which installs what the tests need"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A Mosquitto process with persistence in a temp dir; killed on drop.
+struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n\
+             persistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 0\n",
+            dir.path().display()
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write config");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+        };
+        m.spawn();
+        m
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn mosquitto");
+        self.child = Some(child);
+        wait_for_port(self.port, &self.log_path());
+    }
+
+    fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(port: u16, log: &Path) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "mosquitto did not listen on {addr} within 10 s; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn options(broker: String, protocol: Protocol) -> FleetOptions {
+    let mut o = FleetOptions::default();
+    o.broker = broker;
+    o.protocol = protocol;
+    o.drain_timeout = Duration::from_secs(20);
+    o.reconnect_max = Duration::from_millis(500);
+    o
+}
+
+fn assert_exactly_acked(r: &FleetReport, devices: usize, per_device: Option<u64>) {
+    assert_eq!(r.devices.len(), devices);
+    assert_eq!(r.anomalies(), 0, "accounting anomalies: {r:#?}");
+    for (id, d) in &r.devices {
+        if let Some(m) = per_device {
+            assert_eq!(d.published, m, "{id}");
+        }
+        assert!(d.published > 0, "{id} published nothing");
+        assert!(d.unacked.is_empty(), "{id}: unacked {:?}", d.unacked);
+        assert_eq!(
+            d.acked.ranges().collect::<Vec<_>>(),
+            vec![(1, d.published)],
+            "{id}: acked must be exactly 1..={}",
+            d.published
+        );
+    }
+    assert!(r.all_acked());
+    assert_eq!(r.puback_latency.count, r.acked());
+}
+
+/// Subscribes to every turbine topic and collects the counters the broker delivered.
+async fn subscriber(
+    broker: &str,
+    ready: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+) -> BTreeMap<String, BTreeSet<u64>> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let (host, port) = broker.rsplit_once(':').expect("host:port");
+    let mut o = MqttOptions::new("verifier", host, port.parse().expect("port"));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 100);
+    client
+        .subscribe("turbines/+/telemetry", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut ready = Some(ready);
+    let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev.expect("verifier connection") {
+            Event::Incoming(Packet::SubAck(_)) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                let id = ReadingId::parse(&p.payload).expect("a reading");
+                assert_eq!(p.topic, format!("turbines/{}/telemetry", id.device));
+                seen.entry(id.device).or_default().insert(id.seq);
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+async fn accounting_is_exact(protocol: Protocol) {
+    let broker = Mosquitto::start();
+    let (devices, per_device) = (12, 400);
+    let stop_sub = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sub = tokio::spawn({
+        let b = broker.broker();
+        let s = stop_sub.clone();
+        async move { subscriber(&b, ready_tx, s).await }
+    });
+    ready_rx.await.expect("subscribed");
+
+    let mut o = options(broker.broker(), protocol);
+    o.devices = devices;
+    o.count = Some(per_device);
+    o.rate = None;
+    o.window = 16;
+    o.payload_size = Some(100);
+    let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
+    assert_exactly_acked(&r, devices, Some(per_device));
+    assert_eq!(r.retransmits(), 0);
+    assert_eq!(r.connection_errors(), 0);
+
+    // What the broker passed on is exactly what the fleet says was acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if sub.is_finished() {
+            break;
+        }
+        // The subscriber keeps going; stop it once it has had a moment to catch up.
+        if Instant::now() + Duration::from_secs(9) > deadline {
+            stop_sub.cancel();
+        }
+    }
+    stop_sub.cancel();
+    let seen = sub.await.expect("subscriber task");
+    for (id, d) in &r.devices {
+        let got = seen.get(id).cloned().unwrap_or_default();
+        assert_eq!(
+            got,
+            d.acked.iter().collect::<BTreeSet<_>>(),
+            "{id}: delivered vs acknowledged"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_accounting_is_exact_for_every_device_mqtt_3_1_1() {
+    accounting_is_exact(Protocol::V4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_accounting_is_exact_for_every_device_mqtt_5() {
+    accounting_is_exact(Protocol::V5).await;
+}
+
+async fn survives_broker_kills(protocol: Protocol) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut broker = Mosquitto::start();
+    let mut o = options(broker.broker(), protocol);
+    o.devices = 10;
+    o.rate = Some(300.0);
+    o.window = 50;
+    o.duration = Some(Duration::from_secs(4));
+    let stop = CancellationToken::new();
+    let fleet = tokio::spawn(run_fleet(o, stop));
+
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        broker.kill();
+        // Readings pile up in the devices' windows while the broker is down.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        broker.spawn();
+    }
+    let r = fleet.await.expect("fleet task").expect("fleet");
+    assert_exactly_acked(&r, 10, None);
+    for (id, d) in &r.devices {
+        assert!(d.connects >= 3, "{id} connected {} times", d.connects);
+        assert!(d.connection_errors >= 2, "{id}");
+        // ~1,200 readings at 300/s over 4 s, minus what the outages held back.
+        assert!(d.published > 500, "{id} published {}", d.published);
+    }
+    assert!(
+        r.retransmits() > 0,
+        "a kill mid-stream leaves readings in flight"
+    );
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_3_1_1() {
+    survives_broker_kills(Protocol::V4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_5() {
+    survives_broker_kills(Protocol::V5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
+    let broker = Mosquitto::start();
+    let mut o = options(broker.broker(), Protocol::V4);
+    o.devices = 3;
+    o.count = Some(50);
+    o.rate = None;
+    o.qos = Qos::AtMostOnce;
+    let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
+    for d in r.devices.values() {
+        assert_eq!(d.published, 50);
+        assert_eq!(d.sent, 50);
+        assert!(d.acked.is_empty() && d.unacked.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_token_ends_an_open_ended_run_and_drains() {
+    let broker = Mosquitto::start();
+    let mut o = options(broker.broker(), Protocol::V4);
+    o.devices = 4;
+    o.rate = Some(100.0);
+    let stop = CancellationToken::new();
+    let fleet = tokio::spawn(run_fleet(o, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(10), fleet)
+        .await
+        .expect("fleet stops promptly")
+        .expect("fleet task")
+        .expect("fleet");
+    assert_exactly_acked(&r, 4, None);
+}
