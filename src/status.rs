@@ -26,6 +26,13 @@ pub fn render(summary: &Summary, config: &Config, now_ms: u64) -> String {
         summary.bytes_held as f64 * 100.0 / max as f64,
         bytesize::ByteSize::b(summary.disk_bytes)
     );
+    if summary.dropped_total > 0 {
+        let _ = writeln!(
+            s,
+            "dropped   {} readings deleted by on_full = \"drop-oldest\" before every upstream had them",
+            summary.dropped_total
+        );
+    }
     if summary.upstreams.is_empty() {
         let _ = writeln!(
             s,

@@ -14,9 +14,10 @@
 //! shared with every other connection.
 //!
 //! Refusals: with `on_full = "reject"` a refused QoS 1/2 reading is answered with reason
-//! 0x97 (quota exceeded) under MQTT 5 and not acknowledged at all under 3.1.1 — the
-//! connection is closed instead, so the device keeps the reading and sends it again after
-//! reconnecting. Malformed and oversized packets close the connection, counted and logged
+//! 0x97 (quota exceeded) under MQTT 5 and not acknowledged at all under 3.1.1; either way
+//! the connection is then closed (MQTT 5: DISCONNECT 0x97), so the device keeps the reading
+//! and sends it again, in order, after reconnecting. A per-connection [`Fence`] makes sure
+//! nothing the device sent after the refused reading is journaled ahead of it. Malformed and oversized packets close the connection, counted and logged
 //! with the client id; the good packets before them are journaled and acknowledged first.
 //!
 //! The listener journals; it does not route. SUBSCRIBE is answered with a failure code.
@@ -40,7 +41,7 @@ use super::codec::{
     self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, Version,
 };
 use crate::config::MqttConfig;
-use crate::journal::{now_ms, Appended, Journal, JournalError};
+use crate::journal::{now_ms, Appended, Fence, Journal, JournalError};
 use crate::record::{Reading, SourceKind};
 use crate::telemetry::{add, IngestCounters};
 
@@ -350,6 +351,9 @@ async fn read_loop(
     // MQTT: the server may close after 1.5 keep-alive periods of silence.
     let idle = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
     let mut subscribe_logged = false;
+    // Once the journal refuses one of this connection's readings, it refuses all later
+    // ones too, and the connection closes: the device resends in order on a new one.
+    let fence = Fence::new();
     loop {
         // Parse everything already buffered into one journal submission.
         let mut readings = Vec::new();
@@ -482,7 +486,11 @@ async fn read_loop(
                 None
             } else {
                 add(&ctx.counters.readings_received, readings.len() as u64);
-                match ctx.journal.submit(readings).await {
+                match ctx
+                    .journal
+                    .submit_fenced(readings, Some(fence.clone()))
+                    .await
+                {
                     Ok(rx) => Some(rx),
                     Err(e) => {
                         tracing::error!(error = %e, "Journal unavailable; closing the connection without acknowledging.");
@@ -587,10 +595,12 @@ async fn write_loop(
                                             .unwrap_or_else(|p| p.into_inner())
                                             .remove(&pkid);
                                     }
+                                    // Close after this batch: nothing later from this
+                                    // connection can be journaled (see Fence), and the device
+                                    // resends from here on a new connection.
+                                    close_after = true;
                                     if version == Version::V4 {
-                                        // 3.1.1 has no negative ack: withhold it and close,
-                                        // so the device resends after reconnecting.
-                                        close_after = true;
+                                        // 3.1.1 has no negative ack: withhold it.
                                         break;
                                     }
                                     AckReason::QuotaExceeded
@@ -624,7 +634,10 @@ async fn write_loop(
                     out.clear();
                 }
                 if close_after {
-                    tracing::warn!("Journal full (on_full = \"reject\"): withholding PUBACK and closing so the device keeps its readings.");
+                    tracing::info!("Journal full (on_full = \"reject\"): refusing the device's readings and closing its connection; it keeps them and resends.");
+                    out.clear();
+                    codec::write_disconnect(version, DisconnectReason::QuotaExceeded, &mut out);
+                    let _ = wr.write_all(&out).await;
                     let _ = wr.shutdown().await;
                     return;
                 }

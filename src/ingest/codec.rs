@@ -253,6 +253,7 @@ pub enum DisconnectReason {
     ShuttingDown,
     KeepAliveTimeout,
     TopicAliasInvalid,
+    QuotaExceeded,
 }
 
 // Writing never fails for the packets below: they are small and well-formed by
@@ -407,6 +408,7 @@ pub fn write_disconnect(version: Version, reason: DisconnectReason, out: &mut By
         DisconnectReason::ShuttingDown => v5::DisconnectReasonCode::ServerShuttingDown,
         DisconnectReason::KeepAliveTimeout => v5::DisconnectReasonCode::KeepAliveTimeout,
         DisconnectReason::TopicAliasInvalid => v5::DisconnectReasonCode::TopicAliasInvalid,
+        DisconnectReason::QuotaExceeded => v5::DisconnectReasonCode::QuotaExceeded,
     };
     let _ = v5::Disconnect::new(code).write(out);
 }

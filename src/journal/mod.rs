@@ -93,10 +93,40 @@ pub struct Appended {
     pub accepted: usize,
 }
 
+/// Keeps one input's readings in order across refusals.
+///
+/// Under `on_full = "reject"`, once the journal refuses a reading of a fenced input, it
+/// refuses every later reading carrying the same fence — even if room has been freed in
+/// the meantime — so nothing sent after a refused reading is journaled ahead of it. The
+/// input (an MQTT connection) closes and its device resends from the refused reading on a
+/// new connection with a new fence.
+#[derive(Debug, Clone, Default)]
+pub struct Fence(Arc<std::sync::atomic::AtomicBool>);
+
+impl Fence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a reading of this input has been refused.
+    pub fn is_closed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release)
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
 /// A request to the writer thread.
 pub(crate) enum Request {
     Append {
         readings: Vec<Reading>,
+        fence: Option<Fence>,
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
     SetCursor {
@@ -218,9 +248,22 @@ impl Journal {
         &self,
         readings: Vec<Reading>,
     ) -> Result<oneshot::Receiver<Result<Appended, JournalError>>, JournalError> {
+        self.submit_fenced(readings, None).await
+    }
+
+    /// [`Journal::submit`] for an input that must stay in order across refusals; see [`Fence`].
+    pub async fn submit_fenced(
+        &self,
+        readings: Vec<Reading>,
+        fence: Option<Fence>,
+    ) -> Result<oneshot::Receiver<Result<Appended, JournalError>>, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request::Append { readings, reply })
+            .send(Request::Append {
+                readings,
+                fence,
+                reply,
+            })
             .await
             .map_err(|_| JournalError::Closed)?;
         Ok(rx)
@@ -320,6 +363,9 @@ pub struct Summary {
     pub bytes_held: u64,
     /// Size of the LMDB files on disk.
     pub disk_bytes: u64,
+    /// Readings deleted by `on_full = "drop-oldest"` before every upstream had them, over
+    /// the journal's life.
+    pub dropped_total: u64,
     /// Per upstream, by name.
     pub upstreams: Vec<UpstreamSummary>,
 }
@@ -371,6 +417,7 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
         next_seq: meta.next_seq,
         bytes_held: meta.bytes_held,
         disk_bytes: store.disk_size(),
+        dropped_total: meta.dropped_total,
         upstreams,
     })
 }

@@ -7,7 +7,7 @@
 //! |-----------|------------------------|----------------------------------------------|
 //! | `records` | seq, big-endian u64    | the record encoding of [`crate::record`]     |
 //! | `cursors` | upstream name (UTF-8)  | next seq to send, big-endian u64             |
-//! | `meta`    | `format`, `next_seq`, `bytes_held` | u64, big-endian                  |
+//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total` | u64, big-endian |
 //!
 //! Sequence numbers held are always one contiguous range `first..=last`: records are only
 //! appended at the end and only removed from the front (delivered to every upstream, or
@@ -66,6 +66,9 @@ pub struct Store {
 pub struct Meta {
     pub next_seq: u64,
     pub bytes_held: u64,
+    /// Readings deleted by `drop-oldest` before every upstream had them, since the journal
+    /// was created.
+    pub dropped_total: u64,
 }
 
 impl Store {
@@ -197,14 +200,17 @@ impl Store {
             None => self.records.last(txn)?.map(|(seq, _)| seq + 1).unwrap_or(1),
         };
         let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
+        let dropped_total = self.meta.get(txn, "dropped_total")?.unwrap_or(0);
         Ok(Meta {
             next_seq,
             bytes_held,
+            dropped_total,
         })
     }
 
     pub fn put_meta(&self, txn: &mut RwTxn<'_>, meta: Meta) -> Result<(), heed::Error> {
         self.meta.put(txn, "next_seq", &meta.next_seq)?;
+        self.meta.put(txn, "dropped_total", &meta.dropped_total)?;
         self.meta.put(txn, "bytes_held", &meta.bytes_held)
     }
 

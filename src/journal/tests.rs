@@ -356,3 +356,49 @@ async fn a_read_only_summary_sees_what_the_writer_committed() {
     let missing = summary_read_only(&dir.path().join("nope")).expect_err("missing");
     assert!(missing.to_string().contains("no journal"), "{missing}");
 }
+
+#[tokio::test]
+async fn after_a_refusal_a_fenced_input_gets_nothing_in_even_once_room_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_size = ByteSize::mib(1);
+    cfg.on_full = OnFull::Reject;
+    let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
+    let fence = Fence::new();
+    let other = Fence::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let rx = j
+            .submit_fenced(vec![reading("a", n, 1000)], Some(fence.clone()))
+            .await
+            .unwrap();
+        if rx.await.unwrap().unwrap().accepted == 0 {
+            break;
+        }
+    }
+    assert!(fence.is_closed());
+    // Room is freed: every held reading is delivered and trimmed.
+    j.set_cursor("k", n).await.unwrap();
+    let rx = j
+        .submit_fenced(vec![reading("a", n + 1, 10)], Some(fence.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.await.unwrap().unwrap().accepted,
+        0,
+        "nothing after the refused reading gets in"
+    );
+    let rx = j
+        .submit_fenced(vec![reading("b", 1, 10)], Some(other.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.await.unwrap().unwrap().accepted,
+        1,
+        "other inputs are not affected"
+    );
+    assert!(!other.is_closed());
+    drop(j);
+    w.join();
+}

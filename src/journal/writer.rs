@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::retention::{self, Summarizer};
 use super::store::{accounted_size, Meta};
-use super::{Appended, JournalError, Request, Shared};
+use super::{Appended, Fence, JournalError, Request, Shared};
 use crate::config::{JournalConfig, OnFull};
 use crate::record::{self, Reading};
 
@@ -106,6 +106,7 @@ struct Writer {
 /// One append request inside a group.
 struct PendingAppend {
     readings: Vec<Reading>,
+    fence: Option<Fence>,
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
 
@@ -193,9 +194,15 @@ impl Writer {
         let mut cursors = Vec::new();
         for r in group {
             match r {
-                Request::Append { readings, reply } => {
-                    appends.push(PendingAppend { readings, reply })
-                }
+                Request::Append {
+                    readings,
+                    fence,
+                    reply,
+                } => appends.push(PendingAppend {
+                    readings,
+                    fence,
+                    reply,
+                }),
                 Request::SetCursor {
                     upstream,
                     next_seq,
@@ -324,6 +331,7 @@ impl Writer {
                         out.dropped_last = last;
                         out.dropped_first = last.map(|l| l + 1 - n);
                         meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
+                        meta.dropped_total += n;
                         for name in &self.upstreams {
                             if store.cursors.get(&txn, name)?.unwrap_or(0) <= last.unwrap_or(0) {
                                 out.behind.push(name.clone());
@@ -344,16 +352,30 @@ impl Writer {
 
         // Appends, in arrival order; once one reading does not fit, none after it is taken,
         // so a device never has a later reading accepted after an earlier one was refused.
+        // A fenced input that had a reading refused (now or in an earlier commit) gets
+        // nothing more in, so its order survives the refusal.
         let mut sizes = sizes.into_iter();
         let mut full = false;
+        let mut fenced_now: HashSet<usize> = HashSet::new();
         for a in appends {
             let first = meta.next_seq;
             let mut accepted = 0;
+            let fenced = a
+                .fence
+                .as_ref()
+                .is_some_and(|f| f.is_closed() || fenced_now.contains(&f.id()));
             for r in &a.readings {
                 let size = sizes.next().unwrap_or(0);
+                if fenced {
+                    out.rejected += 1;
+                    continue;
+                }
                 if full || size > budget {
                     full = true;
                     out.rejected += 1;
+                    if let Some(f) = &a.fence {
+                        fenced_now.insert(f.id());
+                    }
                     continue;
                 }
                 budget -= size;
@@ -415,7 +437,14 @@ impl Writer {
             self.rejects.reset();
         }
 
+        // Published before the replies, so whoever is answered already sees the new tail.
+        let _ = self.committed.send(o.meta.next_seq.saturating_sub(1));
         for (a, (first_seq, accepted)) in appends.into_iter().zip(o.appended) {
+            if accepted < a.readings.len() {
+                if let Some(f) = &a.fence {
+                    f.close();
+                }
+            }
             let _ = a.reply.send(Ok(Appended {
                 first_seq,
                 accepted,
@@ -424,7 +453,6 @@ impl Writer {
         for cur in cursors {
             let _ = cur.reply.send(Ok(()));
         }
-        let _ = self.committed.send(o.meta.next_seq.saturating_sub(1));
     }
 }
 

@@ -6,9 +6,16 @@
 //!   allows), hands each reading to rumqttc and remembers it as *outstanding* until its PUBACK;
 //!   when the run ends it waits for the outstanding readings to drain, then disconnects;
 //! - the **driver** polls the rumqttc event loop for the whole run — through broker crashes:
-//!   it reconnects with exponential backoff and re-sends every unacknowledged reading, in
-//!   counter order, before anything newer — and maps each PUBACK to its counter with the
-//!   [`tracker`] (see there for why that mapping is exact).
+//!   it reconnects with exponential backoff (with jitter) and re-sends every unacknowledged
+//!   reading, in counter order and before anything newer (written ones under their own packet
+//!   ids, with DUP set) — and maps each PUBACK to its counter with the `tracker` module (see there
+//!   for why that mapping is exact).
+//!
+//! Caveat: a broker that resumes a *persisted* session may send PUBACKs for packet ids of the
+//! previous connection before the re-sends go out; rumqttc treats those as unsolicited and
+//! drops the connection, so the fleet reconnects once more (counted in
+//! `connection_errors`). Nothing is lost or misattributed; tidegate does not persist MQTT
+//! sessions, Mosquitto with `persistence true` and a graceful restart does.
 //!
 //! The in-flight window is enforced by a semaphore the publisher takes one permit of per
 //! QoS 1 reading and the driver returns per PUBACK, so outstanding readings never exceed it,
