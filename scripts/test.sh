@@ -73,7 +73,17 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --workspace
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace 2>&1 | tee "$test_log"
 
+# One closing line for the whole suite, summed over every test binary.
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$test_log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$test_log" | awk '{s+=$1} END {print s+0}')
+if [ "$passed" -eq 0 ]; then
+    echo "error: no test ran" >&2
+    exit 1
+fi
 echo
 echo "all checks passed"
+echo "tests: $passed passed, $failed failed"
