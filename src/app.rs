@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, UpstreamKind};
 use crate::forward::Forwarder;
 use crate::ingest::broker;
+use crate::ingest::local_bus::{BusError, LocalBus};
 use crate::journal::{Journal, JournalError};
 use crate::sinks::kafka::KafkaSink;
 use crate::telemetry::{get, ForwardCounters, IngestCounters};
@@ -33,6 +34,8 @@ pub enum AppError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Listen(#[from] broker::ListenError),
+    #[error("cannot start the local subscription bus: {0} (set mqtt.local_subscriptions = false to run without it)")]
+    Bus(#[from] BusError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("the journal writer failed; tidegate stopped so that it restarts on a fresh open (see the error above)")]
@@ -72,10 +75,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let forward_tasks = TaskTracker::new();
     let ingest_counters = Arc::new(IngestCounters::default());
 
+    let bus = if config.mqtt.local_subscriptions {
+        Some(Arc::new(LocalBus::start_with(config.mqtt.max_connections)?))
+    } else {
+        None
+    };
     ingest_tasks.spawn(broker::serve(
         listener,
         config.mqtt.clone(),
         journal.clone(),
+        bus,
         ingest_counters.clone(),
         ingest_stop.clone(),
         ingest_tasks.clone(),

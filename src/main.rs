@@ -25,7 +25,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Log filter when RUST_LOG is unset (e.g. "info", "tidegate=debug").
-        #[arg(long, default_value = "info,rskafka=warn")]
+        #[arg(long, default_value = "info,rskafka=error,rumqttd=error")]
         log: String,
     },
     /// Validate a configuration file and print the effective configuration, or every

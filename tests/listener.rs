@@ -11,6 +11,7 @@ use bytesize::ByteSize;
 use rumqttc::mqttbytes::v4;
 use tidegate::config::{JournalConfig, MqttConfig, OnFull};
 use tidegate::ingest::broker;
+use tidegate::ingest::local_bus::LocalBus;
 use tidegate::journal::{Journal, WriterHandle};
 use tidegate::record::Record;
 use tidegate::telemetry::{get, IngestCounters};
@@ -50,10 +51,12 @@ impl Harness {
         let counters = Arc::new(IngestCounters::default());
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let bus = Arc::new(LocalBus::start().expect("local bus"));
         tracker.spawn(broker::serve(
             listener,
             mc,
             journal.clone(),
+            Some(bus),
             counters.clone(),
             stop.clone(),
             tracker.clone(),
@@ -414,6 +417,77 @@ async fn with_reject_a_full_journal_withholds_v4_acks_and_closes_the_connection(
         h.records().len() as u64,
         acks as u64,
         "every acknowledged reading is held, nothing else"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_local_subscriber_receives_committed_readings_and_bad_filters_are_refused() {
+    let h = Harness::default().await;
+    let mut o = rumqttc::MqttOptions::new("dashboard", h.addr.ip().to_string(), h.addr.port());
+    o.set_clean_session(true);
+    let (sub, mut sub_el) = rumqttc::AsyncClient::new(o, 100);
+    sub.subscribe("turbines/+/telemetry", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    sub.subscribe("a/#/b", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)) =
+            sub_el.poll().await.expect("poll")
+        {
+            codes.extend(a.return_codes);
+        }
+    }
+    assert_eq!(
+        codes,
+        vec![
+            rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
+            rumqttc::SubscribeReasonCode::Failure
+        ],
+        "granted at QoS 0; an invalid filter is refused"
+    );
+
+    let mut dev = raw_v4(h.addr, "wt-0042").await;
+    let mut bytes = BytesMut::new();
+    for pkid in 1..=50u16 {
+        bytes.extend_from_slice(&publish_bytes(
+            "turbines/wt-0042/telemetry",
+            pkid.to_string().as_bytes(),
+            1,
+            pkid,
+        ));
+        bytes.extend_from_slice(&publish_bytes("other/topic", b"x", 1, 1000 + pkid));
+    }
+    dev.write_all(&bytes).await.unwrap();
+
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 50 {
+        let ev = tokio::time::timeout_at(deadline, sub_el.poll())
+            .await
+            .expect("readings reach the subscriber")
+            .expect("poll");
+        if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+            assert_eq!(
+                p.topic, "turbines/wt-0042/telemetry",
+                "only matching topics"
+            );
+            got.push(
+                String::from_utf8(p.payload.to_vec())
+                    .unwrap()
+                    .parse::<u16>()
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(got, (1..=50).collect::<Vec<_>>(), "in publish order");
+    assert_eq!(
+        h.records().len(),
+        100,
+        "every reading journaled, subscribed or not"
     );
     h.shutdown().await;
 }

@@ -145,6 +145,10 @@ pub struct MqttConfig {
     /// Time allowed between the TCP connect and the MQTT CONNECT packet.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Serve SUBSCRIBE: committed readings are fanned out to local subscribers (QoS 0,
+    /// best effort) through an embedded rumqttd router. `false` refuses subscriptions.
+    #[serde(default = "default_local_subscriptions")]
+    pub local_subscriptions: bool,
 }
 
 impl Default for MqttConfig {
@@ -155,6 +159,7 @@ impl Default for MqttConfig {
             max_connections: default_max_connections(),
             max_inflight: default_max_inflight(),
             connect_timeout: default_connect_timeout(),
+            local_subscriptions: default_local_subscriptions(),
         }
     }
 }
@@ -170,6 +175,9 @@ fn default_max_connections() -> usize {
 }
 fn default_max_inflight() -> u16 {
     1000
+}
+fn default_local_subscriptions() -> bool {
+    true
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -548,6 +556,7 @@ mod example_tests {
         assert_eq!(c.mqtt.max_connections, d.mqtt.max_connections);
         assert_eq!(c.mqtt.max_inflight, d.mqtt.max_inflight);
         assert_eq!(c.mqtt.connect_timeout, d.mqtt.connect_timeout);
+        assert_eq!(c.mqtt.local_subscriptions, d.mqtt.local_subscriptions);
         let u = &c.upstream[0];
         assert_eq!(u.max_batch, default_max_batch());
         assert_eq!(u.linger, default_linger());

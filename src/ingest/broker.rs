@@ -20,7 +20,11 @@
 //! nothing the device sent after the refused reading is journaled ahead of it. Malformed and oversized packets close the connection, counted and logged
 //! with the client id; the good packets before them are journaled and acknowledged first.
 //!
-//! The listener journals; it does not route. SUBSCRIBE is answered with a failure code.
+//! Local subscribers: committed readings are also handed to an embedded rumqttd router
+//! ([`super::local_bus`]); a device that SUBSCRIBEs gets matching readings at QoS 0, best
+//! effort. Only readings the journal accepted are ever delivered, and the journal — not the
+//! router — is what the durability guarantees rest on. UNSUBSCRIBE is not supported: a
+//! subscription ends with its connection.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -40,6 +44,7 @@ use tracing::Instrument;
 use super::codec::{
     self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, Version,
 };
+use super::local_bus::{LocalBus, Subscription};
 use crate::config::MqttConfig;
 use crate::journal::{now_ms, Appended, Fence, Journal, JournalError};
 use crate::record::{Reading, SourceKind};
@@ -73,6 +78,8 @@ struct Ctx {
     sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
+    /// Fan-out of committed readings to local subscribers; `None` refuses SUBSCRIBE.
+    bus: Option<Arc<LocalBus>>,
 }
 
 /// Accepts devices until `shutdown` is cancelled; every connection task is tracked by
@@ -81,6 +88,7 @@ pub async fn serve(
     listener: TcpListener,
     config: MqttConfig,
     journal: Journal,
+    bus: Option<Arc<LocalBus>>,
     counters: Arc<IngestCounters>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -93,6 +101,7 @@ pub async fn serve(
         sessions: Mutex::new(HashMap::new()),
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
+        bus,
     });
     let mut refused_logged = false;
     loop {
@@ -140,9 +149,9 @@ enum Action {
     },
     PubComp(u16),
     PingResp,
-    SubAckRefused {
+    SubAck {
         pkid: u16,
-        filters: usize,
+        granted: Vec<bool>,
     },
     UnsubAck {
         pkid: u16,
@@ -155,6 +164,15 @@ enum Out {
     Batch {
         commit: Option<oneshot::Receiver<Result<Appended, JournalError>>>,
         actions: Vec<Action>,
+        /// (topic, payload, retain) of each reading of the batch, for local subscribers
+        /// once committed; empty when there is no bus.
+        local: Vec<(String, Bytes, bool)>,
+    },
+    /// A reading for this connection's local subscription (QoS 0, written at once).
+    Deliver {
+        topic: String,
+        payload: Bytes,
+        retain: bool,
     },
     Close(Option<DisconnectReason>),
 }
@@ -274,6 +292,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
                 rx,
                 version,
                 ctx.counters.clone(),
+                ctx.bus.clone(),
                 awaiting_rel.clone(),
                 writer_done.clone(),
             )
@@ -351,12 +370,15 @@ async fn read_loop(
     // MQTT: the server may close after 1.5 keep-alive periods of silence.
     let idle = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
     let mut subscribe_logged = false;
+    // The connection's local subscription, created at its first SUBSCRIBE.
+    let mut subscription: Option<SubscriptionHandle> = None;
     // Once the journal refuses one of this connection's readings, it refuses all later
     // ones too, and the connection closes: the device resends in order on a new one.
     let fence = Fence::new();
     loop {
         // Parse everything already buffered into one journal submission.
         let mut readings = Vec::new();
+        let mut local = Vec::new();
         let mut actions = Vec::new();
         let mut stop: Option<Option<DisconnectReason>> = None;
         loop {
@@ -418,6 +440,9 @@ async fn read_loop(
                             }
                         }
                         let index = readings.len();
+                        if ctx.bus.is_some() {
+                            local.push((topic.clone(), payload.clone(), retain));
+                        }
                         readings.push(Reading {
                             ingest_ms: now_ms(),
                             source_kind: SourceKind::MqttListener,
@@ -445,11 +470,36 @@ async fn read_loop(
                     }
                     Inbound::PingReq => actions.push(Action::PingResp),
                     Inbound::Subscribe { pkid, filters } => {
-                        if !subscribe_logged {
-                            tracing::info!("Refusing SUBSCRIBE: tidegate's listener journals readings and serves no subscriptions; consume them upstream.");
-                            subscribe_logged = true;
-                        }
-                        actions.push(Action::SubAckRefused { pkid, filters });
+                        let granted = match (&ctx.bus, &mut subscription) {
+                            (None, _) => {
+                                if !subscribe_logged {
+                                    tracing::info!("Refusing SUBSCRIBE: local subscriptions are off; consume readings upstream.");
+                                    subscribe_logged = true;
+                                }
+                                vec![false; filters.len()]
+                            }
+                            (Some(bus), sub) => {
+                                if sub.is_none() {
+                                    match bus.subscribe(client_id).await {
+                                        Ok(s) => {
+                                            *sub = Some(SubscriptionHandle::start(
+                                                s,
+                                                tx.clone(),
+                                                conn_token.clone(),
+                                            ))
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "Cannot open a local subscription.")
+                                        }
+                                    }
+                                }
+                                match sub {
+                                    Some(h) => h.add_filters(filters).await,
+                                    None => vec![false; filters.len()],
+                                }
+                            }
+                        };
+                        actions.push(Action::SubAck { pkid, granted });
                     }
                     Inbound::Unsubscribe { pkid, filters } => {
                         actions.push(Action::UnsubAck { pkid, filters })
@@ -498,7 +548,15 @@ async fn read_loop(
                     }
                 }
             };
-            if tx.send(Out::Batch { commit, actions }).await.is_err() {
+            if tx
+                .send(Out::Batch {
+                    commit,
+                    actions,
+                    local,
+                })
+                .await
+                .is_err()
+            {
                 return None;
             }
         }
@@ -534,6 +592,52 @@ async fn read_loop(
     }
 }
 
+/// A connection's local subscription: a task that feeds the connection's writer from the
+/// bus and adds filters on request, so the reader never waits on delivery.
+struct SubscriptionHandle {
+    filters: mpsc::Sender<(Vec<String>, oneshot::Sender<Vec<bool>>)>,
+}
+
+impl SubscriptionHandle {
+    fn start(mut sub: Subscription, out: mpsc::Sender<Out>, stop: CancellationToken) -> Self {
+        let (filters, mut requests) = mpsc::channel::<(Vec<String>, oneshot::Sender<Vec<bool>>)>(4);
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        req = requests.recv() => {
+                            let Some((wanted, reply)) = req else { break };
+                            let mut granted = Vec::with_capacity(wanted.len());
+                            for f in wanted {
+                                granted.push(matches!(sub.add_filter(&f).await, Ok(true)));
+                            }
+                            let _ = reply.send(granted);
+                        }
+                        m = sub.next() => {
+                            let Some((topic, payload, retain)) = m else { break };
+                            if out.send(Out::Deliver { topic, payload, retain }).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        Self { filters }
+    }
+
+    async fn add_filters(&self, wanted: Vec<String>) -> Vec<bool> {
+        let n = wanted.len();
+        let (reply, rx) = oneshot::channel();
+        if self.filters.send((wanted, reply)).await.is_err() {
+            return vec![false; n];
+        }
+        rx.await.unwrap_or_else(|_| vec![false; n])
+    }
+}
+
 /// A publish topic must be UTF-8, non-empty and free of wildcards.
 fn validate_topic(topic: Bytes) -> Result<String, &'static str> {
     let topic = String::from_utf8(topic.to_vec()).map_err(|_| "topic is not UTF-8")?;
@@ -554,6 +658,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Out>,
     version: Version,
     counters: Arc<IngestCounters>,
+    bus: Option<Arc<LocalBus>>,
     awaiting_rel: Arc<Mutex<HashSet<u16>>>,
     done: CancellationToken,
 ) {
@@ -561,7 +666,22 @@ async fn write_loop(
     let _done = done.drop_guard();
     while let Some(msg) = rx.recv().await {
         match msg {
-            Out::Batch { commit, actions } => {
+            Out::Deliver {
+                topic,
+                payload,
+                retain,
+            } => {
+                codec::write_publish(version, &topic, payload, retain, &mut out);
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+            Out::Batch {
+                commit,
+                actions,
+                local,
+            } => {
                 let accepted = match commit {
                     None => usize::MAX,
                     Some(rx) => match rx.await {
@@ -577,6 +697,11 @@ async fn write_loop(
                         }
                     },
                 };
+                if let Some(bus) = &bus {
+                    if !local.is_empty() {
+                        bus.publish_batch(local.into_iter().take(accepted));
+                    }
+                }
                 let mut close_after = false;
                 for action in actions {
                     match action {
@@ -619,8 +744,8 @@ async fn write_loop(
                         }
                         Action::PubComp(pkid) => codec::write_pubcomp(version, pkid, &mut out),
                         Action::PingResp => codec::write_pingresp(&mut out),
-                        Action::SubAckRefused { pkid, filters } => {
-                            codec::write_suback_refused(version, pkid, filters, &mut out)
+                        Action::SubAck { pkid, granted } => {
+                            codec::write_suback(version, pkid, &granted, &mut out)
                         }
                         Action::UnsubAck { pkid, filters } => {
                             codec::write_unsuback(version, pkid, filters, &mut out)

@@ -42,7 +42,8 @@ pub enum Inbound {
     },
     Subscribe {
         pkid: u16,
-        filters: usize,
+        /// Topic filters, in packet order.
+        filters: Vec<String>,
     },
     Unsubscribe {
         pkid: u16,
@@ -178,7 +179,7 @@ pub fn read(
                 v4::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
                 v4::Packet::Subscribe(s) => Inbound::Subscribe {
                     pkid: s.pkid,
-                    filters: s.filters.len(),
+                    filters: s.filters.into_iter().map(|f| f.path).collect(),
                 },
                 v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
                     pkid: u.pkid,
@@ -208,7 +209,7 @@ pub fn read(
             v5::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
             v5::Packet::Subscribe(s) => Inbound::Subscribe {
                 pkid: s.pkid,
-                filters: s.filters.len(),
+                filters: s.filters.into_iter().map(|f| f.path).collect(),
             },
             v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
                 pkid: u.pkid,
@@ -361,20 +362,69 @@ pub fn write_pingresp(out: &mut BytesMut) {
     let _ = v4::PingResp.write(out);
 }
 
-/// Refuses every filter of a SUBSCRIBE: the listener journals, it does not route.
-pub fn write_suback_refused(version: Version, pkid: u16, filters: usize, out: &mut BytesMut) {
+/// Answers a SUBSCRIBE: `true` grants the filter at QoS 0 (local delivery is best effort),
+/// `false` refuses it.
+pub fn write_suback(version: Version, pkid: u16, granted: &[bool], out: &mut BytesMut) {
     match version {
         Version::V4 => {
-            let _ =
-                v4::SubAck::new(pkid, vec![v4::SubscribeReasonCode::Failure; filters]).write(out);
+            let codes = granted
+                .iter()
+                .map(|&g| {
+                    if g {
+                        v4::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce)
+                    } else {
+                        v4::SubscribeReasonCode::Failure
+                    }
+                })
+                .collect();
+            let _ = v4::SubAck::new(pkid, codes).write(out);
         }
         Version::V5 => {
+            let return_codes = granted
+                .iter()
+                .map(|&g| {
+                    if g {
+                        v5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtMostOnce)
+                    } else {
+                        v5::SubscribeReasonCode::TopicFilterInvalid
+                    }
+                })
+                .collect();
             let _ = v5::SubAck {
                 pkid,
-                return_codes: vec![v5::SubscribeReasonCode::ImplementationSpecific; filters],
+                return_codes,
                 properties: None,
             }
             .write(out);
+        }
+    }
+}
+
+/// A QoS 0 PUBLISH to a local subscriber.
+pub fn write_publish(
+    version: Version,
+    topic: &str,
+    payload: Bytes,
+    retain: bool,
+    out: &mut BytesMut,
+) {
+    match version {
+        Version::V4 => {
+            let mut p = v4::Publish::new(topic, rumqttc::QoS::AtMostOnce, Vec::new());
+            p.payload = payload;
+            p.retain = retain;
+            let _ = p.write(out);
+        }
+        Version::V5 => {
+            let mut p = v5::Publish::new(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                Bytes::new(),
+                None,
+            );
+            p.payload = payload;
+            p.retain = retain;
+            let _ = p.write(out);
         }
     }
 }
@@ -387,7 +437,8 @@ pub fn write_unsuback(version: Version, pkid: u16, filters: usize, out: &mut Byt
         Version::V5 => {
             let _ = v5::UnsubAck {
                 pkid,
-                reasons: vec![v5::UnsubAckReason::NoSubscriptionExisted; filters],
+                // Subscriptions end with the connection; UNSUBSCRIBE is not supported.
+                reasons: vec![v5::UnsubAckReason::ImplementationSpecificError; filters],
                 properties: None,
             }
             .write(out);

@@ -4,3 +4,4 @@
 
 pub mod broker;
 pub mod codec;
+pub mod local_bus;
