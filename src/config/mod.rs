@@ -89,8 +89,10 @@ pub struct JournalConfig {
     /// Policy once `max_size` is reached.
     #[serde(default = "default_on_full")]
     pub on_full: OnFull,
-    /// Longest a reading waits for other readings to share its commit. 0 commits as soon
-    /// as the writer is free; the writer always takes everything already queued.
+    /// Longest a reading waits for other readings to share its commit. 0 (the default)
+    /// commits as soon as the writer is free; the writer always takes everything already
+    /// queued, so readings arriving during a sync share the next one. A few ms trades
+    /// latency for fewer syncs on slow storage.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Most readings in one commit; bounds a transaction's memory and latency.
@@ -120,7 +122,10 @@ fn default_on_full() -> OnFull {
     OnFull::DropOldest
 }
 fn default_commit_interval() -> Duration {
-    Duration::from_millis(2)
+    // Adaptive group commit: while one commit syncs, the next batch gathers by itself.
+    // Measured here, a 2ms linger raised PUBACK p50 from 1.1ms to 4.9ms at 19k readings/s
+    // and did not raise the saturated rate.
+    Duration::ZERO
 }
 fn default_commit_max_records() -> usize {
     10_000

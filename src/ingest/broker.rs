@@ -23,8 +23,10 @@
 //! Local subscribers: committed readings are also handed to an embedded rumqttd router
 //! ([`super::local_bus`]); a device that SUBSCRIBEs gets matching readings at QoS 0, best
 //! effort. Only readings the journal accepted are ever delivered, and the journal — not the
-//! router — is what the durability guarantees rest on. UNSUBSCRIBE is not supported: a
-//! subscription ends with its connection.
+//! router — is what the durability guarantees rest on. Readings are handed to the router
+//! only while at least one subscription is open (so a retained reading published while
+//! nobody subscribes is not kept). UNSUBSCRIBE is not supported: a subscription ends with
+//! its connection.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,6 +82,9 @@ struct Ctx {
     shutdown: CancellationToken,
     /// Fan-out of committed readings to local subscribers; `None` refuses SUBSCRIBE.
     bus: Option<Arc<LocalBus>>,
+    /// Open local subscriptions. While there are none, readings are not copied to the bus
+    /// at all, so the fan-out costs nothing on a gateway nobody subscribes to.
+    subscribers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Accepts devices until `shutdown` is cancelled; every connection task is tracked by
@@ -102,6 +107,7 @@ pub async fn serve(
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         bus,
+        subscribers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     });
     let mut refused_logged = false;
     loop {
@@ -440,7 +446,7 @@ async fn read_loop(
                             }
                         }
                         let index = readings.len();
-                        if ctx.bus.is_some() {
+                        if ctx.bus.is_some() && ctx.subscribers.load(Ordering::Relaxed) > 0 {
                             local.push((topic.clone(), payload.clone(), retain));
                         }
                         readings.push(Reading {
@@ -486,6 +492,7 @@ async fn read_loop(
                                                 s,
                                                 tx.clone(),
                                                 conn_token.clone(),
+                                                ctx.subscribers.clone(),
                                             ))
                                         }
                                         Err(e) => {
@@ -599,10 +606,17 @@ struct SubscriptionHandle {
 }
 
 impl SubscriptionHandle {
-    fn start(mut sub: Subscription, out: mpsc::Sender<Out>, stop: CancellationToken) -> Self {
+    fn start(
+        mut sub: Subscription,
+        out: mpsc::Sender<Out>,
+        stop: CancellationToken,
+        open: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Self {
         let (filters, mut requests) = mpsc::channel::<(Vec<String>, oneshot::Sender<Vec<bool>>)>(4);
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(
             async move {
+                let _open = scopeguard_decrement(open);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -636,6 +650,17 @@ impl SubscriptionHandle {
         }
         rx.await.unwrap_or_else(|_| vec![false; n])
     }
+}
+
+/// Decrements the open-subscription count when the delivery task ends, however it ends.
+fn scopeguard_decrement(open: Arc<std::sync::atomic::AtomicUsize>) -> impl Drop {
+    struct Guard(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    Guard(open)
 }
 
 /// A publish topic must be UTF-8, non-empty and free of wildcards.
