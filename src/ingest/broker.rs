@@ -320,6 +320,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         let _ = tx.send(Out::Close(reason)).await;
         drop(tx);
         let _ = writer.await;
+        // The writer has sent its last acks and FIN. Closing a socket with unread input
+        // makes the kernel send RST, and the device could then lose those last acks
+        // (a refusal's 0x97, say) from its receive buffer: drain what it still sends first.
+        let drain = if ctx.shutdown.is_cancelled() {
+            CLOSE_DRAIN_SHUTDOWN
+        } else {
+            CLOSE_DRAIN
+        };
+        drain_before_close(&mut rd, drain).await;
         release_session(&ctx, &client_id, conn_id);
         ctx.counters
             .connections_active
@@ -662,6 +671,26 @@ fn scopeguard_decrement(open: Arc<std::sync::atomic::AtomicUsize>) -> impl Drop 
     }
     Guard(open)
 }
+
+/// Reads and discards until the peer closes, for at most `limit`.
+async fn drain_before_close(rd: &mut OwnedReadHalf, limit: Duration) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            match rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// Longest a closing connection waits for the device to close its side.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+/// The same while the daemon shuts down, where every connection closes at once.
+const CLOSE_DRAIN_SHUTDOWN: Duration = Duration::from_millis(300);
 
 /// A publish topic must be UTF-8, non-empty and free of wildcards.
 fn validate_topic(topic: Bytes) -> Result<String, &'static str> {
