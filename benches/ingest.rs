@@ -124,6 +124,17 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmHWM:"), field("RssAnon:"))
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12th and 13th after the name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn backlog(dir: &Path) -> u64 {
     let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(["status", "--json", "--config"])
@@ -203,6 +214,7 @@ fn main() {
             ms(k.end_to_end.p99_us)
         );
     }
+    println!("tidegate CPU          {cores:.2} cores on average (the rest of the 2 went to the load generator, its Kafka reader and the broker)");
     let (peak, anon) = rss_mib(pid);
     println!("tidegate memory       peak RSS {peak:.1} MiB (includes LMDB pages mapped from the page cache), anonymous {anon:.1} MiB");
 
