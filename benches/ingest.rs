@@ -185,9 +185,12 @@ fn main() {
         topic: "bench".into(),
     });
     opts.progress_interval = None;
+    let cpu_before = cpu_secs(pid);
+    let started = Instant::now();
     let r = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
+    let cores = (cpu_secs(pid) - cpu_before) / started.elapsed().as_secs_f64();
     println!("\n== 1. saturation: 100 devices x 100 in flight, QoS 1, 100 B, {secs} s, forwarding to Kafka (3 partitions)");
     println!(
         "durable ingest        {:>10.0} readings/s acknowledged ({} readings)",
