@@ -152,6 +152,15 @@ impl Store {
             meta,
         };
         store.check_format()?;
+        if !read_only {
+            // Reader slots of a process killed mid-read (a `tidegate status`, or this daemon
+            // after SIGKILL) would pin old pages and make the file grow; free them.
+            match store.env.clear_stale_readers() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(stale_readers = n, "Cleared reader slots left by killed processes."),
+                Err(e) => tracing::warn!(error = %e, "Could not check for stale LMDB readers."),
+            }
+        }
         Ok(store)
     }
 
