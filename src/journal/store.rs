@@ -157,7 +157,10 @@ impl Store {
             // after SIGKILL) would pin old pages and make the file grow; free them.
             match store.env.clear_stale_readers() {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(stale_readers = n, "Cleared reader slots left by killed processes."),
+                Ok(n) => tracing::info!(
+                    stale_readers = n,
+                    "Cleared reader slots left by killed processes."
+                ),
                 Err(e) => tracing::warn!(error = %e, "Could not check for stale LMDB readers."),
             }
         }

