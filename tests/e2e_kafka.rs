@@ -141,6 +141,26 @@ async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sig
         0,
         "no crash, so no duplicate"
     );
+    // Every record names this gateway, and within a partition the journal sequence only
+    // grows: batches reach each partition in journal order.
+    let records = firmware_sim::verify::read_topic(&tansu.brokers(), "up")
+        .await
+        .expect("read topic");
+    assert_eq!(records.len() as u64, 12 * 300);
+    let mut last_seq: std::collections::BTreeMap<i32, u64> = Default::default();
+    for r in &records {
+        assert_eq!(r.header("tidegate-gateway"), Some(&b"gw-e2e"[..]));
+        let seq: u64 = std::str::from_utf8(r.header("tidegate-seq").expect("seq header"))
+            .expect("ASCII")
+            .parse()
+            .expect("decimal");
+        let prev = last_seq.insert(r.partition, seq).unwrap_or(0);
+        assert!(
+            seq > prev,
+            "partition {} went from seq {prev} to {seq}",
+            r.partition
+        );
+    }
     wait_for_backlog(&gw, "cluster", 0).await;
     let status = gw.terminate();
     assert!(
