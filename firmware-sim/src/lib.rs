@@ -9,6 +9,11 @@
 //!   [`wait_until_complete`]);
 //! - [`load`]: the benchmark: a fleet as fast as possible, with PUBACK and end-to-end
 //!   latency percentiles ([`run_load`]);
+//! - [`framing`]: the `lines` and `cobs` (COBS + CRC-16/CCITT-FALSE) framings of readings on
+//!   a serial line — encoders and a resynchronising streaming [`Decoder`], shared with
+//!   tidegate's serial ingest;
+//! - [`serial`]: turbines writing framed readings to a serial line, a pseudo-terminal the
+//!   simulator creates or a given device ([`run_serial`]);
 //! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
 //! - [`testbed`]: real brokers (Tansu, Mosquitto) and other child processes on loopback
 //!   ports, for the tests of tidegate and of this crate and for the benchmark.
@@ -20,9 +25,11 @@
 //! ```
 
 pub mod fleet;
+pub mod framing;
 pub mod latency;
 pub mod load;
 pub mod seqset;
+pub mod serial;
 pub mod telemetry;
 pub mod testbed;
 pub mod verify;
@@ -31,9 +38,11 @@ pub use fleet::{
     run_fleet, run_fleet_with_progress, DeviceReport, FleetError, FleetOptions, FleetProgress,
     FleetReport, Protocol, Qos,
 };
+pub use framing::{Decoder, FrameError, Framing};
 pub use latency::{Histogram, LatencySummary};
 pub use load::{run_load, KafkaTarget, LoadOptions, LoadReport};
 pub use seqset::SeqSet;
+pub use serial::{run_serial, SerialError, SerialLine, SerialOptions, SerialReport, SerialTarget};
 pub use telemetry::{device_id, topic_for, Reading, ReadingId, Turbine};
 pub use tokio_util::sync::CancellationToken;
 pub use verify::{check, wait_until_complete, KafkaReading, VerifyReport};

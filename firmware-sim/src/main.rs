@@ -5,9 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use firmware_sim::fleet::{FleetOptions, Protocol, Qos};
+use firmware_sim::framing::Framing;
 use firmware_sim::load::{KafkaTarget, LoadOptions};
+use firmware_sim::serial::{SerialLine, SerialOptions, SerialTarget};
 use firmware_sim::verify::{self, check_stream};
 use firmware_sim::{CancellationToken, FleetReport};
 
@@ -81,6 +83,120 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Write turbine readings to a serial line, as UART / RS-485 sensors do. Without --port,
+    /// create a pseudo-terminal pair and print `serial: /dev/pts/N` (the path the gateway
+    /// should open) on stdout first. Runs until --count, --duration or Ctrl-C, then prints
+    /// the frames written per device.
+    Serial(SerialArgs),
+}
+
+/// Settings of `serial`.
+#[derive(Args, Debug)]
+struct SerialArgs {
+    /// How readings are framed: `lines` (one JSON reading per line, LF) or `cobs` (COBS
+    /// frames of JSON + CRC-16/CCITT-FALSE, 0x00-delimited).
+    #[arg(long, value_enum, default_value_t = FramingArg::Lines)]
+    framing: FramingArg,
+    /// Number of turbines sharing the line; each writes one reading per tick.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    devices: usize,
+    /// Number of the first turbine (1 → wt-0001).
+    #[arg(long, default_value_t = 1)]
+    first_device: usize,
+    /// Readings per second per device, or "max" for as fast as the line takes them.
+    #[arg(long, value_name = "RATE|max", default_value = "1", value_parser = parse_rate)]
+    rate: Rate,
+    /// Readings per device; the run ends when all are written [default: until Ctrl-C].
+    #[arg(long)]
+    count: Option<u64>,
+    /// How long to write, e.g. 30s, 5m [default: until --count or Ctrl-C].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Write to this existing device or file (e.g. /dev/ttyUSB0) instead of a new
+    /// pseudo-terminal; a tty is put in raw mode at --baud.
+    #[arg(long, value_name = "PATH")]
+    port: Option<PathBuf>,
+    /// Baud rate set on a --port that is a tty (a pseudo-terminal ignores it).
+    #[arg(long, default_value_t = 115_200)]
+    baud: u32,
+    /// Pad each JSON payload to exactly this many bytes (see `fleet --payload-size`).
+    #[arg(long, value_name = "BYTES")]
+    payload_size: Option<usize>,
+    /// Seed of the turbine model: the same seed gives the same readings.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Boot id stamped on every reading (default: the current time in ms).
+    #[arg(long)]
+    boot: Option<u64>,
+    /// With a pseudo-terminal: after writing stops, wait this long at most for the gateway
+    /// to read what is still buffered before closing it (closing discards it).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    linger: Duration,
+}
+
+/// `--framing` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FramingArg {
+    /// One reading per line, LF-terminated.
+    Lines,
+    /// COBS-encoded reading + big-endian CRC-16/CCITT-FALSE, then 0x00.
+    Cobs,
+}
+
+impl From<FramingArg> for Framing {
+    fn from(f: FramingArg) -> Framing {
+        match f {
+            FramingArg::Lines => Framing::Lines,
+            FramingArg::Cobs => Framing::Cobs,
+        }
+    }
+}
+
+async fn run_serial(args: SerialArgs) -> Result<ExitCode> {
+    use std::io::Write as _;
+    let target = match &args.port {
+        Some(p) => SerialTarget::Path(p.clone()),
+        None => SerialTarget::Pty,
+    };
+    let mut line = SerialLine::open(&target, args.baud)?;
+    println!("serial: {}", line.path().display());
+    std::io::stdout().flush().context("writing to stdout")?;
+    let opts = SerialOptions {
+        framing: args.framing.into(),
+        devices: args.devices,
+        first_device: args.first_device,
+        rate: match args.rate {
+            Rate::PerSecond(r) => Some(r),
+            Rate::Max => None,
+        },
+        count: args.count,
+        duration: args.duration,
+        payload_size: args.payload_size,
+        seed: args.seed,
+        boot: args.boot,
+        ..SerialOptions::default()
+    };
+    let stop = stop_on_ctrl_c();
+    let report = firmware_sim::serial::run_serial(&mut line, opts, stop.clone()).await?;
+    if !stop.is_cancelled() && !line.drain(args.linger).await {
+        eprintln!(
+            "warning: {} still held unread data after {}; it is lost when the pty closes",
+            line.path().display(),
+            humantime::format_duration(args.linger)
+        );
+    }
+    println!(
+        "frames {}  bytes {}  framing {}  boot {}  in {:.2} s",
+        report.total_frames(),
+        report.bytes,
+        report.framing,
+        report.boot,
+        report.elapsed.as_secs_f64()
+    );
+    for (device, n) in &report.frames {
+        println!("{device}: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Fleet settings shared by `fleet` and `load` (defaults differ where noted).
@@ -312,6 +428,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Serial(args) => run_serial(args).await,
         Command::Verify {
             brokers,
             topic,
