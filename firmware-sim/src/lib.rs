@@ -2,6 +2,9 @@
 //!
 //! # Layout
 //! - [`telemetry`]: the deterministic turbine model and its JSON payloads;
+//! - [`faults`]: fault injection on demand — malformed and oversized payloads, duplicates,
+//!   reboots, clock skew, bursts, line noise, bad CRCs, truncated frames — decided per reading
+//!   from the seed ([`FaultPlan`]);
 //! - [`fleet`]: N turbines, one MQTT connection each, that survive broker restarts and record
 //!   exactly which readings were acknowledged ([`run_fleet`]);
 //! - [`verify`]: reads a Kafka topic back and checks it against a fleet's report — missing
@@ -24,6 +27,7 @@
 //!                 └─ window ◀──┴─▶ AckTracker ─▶ FleetReport ─────┘
 //! ```
 
+pub mod faults;
 pub mod fleet;
 pub mod framing;
 pub mod latency;
@@ -34,6 +38,7 @@ pub mod telemetry;
 pub mod testbed;
 pub mod verify;
 
+pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 pub use fleet::{
     run_fleet, run_fleet_with_progress, DeviceReport, FleetError, FleetOptions, FleetProgress,
     FleetReport, Protocol, Qos,

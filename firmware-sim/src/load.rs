@@ -139,6 +139,10 @@ impl fmt::Display for LoadReport {
             ms(self.puback.p99_us),
             ms(self.puback.max_us)
         )?;
+        let injected = fl.injected();
+        if injected.total() > 0 {
+            write!(f, "\ninjected faults  {injected}")?;
+        }
         if let Some(k) = &self.kafka {
             writeln!(f)?;
             writeln!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use firmware_sim::faults::{FaultPlan, DEFAULT_OVERSIZED_BYTES};
 use firmware_sim::fleet::{FleetOptions, Protocol, Qos};
 use firmware_sim::framing::Framing;
 use firmware_sim::load::{KafkaTarget, LoadOptions};
@@ -132,6 +133,87 @@ struct SerialArgs {
     /// to read what is still buffered before closing it (closing discards it).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     linger: Duration,
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// Fault injection, shared by `fleet`, `load` and `serial`. Every fault is decided per reading
+/// from --seed, so the same command injects the same faults. Garbage goes out in addition to
+/// the good readings (over MQTT as extra QoS 0 publishes), which keep their counters.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Fault injection")]
+struct FaultArgs {
+    /// Probability per reading of an extra, malformed JSON payload (a cut-off reading).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    malformed_rate: f64,
+    /// Probability per reading of an extra payload of --oversized-bytes.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    oversized_rate: f64,
+    /// Size of an oversized payload.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_OVERSIZED_BYTES)]
+    oversized_bytes: usize,
+    /// Probability per reading that it is sent twice.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    duplicate_rate: f64,
+    /// Serial only: reboot every N readings (the counter restarts at 1 under boot id + 1, + 2, …).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    reboot_every: Option<u64>,
+    /// Add this many ms to every reading's timestamp (negative: the device clock is behind).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    clock_skew_ms: i64,
+    /// Every EVERY readings, send COUNT readings back-to-back, ignoring --rate.
+    #[arg(long, value_name = "COUNT/EVERY", value_parser = parse_burst)]
+    burst: Option<(u64, u64)>,
+    /// Serial only: probability per reading of a frame of line noise.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    noise_rate: f64,
+    /// Serial only: probability per reading of an extra copy of its frame with a bad CRC
+    /// (lines: with a byte that is not UTF-8).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    bad_crc_rate: f64,
+    /// Serial only: probability per reading of an extra copy of its frame cut short.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    truncated_rate: f64,
+}
+
+impl FaultArgs {
+    fn plan(&self) -> FaultPlan {
+        FaultPlan {
+            malformed_json_rate: self.malformed_rate,
+            oversized_rate: self.oversized_rate,
+            oversized_bytes: self.oversized_bytes,
+            duplicate_rate: self.duplicate_rate,
+            reboot_every: self.reboot_every,
+            clock_skew_ms: self.clock_skew_ms,
+            burst: self.burst,
+            noise_rate: self.noise_rate,
+            bad_crc_rate: self.bad_crc_rate,
+            truncated_rate: self.truncated_rate,
+        }
+    }
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn parse_burst(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?} is not COUNT/EVERY, e.g. 10/100");
+    let (count, every) = s.split_once('/').ok_or_else(bad)?;
+    let count: u64 = count.trim().parse().map_err(|_| bad())?;
+    let every: u64 = every.trim().parse().map_err(|_| bad())?;
+    if count == 0 || every == 0 {
+        return Err(bad());
+    }
+    Ok((count, every))
 }
 
 /// `--framing` values.
@@ -174,6 +256,7 @@ async fn run_serial(args: SerialArgs) -> Result<ExitCode> {
         payload_size: args.payload_size,
         seed: args.seed,
         boot: args.boot,
+        faults: args.faults.plan(),
         ..SerialOptions::default()
     };
     let stop = stop_on_ctrl_c();
@@ -193,6 +276,10 @@ async fn run_serial(args: SerialArgs) -> Result<ExitCode> {
         report.boot,
         report.elapsed.as_secs_f64()
     );
+    let injected = report.total_faults();
+    if injected.total() > 0 {
+        println!("injected faults: {injected}");
+    }
     for (device, n) in &report.frames {
         println!("{device}: {n}");
     }
@@ -261,6 +348,8 @@ struct FleetArgs {
     /// MQTT password.
     #[arg(long, requires = "username")]
     password: Option<String>,
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -319,6 +408,7 @@ impl FleetArgs {
         o.keep_alive = self.keep_alive;
         o.reconnect_max = self.reconnect_max;
         o.credentials = self.username.clone().zip(self.password.clone());
+        o.faults = self.faults.plan();
     }
 }
 
@@ -355,6 +445,10 @@ fn print_fleet(report: &FleetReport) {
         report.anomalies(),
         report.elapsed.as_secs_f64()
     );
+    let injected = report.injected();
+    if injected.total() > 0 {
+        println!("injected faults: {injected}");
+    }
     if report.qos == Qos::AtLeastOnce {
         println!(
             "acked rate {:.0} readings/s; publish→PUBACK {}",

@@ -26,7 +26,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::framing::{self, EncodeError, Framing};
+use crate::faults::{Fault, FaultCounts, FaultPlan, FaultRng};
+use crate::framing::{EncodeError, Framing};
 use crate::telemetry::Turbine;
 
 /// Where a serial simulation writes its frames.
@@ -82,6 +83,9 @@ pub enum SerialError {
     /// [`Turbine`], which never contain a line feed).
     #[error("cannot frame a reading")]
     Encode(#[from] EncodeError),
+    /// The fault plan cannot work.
+    #[error("invalid fault plan: {0}")]
+    Faults(String),
 }
 
 /// How frames reach the line.
@@ -274,6 +278,8 @@ pub struct SerialOptions {
     pub boot: Option<u64>,
     /// Simulated time per reading.
     pub sim_step: Duration,
+    /// Faults to inject (see [`crate::faults`]); the default injects none.
+    pub faults: FaultPlan,
 }
 
 impl Default for SerialOptions {
@@ -289,6 +295,7 @@ impl Default for SerialOptions {
             seed: 1,
             boot: None,
             sim_step: Duration::from_secs(1),
+            faults: FaultPlan::default(),
         }
     }
 }
@@ -302,8 +309,14 @@ pub struct SerialReport {
     pub framing: Framing,
     /// Boot id of every reading.
     pub boot: u64,
-    /// Frames written completely, per device id; device `d` wrote counters `1..=frames[d]`.
+    /// Good readings written completely, per device id (duplicates and garbage not
+    /// included). Without reboots, device `d` wrote counters `1..=frames[d]`; with
+    /// `reboot_every = k`, each boot `boot + i` (i = 0, 1, …) wrote counters `1..=k`, the last
+    /// one fewer.
     pub frames: BTreeMap<String, u64>,
+    /// Faults injected with the readings counted in `frames`, per device id.
+    #[serde(default)]
+    pub faults: BTreeMap<String, FaultCounts>,
     /// Bytes written completely (frames included in `frames`).
     pub bytes: u64,
     /// How long the run took.
@@ -314,6 +327,15 @@ impl SerialReport {
     /// Frames written by all devices.
     pub fn total_frames(&self) -> u64 {
         self.frames.values().sum()
+    }
+
+    /// Faults injected by all devices.
+    pub fn total_faults(&self) -> FaultCounts {
+        let mut c = FaultCounts::default();
+        for f in self.faults.values() {
+            c.merge(f);
+        }
+        c
     }
 }
 
@@ -334,8 +356,14 @@ pub async fn run_serial(
     opts: SerialOptions,
     stop: CancellationToken,
 ) -> Result<SerialReport, SerialError> {
+    opts.faults.validate().map_err(SerialError::Faults)?;
     let started = Instant::now();
     let boot = opts.boot.unwrap_or_else(now_ms);
+    let plan = &opts.faults;
+    let mut fault_rngs: Vec<FaultRng> = (0..opts.devices)
+        .map(|i| FaultRng::new(opts.seed, opts.first_device + i))
+        .collect();
+    let mut reboots = vec![0u64; opts.devices];
     let mut turbines: Vec<Turbine> = (0..opts.devices)
         .map(|i| {
             Turbine::new(
@@ -354,9 +382,14 @@ pub async fn run_serial(
             .iter()
             .map(|t| (t.device().to_owned(), 0))
             .collect(),
+        faults: turbines
+            .iter()
+            .map(|t| (t.device().to_owned(), FaultCounts::default()))
+            .collect(),
         bytes: 0,
         elapsed: Duration::ZERO,
     };
+    let mut tick_faults = vec![FaultCounts::default(); opts.devices];
     let deadline = opts
         .duration
         .map(|d| tokio::time::Instant::from_std(started + d));
@@ -375,7 +408,9 @@ pub async fn run_serial(
                 None => std::future::pending().await,
             }
         };
-        if let Some(ticks) = &mut ticks {
+        // Readings of a burst go out back-to-back.
+        let pace = !plan.in_burst(written + 1);
+        if let (Some(ticks), true) = (&mut ticks, pace) {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = stop.cancelled() => break,
@@ -386,10 +421,27 @@ pub async fn run_serial(
             break;
         }
         batch.clear();
-        let ts = now_ms();
-        for t in &mut turbines {
-            t.step(ts).encode_json(opts.payload_size, &mut payload);
-            framing::encode(opts.framing, &payload, &mut batch)?;
+        let ts = plan.skew(now_ms());
+        for (i, t) in turbines.iter_mut().enumerate() {
+            let faults = plan.decide(written + 1, &mut fault_rngs[i]);
+            tick_faults[i] = FaultCounts::default();
+            for &f in &faults {
+                tick_faults[i].add(f);
+            }
+            if faults.contains(&Fault::Reboot) {
+                reboots[i] += 1;
+                t.reboot(boot.wrapping_add(reboots[i]));
+            }
+            let reading = t.step(ts);
+            reading.encode_json(opts.payload_size, &mut payload);
+            plan.encode_serial(
+                opts.framing,
+                &faults,
+                &reading,
+                &payload,
+                &mut fault_rngs[i],
+                &mut batch,
+            )?;
         }
         let sleep_until_deadline = async {
             match deadline {
@@ -409,6 +461,9 @@ pub async fn run_serial(
         report.bytes += batch.len() as u64;
         for n in report.frames.values_mut() {
             *n = written;
+        }
+        for (c, f) in report.faults.values_mut().zip(&tick_faults) {
+            c.merge(f);
         }
     }
     report.elapsed = started.elapsed();
@@ -534,6 +589,77 @@ mod tests {
         let (got, bad) = read_frames(&path, Framing::Cobs, 10);
         assert_eq!(bad, 0);
         check_order(&got, 2, 5, 1);
+    }
+
+    #[tokio::test]
+    async fn injected_faults_are_counted_and_the_good_readings_all_decode() {
+        for framing in [Framing::Lines, Framing::Cobs] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("line");
+            std::fs::write(&path, b"").expect("create");
+            let mut line = SerialLine::open(&SerialTarget::Path(path.clone()), 9600).expect("open");
+            let faults = FaultPlan {
+                malformed_json_rate: 0.05,
+                oversized_rate: 0.02,
+                oversized_bytes: 70_000,
+                duplicate_rate: 0.05,
+                reboot_every: Some(150),
+                clock_skew_ms: -60_000,
+                burst: Some((5, 50)),
+                noise_rate: 0.05,
+                bad_crc_rate: 0.05,
+                truncated_rate: 0.05,
+            };
+            let (devices, count) = (3usize, 400u64);
+            let opts = SerialOptions {
+                framing,
+                devices,
+                count: Some(count),
+                rate: None,
+                boot: Some(100),
+                seed: 5,
+                faults: faults.clone(),
+                ..SerialOptions::default()
+            };
+            let before = now_ms();
+            let report = run_serial(&mut line, opts, CancellationToken::new())
+                .await
+                .expect("run");
+            assert_eq!(report.total_frames(), devices as u64 * count);
+            for n in 1..=devices {
+                let id = crate::telemetry::device_id(n);
+                assert_eq!(report.faults[&id], faults.expected(5, n, count), "{id}");
+            }
+            let injected = report.total_faults();
+            assert_eq!(injected.reboot, devices as u64 * 2);
+            assert!(injected.garbage() > 50, "{injected}");
+
+            let bytes = std::fs::read(&path).expect("read back");
+            assert_eq!(bytes.len() as u64, report.bytes);
+            let mut d = Decoder::new(framing, 64 * 1024);
+            let mut good: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
+            let mut rejected = 0u64;
+            for r in d.push(&bytes) {
+                match r.ok().and_then(|p| ReadingId::parse(&p)) {
+                    Some(id) => {
+                        assert!(id.ts + 50_000 < before, "skewed clock");
+                        good.entry((id.device, id.boot)).or_default().push(id.seq);
+                    }
+                    None => rejected += 1,
+                }
+            }
+            assert_eq!(rejected, injected.garbage(), "{framing}");
+            let total: usize = good.values().map(Vec::len).sum();
+            assert_eq!(total as u64, report.total_frames() + injected.duplicate);
+            // Each device: boots 101, 102, 103 after the first (100), counters 1..=150,
+            // 1..=150, 1..=100 — every one there, in order, duplicates adjacent.
+            assert_eq!(good.len(), devices * 3);
+            for ((device, boot), mut seqs) in good {
+                seqs.dedup();
+                let want = if boot == 102 { 100 } else { 150 };
+                assert_eq!(seqs, (1..=want).collect::<Vec<_>>(), "{device} boot {boot}");
+            }
+        }
     }
 
     #[tokio::test]

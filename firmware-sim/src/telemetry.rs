@@ -267,6 +267,13 @@ impl Turbine {
         self.seq
     }
 
+    /// Restarts the device's firmware: the next reading has counter 1 and carries `boot`.
+    /// The turbine itself (wind, rotor, temperature) goes on as before.
+    pub fn reboot(&mut self, boot: u64) {
+        self.boot = boot;
+        self.seq = 0;
+    }
+
     /// What the controller is doing now.
     pub fn state(&self) -> TurbineState {
         self.state

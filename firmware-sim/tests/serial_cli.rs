@@ -64,3 +64,59 @@ fn serial_prints_the_pty_path_and_every_reading_arrives_there_in_order() {
     assert!(child.wait().expect("exit").success());
     assert!(rest.starts_with("frames 300 "), "{rest}");
 }
+
+#[test]
+fn serial_fault_flags_inject_exactly_what_the_seed_decides() {
+    use firmware_sim::faults::{FaultCounts, FaultPlan};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("line");
+    std::fs::write(&path, b"").expect("create");
+    let out = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
+        .args(["serial", "--framing", "lines", "-n", "2", "--rate", "max"])
+        .args(["--count", "300", "--boot", "5", "--seed", "3"])
+        .arg("--port")
+        .arg(&path)
+        .args(["--duplicate-rate", "0.1", "--malformed-rate", "0.05"])
+        .args(["--noise-rate", "0.05", "--truncated-rate", "0.05"])
+        .args(["--bad-crc-rate", "0.05", "--oversized-rate", "0.02"])
+        .args(["--oversized-bytes", "9000", "--reboot-every", "100"])
+        .args(["--clock-skew-ms", "-5000", "--burst", "3/30"])
+        .output()
+        .expect("run firmware-sim");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+
+    let plan = FaultPlan {
+        duplicate_rate: 0.1,
+        malformed_json_rate: 0.05,
+        noise_rate: 0.05,
+        truncated_rate: 0.05,
+        bad_crc_rate: 0.05,
+        oversized_rate: 0.02,
+        oversized_bytes: 9000,
+        reboot_every: Some(100),
+        clock_skew_ms: -5000,
+        burst: Some((3, 30)),
+    };
+    let mut want = FaultCounts::default();
+    for n in 1..=2 {
+        want.merge(&plan.expected(3, n, 300));
+    }
+    assert!(
+        stdout.contains(&format!("injected faults: {want}")),
+        "{stdout}"
+    );
+
+    let bytes = std::fs::read(&path).expect("read back");
+    let mut decoder = Decoder::new(Framing::Lines, 4096);
+    let (mut good, mut rejected) = (0u64, 0u64);
+    for r in decoder.push(&bytes) {
+        match r.ok().and_then(|p| ReadingId::parse(&p)) {
+            Some(_) => good += 1,
+            None => rejected += 1,
+        }
+    }
+    assert_eq!(good, 600 + want.duplicate);
+    assert_eq!(rejected, want.garbage());
+}

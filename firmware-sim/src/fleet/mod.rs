@@ -37,6 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 use crate::latency::{Histogram, LatencySummary};
 use crate::seqset::SeqSet;
 use crate::telemetry::{device_id, topic_for, Turbine};
@@ -120,6 +121,10 @@ pub struct FleetOptions {
     pub ramp_up: Duration,
     /// Username and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// Faults to inject (see [`crate::faults`]): malformed and oversized payloads and
+    /// duplicates (sent as extra QoS 0 publishes, so the PUBACK accounting of the readings
+    /// stays exact), clock skew and bursts. Serial-only faults and reboots are refused.
+    pub faults: FaultPlan,
 }
 
 impl Default for FleetOptions {
@@ -145,6 +150,7 @@ impl Default for FleetOptions {
             reconnect_max: Duration::from_secs(2),
             ramp_up: Duration::ZERO,
             credentials: None,
+            faults: FaultPlan::default(),
         }
     }
 }
@@ -217,7 +223,7 @@ pub struct DeviceReport {
     pub acked: SeqSet,
     /// QoS 1 counters still unacknowledged when the device stopped.
     pub unacked: SeqSet,
-    /// PUBLISH packets written, re-sends included.
+    /// PUBLISH packets written, re-sends and injected faults (extra QoS 0 publishes) included.
     pub sent: u64,
     /// PUBLISH packets re-sent after a connection loss.
     pub retransmits: u64,
@@ -231,6 +237,10 @@ pub struct DeviceReport {
     pub last_error: Option<String>,
     /// Events that contradicted the PUBACK accounting (must be 0).
     pub anomalies: u64,
+    /// Faults injected and handed to the MQTT client (extra QoS 0 publishes: garbage the
+    /// gateway must reject, and duplicates of readings in `1..=published`).
+    #[serde(default)]
+    pub injected: FaultCounts,
 }
 
 /// What a fleet run did.
@@ -279,6 +289,15 @@ impl FleetReport {
     /// Failed connections or connection attempts, all devices.
     pub fn connection_errors(&self) -> u64 {
         self.devices.values().map(|d| d.connection_errors).sum()
+    }
+
+    /// Faults injected, all devices.
+    pub fn injected(&self) -> FaultCounts {
+        let mut c = FaultCounts::default();
+        for d in self.devices.values() {
+            c.merge(&d.injected);
+        }
+        c
     }
 
     /// Accounting anomalies, all devices (must be 0).
@@ -531,6 +550,13 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         window: Semaphore::new(usize::from(opts.window)),
         drained: Notify::new(),
     });
+    // Room for the oversized payloads of the fault plan: rumqttc refuses to write a packet
+    // over its limit.
+    let oversized = if opts.faults.oversized_rate > 0.0 {
+        opts.faults.oversized_bytes
+    } else {
+        0
+    };
     let settings = LinkSettings {
         client_id: device.clone(),
         host: cfg.host.clone(),
@@ -538,7 +564,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         clean_session: opts.clean_session,
         keep_alive: opts.keep_alive,
         window: opts.window,
-        max_packet_size: opts.payload_size.unwrap_or(0).max(64 * 1024) + 1024,
+        max_packet_size: opts.payload_size.unwrap_or(0).max(64 * 1024).max(oversized) + 1024,
         credentials: opts.credentials.clone(),
     };
     let abort = CancellationToken::new();
@@ -563,7 +589,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         }
     };
 
-    let published = publish_readings(n, &cfg, &shared, &client, &topic, &stop)
+    let (published, injected) = publish_readings(n, &cfg, &shared, &client, &topic, &stop)
         .instrument(span.clone())
         .await;
     let published_until = Instant::now();
@@ -620,6 +646,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
                     rejected: o.rejected,
                     last_error: o.last_error,
                     anomalies: o.tracker.anomalies,
+                    injected,
                 },
                 latency: o.tracker.latency,
                 published_until,
@@ -632,6 +659,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
             unacked,
             last_error: Some(format!("driver task failed: {e}")),
             anomalies: 1,
+            injected,
             ..DeviceReport::default()
         },
     };
@@ -684,7 +712,25 @@ impl Client {
     }
 }
 
-/// The publisher loop; returns how many readings were handed to the client.
+/// Hands an extra (fault) payload to the client at QoS 0; `false` if the run stopped first
+/// or the client is closed.
+async fn publish_extra(
+    client: &Client,
+    topic: &str,
+    payload: Bytes,
+    stop: &CancellationToken,
+    until: tokio::time::Instant,
+) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep_until(until) => false,
+        ok = client.publish(topic, Qos::AtMostOnce, payload) => ok,
+    }
+}
+
+/// The publisher loop; returns how many readings were handed to the client, and the faults
+/// injected.
 async fn publish_readings(
     n: usize,
     cfg: &RunConfig,
@@ -692,7 +738,7 @@ async fn publish_readings(
     client: &Client,
     topic: &str,
     stop: &CancellationToken,
-) -> u64 {
+) -> (u64, FaultCounts) {
     let opts = &cfg.opts;
     let qos1 = opts.qos == Qos::AtLeastOnce;
     let mut turbine = Turbine::new(opts.seed, n, cfg.boot, opts.sim_step.as_secs_f64());
@@ -720,18 +766,23 @@ async fn publish_readings(
     });
     if ticker.is_none() && !offset.is_zero() {
         tokio::select! {
-            _ = stop.cancelled() => return 0,
+            _ = stop.cancelled() => return (0, FaultCounts::default()),
             _ = tokio::time::sleep_until(first.min(until)) => {}
         }
     }
 
+    let plan = &opts.faults;
+    let mut fault_rng = FaultRng::new(opts.seed, n);
+    let mut injected = FaultCounts::default();
     let mut buf = Vec::with_capacity(opts.payload_size.unwrap_or(192));
     let mut published = 0u64;
     loop {
         if opts.count.is_some_and(|c| published >= c) || stop.is_cancelled() {
             break;
         }
-        if let Some(t) = ticker.as_mut() {
+        // Readings of a burst go out back-to-back.
+        let paced = ticker.as_mut().filter(|_| !plan.in_burst(published + 1));
+        if let Some(t) = paced {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -753,9 +804,18 @@ async fn publish_readings(
                 Err(_) => break,
             }
         }
-        let reading = turbine.step(now_ms());
+        let faults = plan.decide(published + 1, &mut fault_rng);
+        let reading = turbine.step(plan.skew(now_ms()));
         reading.encode_json(opts.payload_size, &mut buf);
         let payload = Bytes::copy_from_slice(&buf);
+        for &f in faults.iter().filter(|f| f.is_garbage()) {
+            if let Some(garbage) = plan.garbage_payload(f, &reading, &buf) {
+                if publish_extra(client, topic, garbage.into(), stop, until).await {
+                    injected.add(f);
+                }
+            }
+        }
+        let duplicate = faults.contains(&Fault::Duplicate).then(|| payload.clone());
         if qos1 {
             lock(&shared.outstanding).insert(reading.seq, payload.clone());
         }
@@ -780,12 +840,17 @@ async fn publish_readings(
         }
         published += 1;
         cfg.progress.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = duplicate {
+            if publish_extra(client, topic, p, stop, until).await {
+                injected.add(Fault::Duplicate);
+            }
+        }
         if published % 64 == 0 {
             // As-fast-as-possible loops may never wait; let other devices run.
             tokio::task::yield_now().await;
         }
     }
-    published
+    (published, injected)
 }
 
 /// Runs a fleet until every device has published `count` readings, `duration` has passed, or
@@ -820,6 +885,9 @@ pub async fn run_fleet_with_progress(
             "window must be at least 1".into(),
         ));
     }
+    opts.faults
+        .validate_for_mqtt()
+        .map_err(FleetError::InvalidOptions)?;
     if let Some(r) = opts.rate {
         if !(r.is_finite() && r > 0.0) {
             return Err(FleetError::InvalidOptions(format!(

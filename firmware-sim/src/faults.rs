@@ -1,0 +1,652 @@
+//! Fault injection on demand: exactly the faults asked for, deterministic from the seed.
+//!
+//! A [`FaultPlan`] says which faults a device injects and how often (every rate defaults to
+//! 0, so the default plan injects nothing). Before each reading a device calls
+//! [`FaultPlan::decide`] with its own [`FaultRng`] (seeded from the fleet seed and the device
+//! number), which returns the faults for that reading. The decision is pure: the same seed,
+//! device and plan give the same faults, so a test can compute in advance exactly what a run
+//! will inject ([`FaultPlan::expected`]) and check it against the run's [`FaultCounts`].
+//!
+//! Every rate is drawn for every reading, in a fixed order, whatever the other rates are:
+//! raising one rate never changes when the other faults happen.
+//!
+//! # What each fault does
+//! Garbage is sent *in addition to* the good reading, just before it, so the good readings
+//! still carry the counters `1, 2, 3, …` (per boot) and a consumer can prove that every good
+//! reading arrived and every garbage one was rejected:
+//! - [`Fault::MalformedJson`]: a strict prefix of the reading's JSON (never valid JSON);
+//! - [`Fault::Oversized`]: a JSON object of exactly [`FaultPlan::oversized_bytes`] bytes that
+//!   is not a reading (no `seq`);
+//! - [`Fault::Noise`] (serial): random bytes, then the delimiter — one rejected frame that
+//!   never decodes as a reading;
+//! - [`Fault::BadCrc`] (serial): the reading's frame with its CRC flipped (`cobs`); with
+//!   `lines`, which has no CRC, the line with one byte replaced by 0xFF (not UTF-8, so not JSON);
+//! - [`Fault::Truncated`] (serial): the reading's frame cut short, then the delimiter.
+//!
+//! Not garbage:
+//! - [`Fault::Duplicate`]: the good reading is sent a second time, right after the first;
+//! - [`Fault::Reboot`]: before this reading the device restarts: its counter restarts at 1
+//!   under a new boot id (serial only for now);
+//! - [`FaultPlan::clock_skew_ms`] is added to every reading's `ts`;
+//! - [`FaultPlan::burst`] sends readings back-to-back instead of at the configured rate.
+//!
+//! Over MQTT the extra publishes (garbage and duplicates) go out at QoS 0, so the PUBACK
+//! accounting of the good readings stays exact.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::framing::{self, crc16, Framing};
+use crate::telemetry::Reading;
+
+/// Default size of an oversized payload: 1 MiB.
+pub const DEFAULT_OVERSIZED_BYTES: usize = 1024 * 1024;
+
+/// Which faults to inject, and how often. `Default` injects nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultPlan {
+    /// Probability per reading of an extra, malformed JSON payload.
+    pub malformed_json_rate: f64,
+    /// Probability per reading of an extra payload of `oversized_bytes` bytes.
+    pub oversized_rate: f64,
+    /// Size of an oversized payload.
+    pub oversized_bytes: usize,
+    /// Probability per reading that it is sent twice.
+    pub duplicate_rate: f64,
+    /// Reboot after every this many readings: the counter restarts at 1 with a new boot id.
+    pub reboot_every: Option<u64>,
+    /// Added to every reading's `ts` (ms; negative: the device's clock is behind).
+    pub clock_skew_ms: i64,
+    /// `(count, every)`: every `every` readings, send `count` readings back-to-back,
+    /// ignoring the rate.
+    pub burst: Option<(u64, u64)>,
+    /// Serial: probability per reading of a frame of line noise.
+    pub noise_rate: f64,
+    /// Serial: probability per reading of an extra copy of its frame with a bad CRC.
+    pub bad_crc_rate: f64,
+    /// Serial: probability per reading of an extra copy of its frame cut short.
+    pub truncated_rate: f64,
+}
+
+impl Default for FaultPlan {
+    fn default() -> FaultPlan {
+        FaultPlan {
+            malformed_json_rate: 0.0,
+            oversized_rate: 0.0,
+            oversized_bytes: DEFAULT_OVERSIZED_BYTES,
+            duplicate_rate: 0.0,
+            reboot_every: None,
+            clock_skew_ms: 0,
+            burst: None,
+            noise_rate: 0.0,
+            bad_crc_rate: 0.0,
+            truncated_rate: 0.0,
+        }
+    }
+}
+
+/// One fault injected with a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The device restarted before this reading.
+    Reboot,
+    /// A frame of line noise before the reading (serial).
+    Noise,
+    /// A malformed JSON payload before the reading.
+    MalformedJson,
+    /// An oversized payload before the reading.
+    Oversized,
+    /// A copy of the reading's frame with a bad CRC before it (serial).
+    BadCrc,
+    /// A copy of the reading's frame cut short before it (serial).
+    Truncated,
+    /// The reading is sent twice.
+    Duplicate,
+}
+
+impl Fault {
+    /// Whether the fault is an extra payload or frame a consumer must reject.
+    pub fn is_garbage(self) -> bool {
+        !matches!(self, Fault::Reboot | Fault::Duplicate)
+    }
+}
+
+/// Faults injected, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FaultCounts {
+    /// Reboots.
+    pub reboot: u64,
+    /// Frames of line noise.
+    pub noise: u64,
+    /// Malformed JSON payloads.
+    pub malformed_json: u64,
+    /// Oversized payloads.
+    pub oversized: u64,
+    /// Frames with a bad CRC.
+    pub bad_crc: u64,
+    /// Truncated frames.
+    pub truncated: u64,
+    /// Readings sent twice.
+    pub duplicate: u64,
+}
+
+impl FaultCounts {
+    /// Counts one fault.
+    pub fn add(&mut self, fault: Fault) {
+        *self.slot(fault) += 1;
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &FaultCounts) {
+        self.reboot += other.reboot;
+        self.noise += other.noise;
+        self.malformed_json += other.malformed_json;
+        self.oversized += other.oversized;
+        self.bad_crc += other.bad_crc;
+        self.truncated += other.truncated;
+        self.duplicate += other.duplicate;
+    }
+
+    /// The count of one kind of fault.
+    pub fn get(&self, fault: Fault) -> u64 {
+        let mut c = *self;
+        *c.slot(fault)
+    }
+
+    /// Extra payloads or frames a consumer must reject (every fault but reboots and
+    /// duplicates).
+    pub fn garbage(&self) -> u64 {
+        self.noise + self.malformed_json + self.oversized + self.bad_crc + self.truncated
+    }
+
+    /// Every fault.
+    pub fn total(&self) -> u64 {
+        self.garbage() + self.reboot + self.duplicate
+    }
+
+    fn slot(&mut self, fault: Fault) -> &mut u64 {
+        match fault {
+            Fault::Reboot => &mut self.reboot,
+            Fault::Noise => &mut self.noise,
+            Fault::MalformedJson => &mut self.malformed_json,
+            Fault::Oversized => &mut self.oversized,
+            Fault::BadCrc => &mut self.bad_crc,
+            Fault::Truncated => &mut self.truncated,
+            Fault::Duplicate => &mut self.duplicate,
+        }
+    }
+}
+
+impl std::fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reboot {}  noise {}  malformed_json {}  oversized {}  bad_crc {}  truncated {}  duplicate {}",
+            self.reboot,
+            self.noise,
+            self.malformed_json,
+            self.oversized,
+            self.bad_crc,
+            self.truncated,
+            self.duplicate
+        )
+    }
+}
+
+/// The random source of one device's fault decisions (and, separately, of the bytes of its
+/// line noise, so drawing noise never shifts the decisions).
+#[derive(Debug, Clone)]
+pub struct FaultRng(StdRng, StdRng);
+
+impl FaultRng {
+    /// The fault source of device number `n` of a fleet seeded with `seed` (independent of
+    /// the turbine model's randomness).
+    pub fn new(seed: u64, n: usize) -> FaultRng {
+        // splitmix64 of the seed, the device and a constant of its own.
+        let mut z = seed ^ 0xFA17_FA17_0000_0000 ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D1_049B_B133_11EB);
+        let z = z ^ (z >> 31);
+        FaultRng(
+            StdRng::seed_from_u64(z),
+            StdRng::seed_from_u64(z ^ 0x5EED_F017_5E00_0000),
+        )
+    }
+
+    /// Random bytes (for line noise).
+    fn bytes(&mut self, out: &mut Vec<u8>, len: usize) {
+        out.extend((0..len).map(|_| self.1.random::<u8>()));
+    }
+}
+
+impl FaultPlan {
+    /// Whether the plan injects anything at all.
+    pub fn is_empty(&self) -> bool {
+        *self
+            == FaultPlan {
+                oversized_bytes: self.oversized_bytes,
+                ..FaultPlan::default()
+            }
+    }
+
+    /// Checks that every rate is a probability and the counts are sensible.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, rate) in self.rates() {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} {rate} is not between 0 and 1"));
+            }
+        }
+        if self.reboot_every == Some(0) {
+            return Err("reboot_every must be at least 1".into());
+        }
+        if let Some((count, every)) = self.burst {
+            if count == 0 || every == 0 {
+                return Err("burst count and every must be at least 1".into());
+            }
+        }
+        if self.oversized_rate > 0.0 && self.oversized_bytes < 32 {
+            return Err("oversized_bytes must be at least 32".into());
+        }
+        Ok(())
+    }
+
+    /// Checks that the plan only asks for faults an MQTT device can inject (no serial-only
+    /// faults, no reboots yet).
+    pub fn validate_for_mqtt(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.noise_rate > 0.0 || self.bad_crc_rate > 0.0 || self.truncated_rate > 0.0 {
+            return Err("noise, bad CRC and truncated frames are serial faults".into());
+        }
+        if self.reboot_every.is_some() {
+            return Err("reboots are not supported by the MQTT fleet yet".into());
+        }
+        Ok(())
+    }
+
+    fn rates(&self) -> [(&'static str, f64); 6] {
+        [
+            ("noise_rate", self.noise_rate),
+            ("malformed_json_rate", self.malformed_json_rate),
+            ("oversized_rate", self.oversized_rate),
+            ("bad_crc_rate", self.bad_crc_rate),
+            ("truncated_rate", self.truncated_rate),
+            ("duplicate_rate", self.duplicate_rate),
+        ]
+    }
+
+    /// The faults of a device's `reading`-th reading (1-based, counted over the whole run,
+    /// reboots included), in the order they happen: a reboot first, then the garbage sent
+    /// before the reading, then a duplicate. Draws exactly six numbers from `rng` per call.
+    pub fn decide(&self, reading: u64, rng: &mut FaultRng) -> Vec<Fault> {
+        let mut faults = Vec::new();
+        if let Some(every) = self.reboot_every.filter(|&e| e > 0) {
+            if reading > 1 && (reading - 1) % every == 0 {
+                faults.push(Fault::Reboot);
+            }
+        }
+        const KINDS: [Fault; 6] = [
+            Fault::Noise,
+            Fault::MalformedJson,
+            Fault::Oversized,
+            Fault::BadCrc,
+            Fault::Truncated,
+            Fault::Duplicate,
+        ];
+        for (kind, (_, rate)) in KINDS.into_iter().zip(self.rates()) {
+            let draw: f64 = rng.0.random();
+            if draw < rate {
+                faults.push(kind);
+            }
+        }
+        faults
+    }
+
+    /// Whether the `reading`-th reading (1-based) is sent without waiting for the rate: it
+    /// is one of the `count` readings of a burst that starts every `every` readings.
+    pub fn in_burst(&self, reading: u64) -> bool {
+        match self.burst {
+            Some((count, every)) if every > 0 && reading > 0 => (reading - 1) % every < count,
+            _ => false,
+        }
+    }
+
+    /// The faults device number `n` of a fleet seeded with `seed` injects over its first
+    /// `readings` readings.
+    pub fn expected(&self, seed: u64, n: usize, readings: u64) -> FaultCounts {
+        let mut rng = FaultRng::new(seed, n);
+        let mut counts = FaultCounts::default();
+        for i in 1..=readings {
+            for f in self.decide(i, &mut rng) {
+                counts.add(f);
+            }
+        }
+        counts
+    }
+
+    /// `ts` with the clock skew applied.
+    pub fn skew(&self, ts: u64) -> u64 {
+        ts.saturating_add_signed(self.clock_skew_ms)
+    }
+
+    /// The payload of a garbage fault (`MalformedJson` or `Oversized`) sent with `reading`,
+    /// whose JSON is `json`. `None` for the other faults.
+    pub fn garbage_payload(&self, fault: Fault, reading: &Reading, json: &[u8]) -> Option<Vec<u8>> {
+        match fault {
+            // A strict prefix of a JSON object is never valid JSON.
+            Fault::MalformedJson => {
+                Some(json[..(json.len() * 2 / 3).max(1).min(json.len())].to_vec())
+            }
+            Fault::Oversized => {
+                let mut s = format!("{{\"device\":\"{}\",\"oversized\":\"", reading.device);
+                let fill = self.oversized_bytes.saturating_sub(s.len() + 2);
+                s.extend(std::iter::repeat_n('x', fill));
+                s.push_str("\"}");
+                Some(s.into_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// Appends the frames of `reading` (JSON `json`) and its faults to `out`, in order:
+    /// garbage frames first, then the reading, then its duplicate. `Reboot` is ignored here
+    /// (the caller restarts the turbine before sampling the reading).
+    pub fn encode_serial(
+        &self,
+        framing: Framing,
+        faults: &[Fault],
+        reading: &Reading,
+        json: &[u8],
+        rng: &mut FaultRng,
+        out: &mut Vec<u8>,
+    ) -> Result<(), framing::EncodeError> {
+        for &f in faults {
+            match f {
+                Fault::Reboot | Fault::Duplicate => {}
+                Fault::MalformedJson | Fault::Oversized => {
+                    if let Some(p) = self.garbage_payload(f, reading, json) {
+                        framing::encode(framing, &p, out)?;
+                    }
+                }
+                Fault::Noise => noise_frame(framing, rng, out),
+                Fault::BadCrc => bad_crc_frame(framing, json, out),
+                Fault::Truncated => truncated_frame(framing, json, out),
+            }
+        }
+        framing::encode(framing, json, out)?;
+        if faults.contains(&Fault::Duplicate) {
+            framing::encode(framing, json, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Random bytes without the delimiter, then the delimiter; never a valid reading.
+fn noise_frame(framing: Framing, rng: &mut FaultRng, out: &mut Vec<u8>) {
+    let delimiter = framing.delimiter();
+    let mut frame = Vec::with_capacity(40);
+    loop {
+        frame.clear();
+        // 0xFF first: never UTF-8, so never JSON; never a delimiter or a CR.
+        frame.push(0xFF);
+        rng.bytes(&mut frame, 23);
+        for b in &mut frame {
+            if *b == delimiter || *b == b'\r' {
+                *b = 0xFF;
+            }
+        }
+        frame.push(delimiter);
+        // A random COBS body can pass its CRC by chance (1 in 65536); draw again then. A
+        // line starting with 0xFF is never JSON.
+        if framing == Framing::Lines || !decodes_ok(framing, &frame) {
+            break;
+        }
+    }
+    out.extend_from_slice(&frame);
+}
+
+/// Whether `frame` (delimiter included) decodes as a frame at all.
+fn decodes_ok(framing: Framing, frame: &[u8]) -> bool {
+    let mut d = framing::Decoder::new(framing, usize::MAX / 4);
+    d.push(frame).into_iter().any(|r| r.is_ok())
+}
+
+/// The reading's frame with a bad CRC (`cobs`), or with a byte that is not UTF-8 (`lines`).
+fn bad_crc_frame(framing: Framing, json: &[u8], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Cobs => {
+            let mut body = Vec::with_capacity(json.len() + 2);
+            body.extend_from_slice(json);
+            body.extend_from_slice(&(crc16(json) ^ 0xFFFF).to_be_bytes());
+            let start = out.len();
+            out.resize(start + cobs::max_encoding_length(body.len()), 0);
+            let n = cobs::encode(&body, &mut out[start..]);
+            out.truncate(start + n);
+            out.push(0x00);
+        }
+        Framing::Lines => {
+            let mut line = json.to_vec();
+            let mid = line.len() / 2;
+            if let Some(b) = line.get_mut(mid) {
+                *b = 0xFF;
+            }
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+        }
+    }
+}
+
+/// The reading's frame cut short, then the delimiter.
+fn truncated_frame(framing: Framing, json: &[u8], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Cobs => {
+            let mut full = Vec::new();
+            framing::encode_cobs(json, &mut full);
+            full.pop(); // the delimiter
+            let mut cut = (full.len() / 2).max(1);
+            // A cut frame may pass its CRC by chance; cut further then.
+            while cut > 1 && decodes_ok(framing, &[&full[..cut], &[0x00][..]].concat()) {
+                cut -= 1;
+            }
+            out.extend_from_slice(&full[..cut]);
+            out.push(0x00);
+        }
+        Framing::Lines => {
+            // A strict prefix of a JSON object is never valid JSON.
+            out.extend_from_slice(&json[..(json.len() / 2).max(1).min(json.len())]);
+            out.push(b'\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::Decoder;
+    use crate::telemetry::{ReadingId, Turbine};
+
+    fn plan() -> FaultPlan {
+        FaultPlan {
+            malformed_json_rate: 0.1,
+            oversized_rate: 0.02,
+            oversized_bytes: 2000,
+            duplicate_rate: 0.05,
+            noise_rate: 0.03,
+            bad_crc_rate: 0.04,
+            truncated_rate: 0.06,
+            ..FaultPlan::default()
+        }
+    }
+
+    #[test]
+    fn the_default_plan_injects_nothing() {
+        let p = FaultPlan::default();
+        assert!(p.is_empty());
+        assert_eq!(p.expected(1, 1, 10_000), FaultCounts::default());
+        assert!(!plan().is_empty());
+    }
+
+    #[test]
+    fn decisions_are_exactly_what_the_seeded_rng_draws() {
+        let p = FaultPlan {
+            malformed_json_rate: 0.1,
+            ..FaultPlan::default()
+        };
+        let got = p.expected(42, 3, 10_000);
+        // The same draws, made by hand: six per reading, malformed JSON second.
+        let mut rng = FaultRng::new(42, 3);
+        let mut want = 0;
+        for _ in 0..10_000 {
+            let draws: Vec<f64> = (0..6).map(|_| rng.0.random()).collect();
+            want += u64::from(draws[1] < 0.1);
+        }
+        assert_eq!(got.malformed_json, want);
+        assert_eq!(got.total(), want);
+        // Within a sane band of 10% of 10 000 (± ~3.5 σ).
+        assert!((900..=1100).contains(&want), "{want}");
+    }
+
+    #[test]
+    fn decisions_are_deterministic_per_seed_and_device() {
+        let p = plan();
+        assert_eq!(p.expected(7, 1, 5_000), p.expected(7, 1, 5_000));
+        assert_ne!(p.expected(7, 1, 5_000), p.expected(8, 1, 5_000));
+        assert_ne!(p.expected(7, 1, 5_000), p.expected(7, 2, 5_000));
+        let mut a = FaultRng::new(7, 1);
+        let mut b = FaultRng::new(7, 1);
+        for i in 1..=1000 {
+            assert_eq!(p.decide(i, &mut a), p.decide(i, &mut b));
+        }
+    }
+
+    #[test]
+    fn raising_one_rate_does_not_move_the_others() {
+        let a = plan().expected(5, 1, 5_000);
+        let b = FaultPlan {
+            duplicate_rate: 0.5,
+            ..plan()
+        }
+        .expected(5, 1, 5_000);
+        assert_eq!(a.malformed_json, b.malformed_json);
+        assert_eq!(a.truncated, b.truncated);
+        assert!(b.duplicate > a.duplicate);
+    }
+
+    #[test]
+    fn rates_of_zero_and_one_are_never_and_always() {
+        let p = FaultPlan {
+            duplicate_rate: 1.0,
+            ..FaultPlan::default()
+        };
+        let c = p.expected(1, 1, 1000);
+        assert_eq!(c.duplicate, 1000);
+        assert_eq!(c.total(), 1000);
+    }
+
+    #[test]
+    fn reboots_and_bursts_follow_their_period() {
+        let p = FaultPlan {
+            reboot_every: Some(100),
+            burst: Some((3, 10)),
+            ..FaultPlan::default()
+        };
+        assert_eq!(p.expected(1, 1, 1000).reboot, 9);
+        let mut rng = FaultRng::new(1, 1);
+        assert!(p.decide(1, &mut rng).is_empty());
+        assert_eq!(p.decide(101, &mut rng), vec![Fault::Reboot]);
+        let burst: Vec<u64> = (1..=25).filter(|&i| p.in_burst(i)).collect();
+        assert_eq!(burst, vec![1, 2, 3, 11, 12, 13, 21, 22, 23]);
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        let bad = [
+            FaultPlan {
+                noise_rate: 1.5,
+                ..FaultPlan::default()
+            },
+            FaultPlan {
+                duplicate_rate: -0.1,
+                ..FaultPlan::default()
+            },
+            FaultPlan {
+                reboot_every: Some(0),
+                ..FaultPlan::default()
+            },
+            FaultPlan {
+                burst: Some((0, 5)),
+                ..FaultPlan::default()
+            },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+        assert!(plan().validate().is_ok());
+        assert!(plan().validate_for_mqtt().is_err());
+    }
+
+    #[test]
+    fn clock_skew_moves_ts_both_ways() {
+        let p = FaultPlan {
+            clock_skew_ms: -500,
+            ..FaultPlan::default()
+        };
+        assert_eq!(p.skew(1_000), 500);
+        assert_eq!(p.skew(100), 0);
+        let p = FaultPlan {
+            clock_skew_ms: 250,
+            ..FaultPlan::default()
+        };
+        assert_eq!(p.skew(1_000), 1_250);
+    }
+
+    /// A stream of faulty frames decodes to exactly the good readings (plus duplicates) and
+    /// one rejected frame or unparseable payload per garbage fault.
+    fn stream_decodes_exactly(framing: Framing) {
+        let p = plan();
+        let (readings, max_frame) = (3_000u64, 1024);
+        let mut turbine = Turbine::new(9, 1, 1, 1.0);
+        let mut rng = FaultRng::new(9, 1);
+        let (mut stream, mut json) = (Vec::new(), Vec::new());
+        let mut injected = FaultCounts::default();
+        for i in 1..=readings {
+            let faults = p.decide(i, &mut rng);
+            faults.iter().for_each(|&f| injected.add(f));
+            let r = turbine.step(1_000 + i);
+            r.encode_json(None, &mut json);
+            p.encode_serial(framing, &faults, &r, &json, &mut rng, &mut stream)
+                .expect("encodes");
+        }
+        assert_eq!(injected, p.expected(9, 1, readings));
+        // Feed it in odd chunks, as a serial line does.
+        let mut d = Decoder::new(framing, max_frame);
+        let (mut good, mut rejected) = (Vec::new(), 0u64);
+        for chunk in stream.chunks(37) {
+            for r in d.push(chunk) {
+                match r.ok().and_then(|p| ReadingId::parse(&p)) {
+                    Some(id) => good.push(id.seq),
+                    None => rejected += 1,
+                }
+            }
+        }
+        assert_eq!(d.finish(), None);
+        assert_eq!(rejected, injected.garbage());
+        assert_eq!(good.len() as u64, readings + injected.duplicate);
+        good.dedup();
+        assert_eq!(good, (1..=readings).collect::<Vec<_>>());
+        assert!(injected.garbage() > 500, "{injected}");
+    }
+
+    #[test]
+    fn a_faulty_lines_stream_gives_back_exactly_the_good_readings() {
+        stream_decodes_exactly(Framing::Lines);
+    }
+
+    #[test]
+    fn a_faulty_cobs_stream_gives_back_exactly_the_good_readings() {
+        stream_decodes_exactly(Framing::Cobs);
+    }
+}
