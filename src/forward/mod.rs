@@ -220,41 +220,38 @@ async fn read_batch(
     cursor: u64,
     max: usize,
 ) -> Option<Batch> {
-    {
-        let read =
-            tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES))
-                .await;
-        let items = match read {
-            Ok(Ok(items)) => items,
-            Ok(Err(e)) => {
-                tracing::error!(upstream = %name, error = %e, "Reading the journal failed.");
-                return None;
+    let read =
+        tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES)).await;
+    let items = match read {
+        Ok(Ok(items)) => items,
+        Ok(Err(e)) => {
+            tracing::error!(upstream = %name, error = %e, "Reading the journal failed.");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(upstream = %name, error = %e, "Journal read task failed.");
+            return None;
+        }
+    };
+    let mut next = cursor;
+    let mut records = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(r) => {
+                if r.seq > next {
+                    let lost = r.seq - next;
+                    add(&counters.lost_to_drop_oldest, lost);
+                    tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
+                }
+                next = r.seq + 1;
+                records.push(r);
             }
             Err(e) => {
-                tracing::error!(upstream = %name, error = %e, "Journal read task failed.");
-                return None;
-            }
-        };
-        let mut next = cursor;
-        let mut records = Vec::with_capacity(items.len());
-        for item in items {
-            match item {
-                Ok(r) => {
-                    if r.seq > next {
-                        let lost = r.seq - next;
-                        add(&counters.lost_to_drop_oldest, lost);
-                        tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
-                    }
-                    next = r.seq + 1;
-                    records.push(r);
-                }
-                Err(e) => {
-                    add(&counters.corrupt_skipped, 1);
-                    tracing::error!(upstream = %name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
-                    next = next.max(e.seq() + 1);
-                }
+                add(&counters.corrupt_skipped, 1);
+                tracing::error!(upstream = %name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
+                next = next.max(e.seq() + 1);
             }
         }
-        Some((records, next))
     }
+    Some((records, next))
 }

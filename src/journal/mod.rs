@@ -217,7 +217,6 @@ impl Journal {
             upstreams.to_vec(),
             rx,
             committed_tx,
-            start,
         )?;
         Ok((
             Journal {
@@ -285,17 +284,13 @@ impl Journal {
 
     /// The stored cursor of `upstream` (next sequence to send).
     pub fn cursor(&self, upstream: &str) -> Result<Option<u64>, JournalError> {
-        let _guard = self
-            .shared
-            .resize_lock
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let txn = self.shared.store.read_txn()?;
-        self.shared
-            .store
-            .cursors
-            .get(&txn, upstream)
-            .map_err(|e| JournalError::lmdb("read cursor", e))
+        self.reading(|store| {
+            let txn = store.read_txn()?;
+            store
+                .cursors
+                .get(&txn, upstream)
+                .map_err(|e| JournalError::lmdb("read cursor", e))
+        })
     }
 
     /// Reads up to `max` records (and about `max_bytes`) from `from` on. Blocking: call it
@@ -307,16 +302,12 @@ impl Journal {
         max: usize,
         max_bytes: usize,
     ) -> Result<Vec<Result<Record, record::DecodeError>>, JournalError> {
-        let _guard = self
-            .shared
-            .resize_lock
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let txn = self.shared.store.read_txn()?;
-        self.shared
-            .store
-            .read_from(&txn, from, max, max_bytes)
-            .map_err(|e| JournalError::lmdb("read", e))
+        self.reading(|store| {
+            let txn = store.read_txn()?;
+            store
+                .read_from(&txn, from, max, max_bytes)
+                .map_err(|e| JournalError::lmdb("read", e))
+        })
     }
 
     /// A receiver of the last committed sequence number; changes wake forwarders.
@@ -338,12 +329,22 @@ impl Journal {
 
     /// Snapshot of what the journal holds, for status and logs.
     pub fn summary(&self) -> Result<Summary, JournalError> {
+        self.reading(summarize)
+    }
+
+    /// Runs a read of the store while holding the resize lock shared, so that the writer
+    /// never grows the map under an open read transaction of this process. Every read
+    /// goes through here.
+    fn reading<T>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
         let _guard = self
             .shared
             .resize_lock
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        summarize(&self.shared.store)
+        read(&self.shared.store)
     }
 }
 

@@ -67,7 +67,6 @@ pub(crate) fn spawn(
     upstreams: Vec<String>,
     rx: mpsc::Receiver<Request>,
     committed: watch::Sender<u64>,
-    _start: Start,
 ) -> Result<std::thread::JoinHandle<()>, JournalError> {
     std::thread::Builder::new()
         .name("journal-writer".into())
