@@ -13,8 +13,8 @@
 //! - [`load`]: the benchmark: a fleet as fast as possible, with PUBACK and end-to-end
 //!   latency percentiles ([`run_load`]);
 //! - [`framing`]: the `lines` and `cobs` (COBS + CRC-16/CCITT-FALSE) framings of readings on
-//!   a serial line — encoders and a resynchronising streaming [`Decoder`], shared with
-//!   tidegate's serial ingest;
+//!   a serial line — encoders and a resynchronising streaming [`Decoder`]; the
+//!   `tidegate-framing` crate, re-exported, which tidegate's serial ingest uses too;
 //! - [`serial`]: turbines writing framed readings to a serial line, a pseudo-terminal the
 //!   simulator creates or a given device ([`run_serial`]);
 //! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
@@ -29,7 +29,7 @@
 
 pub mod faults;
 pub mod fleet;
-pub mod framing;
+pub use tidegate_framing as framing;
 pub mod latency;
 pub mod load;
 pub mod seqset;
