@@ -1,12 +1,14 @@
 //! Wires the daemon together and takes it apart again in the right order.
 //!
 //! Start-up: open the journal (refusing a newer format), bind the MQTT listener (a taken
-//! port is a start-up error, not a silent retry), start one forwarder per upstream.
+//! port is a start-up error, not a silent retry), start one forwarder per upstream and one
+//! task per `[[serial]]` port (a missing port is waited for, never a start-up error).
 //!
 //! Shutdown, on SIGTERM or SIGINT, keeps invariant 1 while stopping:
 //! 1. the listener stops accepting and every connection stops reading; each one still
 //!    waits for the commits of what it already handed to the journal and writes those
-//!    acknowledgements before closing;
+//!    acknowledgements before closing; serial ports stop reading and wait for the commits
+//!    of the frames they already handed to the journal;
 //! 2. forwarders finish the batch in flight and store their cursors;
 //! 3. the last journal handle is dropped and the writer thread commits whatever is queued,
 //!    then exits. Only then does the process exit 0.
@@ -22,9 +24,10 @@ use crate::config::{Config, UpstreamKind};
 use crate::forward::Forwarder;
 use crate::ingest::broker;
 use crate::ingest::local_bus::{BusError, LocalBus};
+use crate::ingest::serial;
 use crate::journal::{Journal, JournalError};
 use crate::sinks::kafka::KafkaSink;
-use crate::telemetry::{get, ForwardCounters, IngestCounters};
+use crate::telemetry::{get, ForwardCounters, IngestCounters, SerialCounters};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,18 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         ingest_tasks.clone(),
     ));
 
+    let mut serial_counters = Vec::new();
+    for port in &config.serial {
+        let counters = Arc::new(SerialCounters::default());
+        serial_counters.push((port.source(), counters.clone()));
+        ingest_tasks.spawn(serial::run_port(
+            port.clone(),
+            journal.clone(),
+            counters,
+            ingest_stop.clone(),
+        ));
+    }
+
     let mut forward_counters = Vec::new();
     for upstream in &config.upstream {
         let counters = Arc::new(ForwardCounters::default());
@@ -103,7 +118,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
     }
 
-    let result = wait_for_stop(&journal, &ingest_counters, &forward_counters).await;
+    let result = wait_for_stop(
+        &journal,
+        &ingest_counters,
+        &forward_counters,
+        &serial_counters,
+    )
+    .await;
 
     // 1. Ingest: stop reading, write the acks of everything already journaled.
     tracing::info!("Shutting down: no new connections; acknowledging what was received.");
@@ -132,6 +153,7 @@ async fn wait_for_stop(
     journal: &Journal,
     ingest: &IngestCounters,
     upstreams: &[(String, Arc<ForwardCounters>)],
+    serial_ports: &[(String, Arc<SerialCounters>)],
 ) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
@@ -180,6 +202,13 @@ async fn wait_for_stop(
                 "Progress."
             );
             last_received = received;
+            if !serial_ports.is_empty() {
+                let ports: Vec<String> = serial_ports
+                    .iter()
+                    .map(|(port, c)| format!("{port}: {}", c.summary()))
+                    .collect();
+                tracing::info!(ports = %ports.join("; "), "Serial progress.");
+            }
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Config {
     /// Where the journal is forwarded to; none means readings are only held locally.
     #[serde(default)]
     pub upstream: Vec<UpstreamConfig>,
+    /// Serial ports read for readings (`[[serial]]`); none by default.
+    #[serde(default)]
+    pub serial: Vec<crate::ingest::serial::SerialConfig>,
 }
 
 /// `[gateway]`
@@ -443,6 +446,7 @@ impl Config {
                 p.push(format!("{key}.request_timeout: must be above 0"));
             }
         }
+        crate::ingest::serial::config::validate(&self.serial, &self.mqtt, &mut p);
         p
     }
 }

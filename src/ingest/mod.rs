@@ -5,3 +5,4 @@
 pub mod broker;
 pub mod codec;
 pub mod local_bus;
+pub mod serial;

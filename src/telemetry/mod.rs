@@ -48,6 +48,91 @@ pub struct ForwardCounters {
     pub connected: AtomicU64,
 }
 
+/// Counters of one serial port (`[[serial]]`).
+#[derive(Debug, Default)]
+pub struct SerialCounters {
+    /// 1 while the port is open.
+    pub connected: AtomicU64,
+    /// Frames the journal committed.
+    pub frames_accepted: AtomicU64,
+    /// Bytes read from the port.
+    pub bytes: AtomicU64,
+    /// Times the port was opened again after it was lost or missing (not the first open).
+    pub reconnects: AtomicU64,
+    /// Frames over `max_frame`.
+    pub rejected_oversized: AtomicU64,
+    /// `cobs` frames whose CRC-16 does not match.
+    pub rejected_bad_crc: AtomicU64,
+    /// `cobs` frames that are not valid COBS (line noise, a frame cut short).
+    pub rejected_invalid_cobs: AtomicU64,
+    /// `cobs` frames too short to hold a CRC.
+    pub rejected_too_short: AtomicU64,
+    /// Frames cut off by the port vanishing (or shutdown) before their delimiter.
+    pub rejected_unterminated: AtomicU64,
+    /// `lines` that are not UTF-8 (line noise, a wrong baud rate).
+    pub rejected_not_utf8: AtomicU64,
+    /// Frames the journal refused because it is full (`on_full = "reject"`); a serial
+    /// device cannot be asked to resend, so these are lost.
+    pub rejected_full: AtomicU64,
+}
+
+impl SerialCounters {
+    /// The counter of a rejection reason (as `FrameError::reason` names it), if it has one.
+    pub fn rejected(&self, reason: &str) -> Option<&AtomicU64> {
+        Some(match reason {
+            "oversized" => &self.rejected_oversized,
+            "bad_crc" => &self.rejected_bad_crc,
+            "invalid_cobs" => &self.rejected_invalid_cobs,
+            "too_short" => &self.rejected_too_short,
+            "unterminated" => &self.rejected_unterminated,
+            "not_utf8" => &self.rejected_not_utf8,
+            "full" => &self.rejected_full,
+            _ => return None,
+        })
+    }
+
+    /// Every rejection reason with its count, in a fixed order.
+    pub fn rejections(&self) -> [(&'static str, u64); 7] {
+        [
+            ("oversized", get(&self.rejected_oversized)),
+            ("bad_crc", get(&self.rejected_bad_crc)),
+            ("invalid_cobs", get(&self.rejected_invalid_cobs)),
+            ("too_short", get(&self.rejected_too_short)),
+            ("unterminated", get(&self.rejected_unterminated)),
+            ("not_utf8", get(&self.rejected_not_utf8)),
+            ("full", get(&self.rejected_full)),
+        ]
+    }
+
+    /// One line for the progress log: `accepted 120, 9.4 KiB, rejected 2 (bad_crc 2),
+    /// reconnects 1, open`.
+    pub fn summary(&self) -> String {
+        let rejected: Vec<String> = self
+            .rejections()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        format!(
+            "accepted {}, {}, rejected {}{}, reconnects {}, {}",
+            get(&self.frames_accepted),
+            bytesize::ByteSize::b(get(&self.bytes)),
+            self.rejections().iter().map(|(_, n)| n).sum::<u64>(),
+            if rejected.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", rejected.join(", "))
+            },
+            get(&self.reconnects),
+            if get(&self.connected) == 1 {
+                "open"
+            } else {
+                "not open"
+            }
+        )
+    }
+}
+
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)

@@ -1,0 +1,372 @@
+//! `[[serial]]`: one serial port (UART, RS-485 adapter, pseudo-terminal) read for readings.
+//!
+//! Every key but `port` has a default, and [`validate`] reports every problem at once,
+//! each naming its key (`serial[0].baud`), like the rest of [`crate::config`]. It keeps
+//! one invariant the port task relies on: a frame that passes `max_frame` always fits in
+//! one journal record (topic and source within the record's u16 length fields, payload
+//! within `mqtt.max_packet`, which is itself at most half of `journal.max_size`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+pub use tidegate_framing::Framing;
+
+use crate::config::MqttConfig;
+
+/// Parity bit of each character on the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+/// Flow control on the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// None: the device sends whenever it likes (most sensors).
+    None,
+    /// XON/XOFF characters; only for text (`lines`) devices, since 0x11 and 0x13 could
+    /// not appear in binary frames.
+    Software,
+    /// RTS/CTS lines.
+    Hardware,
+}
+
+/// One `[[serial]]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Path of the port, e.g. `/dev/ttyUSB0`, or better a stable udev name such as
+    /// `/dev/serial/by-id/usb-FTDI_…-if00-port0`. Any path tokio-serial can open,
+    /// pseudo-terminals included. A missing port is waited for, not a start-up error.
+    pub port: PathBuf,
+    /// Line speed in bits per second.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Bits per character, 5 to 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// `none`, `odd` or `even`.
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
+    #[serde(default = "default_flow_control")]
+    pub flow_control: FlowControl,
+    /// How readings are delimited: `lines` (one UTF-8 reading per line, LF or CRLF) or
+    /// `cobs` (COBS frames ending in a CRC-16/CCITT-FALSE, 0x00-delimited).
+    #[serde(default = "default_framing")]
+    pub framing: Framing,
+    /// Topic (and so Kafka key) of every reading from this port. Default
+    /// `serial/<file name of port>`, e.g. `serial/ttyUSB0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Largest reading accepted; a longer frame is dropped (counted, logged) without
+    /// being buffered. At most `mqtt.max_packet`.
+    #[serde(default = "default_max_frame")]
+    pub max_frame: ByteSize,
+    /// First delay before opening the port again after it was missing or lost; doubles
+    /// up to `backoff_max`.
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest delay between attempts to open the port.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl SerialConfig {
+    /// A port with every default, for tests and examples.
+    pub fn new(port: impl Into<PathBuf>) -> SerialConfig {
+        SerialConfig {
+            port: port.into(),
+            baud: default_baud(),
+            data_bits: default_data_bits(),
+            parity: default_parity(),
+            stop_bits: default_stop_bits(),
+            flow_control: default_flow_control(),
+            framing: default_framing(),
+            topic: None,
+            max_frame: default_max_frame(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+
+    /// The topic of this port's readings: the configured one, else `serial/<file name>`.
+    pub fn topic(&self) -> String {
+        match &self.topic {
+            Some(t) => t.clone(),
+            None => format!(
+                "serial/{}",
+                self.port
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| self.port.display().to_string())
+            ),
+        }
+    }
+
+    /// The port as readings name their source.
+    pub fn source(&self) -> String {
+        self.port.display().to_string()
+    }
+}
+
+pub(crate) fn default_baud() -> u32 {
+    115_200
+}
+pub(crate) fn default_data_bits() -> u8 {
+    8
+}
+pub(crate) fn default_parity() -> Parity {
+    Parity::None
+}
+pub(crate) fn default_stop_bits() -> u8 {
+    1
+}
+pub(crate) fn default_flow_control() -> FlowControl {
+    FlowControl::None
+}
+pub(crate) fn default_framing() -> Framing {
+    Framing::Lines
+}
+pub(crate) fn default_max_frame() -> ByteSize {
+    ByteSize::kib(64)
+}
+pub(crate) fn default_backoff_initial() -> Duration {
+    Duration::from_millis(250)
+}
+pub(crate) fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Highest baud rate accepted; above any UART a gateway has, so a larger value is a typo.
+const MAX_BAUD: u32 = 12_000_000;
+
+/// Record fields (topic, source) carry a u16 length.
+const MAX_NAME: usize = u16::MAX as usize;
+
+/// Appends every problem of the `[[serial]]` sections to `problems`, each naming its key.
+pub fn validate(ports: &[SerialConfig], mqtt: &MqttConfig, problems: &mut Vec<String>) {
+    let mut seen: HashMap<&PathBuf, usize> = HashMap::new();
+    for (i, s) in ports.iter().enumerate() {
+        let key = format!("serial[{i}]");
+        if s.port.as_os_str().is_empty() {
+            problems.push(format!("{key}.port: must not be empty"));
+        } else if s.source().len() > MAX_NAME {
+            problems.push(format!("{key}.port: longer than {MAX_NAME} bytes"));
+        } else if let Some(first) = seen.insert(&s.port, i) {
+            problems.push(format!(
+                "{key}.port: {:?} is also serial[{first}].port; a port can be read only once",
+                s.port.display().to_string()
+            ));
+        }
+        if s.baud == 0 || s.baud > MAX_BAUD {
+            problems.push(format!(
+                "{key}.baud: {} is outside 1 ..= {MAX_BAUD}",
+                s.baud
+            ));
+        }
+        if !(5..=8).contains(&s.data_bits) {
+            problems.push(format!(
+                "{key}.data_bits: {} is not 5, 6, 7 or 8",
+                s.data_bits
+            ));
+        }
+        if !(1..=2).contains(&s.stop_bits) {
+            problems.push(format!("{key}.stop_bits: {} is not 1 or 2", s.stop_bits));
+        }
+        if s.framing == Framing::Cobs && s.flow_control == FlowControl::Software {
+            problems.push(format!(
+                "{key}.flow_control: \"software\" (XON/XOFF) cannot carry binary cobs frames; use \"none\" or \"hardware\""
+            ));
+        }
+        match &s.topic {
+            Some(t) if t.is_empty() => {
+                problems.push(format!("{key}.topic: must not be empty (omit it for serial/<port name>)"))
+            }
+            Some(t) if t.contains(['+', '#']) => problems.push(format!(
+                "{key}.topic: {t:?} holds an MQTT wildcard ('+' or '#'), which a reading's topic cannot"
+            )),
+            Some(t) if t.starts_with('$') => problems.push(format!(
+                "{key}.topic: {t:?} starts with '$', which is reserved for broker topics"
+            )),
+            Some(t) if t.contains('\0') => {
+                problems.push(format!("{key}.topic: {t:?} contains a NUL character"))
+            }
+            Some(t) if t.len() > MAX_NAME => {
+                problems.push(format!("{key}.topic: longer than {MAX_NAME} bytes"))
+            }
+            _ => {}
+        }
+        if s.max_frame.as_u64() == 0 {
+            problems.push(format!("{key}.max_frame: must be at least 1 B"));
+        } else if s.max_frame > mqtt.max_packet {
+            problems.push(format!(
+                "{key}.max_frame: {} is above mqtt.max_packet ({}); a serial reading may be no larger than an MQTT one, so that it fits the journal and every upstream",
+                s.max_frame, mqtt.max_packet
+            ));
+        }
+        if s.backoff_initial.is_zero() || s.backoff_initial > s.backoff_max {
+            problems.push(format!(
+                "{key}.backoff_initial: must be above 0 and at most backoff_max ({})",
+                humantime::format_duration(s.backoff_max)
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_port_alone_gets_the_usual_line_settings_and_a_topic_from_its_name() {
+        let c = parse("[[serial]]\nport = \"/dev/ttyUSB0\"\n").expect("valid");
+        let s = &c.serial[0];
+        assert_eq!(s, &SerialConfig::new("/dev/ttyUSB0"));
+        assert_eq!(s.baud, 115_200);
+        assert_eq!((s.data_bits, s.parity, s.stop_bits), (8, Parity::None, 1));
+        assert_eq!(s.flow_control, FlowControl::None);
+        assert_eq!(s.framing, Framing::Lines);
+        assert_eq!(s.max_frame, ByteSize::kib(64));
+        assert_eq!(s.topic(), "serial/ttyUSB0");
+        assert_eq!(s.source(), "/dev/ttyUSB0");
+    }
+
+    #[test]
+    fn every_key_parses_with_human_units() {
+        let c = parse(
+            r#"
+            [[serial]]
+            port = "/dev/serial/by-id/usb-FTDI-if00-port0"
+            baud = 9600
+            data_bits = 7
+            parity = "even"
+            stop_bits = 2
+            flow_control = "hardware"
+            framing = "cobs"
+            topic = "plant/pump-3"
+            max_frame = "4KiB"
+            backoff_initial = "100ms"
+            backoff_max = "10s"
+            "#,
+        )
+        .expect("valid");
+        let s = &c.serial[0];
+        assert_eq!(s.baud, 9600);
+        assert_eq!((s.data_bits, s.parity, s.stop_bits), (7, Parity::Even, 2));
+        assert_eq!(s.flow_control, FlowControl::Hardware);
+        assert_eq!(s.framing, Framing::Cobs);
+        assert_eq!(s.topic(), "plant/pump-3");
+        assert_eq!(s.max_frame, ByteSize::kib(4));
+        assert_eq!(s.backoff_initial, Duration::from_millis(100));
+        assert_eq!(s.backoff_max, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_unknown_framing_or_key_is_an_error_naming_it() {
+        let err = parse("[[serial]]\nport = \"/dev/ttyS0\"\nframing = \"slip\"\n").unwrap_err();
+        assert!(err.contains("framing") && err.contains("slip"), "{err}");
+        let err = parse("[[serial]]\nport = \"/dev/ttyS0\"\nbaudrate = 9600\n").unwrap_err();
+        assert!(err.contains("baudrate"), "{err}");
+        let err = parse("[[serial]]\nbaud = 9600\n").unwrap_err();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_key() {
+        let err = parse(
+            r#"
+            [mqtt]
+            max_packet = "64KiB"
+            [[serial]]
+            port = "/dev/ttyUSB0"
+            baud = 0
+            data_bits = 9
+            stop_bits = 3
+            topic = "a/+/b"
+            max_frame = "1MiB"
+            [[serial]]
+            port = "/dev/ttyUSB0"
+            topic = ""
+            max_frame = "0B"
+            backoff_initial = "0s"
+            [[serial]]
+            port = ""
+            framing = "cobs"
+            flow_control = "software"
+            topic = "$SYS/x"
+            "#,
+        )
+        .unwrap_err();
+        for needle in [
+            "serial[0].baud",
+            "serial[0].data_bits",
+            "serial[0].stop_bits",
+            "serial[0].topic",
+            "serial[0].max_frame",
+            "serial[1].port",
+            "serial[1].topic",
+            "serial[1].max_frame",
+            "serial[1].backoff_initial",
+            "serial[2].port",
+            "serial[2].flow_control",
+            "serial[2].topic",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from:\n{err}");
+        }
+        assert!(err.contains("also serial[0].port"), "{err}");
+    }
+
+    /// The commented `[[serial]]` example in deploy/tidegate.toml, uncommented, is valid
+    /// and states the real defaults.
+    #[test]
+    fn the_shipped_serial_example_is_valid_and_states_the_defaults() {
+        let example = include_str!("../../../deploy/tidegate.toml");
+        let start = example
+            .find("# [[serial]]")
+            .expect("deploy/tidegate.toml has a commented [[serial]] example");
+        // Setting lines are "# key = value"; prose lines never contain " = ".
+        let section: String = example[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| *l == "[[serial]]" || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&section).unwrap_or_else(|e| panic!("{e}\n{section}"));
+        let s = &c.serial[0];
+        let d = SerialConfig::new(&s.port);
+        assert_eq!(s.baud, d.baud);
+        assert_eq!(
+            (s.data_bits, s.parity, s.stop_bits),
+            (d.data_bits, d.parity, d.stop_bits)
+        );
+        assert_eq!(s.flow_control, d.flow_control);
+        assert_eq!(s.framing, d.framing);
+        assert_eq!(s.max_frame, d.max_frame);
+        assert_eq!(s.backoff_initial, d.backoff_initial);
+        assert_eq!(s.backoff_max, d.backoff_max);
+        assert_eq!(
+            s.topic(),
+            d.topic(),
+            "the example's topic is the default one"
+        );
+    }
+}
