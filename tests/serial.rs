@@ -17,7 +17,7 @@ use firmware_sim::{
     run_fleet, run_serial, wait_until_complete, CancellationToken, FaultCounts, FaultPlan,
     FleetOptions, Framing, Qos, ReadingId, SerialLine, SerialOptions, SerialReport, SerialTarget,
 };
-use tidegate::config::JournalConfig;
+use tidegate::config::{JournalConfig, OnFull};
 use tidegate::ingest::serial::{run_port, SerialConfig};
 use tidegate::journal::{Journal, WriterHandle};
 use tidegate::record::{Record, SourceKind};
@@ -35,10 +35,14 @@ struct TestJournal {
 
 impl TestJournal {
     fn open() -> TestJournal {
+        Self::open_with(JournalConfig::default())
+    }
+
+    fn open_with(config: JournalConfig) -> TestJournal {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = JournalConfig {
             dir: dir.path().join("journal"),
-            ..JournalConfig::default()
+            ..config
         };
         let (journal, writer) = Journal::open(&config, &[]).expect("open journal");
         TestJournal {
@@ -367,6 +371,41 @@ async fn a_port_that_vanishes_and_returns_under_the_same_name_is_read_again() {
     assert!(records
         .iter()
         .all(|r| r.reading.source == link.display().to_string()));
+    port.stop().await;
+    tj.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_a_full_journal_refuses_under_reject_are_counted_and_the_rest_keep_their_order() {
+    // No upstream, so nothing is ever trimmed: once 1 MiB is held, every frame is refused.
+    let tj = TestJournal::open_with(JournalConfig {
+        max_size: bytesize::ByteSize::mib(1),
+        on_full: OnFull::Reject,
+        ..JournalConfig::default()
+    });
+    let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
+    let port = PortTask::start(port_config(line.path(), Framing::Cobs), &tj.journal);
+    let mut opts = sim(Framing::Cobs, 1, 1000, 9);
+    opts.payload_size = Some(2000); // about 2 MB in all
+    let report = write_all(&mut line, opts).await;
+    port.wait_for("every frame accounted for", |c| {
+        get(&c.frames_accepted) + get(&c.rejected_full) == 1000
+    })
+    .await;
+    let c = &port.counters;
+    let accepted = get(&c.frames_accepted);
+    assert!(get(&c.rejected_full) > 0, "{}", c.summary());
+    assert!(accepted > 100, "{}", c.summary());
+    assert_eq!(rejected_total(c), get(&c.rejected_full));
+    assert_eq!(report.total_frames(), 1000);
+    // What was taken is the start of the stream, in order.
+    let records = tj.records().await;
+    assert_eq!(records.len() as u64, accepted);
+    let (got, _) = readings(&records);
+    assert_eq!(
+        got[&("wt-0001".to_owned(), 9)],
+        (1..=accepted).collect::<Vec<_>>()
+    );
     port.stop().await;
     tj.close().await;
 }

@@ -462,3 +462,46 @@ impl LossLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_logged_a_few_times_per_window_then_only_counted() {
+        let mut limit = LogLimit::default();
+        let allowed: Vec<&str> = (0..8)
+            .map(|_| match limit.allow() {
+                Allow::Yes => "yes",
+                Allow::LastOne => "last",
+                Allow::No => "no",
+            })
+            .collect();
+        assert_eq!(
+            allowed,
+            ["yes", "yes", "yes", "yes", "last", "no", "no", "no"]
+        );
+        // A new window logs again.
+        limit.window_start = Some(Instant::now() - LOG_WINDOW);
+        assert!(matches!(limit.allow(), Allow::Yes));
+    }
+
+    #[test]
+    fn every_decoder_reason_has_a_counter() {
+        let c = SerialCounters::default();
+        for e in [
+            FrameError::Oversized { max_frame: 1 },
+            FrameError::BadCrc {
+                received: 0,
+                computed: 1,
+            },
+            FrameError::InvalidCobs,
+            FrameError::TooShort { len: 1 },
+            FrameError::Unterminated { len: 1 },
+        ] {
+            assert!(c.rejected(e.reason()).is_some(), "{}", e.reason());
+        }
+        assert!(c.rejected("not_utf8").is_some());
+        assert!(c.rejected("full").is_some());
+    }
+}
