@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use firmware_sim::faults::{FaultPlan, DEFAULT_OVERSIZED_BYTES};
-use firmware_sim::fleet::{FleetOptions, Protocol, Qos};
+use firmware_sim::fleet::{FleetOptions, Protocol, Qos, TlsFiles, TlsOptions};
 use firmware_sim::framing::Framing;
 use firmware_sim::load::{KafkaTarget, LoadOptions};
 use firmware_sim::serial::{SerialLine, SerialOptions, SerialTarget};
@@ -348,6 +348,31 @@ struct FleetArgs {
     /// MQTT password.
     #[arg(long, requires = "username")]
     password: Option<String>,
+    /// Connect over TLS, trusting only the CA certificate(s) in this PEM file. --broker
+    /// then names the broker's TLS port (usually 8883).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate every device presents, for brokers that require one (with
+    /// --client-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["ca_file", "client_key"],
+        help_heading = "TLS"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["ca_file", "client_cert"],
+        help_heading = "TLS"
+    )]
+    client_key: Option<PathBuf>,
+    /// Check the broker's certificate against this name instead of the --broker host (for
+    /// a broker reached by IP whose certificate names its host name).
+    #[arg(long, value_name = "NAME", requires = "ca_file", help_heading = "TLS")]
+    tls_server_name: Option<String>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -369,7 +394,8 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 }
 
 impl FleetArgs {
-    fn apply(&self, o: &mut FleetOptions) {
+    /// Sets `o` from the flags; fails if the TLS files cannot be loaded.
+    fn apply(&self, o: &mut FleetOptions) -> Result<()> {
         o.broker = self.broker.clone();
         if let Some(n) = self.devices {
             o.devices = n;
@@ -409,6 +435,21 @@ impl FleetArgs {
         o.reconnect_max = self.reconnect_max;
         o.credentials = self.username.clone().zip(self.password.clone());
         o.faults = self.faults.plan();
+        o.tls = self.tls()?;
+        Ok(())
+    }
+
+    /// The TLS files loaded once here, before any device starts, so a bad path is one
+    /// error naming it rather than one per device.
+    fn tls(&self) -> Result<Option<TlsOptions>> {
+        let Some(ca_file) = &self.ca_file else {
+            return Ok(None);
+        };
+        let mut files = TlsFiles::new(ca_file);
+        files.client_cert = self.client_cert.clone();
+        files.client_key = self.client_key.clone();
+        files.server_name = self.tls_server_name.clone();
+        Ok(Some(TlsOptions::load(files)?))
     }
 }
 
@@ -470,7 +511,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fleet { fleet, report } => {
             let mut o = FleetOptions::default();
-            fleet.apply(&mut o);
+            fleet.apply(&mut o)?;
             let stop = stop_on_ctrl_c();
             let r = firmware_sim::run_fleet(o, stop).await?;
             print_fleet(&r);
@@ -492,7 +533,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             report,
         } => {
             let mut o = LoadOptions::default();
-            fleet.apply(&mut o.fleet);
+            fleet.apply(&mut o.fleet)?;
             if let Some(topic) = topic {
                 if kafka.is_empty() {
                     bail!("--topic needs --kafka BROKERS");

@@ -7,7 +7,8 @@
 //!   killed on drop, log printed when the thread is panicking (a failing test);
 //! - [`Broker`]: a [`Process`] with its own temp dir, of one [`BrokerKind`]:
 //!   [`Tansu`], a Kafka-protocol broker with in-memory storage, the upstream cluster, and
-//!   [`Mosquitto`], an MQTT broker with persistence in its temp dir;
+//!   [`Mosquitto`], an MQTT broker with persistence in its temp dir — anonymous over plain
+//!   TCP, or with TLS and/or passwords ([`MosquittoSetup`], [`Mosquitto::start_with`]);
 //! - [`kafka_client`], [`create_topic`], [`partition_client`]: Kafka clients of a test broker.
 //!
 //! The broker binaries come from `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` (set by
@@ -88,6 +89,16 @@ pub enum TestbedError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+    /// A helper program (e.g. `mosquitto_passwd`) ran and failed.
+    #[error("{} failed ({status}): {stderr}", program.display())]
+    ToolFailed {
+        /// The binary.
+        program: PathBuf,
+        /// How it exited.
+        status: ExitStatus,
+        /// What it said.
+        stderr: String,
     },
     /// The process started but did not accept connections in time (or exited); it was
     /// killed.
@@ -212,6 +223,29 @@ pub fn mosquitto_bin() -> Result<PathBuf, TestbedError> {
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         not_installed("TIDEGATE_MOSQUITTO_BIN is not set, none on PATH or in /usr/sbin".into())
     })
+}
+
+/// The `mosquitto_passwd` binary (hashes a password file): on `PATH`, in `/usr/bin`, or
+/// beside [`mosquitto_bin`].
+pub fn mosquitto_passwd_bin() -> Result<PathBuf, TestbedError> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("mosquitto_passwd"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.push("/usr/bin/mosquitto_passwd".into());
+    if let Some(dir) = mosquitto_bin().ok().as_deref().and_then(Path::parent) {
+        candidates.push(dir.join("mosquitto_passwd"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| TestbedError::NotInstalled {
+            program: "mosquitto_passwd",
+            detail: "none on PATH, in /usr/bin or beside mosquitto".into(),
+        })
 }
 
 /// The file environment variable `var` names: `None` when unset or empty, an error
@@ -429,12 +463,13 @@ impl<K: BrokerKind> Broker<K> {
     /// Starts the broker on `port` (e.g. to bring a "dead" upstream to life on the port a
     /// gateway was configured with).
     pub fn start_on(port: u16) -> Result<Broker<K>, TestbedError> {
-        let dir = tempfile::tempdir().map_err(|source| TestbedError::Io {
-            what: "cannot create a temporary directory in",
-            path: std::env::temp_dir(),
-            source,
-        })?;
+        let dir = broker_dir()?;
         let command = K::command(port, dir.path())?;
+        Broker::start_in(port, dir, command)
+    }
+
+    /// Runs `command` (which listens on `port`), its log in `dir`.
+    fn start_in(port: u16, dir: TempDir, command: Command) -> Result<Broker<K>, TestbedError> {
         let log = dir.path().join(format!("{}.log", K::NAME));
         let process = Process::start(K::NAME, command, port, log, BROKER_START_TIMEOUT)?;
         Ok(Broker {
@@ -453,6 +488,15 @@ impl<K: BrokerKind> Broker<K> {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A new temporary directory for a broker.
+fn broker_dir() -> Result<TempDir, TestbedError> {
+    tempfile::tempdir().map_err(|source| TestbedError::Io {
+        what: "cannot create a temporary directory in",
+        path: std::env::temp_dir(),
+        source,
+    })
 }
 
 impl<K> Deref for Broker<K> {
@@ -501,22 +545,143 @@ impl BrokerKind for MosquittoKind {
     const NAME: &'static str = "mosquitto";
 
     fn command(port: u16, dir: &Path) -> Result<Command, TestbedError> {
-        let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n\
-             persistence true\npersistence_location {}/\n\
-             max_queued_messages 1000000\nmax_inflight_messages 0\n",
-            dir.display()
-        );
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).map_err(|source| TestbedError::Io {
-            what: "cannot write",
-            path: conf_path.clone(),
+        mosquitto_command(port, dir, &MosquittoSetup::default())
+    }
+}
+
+/// How a [`Mosquitto`] differs from the default (anonymous, plain TCP): for testing the
+/// simulator's and the gateway's TLS and passwords against a broker that is not theirs.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct MosquittoSetup {
+    /// Serve MQTT over TLS on the port (instead of plain TCP).
+    pub tls: Option<MosquittoTls>,
+    /// If not empty: the only clients accepted are these (username, password) pairs (no
+    /// `:` in a username: it separates the two in the password file); no anonymous ones.
+    pub users: Vec<(String, String)>,
+}
+
+/// The TLS listener of a [`Mosquitto`]: PEM files, which must stay readable while it runs
+/// (it reads them at every start, restarts included).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MosquittoTls {
+    /// CA certificate(s) that client certificates must chain to.
+    pub ca_file: PathBuf,
+    /// The broker's certificate (for `127.0.0.1` / `localhost`, whatever the clients check).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// Refuse clients without a certificate signed by `ca_file`.
+    pub require_client_cert: bool,
+}
+
+impl MosquittoTls {
+    /// A TLS listener with this certificate and key, clients' certificates checked against
+    /// `ca_file`; client certificates not required.
+    pub fn new(
+        ca_file: impl Into<PathBuf>,
+        cert_file: impl Into<PathBuf>,
+        key_file: impl Into<PathBuf>,
+    ) -> MosquittoTls {
+        MosquittoTls {
+            ca_file: ca_file.into(),
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            require_client_cert: false,
+        }
+    }
+
+    /// Refuses clients without a certificate signed by the CA.
+    pub fn require_client_cert(mut self) -> MosquittoTls {
+        self.require_client_cert = true;
+        self
+    }
+}
+
+impl Broker<MosquittoKind> {
+    /// Starts a Mosquitto set up as `setup` says on a free port.
+    pub fn start_with(setup: &MosquittoSetup) -> Result<Mosquitto, TestbedError> {
+        let port = free_port()?;
+        let dir = broker_dir()?;
+        let command = mosquitto_command(port, dir.path(), setup)?;
+        Broker::start_in(port, dir, command)
+    }
+}
+
+/// Writes `DIR/mosquitto.conf` (and `DIR/passwd` with users) and returns the command.
+/// `user root`: Mosquitto started as root otherwise drops to user `mosquitto`, which may
+/// not read the temp dir.
+fn mosquitto_command(
+    port: u16,
+    dir: &Path,
+    setup: &MosquittoSetup,
+) -> Result<Command, TestbedError> {
+    let mut conf = format!(
+        "listener {port} 127.0.0.1\nuser root\n\
+         persistence true\npersistence_location {}/\n\
+         max_queued_messages 1000000\nmax_inflight_messages 0\n",
+        dir.display()
+    );
+    if setup.users.is_empty() {
+        conf.push_str("allow_anonymous true\n");
+    } else {
+        let passwd = write_password_file(dir, &setup.users)?;
+        conf.push_str(&format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ));
+    }
+    if let Some(tls) = &setup.tls {
+        // Listener options: they apply to the listener above.
+        conf.push_str(&format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            tls.require_client_cert
+        ));
+    }
+    let conf_path = dir.join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).map_err(|source| TestbedError::Io {
+        what: "cannot write",
+        path: conf_path.clone(),
+        source,
+    })?;
+    let mut command = Command::new(mosquitto_bin()?);
+    command.arg("-c").arg(conf_path);
+    Ok(command)
+}
+
+/// Writes `users` as `DIR/passwd` in plain text and has `mosquitto_passwd -U` hash it in
+/// place (its hash format is not ours to reimplement).
+fn write_password_file(dir: &Path, users: &[(String, String)]) -> Result<PathBuf, TestbedError> {
+    let path = dir.join("passwd");
+    let plain: String = users.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+    std::fs::write(&path, plain).map_err(|source| TestbedError::Io {
+        what: "cannot write",
+        path: path.clone(),
+        source,
+    })?;
+    let program = mosquitto_passwd_bin()?;
+    let out = Command::new(&program)
+        .arg("-U")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| TestbedError::Spawn {
+            name: "mosquitto_passwd".into(),
+            program: program.clone(),
             source,
         })?;
-        let mut command = Command::new(mosquitto_bin()?);
-        command.arg("-c").arg(conf_path);
-        Ok(command)
+    if !out.status.success() {
+        return Err(TestbedError::ToolFailed {
+            program,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
+    Ok(path)
 }
 
 /// A Kafka client of `brokers` (e.g. [`Broker::brokers`]).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::tls::TlsOptions;
 use crate::telemetry::parse_seq;
 
 /// What the driver needs to know about an event-loop event.
@@ -89,6 +90,8 @@ pub(crate) struct LinkSettings {
     pub window: u16,
     pub max_packet_size: usize,
     pub credentials: Option<(String, String)>,
+    /// TLS instead of plain TCP; the config inside is shared by every device.
+    pub tls: Option<TlsOptions>,
 }
 
 /// The shared part of [`Link::rewrite_pending`]: `items` are rumqttc's pending requests
@@ -129,6 +132,9 @@ pub(crate) mod v4 {
             .set_max_packet_size(s.max_packet_size, s.max_packet_size);
         if let Some((u, p)) = &s.credentials {
             o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &s.tls {
+            o.set_transport(tls.transport());
         }
         let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
         (client, V4Link(eventloop))
@@ -245,6 +251,9 @@ pub(crate) mod v5 {
             .set_outgoing_inflight_upper_limit(s.window);
         if let Some((u, p)) = &s.credentials {
             o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &s.tls {
+            o.set_transport(tls.transport());
         }
         let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
         (client, V5Link(eventloop))
