@@ -40,7 +40,8 @@ pub enum FlowControl {
 
 /// One `[[serial]]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+// `tidegate check-config` prints the topic a port really uses, the default one included.
+#[serde(deny_unknown_fields, into = "Effective")]
 pub struct SerialConfig {
     /// Path of the port, e.g. `/dev/ttyUSB0`, or better a stable udev name such as
     /// `/dev/serial/by-id/usb-FTDI_…-if00-port0`. Any path tokio-serial can open,
@@ -67,7 +68,7 @@ pub struct SerialConfig {
     pub framing: Framing,
     /// Topic (and so Kafka key) of every reading from this port. Default
     /// `serial/<file name of port>`, e.g. `serial/ttyUSB0`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub topic: Option<String>,
     /// Largest reading accepted; a longer frame is dropped (counted, logged) without
     /// being buffered. At most `mqtt.max_packet`.
@@ -117,6 +118,42 @@ impl SerialConfig {
     /// The port as readings name their source.
     pub fn source(&self) -> String {
         self.port.display().to_string()
+    }
+}
+
+/// A [`SerialConfig`] as printed: its topic resolved.
+#[derive(Serialize)]
+struct Effective {
+    port: PathBuf,
+    baud: u32,
+    data_bits: u8,
+    parity: Parity,
+    stop_bits: u8,
+    flow_control: FlowControl,
+    framing: Framing,
+    topic: String,
+    max_frame: ByteSize,
+    #[serde(with = "humantime_serde")]
+    backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    backoff_max: Duration,
+}
+
+impl From<SerialConfig> for Effective {
+    fn from(c: SerialConfig) -> Effective {
+        Effective {
+            topic: c.topic(),
+            port: c.port,
+            baud: c.baud,
+            data_bits: c.data_bits,
+            parity: c.parity,
+            stop_bits: c.stop_bits,
+            flow_control: c.flow_control,
+            framing: c.framing,
+            max_frame: c.max_frame,
+            backoff_initial: c.backoff_initial,
+            backoff_max: c.backoff_max,
+        }
     }
 }
 
@@ -332,6 +369,16 @@ mod tests {
             assert!(err.contains(needle), "{needle} missing from:\n{err}");
         }
         assert!(err.contains("also serial[0].port"), "{err}");
+    }
+
+    #[test]
+    fn the_effective_config_prints_the_topic_in_use_and_reads_back_the_same() {
+        let c = parse("[[serial]]\nport = \"/dev/ttyACM0\"\nframing = \"cobs\"\n").expect("valid");
+        let printed = toml::to_string(&c).expect("serialize");
+        assert!(printed.contains("topic = \"serial/ttyACM0\""), "{printed}");
+        let again = parse(&printed).expect("the printed config is valid");
+        assert_eq!(again.serial[0].topic(), "serial/ttyACM0");
+        assert_eq!(again.serial[0].framing, Framing::Cobs);
     }
 
     /// The commented `[[serial]]` example in deploy/tidegate.toml, uncommented, is valid
