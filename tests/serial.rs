@@ -483,7 +483,7 @@ async fn serial_readings_of_both_framings_reach_kafka_in_order_keyed_by_port_top
         (lines.path().to_path_buf(), Framing::Lines),
         (cobs.path().to_path_buf(), Framing::Cobs),
     ];
-    let gw =
+    let mut gw =
         Gateway::start_fresh(|mqtt, dir| gateway_config(mqtt, dir, tansu.port(), "serial", &ports));
     let mut faulty = sim(Framing::Cobs, 2, 300, 5);
     faulty.first_device = 3;
@@ -525,6 +525,15 @@ async fn serial_readings_of_both_framings_reach_kafka_in_order_keyed_by_port_top
     let log = gw.log();
     assert!(log.contains("Rejected a serial frame"), "{log}");
     assert!(log.contains(&cobs.path().display().to_string()), "{log}");
+    // SIGTERM with ports open: they stop reading and the daemon exits 0.
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    assert_eq!(
+        gw.log().matches("Serial port closed for shutdown").count(),
+        2,
+        "{}",
+        gw.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,9 +541,10 @@ async fn a_serial_port_that_never_exists_does_not_stop_the_mqtt_side() {
     let tansu = Tansu::start();
     let missing = PathBuf::from("/nonexistent/tidegate/ttyUSB7");
     let ports = [(missing.clone(), Framing::Cobs)];
-    let gw = Gateway::start_fresh(|mqtt, dir| {
+    let mut gw = Gateway::start_fresh(|mqtt, dir| {
         gateway_config(mqtt, dir, tansu.port(), "mqtt-beside", &ports)
     });
+    let started = tokio::time::Instant::now();
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
     o.devices = 5;
@@ -548,11 +558,15 @@ async fn a_serial_port_that_never_exists_does_not_stop_the_mqtt_side() {
         .await
         .expect("read topic");
     assert!(v.is_complete() && v.is_ok(), "{v}\n{}", gw.log());
-    // Retried every 500 ms by now, and said once.
+    // Tried several times (every 500 ms at most) by now, and said once.
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
     let log = gw.log();
     assert_eq!(
         log.matches("Serial port cannot be opened").count(),
         1,
         "the missing port is logged once:\n{log}"
     );
+    // A port being waited for does not hold up shutdown.
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}\n{}", gw.log());
 }

@@ -11,6 +11,7 @@ use firmware_sim::fleet::{FleetOptions, Protocol, Qos, TlsFiles, TlsOptions};
 use firmware_sim::framing::Framing;
 use firmware_sim::load::{KafkaTarget, LoadOptions};
 use firmware_sim::serial::{SerialLine, SerialOptions, SerialTarget};
+use firmware_sim::telemetry::PayloadFormat;
 use firmware_sim::verify::{self, check_stream};
 use firmware_sim::{CancellationToken, FleetReport};
 
@@ -123,6 +124,9 @@ struct SerialArgs {
     /// Pad each JSON payload to exactly this many bytes (see `fleet --payload-size`).
     #[arg(long, value_name = "BYTES")]
     payload_size: Option<usize>,
+    /// Payload encoding: `json`, or `binary` (needs --framing cobs).
+    #[arg(long, value_name = "FORMAT", default_value = "json")]
+    payload_format: PayloadFormat,
     /// Seed of the turbine model: the same seed gives the same readings.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -155,9 +159,14 @@ struct FaultArgs {
     /// Probability per reading that it is sent twice.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     duplicate_rate: f64,
-    /// Serial only: reboot every N readings (the counter restarts at 1 under boot id + 1, + 2, …).
+    /// Reboot every N readings: the counter restarts at 1 under boot id + 1, + 2, …; over
+    /// MQTT the device first waits for its PUBACKs, then drops the connection and reconnects.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     reboot_every: Option<u64>,
+    /// MQTT only: drop the connection (no DISCONNECT) before every N-th reading; the device
+    /// reconnects with backoff and re-sends what was not acknowledged.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    flap_every: Option<u64>,
     /// Add this many ms to every reading's timestamp (negative: the device clock is behind).
     #[arg(
         long,
@@ -189,6 +198,7 @@ impl FaultArgs {
             oversized_bytes: self.oversized_bytes,
             duplicate_rate: self.duplicate_rate,
             reboot_every: self.reboot_every,
+            flap_every: self.flap_every,
             clock_skew_ms: self.clock_skew_ms,
             burst: self.burst,
             noise_rate: self.noise_rate,
@@ -254,6 +264,7 @@ async fn run_serial(args: SerialArgs) -> Result<ExitCode> {
         count: args.count,
         duration: args.duration,
         payload_size: args.payload_size,
+        payload_format: args.payload_format,
         seed: args.seed,
         boot: args.boot,
         faults: args.faults.plan(),
@@ -320,10 +331,15 @@ struct FleetArgs {
     /// How long to publish, e.g. 30s, 5m [fleet: until --count or Ctrl-C, load: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Pad each JSON payload to exactly this many bytes (below ~140 the sensor values are
-    /// dropped, identity fields kept) [fleet: unpadded, load: 100].
+    /// Pad each payload to exactly this many bytes (JSON below ~190 bytes drops the sensor
+    /// values and keeps the identity fields; binary pads with zeros) [fleet: unpadded,
+    /// load: 100].
     #[arg(long, value_name = "BYTES")]
     payload_size: Option<usize>,
+    /// Payload encoding: `json`, or `binary` (the compact form of constrained firmware,
+    /// 48 bytes for wt-0001; see firmware_sim::telemetry).
+    #[arg(long, value_name = "FORMAT", default_value = "json")]
+    payload_format: PayloadFormat,
     /// Seed of the turbine model: the same seed gives the same readings.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -425,6 +441,7 @@ impl FleetArgs {
         if self.payload_size.is_some() {
             o.payload_size = self.payload_size;
         }
+        o.payload_format = self.payload_format;
         o.seed = self.seed;
         o.boot = self.boot;
         o.drain_timeout = self.drain_timeout;
@@ -497,13 +514,16 @@ fn print_fleet(report: &FleetReport) {
             report.puback_latency
         );
     }
-    for (id, d) in report.devices.iter().filter(|(_, d)| !d.unacked.is_empty()) {
-        println!(
-            "{id}: {} unacknowledged {:?}; last error: {}",
-            d.unacked.len(),
-            d.unacked,
-            d.last_error.as_deref().unwrap_or("-")
-        );
+    for (id, d) in report.devices.iter() {
+        for b in d.boots().iter().filter(|b| !b.unacked.is_empty()) {
+            println!(
+                "{id} boot {}: {} unacknowledged {:?}; last error: {}",
+                b.boot,
+                b.unacked.len(),
+                b.unacked,
+                d.last_error.as_deref().unwrap_or("-")
+            );
+        }
     }
 }
 
