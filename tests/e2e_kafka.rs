@@ -382,3 +382,42 @@ async fn a_dead_upstream_does_not_hold_back_a_live_one_and_drains_when_it_return
         "removed once both have them"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebooting_and_flapping_devices_in_both_payload_forms_lose_nothing_and_keep_order() {
+    use firmware_sim::telemetry::PayloadFormat;
+    use firmware_sim::FaultPlan;
+    let tansu = Tansu::start();
+    let gw = start_gateway("", &[Upstream::cluster(tansu.port(), "flaky")]);
+    // Every device reboots twice (before readings 151 and 301) and drops its connection
+    // before every 40th reading; JSON over MQTT 3.1.1, the binary form over MQTT 5.
+    let plan = FaultPlan {
+        reboot_every: Some(150),
+        flap_every: Some(40),
+        ..FaultPlan::default()
+    };
+    let mut json = fleet(&gw, 4, 400);
+    json.rate = Some(400.0);
+    json.faults = plan.clone();
+    json.reconnect_min = Duration::from_millis(20);
+    let mut binary = json.clone();
+    binary.first_device = 5;
+    binary.protocol = Protocol::V5;
+    binary.payload_format = PayloadFormat::Binary;
+    let (json, binary) = tokio::join!(
+        run_fleet(json, CancellationToken::new()),
+        run_fleet(binary, CancellationToken::new())
+    );
+    for r in [json.expect("json fleet"), binary.expect("binary fleet")] {
+        assert!(r.all_acked() && r.anomalies() == 0, "{r:#?}");
+        assert_eq!(r.acked(), 4 * 400);
+        for d in r.devices.values() {
+            assert_eq!((d.injected.reboot, d.injected.flap), (2, 9), "{d:#?}");
+            assert_eq!(d.earlier_boots.len(), 2);
+        }
+        let v = assert_all_arrived(&tansu, "flaky", &r, &gw).await;
+        // Three boots per device, each checked on its own.
+        assert_eq!(v.devices.len(), 4 * 3, "{v}");
+        assert_eq!(v.devices.keys().filter(|k| k.contains('@')).count(), 4 * 2);
+    }
+}

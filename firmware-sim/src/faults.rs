@@ -26,12 +26,16 @@
 //! Not garbage:
 //! - [`Fault::Duplicate`]: the good reading is sent a second time, right after the first;
 //! - [`Fault::Reboot`]: before this reading the device restarts: its counter restarts at 1
-//!   under a new boot id (serial only for now);
+//!   under a new boot id (over MQTT it also drops its connection and connects again);
+//! - [`Fault::Flap`] (MQTT): before this reading the device's connection drops without
+//!   DISCONNECT; it reconnects with backoff and re-sends what was not acknowledged;
 //! - [`FaultPlan::clock_skew_ms`] is added to every reading's `ts`;
 //! - [`FaultPlan::burst`] sends readings back-to-back instead of at the configured rate.
 //!
 //! Over MQTT the extra publishes (garbage and duplicates) go out at QoS 0, so the PUBACK
-//! accounting of the good readings stays exact.
+//! accounting of the good readings stays exact. Being QoS 0, an extra publish that a flap or a reboot catches
+//! unsent is lost with the connection ([`FaultCounts`] counts what was handed to the
+//! client).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -57,6 +61,8 @@ pub struct FaultPlan {
     pub duplicate_rate: f64,
     /// Reboot after every this many readings: the counter restarts at 1 with a new boot id.
     pub reboot_every: Option<u64>,
+    /// MQTT: drop the connection (no DISCONNECT) before every this many readings.
+    pub flap_every: Option<u64>,
     /// Added to every reading's `ts` (ms; negative: the device's clock is behind).
     pub clock_skew_ms: i64,
     /// `(count, every)`: every `every` readings, send `count` readings back-to-back,
@@ -78,6 +84,7 @@ impl Default for FaultPlan {
             oversized_bytes: DEFAULT_OVERSIZED_BYTES,
             duplicate_rate: 0.0,
             reboot_every: None,
+            flap_every: None,
             clock_skew_ms: 0,
             burst: None,
             noise_rate: 0.0,
@@ -93,6 +100,8 @@ impl Default for FaultPlan {
 pub enum Fault {
     /// The device restarted before this reading.
     Reboot,
+    /// The device's connection dropped before this reading (MQTT).
+    Flap,
     /// A frame of line noise before the reading (serial).
     Noise,
     /// A malformed JSON payload before the reading.
@@ -110,7 +119,7 @@ pub enum Fault {
 impl Fault {
     /// Whether the fault is an extra payload or frame a consumer must reject.
     pub fn is_garbage(self) -> bool {
-        !matches!(self, Fault::Reboot | Fault::Duplicate)
+        !matches!(self, Fault::Reboot | Fault::Flap | Fault::Duplicate)
     }
 }
 
@@ -120,6 +129,8 @@ impl Fault {
 pub struct FaultCounts {
     /// Reboots.
     pub reboot: u64,
+    /// Connections dropped on purpose (MQTT).
+    pub flap: u64,
     /// Frames of line noise.
     pub noise: u64,
     /// Malformed JSON payloads.
@@ -143,6 +154,7 @@ impl FaultCounts {
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: &FaultCounts) {
         self.reboot += other.reboot;
+        self.flap += other.flap;
         self.noise += other.noise;
         self.malformed_json += other.malformed_json;
         self.oversized += other.oversized;
@@ -157,7 +169,7 @@ impl FaultCounts {
         *c.slot(fault)
     }
 
-    /// Extra payloads or frames a consumer must reject (every fault but reboots and
+    /// Extra payloads or frames a consumer must reject (every fault but reboots, flaps and
     /// duplicates).
     pub fn garbage(&self) -> u64 {
         self.noise + self.malformed_json + self.oversized + self.bad_crc + self.truncated
@@ -165,12 +177,13 @@ impl FaultCounts {
 
     /// Every fault.
     pub fn total(&self) -> u64 {
-        self.garbage() + self.reboot + self.duplicate
+        self.garbage() + self.reboot + self.flap + self.duplicate
     }
 
     fn slot(&mut self, fault: Fault) -> &mut u64 {
         match fault {
             Fault::Reboot => &mut self.reboot,
+            Fault::Flap => &mut self.flap,
             Fault::Noise => &mut self.noise,
             Fault::MalformedJson => &mut self.malformed_json,
             Fault::Oversized => &mut self.oversized,
@@ -185,8 +198,9 @@ impl std::fmt::Display for FaultCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "reboot {}  noise {}  malformed_json {}  oversized {}  bad_crc {}  truncated {}  duplicate {}",
+            "reboot {}  flap {}  noise {}  malformed_json {}  oversized {}  bad_crc {}  truncated {}  duplicate {}",
             self.reboot,
+            self.flap,
             self.noise,
             self.malformed_json,
             self.oversized,
@@ -243,6 +257,9 @@ impl FaultPlan {
         if self.reboot_every == Some(0) {
             return Err("reboot_every must be at least 1".into());
         }
+        if self.flap_every == Some(0) {
+            return Err("flap_every must be at least 1".into());
+        }
         if let Some((count, every)) = self.burst {
             if count == 0 || every == 0 {
                 return Err("burst count and every must be at least 1".into());
@@ -255,14 +272,21 @@ impl FaultPlan {
     }
 
     /// Checks that the plan only asks for faults an MQTT device can inject (no serial-only
-    /// faults, no reboots yet).
+    /// faults).
     pub fn validate_for_mqtt(&self) -> Result<(), String> {
         self.validate()?;
         if self.noise_rate > 0.0 || self.bad_crc_rate > 0.0 || self.truncated_rate > 0.0 {
             return Err("noise, bad CRC and truncated frames are serial faults".into());
         }
-        if self.reboot_every.is_some() {
-            return Err("reboots are not supported by the MQTT fleet yet".into());
+        Ok(())
+    }
+
+    /// Checks that the plan only asks for faults a serial device can inject (a serial line
+    /// has no connection to flap).
+    pub fn validate_for_serial(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.flap_every.is_some() {
+            return Err("flap_every is an MQTT fault; a serial line has no connection".into());
         }
         Ok(())
     }
@@ -283,9 +307,12 @@ impl FaultPlan {
     /// before the reading, then a duplicate. Draws exactly six numbers from `rng` per call.
     pub fn decide(&self, reading: u64, rng: &mut FaultRng) -> Vec<Fault> {
         let mut faults = Vec::new();
-        if let Some(every) = self.reboot_every.filter(|&e| e > 0) {
+        if self.reboot_due(reading) {
+            faults.push(Fault::Reboot);
+        }
+        if let Some(every) = self.flap_every.filter(|&e| e > 0) {
             if reading > 1 && (reading - 1) % every == 0 {
-                faults.push(Fault::Reboot);
+                faults.push(Fault::Flap);
             }
         }
         const KINDS: [Fault; 6] = [
@@ -303,6 +330,15 @@ impl FaultPlan {
             }
         }
         faults
+    }
+
+    /// Whether the device reboots before its `reading`-th reading (1-based, counted over
+    /// every boot): after every `reboot_every` readings.
+    pub fn reboot_due(&self, reading: u64) -> bool {
+        match self.reboot_every {
+            Some(every) if every > 0 && reading > 1 => (reading - 1) % every == 0,
+            _ => false,
+        }
     }
 
     /// Whether the `reading`-th reading (1-based) is sent without waiting for the rate: it
@@ -365,7 +401,7 @@ impl FaultPlan {
     ) -> Result<(), framing::EncodeError> {
         for &f in faults {
             match f {
-                Fault::Reboot | Fault::Duplicate => {}
+                Fault::Reboot | Fault::Flap | Fault::Duplicate => {}
                 Fault::MalformedJson | Fault::Oversized => {
                     if let Some(p) = self.garbage_payload(f, reading, json) {
                         framing::encode(framing, &p, out)?;
@@ -547,16 +583,21 @@ mod tests {
     }
 
     #[test]
-    fn reboots_and_bursts_follow_their_period() {
+    fn reboots_flaps_and_bursts_follow_their_period() {
         let p = FaultPlan {
             reboot_every: Some(100),
+            flap_every: Some(50),
             burst: Some((3, 10)),
             ..FaultPlan::default()
         };
-        assert_eq!(p.expected(1, 1, 1000).reboot, 9);
+        let expected = p.expected(1, 1, 1000);
+        assert_eq!((expected.reboot, expected.flap), (9, 19));
         let mut rng = FaultRng::new(1, 1);
         assert!(p.decide(1, &mut rng).is_empty());
-        assert_eq!(p.decide(101, &mut rng), vec![Fault::Reboot]);
+        assert_eq!(p.decide(51, &mut rng), vec![Fault::Flap]);
+        assert_eq!(p.decide(101, &mut rng), vec![Fault::Reboot, Fault::Flap]);
+        assert!(p.reboot_due(201) && !p.reboot_due(200) && !p.reboot_due(1));
+        assert!(!Fault::Flap.is_garbage());
         let burst: Vec<u64> = (1..=25).filter(|&i| p.in_burst(i)).collect();
         assert_eq!(burst, vec![1, 2, 3, 11, 12, 13, 21, 22, 23]);
     }
@@ -577,6 +618,10 @@ mod tests {
                 ..FaultPlan::default()
             },
             FaultPlan {
+                flap_every: Some(0),
+                ..FaultPlan::default()
+            },
+            FaultPlan {
                 burst: Some((0, 5)),
                 ..FaultPlan::default()
             },
@@ -586,6 +631,13 @@ mod tests {
         }
         assert!(plan().validate().is_ok());
         assert!(plan().validate_for_mqtt().is_err());
+        let flapping = FaultPlan {
+            flap_every: Some(5),
+            reboot_every: Some(7),
+            ..FaultPlan::default()
+        };
+        assert!(flapping.validate_for_mqtt().is_ok());
+        assert!(flapping.validate_for_serial().is_err());
     }
 
     #[test]

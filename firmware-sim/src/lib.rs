@@ -1,12 +1,13 @@
 //! Simulated wind-turbine fleets for tidegate: the test bed, load generator and verifier.
 //!
 //! # Layout
-//! - [`telemetry`]: the deterministic turbine model and its JSON payloads;
+//! - [`telemetry`]: the deterministic turbine model and its payloads, JSON or compact binary;
 //! - [`faults`]: fault injection on demand — malformed and oversized payloads, duplicates,
 //!   reboots, clock skew, bursts, line noise, bad CRCs, truncated frames — decided per reading
 //!   from the seed ([`FaultPlan`]);
-//! - [`fleet`]: N turbines, one MQTT connection each, that survive broker restarts and record
-//!   exactly which readings were acknowledged ([`run_fleet`]);
+//! - [`fleet`]: N turbines, one MQTT connection each (MQTT 3.1.1 or 5, plain or TLS, with
+//!   credentials if asked), that survive broker restarts, reboots and flapping connections
+//!   and record exactly which readings of which boot were acknowledged ([`run_fleet`]);
 //! - [`verify`]: reads a Kafka topic back and checks it against a fleet's report — missing
 //!   acknowledged readings, duplicates, reordering, headers, keys ([`check`],
 //!   [`wait_until_complete`]);
@@ -40,7 +41,7 @@ pub mod verify;
 
 pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 pub use fleet::{
-    run_fleet, run_fleet_with_progress, DeviceReport, FleetError, FleetOptions, FleetProgress,
+    run_fleet, run_fleet_with_progress, BootReport, DeviceReport, FleetError, FleetOptions, FleetProgress,
     FleetReport, Protocol, Qos,
 };
 pub use framing::{Decoder, FrameError, Framing};
@@ -48,6 +49,6 @@ pub use latency::{Histogram, LatencySummary};
 pub use load::{run_load, KafkaTarget, LoadOptions, LoadReport};
 pub use seqset::SeqSet;
 pub use serial::{run_serial, SerialError, SerialLine, SerialOptions, SerialReport, SerialTarget};
-pub use telemetry::{device_id, topic_for, Reading, ReadingId, Turbine};
+pub use telemetry::{device_id, topic_for, PayloadFormat, Reading, ReadingId, Turbine};
 pub use tokio_util::sync::CancellationToken;
 pub use verify::{check, wait_until_complete, KafkaReading, VerifyReport};

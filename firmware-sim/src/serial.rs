@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 use crate::framing::{EncodeError, Framing};
-use crate::telemetry::Turbine;
+use crate::telemetry::{PayloadFormat, Turbine};
 
 /// Where a serial simulation writes its frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,9 @@ pub enum SerialError {
     /// The fault plan cannot work.
     #[error("invalid fault plan: {0}")]
     Faults(String),
+    /// The options cannot work together.
+    #[error("invalid serial options: {0}")]
+    InvalidOptions(String),
 }
 
 /// How frames reach the line.
@@ -270,8 +273,11 @@ pub struct SerialOptions {
     pub count: Option<u64>,
     /// How long to write; `None` runs until `count` or the stop token.
     pub duration: Option<Duration>,
-    /// Pad each JSON payload to this many bytes (see [`crate::Reading::encode_json`]).
+    /// Pad each payload to this many bytes (see [`crate::Reading::encode_json`]).
     pub payload_size: Option<usize>,
+    /// JSON (default) or the compact binary form; binary needs the `cobs` framing (a binary
+    /// reading may contain a line feed).
+    pub payload_format: PayloadFormat,
     /// Seed of the turbine model.
     pub seed: u64,
     /// Boot id stamped on every reading; `None` uses the current time in ms.
@@ -292,6 +298,7 @@ impl Default for SerialOptions {
             count: None,
             duration: None,
             payload_size: None,
+            payload_format: PayloadFormat::Json,
             seed: 1,
             boot: None,
             sim_step: Duration::from_secs(1),
@@ -356,7 +363,15 @@ pub async fn run_serial(
     opts: SerialOptions,
     stop: CancellationToken,
 ) -> Result<SerialReport, SerialError> {
-    opts.faults.validate().map_err(SerialError::Faults)?;
+    opts.faults
+        .validate_for_serial()
+        .map_err(SerialError::Faults)?;
+    if opts.payload_format == PayloadFormat::Binary && opts.framing == Framing::Lines {
+        return Err(SerialError::InvalidOptions(
+            "binary payloads need the cobs framing: a binary reading may contain a line feed"
+                .into(),
+        ));
+    }
     let started = Instant::now();
     let boot = opts.boot.unwrap_or_else(now_ms);
     let plan = &opts.faults;
@@ -433,7 +448,7 @@ pub async fn run_serial(
                 t.reboot(boot.wrapping_add(reboots[i]));
             }
             let reading = t.step(ts);
-            reading.encode_json(opts.payload_size, &mut payload);
+            reading.encode(opts.payload_format, opts.payload_size, &mut payload);
             plan.encode_serial(
                 opts.framing,
                 &faults,
@@ -516,7 +531,7 @@ mod tests {
         assert!(next.values().all(|&n| n == count + 1), "{next:?}");
     }
 
-    async fn over_a_pty(framing: Framing) {
+    async fn over_a_pty(framing: Framing, payload_format: PayloadFormat) {
         let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
         let path = line.path().to_path_buf();
         assert!(path.starts_with("/dev/pts"), "{}", path.display());
@@ -531,6 +546,7 @@ mod tests {
             count: Some(count),
             rate: None,
             boot: Some(7),
+            payload_format,
             ..SerialOptions::default()
         };
         let report = tokio::time::timeout(
@@ -557,12 +573,32 @@ mod tests {
 
     #[tokio::test]
     async fn lines_readings_arrive_in_order_over_a_pty() {
-        over_a_pty(Framing::Lines).await;
+        over_a_pty(Framing::Lines, PayloadFormat::Json).await;
     }
 
     #[tokio::test]
     async fn cobs_readings_arrive_in_order_over_a_pty() {
-        over_a_pty(Framing::Cobs).await;
+        over_a_pty(Framing::Cobs, PayloadFormat::Json).await;
+    }
+
+    #[tokio::test]
+    async fn binary_cobs_readings_arrive_in_order_over_a_pty() {
+        over_a_pty(Framing::Cobs, PayloadFormat::Binary).await;
+    }
+
+    #[tokio::test]
+    async fn binary_payloads_over_lines_are_refused() {
+        let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
+        let opts = SerialOptions {
+            framing: Framing::Lines,
+            payload_format: PayloadFormat::Binary,
+            count: Some(1),
+            ..SerialOptions::default()
+        };
+        let err = run_serial(&mut line, opts, CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("cobs"), "{err}");
     }
 
     #[tokio::test]
@@ -604,6 +640,7 @@ mod tests {
                 oversized_bytes: 70_000,
                 duplicate_rate: 0.05,
                 reboot_every: Some(150),
+                flap_every: None,
                 clock_skew_ms: -60_000,
                 burst: Some((5, 50)),
                 noise_rate: 0.05,

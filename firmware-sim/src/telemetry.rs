@@ -15,9 +15,24 @@
 //! - **rpm** tracks the controller's target with the rotor's inertia (10 s time constant);
 //! - **nacelle temperature** follows ambient (with a daily cycle) plus generator heat,
 //!   with a 10-minute time constant;
-//! - **vibration** grows with the square of rotor speed and with storm turbulence.
+//! - **vibration** grows with the square of rotor speed and with storm turbulence;
+//! - **wind direction** veers slowly (a random walk of a few degrees per minute);
+//! - **humidity** moves against the temperature's daily cycle, within `0..=100` %.
+//!
+//! Sensors are sampled at their own rates, as on a real turbine controller: wind, direction,
+//! rotor, power and vibration every step; nacelle temperature about every 10 s and humidity
+//! about every 30 s of simulated time, each next sample time with ±10 % jitter. Between two
+//! samples a reading carries the last sampled value (sample and hold).
+//!
+//! # Payloads
+//! [`PayloadFormat::Json`] (the default) is a flat JSON object; [`PayloadFormat::Binary`] is
+//! the compact form of constrained firmware (48 bytes for `wt-0001`, see
+//! [`Reading::encode_binary`]). Both carry the device id, the boot id and the per-device
+//! counter, so a consumer can prove completeness and order whichever it receives;
+//! [`ReadingId::parse`] reads both, told apart by the first byte.
 
 use std::fmt::Write as _;
+use std::str::FromStr;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -44,6 +59,64 @@ pub const MIN_RPM: f64 = 6.0;
 pub const TEMP_RANGE_C: (f64, f64) = (-40.0, 90.0);
 /// Upper bound of the vibration sensor (mm/s RMS).
 pub const MAX_VIB_MM_S: f64 = 50.0;
+/// Simulated seconds between two samples of the nacelle temperature (before jitter).
+pub const TEMP_SAMPLE_S: f64 = 10.0;
+/// Simulated seconds between two samples of the humidity sensor (before jitter).
+pub const HUMIDITY_SAMPLE_S: f64 = 30.0;
+/// Relative jitter of the slow sensors' sample times.
+const SAMPLE_JITTER: f64 = 0.1;
+
+/// First byte of a binary payload. JSON starts with `{` (or whitespace), so the two forms
+/// are told apart by it.
+pub const BINARY_MAGIC: u8 = 0xB5;
+/// Version of the binary layout, the payload's second byte.
+pub const BINARY_VERSION: u8 = 1;
+/// Longest device id the binary form carries.
+pub const MAX_BINARY_DEVICE_LEN: usize = 64;
+/// Bytes of the binary form after the device id: boot, seq, ts (u64 each) and seven 16-bit
+/// sensor values.
+const BINARY_TAIL: usize = 3 * 8 + 7 * 2;
+
+/// How a reading is encoded in a payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// A flat JSON object ([`Reading::encode_json`]).
+    #[default]
+    Json,
+    /// The compact binary form ([`Reading::encode_binary`]).
+    Binary,
+}
+
+impl PayloadFormat {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Json => "json",
+            PayloadFormat::Binary => "binary",
+        }
+    }
+}
+
+impl FromStr for PayloadFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PayloadFormat, String> {
+        match s {
+            "json" => Ok(PayloadFormat::Json),
+            "binary" => Ok(PayloadFormat::Binary),
+            _ => Err(format!(
+                "unknown payload format {s:?}: expected \"json\" or \"binary\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PayloadFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The id of the `n`-th device of a fleet (1-based): `wt-0001`, `wt-0002`, …
 pub fn device_id(n: usize) -> String {
@@ -81,12 +154,16 @@ pub struct Reading {
     pub ts: u64,
     /// Wind speed at hub height (m/s).
     pub wind_ms: f64,
+    /// Wind direction (degrees from north, `0..360`).
+    pub wind_dir_deg: f64,
     /// Rotor speed (rpm).
     pub rpm: f64,
     /// Electrical power (kW).
     pub power_kw: f64,
-    /// Nacelle temperature (°C).
+    /// Nacelle temperature (°C), last sample.
     pub temp_c: f64,
+    /// Relative humidity in the nacelle (%), last sample.
+    pub humidity_pct: f64,
     /// Drive-train vibration (mm/s RMS).
     pub vib_mm_s: f64,
 }
@@ -107,8 +184,14 @@ impl Reading {
         // Writing into a String cannot fail.
         let _ = write!(
             s,
-            ",\"wind_ms\":{:.2},\"rpm\":{:.2},\"power_kw\":{:.1},\"temp_c\":{:.2},\"vib_mm_s\":{:.2}",
-            self.wind_ms, self.rpm, self.power_kw, self.temp_c, self.vib_mm_s
+            ",\"wind_ms\":{:.2},\"wind_dir_deg\":{:.1},\"rpm\":{:.2},\"power_kw\":{:.1},\"temp_c\":{:.2},\"humidity_pct\":{:.1},\"vib_mm_s\":{:.2}",
+            self.wind_ms,
+            self.wind_dir_deg,
+            self.rpm,
+            self.power_kw,
+            self.temp_c,
+            self.humidity_pct,
+            self.vib_mm_s
         );
         if let Some(target) = pad_to {
             // `,"pad":""` plus the closing brace.
@@ -135,6 +218,103 @@ impl Reading {
         out
     }
 
+    /// Encodes the reading in `format` into `out` (replacing its contents); `pad_to` as in
+    /// [`Reading::encode_json`] and [`Reading::encode_binary`].
+    pub fn encode(&self, format: PayloadFormat, pad_to: Option<usize>, out: &mut Vec<u8>) {
+        match format {
+            PayloadFormat::Json => self.encode_json(pad_to, out),
+            PayloadFormat::Binary => self.encode_binary(pad_to, out),
+        }
+    }
+
+    /// Encodes the reading in the compact binary form, all integers big-endian:
+    ///
+    /// | bytes | field |
+    /// |---|---|
+    /// | 1 | [`BINARY_MAGIC`] |
+    /// | 1 | [`BINARY_VERSION`] |
+    /// | 1 | device id length `n` (at most [`MAX_BINARY_DEVICE_LEN`]) |
+    /// | n | device id, UTF-8 |
+    /// | 8, 8, 8 | boot, seq, ts (ms) |
+    /// | 2 | wind speed, 0.01 m/s (u16) |
+    /// | 2 | wind direction, 0.1° (u16) |
+    /// | 2 | rotor speed, 0.01 rpm (u16) |
+    /// | 2 | power, 0.1 kW (u16) |
+    /// | 2 | nacelle temperature, 0.01 °C (i16) |
+    /// | 2 | humidity, 0.01 % (u16) |
+    /// | 2 | vibration, 0.01 mm/s (u16) |
+    ///
+    /// With `pad_to = Some(n)` zero bytes are appended up to `n` bytes (a decoder ignores
+    /// trailing zeros). A device id longer than the limit is cut at a character boundary.
+    pub fn encode_binary(&self, pad_to: Option<usize>, out: &mut Vec<u8>) {
+        out.clear();
+        let mut id_len = self.device.len().min(MAX_BINARY_DEVICE_LEN);
+        while !self.device.is_char_boundary(id_len) {
+            id_len -= 1;
+        }
+        out.extend_from_slice(&[BINARY_MAGIC, BINARY_VERSION, id_len as u8]);
+        out.extend_from_slice(&self.device.as_bytes()[..id_len]);
+        for v in [self.boot, self.seq, self.ts] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        // Quantise into the sensor's range; the model keeps every value inside it.
+        let unsigned = |v: f64, scale: f64| (v * scale).round().clamp(0.0, 65_535.0) as u16;
+        for v in [
+            unsigned(self.wind_ms, 100.0),
+            unsigned(self.wind_dir_deg, 10.0),
+            unsigned(self.rpm, 100.0),
+            unsigned(self.power_kw, 10.0),
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        let temp = (self.temp_c * 100.0).round().clamp(-32_768.0, 32_767.0) as i16;
+        out.extend_from_slice(&temp.to_be_bytes());
+        for v in [
+            unsigned(self.humidity_pct, 100.0),
+            unsigned(self.vib_mm_s, 100.0),
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        if let Some(target) = pad_to {
+            if target > out.len() {
+                out.resize(target, 0);
+            }
+        }
+    }
+
+    /// The reading in the binary form, unpadded.
+    pub fn to_binary(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_binary(None, &mut out);
+        out
+    }
+
+    /// Decodes a payload made by [`Reading::encode_binary`] (sensor values at the form's
+    /// resolution). `None` for anything else: wrong magic or version, cut short, or bytes
+    /// after the reading that are not zero padding.
+    pub fn decode_binary(payload: &[u8]) -> Option<Reading> {
+        let (device, rest) = binary_header(payload)?;
+        let u64_at = |i: usize| -> u64 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&rest[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let u16_at = |i: usize| f64::from(u16::from_be_bytes([rest[i], rest[i + 1]]));
+        Some(Reading {
+            device: device.to_owned(),
+            boot: u64_at(0),
+            seq: u64_at(8),
+            ts: u64_at(16),
+            wind_ms: u16_at(24) / 100.0,
+            wind_dir_deg: u16_at(26) / 10.0,
+            rpm: u16_at(28) / 100.0,
+            power_kw: u16_at(30) / 10.0,
+            temp_c: f64::from(i16::from_be_bytes([rest[32], rest[33]])) / 100.0,
+            humidity_pct: u16_at(34) / 100.0,
+            vib_mm_s: u16_at(36) / 100.0,
+        })
+    }
+
     fn write_identity(&self, s: &mut String) {
         let _ = write!(
             s,
@@ -158,15 +338,52 @@ pub struct ReadingId {
 }
 
 impl ReadingId {
-    /// Parses a payload produced by [`Reading::encode_json`] (padded or not).
+    /// Parses a payload produced by [`Reading::encode_json`] or [`Reading::encode_binary`]
+    /// (padded or not).
     pub fn parse(payload: &[u8]) -> Option<ReadingId> {
+        if payload.first() == Some(&BINARY_MAGIC) {
+            return Reading::decode_binary(payload).map(|r| ReadingId {
+                device: r.device,
+                boot: r.boot,
+                seq: r.seq,
+                ts: r.ts,
+            });
+        }
         serde_json::from_slice(payload).ok()
     }
 }
 
-/// Extracts the `seq` field of a payload without a full JSON parse (hot path of the PUBACK
-/// accounting). Returns `None` if the payload has no `"seq":<digits>`.
+/// Splits a binary payload into its device id and the fixed-size tail after it, checking
+/// magic, version, length and padding.
+fn binary_header(payload: &[u8]) -> Option<(&str, &[u8])> {
+    let [magic, version, id_len, rest @ ..] = payload else {
+        return None;
+    };
+    if *magic != BINARY_MAGIC || *version != BINARY_VERSION {
+        return None;
+    }
+    let id_len = usize::from(*id_len);
+    if id_len == 0 || id_len > MAX_BINARY_DEVICE_LEN || rest.len() < id_len + BINARY_TAIL {
+        return None;
+    }
+    let (id, rest) = rest.split_at(id_len);
+    let (tail, padding) = rest.split_at(BINARY_TAIL);
+    if padding.iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some((std::str::from_utf8(id).ok()?, tail))
+}
+
+/// Extracts the counter of a payload without a full parse (hot path of the PUBACK
+/// accounting): the `seq` field of JSON, or the counter of the binary form. Returns `None`
+/// if the payload has neither.
 pub fn parse_seq(payload: &[u8]) -> Option<u64> {
+    if payload.first() == Some(&BINARY_MAGIC) {
+        let (_, tail) = binary_header(payload)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tail[8..16]);
+        return Some(u64::from_be_bytes(b));
+    }
     const KEY: &[u8] = b"\"seq\":";
     let start = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = &payload[start..];
@@ -221,6 +438,14 @@ pub struct Turbine {
     state: TurbineState,
     rpm: f64,
     temp_c: f64,
+    /// Wind direction (degrees, `0..360`).
+    wind_dir_deg: f64,
+    humidity_pct: f64,
+    /// Last sampled values of the slow sensors and when they are sampled next (simulated s).
+    temp_sample: f64,
+    next_temp_sample: f64,
+    humidity_sample: f64,
+    next_humidity_sample: f64,
 }
 
 impl Turbine {
@@ -231,6 +456,8 @@ impl Turbine {
         let site_mean_ms: f64 = rng.random_range(6.0..11.0);
         let wind_ms = (site_mean_ms + rng.random_range(-2.0..2.0)).clamp(0.0, MAX_WIND_MS);
         let ambient_c = rng.random_range(2.0..20.0);
+        let wind_dir_deg = rng.random_range(0.0..360.0);
+        let humidity_pct = rng.random_range(50.0..90.0);
         let mut t = Turbine {
             device: device_id(n),
             boot,
@@ -249,6 +476,12 @@ impl Turbine {
             state: TurbineState::Idle,
             rpm: 0.0,
             temp_c: ambient_c + 8.0,
+            wind_dir_deg,
+            humidity_pct,
+            temp_sample: ambient_c + 8.0,
+            next_temp_sample: 0.0,
+            humidity_sample: humidity_pct,
+            next_humidity_sample: 0.0,
         };
         t.state = t.next_state();
         if t.state == TurbineState::Running {
@@ -354,6 +587,31 @@ impl Turbine {
         let n4 = self.gauss();
         let vib = 0.3 + 3.0 * spin * spin + 0.4 * turbulence + 0.1 * n4.abs();
 
+        // Direction veers a few degrees a minute, more in strong wind.
+        let n5 = self.gauss();
+        self.wind_dir_deg =
+            (self.wind_dir_deg + (0.2 + 0.02 * self.wind_ms) * dt.sqrt() * n5).rem_euclid(360.0);
+        if self.wind_dir_deg >= 360.0 {
+            // rem_euclid of a tiny negative angle rounds up to 360.
+            self.wind_dir_deg = 0.0;
+        }
+        // Humidity falls as the day warms and rises at night, around the site's level.
+        let n6 = self.gauss();
+        let target_humidity = 70.0 - 15.0 * day.sin();
+        self.humidity_pct += (target_humidity - self.humidity_pct) * (1.0 - (-dt / 1800.0).exp())
+            + 0.1 * dt.sqrt() * n6;
+        self.humidity_pct = self.humidity_pct.clamp(0.0, 100.0);
+
+        // Slow sensors: sample and hold, each on its own jittered schedule.
+        if self.sim_time >= self.next_temp_sample {
+            self.temp_sample = self.temp_c;
+            self.next_temp_sample = self.sim_time + self.jittered(TEMP_SAMPLE_S);
+        }
+        if self.sim_time >= self.next_humidity_sample {
+            self.humidity_sample = self.humidity_pct;
+            self.next_humidity_sample = self.sim_time + self.jittered(HUMIDITY_SAMPLE_S);
+        }
+
         self.seq += 1;
         Reading {
             device: self.device.clone(),
@@ -361,11 +619,18 @@ impl Turbine {
             seq: self.seq,
             ts: ts_ms,
             wind_ms: self.wind_ms,
+            wind_dir_deg: self.wind_dir_deg,
             rpm: self.rpm,
             power_kw,
-            temp_c: self.temp_c,
+            temp_c: self.temp_sample,
+            humidity_pct: self.humidity_sample,
             vib_mm_s: vib.clamp(0.0, MAX_VIB_MM_S),
         }
+    }
+
+    /// `period` with ±[`SAMPLE_JITTER`] of random jitter.
+    fn jittered(&mut self, period: f64) -> f64 {
+        period * (1.0 + self.rng.random_range(-SAMPLE_JITTER..SAMPLE_JITTER))
     }
 }
 
@@ -418,6 +683,8 @@ mod tests {
                     "{r:?}"
                 );
                 assert!((0.0..=MAX_VIB_MM_S).contains(&r.vib_mm_s), "{r:?}");
+                assert!((0.0..360.0).contains(&r.wind_dir_deg), "{r:?}");
+                assert!((0.0..=100.0).contains(&r.humidity_pct), "{r:?}");
                 if r.wind_ms < CUT_IN_MS || r.wind_ms > CUT_OUT_MS {
                     assert_eq!(r.power_kw, 0.0, "{r:?}");
                 }
@@ -451,7 +718,16 @@ mod tests {
         assert_eq!(v["device"], "wt-0012");
         assert_eq!(v["boot"], 7);
         assert_eq!(v["seq"], 3);
-        for k in ["ts", "wind_ms", "rpm", "power_kw", "temp_c", "vib_mm_s"] {
+        for k in [
+            "ts",
+            "wind_ms",
+            "wind_dir_deg",
+            "rpm",
+            "power_kw",
+            "temp_c",
+            "humidity_pct",
+            "vib_mm_s",
+        ] {
             assert!(v[k].is_number(), "{k} in {v}");
         }
         let id = ReadingId::parse(&r.to_json()).expect("id");
@@ -478,6 +754,108 @@ mod tests {
         // Too small to pad: identity only, unpadded.
         r.encode_json(Some(10), &mut buf);
         assert!(ReadingId::parse(&buf).is_some());
+    }
+
+    #[test]
+    fn slow_sensors_are_sampled_at_their_own_jittered_rates() {
+        // One-second steps for an hour: temperature changes about every 10 s, humidity about
+        // every 30 s, never faster than the period minus its jitter; wind changes every step.
+        let r = run(3, 2, 3_600);
+        let change_gaps = |f: &dyn Fn(&Reading) -> f64| -> Vec<u64> {
+            let mut last_change = 0u64;
+            let mut gaps = Vec::new();
+            for w in r.windows(2) {
+                if f(&w[1]) != f(&w[0]) {
+                    gaps.push(w[1].seq - last_change);
+                    last_change = w[1].seq;
+                }
+            }
+            gaps.remove(0);
+            gaps
+        };
+        for (name, gaps, period) in [
+            ("temp_c", change_gaps(&|x| x.temp_c), TEMP_SAMPLE_S),
+            (
+                "humidity_pct",
+                change_gaps(&|x| x.humidity_pct),
+                HUMIDITY_SAMPLE_S,
+            ),
+        ] {
+            let lo = (period * (1.0 - SAMPLE_JITTER)).floor() as u64;
+            let hi = (period * (1.0 + SAMPLE_JITTER)).ceil() as u64 + 1;
+            assert!(
+                gaps.len() as f64 > 3_600.0 / hi as f64 - 2.0,
+                "{name}: {gaps:?}"
+            );
+            assert!(
+                gaps.iter().all(|g| (lo..=hi).contains(g)),
+                "{name}: {gaps:?}"
+            );
+            assert!(
+                gaps.iter().any(|&g| g != gaps[0]),
+                "{name} has no jitter: {gaps:?}"
+            );
+        }
+        assert!(r.windows(2).all(|w| w[0].wind_ms != w[1].wind_ms));
+    }
+
+    #[test]
+    fn binary_payload_round_trips_at_its_resolution_and_is_compact() {
+        for (i, r) in run(8, 1, 500).into_iter().enumerate() {
+            let bin = r.to_binary();
+            assert_eq!(bin.len(), 3 + "wt-0001".len() + BINARY_TAIL);
+            assert!(bin.len() * 3 < r.to_json().len(), "binary form is compact");
+            let back = Reading::decode_binary(&bin).expect("decodes");
+            assert_eq!(
+                (&back.device, back.boot, back.seq, back.ts),
+                (&r.device, r.boot, r.seq, r.ts)
+            );
+            for (a, b, res) in [
+                (back.wind_ms, r.wind_ms, 0.01),
+                (back.wind_dir_deg, r.wind_dir_deg, 0.1),
+                (back.rpm, r.rpm, 0.01),
+                (back.power_kw, r.power_kw, 0.1),
+                (back.temp_c, r.temp_c, 0.01),
+                (back.humidity_pct, r.humidity_pct, 0.01),
+                (back.vib_mm_s, r.vib_mm_s, 0.01),
+            ] {
+                assert!((a - b).abs() <= res / 2.0 + 1e-9, "reading {i}: {a} vs {b}");
+            }
+            let id = ReadingId::parse(&bin).expect("id of a binary payload");
+            assert_eq!((id.seq, id.boot), (r.seq, r.boot));
+            assert_eq!(parse_seq(&bin), Some(r.seq));
+        }
+    }
+
+    #[test]
+    fn binary_payload_pads_with_zeros_and_refuses_anything_else() {
+        let r = run(8, 12, 3).pop().expect("three readings");
+        let mut buf = Vec::new();
+        r.encode(PayloadFormat::Binary, Some(100), &mut buf);
+        assert_eq!(buf.len(), 100);
+        assert_eq!(ReadingId::parse(&buf).map(|id| id.seq), Some(3));
+        let exact = r.to_binary();
+        // Every cut is refused, as is a wrong magic, version or a non-zero trailing byte.
+        for cut in 0..exact.len() {
+            assert!(
+                Reading::decode_binary(&exact[..cut]).is_none(),
+                "cut at {cut}"
+            );
+            assert!(parse_seq(&exact[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut bad = exact.clone();
+        bad[1] = BINARY_VERSION + 1;
+        assert!(ReadingId::parse(&bad).is_none());
+        let mut bad = buf.clone();
+        bad[99] = 1;
+        assert!(ReadingId::parse(&bad).is_none());
+        let mut bad = exact.clone();
+        bad[2] = 0;
+        assert!(ReadingId::parse(&bad).is_none());
+        // JSON is still read as JSON.
+        assert_eq!(ReadingId::parse(&r.to_json()).map(|id| id.seq), Some(3));
+        assert_eq!("binary".parse(), Ok(PayloadFormat::Binary));
+        assert!("xml".parse::<PayloadFormat>().is_err());
     }
 
     #[test]

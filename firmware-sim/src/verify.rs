@@ -321,9 +321,10 @@ impl Checker {
         }
     }
 
-    /// The report so far. With `expected`, each device's stream is the one with the fleet's
-    /// boot id and "missing" means acknowledged but absent; readings of other devices or boots
-    /// are counted as foreign. Without, each device's stream is its highest boot id (the
+    /// The report so far. With `expected`, every boot of every device in the fleet report
+    /// is checked (the last under the device id, earlier ones under `device@boot`) and
+    /// "missing" means acknowledged but absent; readings of other devices or boots are
+    /// counted as foreign. Without, each device's stream is its highest boot id (the
     /// latest run) and "missing" means a hole in `1..=highest counter seen`.
     pub fn report(&self, expected: Option<&FleetReport>) -> VerifyReport {
         let mut devices = BTreeMap::new();
@@ -332,14 +333,23 @@ impl Checker {
         match expected {
             Some(fleet) => {
                 for (device, d) in &fleet.devices {
-                    let s = self
-                        .streams
-                        .get(&(device.clone(), d.boot))
-                        .unwrap_or(&empty);
-                    counted += s.received;
-                    let mut v = Checker::device_verify(s, d.boot, &d.acked);
-                    v.unacked_received = s.seen.difference_len(&d.acked);
-                    devices.insert(device.clone(), v);
+                    for b in d.boots() {
+                        let s = self
+                            .streams
+                            .get(&(device.clone(), b.boot))
+                            .unwrap_or(&empty);
+                        counted += s.received;
+                        let mut v = Checker::device_verify(s, b.boot, &b.acked);
+                        v.unacked_received = s.seen.difference_len(&b.acked);
+                        // The last boot under the device id, earlier ones (a device the
+                        // fault plan rebooted) under `device@boot`.
+                        let key = if b.boot == d.boot {
+                            device.clone()
+                        } else {
+                            format!("{device}@{}", b.boot)
+                        };
+                        devices.insert(key, v);
+                    }
                 }
             }
             None => {
@@ -462,7 +472,7 @@ impl DeviceVerify {
 /// The verdict for a topic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Per device id.
+    /// Per device id (with a fleet report, a device's earlier boots as `device@boot`).
     pub devices: BTreeMap<String, DeviceVerify>,
     /// Records read.
     pub readings: u64,
@@ -690,6 +700,50 @@ mod tests {
         assert!(v.is_ok() && v.is_complete(), "{v}");
         assert_eq!(v.devices["wt-0001"].received, 5);
         assert_eq!((v.duplicates(), v.foreign), (0, 0));
+    }
+
+    #[test]
+    fn every_boot_of_a_rebooted_device_is_checked_with_binary_payloads_too() {
+        use crate::fleet::BootReport;
+        // Boot 77 wrote 1..=3 (JSON), boot 78 wrote 1..=4 (binary); counter 2 of the first
+        // boot never arrived.
+        let mut records = Vec::new();
+        let mut t = Turbine::new(1, 1, BOOT, 1.0);
+        for seq in [1, 3] {
+            let mut r = t.step(1_000);
+            r.seq = seq;
+            records.push(r.to_json());
+        }
+        t.reboot(BOOT + 1);
+        for _ in 1..=4 {
+            records.push(t.step(2_000).to_binary());
+        }
+        let readings: Vec<KafkaReading> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| KafkaReading {
+                payload,
+                ..reading(1, 0, i as i64)
+            })
+            .collect();
+        let mut f = fleet(&[(1, 1..=4)]);
+        if let Some(d) = f.devices.get_mut("wt-0001") {
+            d.boot = BOOT + 1;
+            d.earlier_boots.push(BootReport {
+                boot: BOOT,
+                published: 3,
+                acked: (1..=3).collect(),
+                unacked: SeqSet::new(),
+            });
+        }
+        let v = check(&readings, &f);
+        assert_eq!(v.devices["wt-0001"].boot, BOOT + 1);
+        assert!(v.devices["wt-0001"].is_ok(), "{v}");
+        assert_eq!(v.devices["wt-0001"].received, 4);
+        let first = &v.devices[&format!("wt-0001@{BOOT}")];
+        assert_eq!(first.missing, vec![(2, 2)], "{v}");
+        assert!(!v.is_complete());
+        assert_eq!((v.foreign, v.unparseable), (0, 0));
     }
 
     #[test]

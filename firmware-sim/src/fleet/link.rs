@@ -76,6 +76,9 @@ pub(crate) trait Link: Send {
     fn drain_buffered_acks(&mut self) -> Vec<u16>;
     /// Events rumqttc has buffered and not yet returned.
     fn buffered_events(&self) -> usize;
+    /// Drops the network connection without DISCONNECT (a flapping link); in-flight
+    /// publishes move to `pending`, as after a network error.
+    fn drop_connection(&mut self);
 }
 
 /// Settings shared by both protocol versions.
@@ -213,6 +216,10 @@ pub(crate) mod v4 {
             self.0.state.events.len()
         }
 
+        fn drop_connection(&mut self) {
+            self.0.clean();
+        }
+
         fn drain_buffered_acks(&mut self) -> Vec<u16> {
             self.0
                 .state
@@ -329,6 +336,10 @@ pub(crate) mod v5 {
 
         fn buffered_events(&self) -> usize {
             self.0.state.events.len()
+        }
+
+        fn drop_connection(&mut self) {
+            self.0.clean();
         }
 
         fn drain_buffered_acks(&mut self) -> Vec<u16> {

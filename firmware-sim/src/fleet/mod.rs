@@ -22,7 +22,10 @@
 //! even across reconnects.
 
 mod link;
+mod tls;
 pub(crate) mod tracker;
+
+pub use tls::{TlsFiles, TlsOptions};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +43,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 use crate::latency::{Histogram, LatencySummary};
 use crate::seqset::SeqSet;
-use crate::telemetry::{device_id, topic_for, Turbine};
+use crate::telemetry::{device_id, topic_for, PayloadFormat, Turbine};
 use link::{Link, LinkEvent, LinkSettings};
 use tracker::AckTracker;
 
@@ -98,9 +101,12 @@ pub struct FleetOptions {
     pub count: Option<u64>,
     /// Publishing time; the run ends after it (whichever of count and duration comes first).
     pub duration: Option<Duration>,
-    /// Pad (or shrink) each JSON payload to exactly this many bytes (see
-    /// [`Reading::encode_json`](crate::telemetry::Reading::encode_json)).
+    /// Pad (or shrink) each payload to exactly this many bytes (see
+    /// [`Reading::encode_json`](crate::telemetry::Reading::encode_json) and
+    /// [`Reading::encode_binary`](crate::telemetry::Reading::encode_binary)).
     pub payload_size: Option<usize>,
+    /// JSON (default) or the compact binary form.
+    pub payload_format: PayloadFormat,
     /// Seed of the telemetry model; the same seed gives the same readings.
     pub seed: u64,
     /// Boot id stamped on every reading; `None` takes the current time in ms, so each run's
@@ -121,9 +127,19 @@ pub struct FleetOptions {
     pub ramp_up: Duration,
     /// Username and password, if the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// TLS instead of plain TCP, loaded once for every device ([`TlsOptions::load`]).
+    pub tls: Option<TlsOptions>,
     /// Faults to inject (see [`crate::faults`]): malformed and oversized payloads and
     /// duplicates (sent as extra QoS 0 publishes, so the PUBACK accounting of the readings
-    /// stays exact), clock skew and bursts. Serial-only faults and reboots are refused.
+    /// stays exact), clock skew, bursts, reboots and flapping connections. Serial-only
+    /// faults are refused.
+    ///
+    /// A **reboot** waits for the outstanding readings' PUBACKs (up to `drain_timeout`, as
+    /// firmware flushing its buffer before a planned restart), drops the connection without
+    /// DISCONNECT and connects again as a new boot: boot id + 1, counter restarting at 1
+    /// (the device's earlier boots are in [`DeviceReport::earlier_boots`]). A **flap** drops
+    /// the connection without DISCONNECT before a reading; the device reconnects with backoff
+    /// and re-sends everything unacknowledged, in order.
     pub faults: FaultPlan,
 }
 
@@ -141,6 +157,7 @@ impl Default for FleetOptions {
             count: None,
             duration: None,
             payload_size: None,
+            payload_format: PayloadFormat::Json,
             seed: 1,
             boot: None,
             sim_step: Duration::from_secs(1),
@@ -150,6 +167,7 @@ impl Default for FleetOptions {
             reconnect_max: Duration::from_secs(2),
             ramp_up: Duration::ZERO,
             credentials: None,
+            tls: None,
             faults: FaultPlan::default(),
         }
     }
@@ -210,19 +228,36 @@ impl FleetProgress {
     }
 }
 
-/// What one device did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DeviceReport {
-    /// Boot id on its readings.
+/// What one boot of a device published (see [`DeviceReport::earlier_boots`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    /// Boot id on the readings of this boot.
     pub boot: u64,
-    /// Topic it published to.
-    pub topic: String,
     /// Readings handed to the MQTT client (counters `1..=published`).
     pub published: u64,
     /// Counters acknowledged with PUBACK (QoS 1; empty for QoS 0).
     pub acked: SeqSet,
-    /// QoS 1 counters still unacknowledged when the device stopped.
+    /// QoS 1 counters still unacknowledged when the boot ended.
     pub unacked: SeqSet,
+}
+
+/// What one device did. `boot`, `published`, `acked` and `unacked` describe its last boot
+/// (its only one unless the fault plan reboots it); the other counts cover every boot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// Boot id on the readings of the last boot.
+    pub boot: u64,
+    /// Topic it published to.
+    pub topic: String,
+    /// Readings of the last boot handed to the MQTT client (counters `1..=published`).
+    pub published: u64,
+    /// Counters of the last boot acknowledged with PUBACK (QoS 1; empty for QoS 0).
+    pub acked: SeqSet,
+    /// QoS 1 counters of the last boot still unacknowledged when the device stopped.
+    pub unacked: SeqSet,
+    /// Boots before the last one, oldest first (boot ids grow by one per reboot).
+    #[serde(default)]
+    pub earlier_boots: Vec<BootReport>,
     /// PUBLISH packets written, re-sends and injected faults (extra QoS 0 publishes) included.
     pub sent: u64,
     /// PUBLISH packets re-sent after a connection loss.
@@ -241,6 +276,45 @@ pub struct DeviceReport {
     /// gateway must reject, and duplicates of readings in `1..=published`).
     #[serde(default)]
     pub injected: FaultCounts,
+}
+
+impl DeviceReport {
+    /// Every boot, oldest first, the last one included.
+    pub fn boots(&self) -> Vec<BootReport> {
+        let mut all = self.earlier_boots.clone();
+        all.push(BootReport {
+            boot: self.boot,
+            published: self.published,
+            acked: self.acked.clone(),
+            unacked: self.unacked.clone(),
+        });
+        all
+    }
+
+    /// Readings handed to the client over every boot.
+    pub fn published_total(&self) -> u64 {
+        self.published + self.earlier_boots.iter().map(|b| b.published).sum::<u64>()
+    }
+
+    /// Readings acknowledged over every boot.
+    pub fn acked_total(&self) -> u64 {
+        self.acked.len()
+            + self
+                .earlier_boots
+                .iter()
+                .map(|b| b.acked.len())
+                .sum::<u64>()
+    }
+
+    /// Readings left unacknowledged over every boot.
+    pub fn unacked_total(&self) -> u64 {
+        self.unacked.len()
+            + self
+                .earlier_boots
+                .iter()
+                .map(|b| b.unacked.len())
+                .sum::<u64>()
+    }
 }
 
 /// What a fleet run did.
@@ -266,19 +340,22 @@ pub struct FleetReport {
 }
 
 impl FleetReport {
-    /// Readings handed to the clients, all devices.
+    /// Readings handed to the clients, all devices and boots.
     pub fn published(&self) -> u64 {
-        self.devices.values().map(|d| d.published).sum()
+        self.devices
+            .values()
+            .map(DeviceReport::published_total)
+            .sum()
     }
 
-    /// Readings acknowledged, all devices.
+    /// Readings acknowledged, all devices and boots.
     pub fn acked(&self) -> u64 {
-        self.devices.values().map(|d| d.acked.len()).sum()
+        self.devices.values().map(DeviceReport::acked_total).sum()
     }
 
-    /// QoS 1 readings left unacknowledged, all devices.
+    /// QoS 1 readings left unacknowledged, all devices and boots.
     pub fn unacked(&self) -> u64 {
-        self.devices.values().map(|d| d.unacked.len()).sum()
+        self.devices.values().map(DeviceReport::unacked_total).sum()
     }
 
     /// Re-sent PUBLISH packets, all devices.
@@ -305,13 +382,16 @@ impl FleetReport {
         self.devices.values().map(|d| d.anomalies).sum()
     }
 
-    /// Whether every published QoS 1 reading was acknowledged exactly as `1..=published`.
+    /// Whether every published QoS 1 reading was acknowledged exactly as `1..=published`,
+    /// in every boot.
     pub fn all_acked(&self) -> bool {
         self.qos == Qos::AtLeastOnce
             && self.devices.values().all(|d| {
-                d.unacked.is_empty()
-                    && d.acked.len() == d.published
-                    && (d.published == 0 || d.acked.ranges().eq([(1, d.published)]))
+                d.boots().iter().all(|b| {
+                    b.unacked.is_empty()
+                        && b.acked.len() == b.published
+                        && (b.published == 0 || b.acked.ranges().eq([(1, b.published)]))
+                })
             })
     }
 
@@ -366,6 +446,8 @@ struct DeviceShared {
     window: Semaphore,
     /// Signalled when `outstanding` becomes empty.
     drained: Notify,
+    /// Signalled by the publisher when the fault plan drops the connection.
+    flap: Notify,
 }
 
 /// What the driver returns.
@@ -427,7 +509,20 @@ async fn drive<L: Link>(
         let polled = tokio::select! {
             biased;
             _ = abort.cancelled() => break,
-            r = link.poll() => r,
+            _ = shared.flap.notified() => None,
+            r = link.poll() => Some(r),
+        };
+        let polled = match polled {
+            Some(r) => r,
+            None => {
+                // A flapping link: drop the socket without DISCONNECT, then recover exactly
+                // as from a network failure.
+                link.drop_connection();
+                Err(link::LinkError {
+                    message: "connection dropped by the fault plan (flap)".into(),
+                    rejected: false,
+                })
+            }
         };
         match polled {
             Ok(event) => {
@@ -539,8 +634,160 @@ async fn drive<L: Link>(
     out
 }
 
-/// Runs one device: publisher in this task, driver in a spawned one.
+/// What lives across a device's reboots: the turbine itself, the fault decisions, the
+/// publishing schedule and the totals.
+struct DeviceLife {
+    turbine: Turbine,
+    fault_rng: FaultRng,
+    /// Paces readings at `rate`; `None` publishes as fast as the window allows.
+    ticker: Option<tokio::time::Interval>,
+    /// Readings published over every boot (the index the fault plan counts in).
+    published_total: u64,
+    /// The reading index the last reboot happened before (a reboot is due only once).
+    rebooted_before: u64,
+    injected: FaultCounts,
+}
+
+/// Why a boot's publisher stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootEnd {
+    /// The run is over (count, duration, stop, or the client closed).
+    Finished,
+    /// The fault plan reboots the device before its next reading.
+    Reboot,
+}
+
+/// Runs one device: boot after boot (see [`FaultPlan::reboot_every`]) until the run ends.
 async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> DeviceRun {
+    let device = device_id(n);
+    let topic = topic_for(&device);
+    let span = tracing::info_span!("device", client_id = %device);
+    let Some(mut life) = start_life(n, &cfg, &stop).await else {
+        cfg.progress.finished.fetch_add(1, Ordering::Relaxed);
+        return DeviceRun {
+            report: DeviceReport {
+                boot: cfg.boot,
+                topic,
+                ..DeviceReport::default()
+            },
+            latency: Histogram::new(),
+            published_until: Instant::now(),
+        };
+    };
+    let mut report = DeviceReport {
+        topic: topic.clone(),
+        ..DeviceReport::default()
+    };
+    let mut latency = Histogram::new();
+    let mut boot = cfg.boot;
+    let published_until = loop {
+        let run = run_boot(n, &cfg, &stop, &mut life, boot)
+            .instrument(span.clone())
+            .await;
+        latency.merge(&run.latency);
+        report.sent += run.sent;
+        report.retransmits += run.retransmits;
+        report.connects += run.connects;
+        report.connection_errors += run.connection_errors;
+        report.rejected += run.rejected;
+        report.anomalies += run.anomalies;
+        if run.last_error.is_some() {
+            report.last_error = run.last_error;
+        }
+        let this = BootReport {
+            boot,
+            published: run.published,
+            acked: run.acked,
+            unacked: run.unacked,
+        };
+        if run.end == BootEnd::Finished {
+            report.boot = this.boot;
+            report.published = this.published;
+            report.acked = this.acked;
+            report.unacked = this.unacked;
+            break run.published_until;
+        }
+        report.earlier_boots.push(this);
+        // Boot ids only grow, so the newest boot of a device is its highest id.
+        boot = boot.wrapping_add(1);
+        life.turbine.reboot(boot);
+        debug!(boot, "device rebooted");
+    };
+    report.injected = life.injected;
+    cfg.progress.finished.fetch_add(1, Ordering::Relaxed);
+    DeviceRun {
+        report,
+        latency,
+        published_until,
+    }
+}
+
+/// The turbine, fault source and schedule of device `n`, after its start-up delay (ramp-up
+/// position plus a random phase within one period); `None` if the run stopped first.
+async fn start_life(n: usize, cfg: &RunConfig, stop: &CancellationToken) -> Option<DeviceLife> {
+    let opts = &cfg.opts;
+    let index = n.saturating_sub(opts.first_device);
+    let mut offset = if opts.devices > 1 {
+        opts.ramp_up.mul_f64(index as f64 / opts.devices as f64)
+    } else {
+        Duration::ZERO
+    };
+    let period = opts.rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    if let Some(p) = period {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ n as u64);
+        offset += p.mul_f64(rng.random_range(0.0..1.0));
+    }
+    let first = cfg.start + offset;
+    let ticker = period.map(|p| {
+        let mut i = tokio::time::interval_at(first, p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
+    if ticker.is_none() && !offset.is_zero() {
+        let far = cfg.start + Duration::from_secs(365 * 24 * 3600);
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep_until(first.min(cfg.deadline.unwrap_or(far))) => {}
+        }
+    }
+    Some(DeviceLife {
+        turbine: Turbine::new(opts.seed, n, cfg.boot, opts.sim_step.as_secs_f64()),
+        fault_rng: FaultRng::new(opts.seed, n),
+        ticker,
+        published_total: 0,
+        rebooted_before: 0,
+        injected: FaultCounts::default(),
+    })
+}
+
+/// What one boot of a device did.
+struct BootRun {
+    end: BootEnd,
+    published: u64,
+    acked: SeqSet,
+    unacked: SeqSet,
+    sent: u64,
+    retransmits: u64,
+    connects: u64,
+    connection_errors: u64,
+    rejected: u64,
+    anomalies: u64,
+    last_error: Option<String>,
+    latency: Histogram,
+    published_until: Instant,
+}
+
+/// One boot: a fresh MQTT client whose publisher runs in this task and driver in a spawned
+/// one. The boot ends when the run does (drain, then DISCONNECT) or when the fault plan
+/// reboots the device (drain, then the connection is dropped without DISCONNECT, as a
+/// restarting controller does).
+async fn run_boot(
+    n: usize,
+    cfg: &Arc<RunConfig>,
+    stop: &CancellationToken,
+    life: &mut DeviceLife,
+    boot: u64,
+) -> BootRun {
     let opts = &cfg.opts;
     let device = device_id(n);
     let topic = topic_for(&device);
@@ -549,6 +796,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         outstanding: Mutex::new(BTreeMap::new()),
         window: Semaphore::new(usize::from(opts.window)),
         drained: Notify::new(),
+        flap: Notify::new(),
     });
     // Room for the oversized payloads of the fault plan: rumqttc refuses to write a packet
     // over its limit.
@@ -566,9 +814,10 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         window: opts.window,
         max_packet_size: opts.payload_size.unwrap_or(0).max(64 * 1024).max(oversized) + 1024,
         credentials: opts.credentials.clone(),
+        tls: opts.tls.clone(),
     };
     let abort = CancellationToken::new();
-    let span = tracing::info_span!("device", client_id = %device);
+    let span = tracing::info_span!("boot", boot);
 
     let (client, mut driver) = match opts.protocol {
         Protocol::V4 => {
@@ -589,7 +838,7 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         }
     };
 
-    let (published, injected) = publish_readings(n, &cfg, &shared, &client, &topic, &stop)
+    let (published, end) = publish_readings(cfg, life, &shared, &client, &topic, stop)
         .instrument(span.clone())
         .await;
     let published_until = Instant::now();
@@ -608,13 +857,15 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
         }
     }
     let drained = lock(&shared.outstanding).is_empty();
-    if drained {
+    if !drained {
+        warn!(device = %device, boot, "drain timeout: readings left unacknowledged");
+    }
+    let graceful = drained && end == BootEnd::Finished;
+    if graceful {
         // Disconnect cleanly; the driver stops once DISCONNECT is written.
         let _ = tokio::time::timeout(Duration::from_secs(5), client.disconnect()).await;
-    } else {
-        warn!(device = %device, "drain timeout: readings left unacknowledged");
     }
-    let grace = if drained {
+    let grace = if graceful {
         drain_deadline.max(tokio::time::Instant::now() + Duration::from_secs(5))
     } else {
         tokio::time::Instant::now()
@@ -626,47 +877,42 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
             driver.await
         }
     };
+    // Dropping the client and (with the driver) the event loop closes the socket: after a
+    // reboot without a DISCONNECT, as the broker would see a controller restart.
     drop(client);
-    cfg.progress.finished.fetch_add(1, Ordering::Relaxed);
 
     let unacked: SeqSet = lock(&shared.outstanding).keys().copied().collect();
-    let report = match outcome {
-        Ok(o) => {
-            return DeviceRun {
-                report: DeviceReport {
-                    boot: cfg.boot,
-                    topic,
-                    published,
-                    acked: o.tracker.acked,
-                    unacked,
-                    sent: o.tracker.sent,
-                    retransmits: o.tracker.retransmits,
-                    connects: o.connects,
-                    connection_errors: o.connection_errors,
-                    rejected: o.rejected,
-                    last_error: o.last_error,
-                    anomalies: o.tracker.anomalies,
-                    injected,
-                },
-                latency: o.tracker.latency,
-                published_until,
-            }
-        }
-        Err(e) => DeviceReport {
-            boot: cfg.boot,
-            topic,
+    match outcome {
+        Ok(o) => BootRun {
+            end,
             published,
+            acked: o.tracker.acked,
             unacked,
-            last_error: Some(format!("driver task failed: {e}")),
-            anomalies: 1,
-            injected,
-            ..DeviceReport::default()
+            sent: o.tracker.sent,
+            retransmits: o.tracker.retransmits,
+            connects: o.connects,
+            connection_errors: o.connection_errors,
+            rejected: o.rejected,
+            anomalies: o.tracker.anomalies,
+            last_error: o.last_error,
+            latency: o.tracker.latency,
+            published_until,
         },
-    };
-    DeviceRun {
-        report,
-        latency: Histogram::new(),
-        published_until,
+        Err(e) => BootRun {
+            end,
+            published,
+            acked: SeqSet::new(),
+            unacked,
+            sent: 0,
+            retransmits: 0,
+            connects: 0,
+            connection_errors: 0,
+            rejected: 0,
+            anomalies: 1,
+            last_error: Some(format!("driver task failed: {e}")),
+            latency: Histogram::new(),
+            published_until,
+        },
     }
 }
 
@@ -729,59 +975,35 @@ async fn publish_extra(
     }
 }
 
-/// The publisher loop; returns how many readings were handed to the client, and the faults
-/// injected.
+/// The publisher loop of one boot; returns how many readings it handed to the client and
+/// why it stopped.
 async fn publish_readings(
-    n: usize,
     cfg: &RunConfig,
+    life: &mut DeviceLife,
     shared: &DeviceShared,
     client: &Client,
     topic: &str,
     stop: &CancellationToken,
-) -> (u64, FaultCounts) {
+) -> (u64, BootEnd) {
     let opts = &cfg.opts;
     let qos1 = opts.qos == Qos::AtLeastOnce;
-    let mut turbine = Turbine::new(opts.seed, n, cfg.boot, opts.sim_step.as_secs_f64());
     let deadline = cfg.deadline;
     let far = cfg.start + Duration::from_secs(365 * 24 * 3600);
     let until = deadline.unwrap_or(far);
-
-    // Stagger: ramp-up position plus a random phase within one period.
-    let index = n.saturating_sub(opts.first_device);
-    let mut offset = if opts.devices > 1 {
-        opts.ramp_up.mul_f64(index as f64 / opts.devices as f64)
-    } else {
-        Duration::ZERO
-    };
-    let period = opts.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    if let Some(p) = period {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ n as u64);
-        offset += p.mul_f64(rng.random_range(0.0..1.0));
-    }
-    let first = cfg.start + offset;
-    let mut ticker = period.map(|p| {
-        let mut i = tokio::time::interval_at(first, p);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    });
-    if ticker.is_none() && !offset.is_zero() {
-        tokio::select! {
-            _ = stop.cancelled() => return (0, FaultCounts::default()),
-            _ = tokio::time::sleep_until(first.min(until)) => {}
-        }
-    }
-
     let plan = &opts.faults;
-    let mut fault_rng = FaultRng::new(opts.seed, n);
-    let mut injected = FaultCounts::default();
     let mut buf = Vec::with_capacity(opts.payload_size.unwrap_or(192));
     let mut published = 0u64;
     loop {
-        if opts.count.is_some_and(|c| published >= c) || stop.is_cancelled() {
+        let index = life.published_total + 1;
+        if opts.count.is_some_and(|c| life.published_total >= c) || stop.is_cancelled() {
             break;
         }
+        if plan.reboot_due(index) && life.rebooted_before != index {
+            life.rebooted_before = index;
+            return (published, BootEnd::Reboot);
+        }
         // Readings of a burst go out back-to-back.
-        let paced = ticker.as_mut().filter(|_| !plan.in_burst(published + 1));
+        let paced = life.ticker.as_mut().filter(|_| !plan.in_burst(index));
         if let Some(t) = paced {
             tokio::select! {
                 biased;
@@ -804,14 +1026,27 @@ async fn publish_readings(
                 Err(_) => break,
             }
         }
-        let faults = plan.decide(published + 1, &mut fault_rng);
-        let reading = turbine.step(plan.skew(now_ms()));
-        reading.encode_json(opts.payload_size, &mut buf);
+        let faults = plan.decide(index, &mut life.fault_rng);
+        for &f in &faults {
+            match f {
+                // Done before this reading (the reboot by the caller, between two boots).
+                Fault::Reboot => life.injected.add(f),
+                Fault::Flap => {
+                    // The driver drops the connection; this reading and the outstanding
+                    // ones go out again once it has reconnected.
+                    shared.flap.notify_one();
+                    life.injected.add(f);
+                }
+                _ => {}
+            }
+        }
+        let reading = life.turbine.step(plan.skew(now_ms()));
+        reading.encode(opts.payload_format, opts.payload_size, &mut buf);
         let payload = Bytes::copy_from_slice(&buf);
         for &f in faults.iter().filter(|f| f.is_garbage()) {
             if let Some(garbage) = plan.garbage_payload(f, &reading, &buf) {
                 if publish_extra(client, topic, garbage.into(), stop, until).await {
-                    injected.add(f);
+                    life.injected.add(f);
                 }
             }
         }
@@ -839,10 +1074,11 @@ async fn publish_readings(
             break;
         }
         published += 1;
+        life.published_total += 1;
         cfg.progress.published.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = duplicate {
             if publish_extra(client, topic, p, stop, until).await {
-                injected.add(Fault::Duplicate);
+                life.injected.add(Fault::Duplicate);
             }
         }
         if published % 64 == 0 {
@@ -850,7 +1086,7 @@ async fn publish_readings(
             tokio::task::yield_now().await;
         }
     }
-    (published, injected)
+    (published, BootEnd::Finished)
 }
 
 /// Runs a fleet until every device has published `count` readings, `duration` has passed, or
