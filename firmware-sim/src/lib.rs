@@ -41,8 +41,8 @@ pub mod verify;
 
 pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 pub use fleet::{
-    run_fleet, run_fleet_with_progress, BootReport, DeviceReport, FleetError, FleetOptions, FleetProgress,
-    FleetReport, Protocol, Qos,
+    run_fleet, run_fleet_with_progress, BootReport, DeviceReport, FleetError, FleetOptions,
+    FleetProgress, FleetReport, Protocol, Qos,
 };
 pub use framing::{Decoder, FrameError, Framing};
 pub use latency::{Histogram, LatencySummary};
