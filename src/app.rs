@@ -2,13 +2,15 @@
 //!
 //! Start-up: open the journal (refusing a newer format), bind the MQTT listener (a taken
 //! port is a start-up error, not a silent retry), start one forwarder per upstream and one
-//! task per `[[serial]]` port (a missing port is waited for, never a start-up error).
+//! task per `[[serial]]` port and per `[[modbus]]` bus (a missing port is waited for, never
+//! a start-up error).
 //!
 //! Shutdown, on SIGTERM or SIGINT, keeps invariant 1 while stopping:
 //! 1. the listener stops accepting and every connection stops reading; each one still
 //!    waits for the commits of what it already handed to the journal and writes those
 //!    acknowledgements before closing; serial ports stop reading and wait for the commits
-//!    of the frames they already handed to the journal;
+//!    of the frames they already handed to the journal; Modbus pollers stop between
+//!    requests (a reading already handed to the journal is awaited);
 //! 2. forwarders finish the batch in flight and store their cursors;
 //! 3. the last journal handle is dropped and the writer thread commits whatever is queued,
 //!    then exits. Only then does the process exit 0.
@@ -24,10 +26,11 @@ use crate::config::{Config, UpstreamKind};
 use crate::forward::Forwarder;
 use crate::ingest::broker;
 use crate::ingest::local_bus::{BusError, LocalBus};
+use crate::ingest::modbus;
 use crate::ingest::serial;
 use crate::journal::{Journal, JournalError};
 use crate::sinks::kafka::KafkaSink;
-use crate::telemetry::{get, ForwardCounters, IngestCounters, SerialCounters};
+use crate::telemetry::{get, ForwardCounters, IngestCounters, ModbusCounters, SerialCounters};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         ));
     }
 
+    // Modbus buses: like serial ports, a missing port is retried, never a start-up error.
+    let mut modbus_counters = Vec::new();
+    for bus in &config.modbus {
+        let counters = Arc::new(modbus::counters_for(bus));
+        modbus_counters.push(counters.clone());
+        ingest_tasks.spawn(modbus::run(
+            bus.clone(),
+            journal.clone(),
+            counters,
+            ingest_stop.clone(),
+        ));
+    }
+
     let mut forward_counters = Vec::new();
     for upstream in &config.upstream {
         let counters = Arc::new(ForwardCounters::default());
@@ -123,6 +139,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         &ingest_counters,
         &forward_counters,
         &serial_counters,
+        &modbus_counters,
     )
     .await;
 
@@ -154,6 +171,7 @@ async fn wait_for_stop(
     ingest: &IngestCounters,
     upstreams: &[(String, Arc<ForwardCounters>)],
     serial_ports: &[(String, Arc<SerialCounters>)],
+    modbus_buses: &[Arc<ModbusCounters>],
 ) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
@@ -208,6 +226,9 @@ async fn wait_for_stop(
                     .map(|(port, c)| format!("{port}: {}", c.summary()))
                     .collect();
                 tracing::info!(ports = %ports.join("; "), "Serial progress.");
+            }
+            for bus in modbus_buses {
+                tracing::info!(bus = %bus, "Modbus progress.");
             }
         }
     }

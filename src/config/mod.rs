@@ -32,6 +32,9 @@ pub struct Config {
     /// Serial ports read for readings (`[[serial]]`); none by default.
     #[serde(default)]
     pub serial: Vec<crate::ingest::serial::SerialConfig>,
+    /// Modbus RTU buses polled for readings (`[[modbus]]`); none by default.
+    #[serde(default)]
+    pub modbus: Vec<crate::ingest::modbus::ModbusConfig>,
 }
 
 /// `[gateway]`
@@ -447,6 +450,7 @@ impl Config {
             }
         }
         crate::ingest::serial::config::validate(&self.serial, &self.mqtt, &mut p);
+        crate::ingest::modbus::config::validate(&self.modbus, &mut p);
         p
     }
 }

@@ -5,4 +5,5 @@
 pub mod broker;
 pub mod codec;
 pub mod local_bus;
+pub mod modbus;
 pub mod serial;

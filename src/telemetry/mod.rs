@@ -133,6 +133,79 @@ impl SerialCounters {
     }
 }
 
+/// Counters of one `[[modbus]]` port and its slaves.
+#[derive(Debug)]
+pub struct ModbusCounters {
+    /// The port's path, for the progress line.
+    pub port: String,
+    /// 1 while the port is open.
+    pub port_open: AtomicU64,
+    /// Times the port failed while open or could not be opened.
+    pub port_failures: AtomicU64,
+    /// Per slave, in config order: its name and counters.
+    pub slaves: Vec<(String, ModbusSlaveCounters)>,
+}
+
+impl ModbusCounters {
+    /// Zeroed counters for `port` and the slaves named `slaves`.
+    pub fn new(port: String, slaves: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            port,
+            port_open: AtomicU64::new(0),
+            port_failures: AtomicU64::new(0),
+            slaves: slaves
+                .into_iter()
+                .map(|n| (n, ModbusSlaveCounters::default()))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModbusCounters {
+    /// `PORT (open): NAME: R readings, T timeouts, C crc errors, E exceptions; NAME: …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if get(&self.port_open) == 1 {
+            "open"
+        } else {
+            "not open"
+        };
+        write!(f, "{} ({state}):", self.port)?;
+        for (i, (name, c)) in self.slaves.iter().enumerate() {
+            write!(
+                f,
+                "{} {name}: {} readings, {} timeouts, {} crc errors, {} exceptions",
+                if i == 0 { "" } else { ";" },
+                get(&c.readings),
+                get(&c.timeouts),
+                get(&c.crc_errors),
+                get(&c.exceptions)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one polled Modbus slave.
+#[derive(Debug, Default)]
+pub struct ModbusSlaveCounters {
+    /// Polls made while the port was open.
+    pub polls: AtomicU64,
+    /// Readings journaled: polls that read at least one value.
+    pub readings: AtomicU64,
+    /// Requests the slave did not answer within `timeout`.
+    pub timeouts: AtomicU64,
+    /// Answers that arrived but failed their CRC check (or were cut short).
+    pub crc_errors: AtomicU64,
+    /// Exception responses (illegal data address, device failure, …).
+    pub exceptions: AtomicU64,
+    /// Answers with a valid CRC that did not fit the request (other slave, function or
+    /// length).
+    pub protocol_errors: AtomicU64,
+    /// Readings the journal refused because it is full (`on_full = "reject"`); a poll
+    /// cannot be repeated, so they are lost.
+    pub rejected_full: AtomicU64,
+}
+
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
@@ -143,12 +216,27 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// `level` plus `tokio_modbus=off` unless it says something about tokio_modbus itself:
+/// tokio-modbus logs every byte it drops from a corrupt answer at WARN, and the Modbus
+/// poller already counts CRC errors per slave and logs each slave's state changes once.
+fn quiet_libraries(level: &str) -> String {
+    if level.contains("tokio_modbus") {
+        level.to_owned()
+    } else {
+        format!("{level},tokio_modbus=off")
+    }
+}
+
 /// Installs the global tracing subscriber: `RUST_LOG` (or `level`) filters; human format
 /// on a terminal, compact lines without ANSI colours otherwise (journald adds timestamps).
 pub fn init_logging(level: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| level.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(quiet_libraries(&spec))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_libraries(level)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
