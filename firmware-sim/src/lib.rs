@@ -18,6 +18,8 @@
 //!   `tidegate-framing` crate, re-exported, which tidegate's serial ingest uses too;
 //! - [`serial`]: turbines writing framed readings to a serial line, a pseudo-terminal the
 //!   simulator creates or a given device ([`run_serial`]);
+//! - [`modbus`]: turbines as Modbus RTU slaves on a pseudo-terminal, with silent ids,
+//!   exceptions and corrupted answers on demand ([`ModbusBus`]);
 //! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
 //! - [`testbed`]: real brokers (Tansu, Mosquitto) and other child processes on loopback
 //!   ports, for the tests of tidegate and of this crate and for the benchmark.
@@ -33,6 +35,7 @@ pub mod fleet;
 pub use tidegate_framing as framing;
 pub mod latency;
 pub mod load;
+pub mod modbus;
 pub mod seqset;
 pub mod serial;
 pub mod telemetry;
@@ -47,6 +50,7 @@ pub use fleet::{
 pub use framing::{Decoder, FrameError, Framing};
 pub use latency::{Histogram, LatencySummary};
 pub use load::{run_load, KafkaTarget, LoadOptions, LoadReport};
+pub use modbus::{ModbusBus, ModbusOptions};
 pub use seqset::SeqSet;
 pub use serial::{run_serial, SerialError, SerialLine, SerialOptions, SerialReport, SerialTarget};
 pub use telemetry::{device_id, topic_for, PayloadFormat, Reading, ReadingId, Turbine};

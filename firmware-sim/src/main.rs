@@ -90,6 +90,10 @@ enum Command {
     /// should open) on stdout first. Runs until --count, --duration or Ctrl-C, then prints
     /// the frames written per device.
     Serial(SerialArgs),
+    /// Serve turbines as Modbus RTU slaves on a new pseudo-terminal: prints
+    /// `modbus: /dev/pts/N` (the port the gateway polls) on stdout, then answers until
+    /// Ctrl-C. See firmware_sim::modbus for the register map.
+    ModbusSlave(firmware_sim::modbus::ModbusSlaveArgs),
 }
 
 /// Settings of `serial`.
@@ -584,6 +588,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Serial(args) => run_serial(args).await,
+        Command::ModbusSlave(args) => {
+            firmware_sim::modbus::run_cli(args, stop_on_ctrl_c()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Verify {
             brokers,
             topic,
