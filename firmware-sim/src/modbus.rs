@@ -348,7 +348,7 @@ impl TurbineService {
 #[derive(Debug)]
 pub struct ModbusBus {
     path: PathBuf,
-    shared: Arc<SharedHandle>,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     /// The follower side the gateway opens, held so that the line is not hung up while
@@ -356,13 +356,11 @@ pub struct ModbusBus {
     _follower: SerialStream,
 }
 
-/// `Shared` behind a Debug-able handle.
-struct SharedHandle(Arc<Shared>);
-
-impl std::fmt::Debug for SharedHandle {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The turbines' models are long and say nothing about the bus.
         f.debug_struct("Shared")
-            .field("stats", &self.0.stats)
+            .field("stats", &self.stats)
             .finish()
     }
 }
@@ -429,7 +427,7 @@ impl ModbusBus {
         )));
         Ok(ModbusBus {
             path,
-            shared: Arc::new(SharedHandle(shared)),
+            shared,
             stop,
             tasks,
             _follower: follower,
@@ -443,7 +441,7 @@ impl ModbusBus {
 
     /// What the bus has done so far.
     pub fn stats(&self) -> &ModbusStats {
-        &self.shared.0.stats
+        &self.shared.stats
     }
 
     /// Stops answering and closes the pty: the gateway's port fails.
