@@ -18,7 +18,7 @@ use serde_json::Value;
 use tidegate::config::{Config, JournalConfig};
 use tidegate::ingest::modbus::{self, ModbusConfig};
 use tidegate::journal::{Journal, WriterHandle};
-use tidegate::record::{Record, SourceKind};
+use tidegate::record::{Reading, Record, SourceKind};
 use tidegate::telemetry::{get, ModbusCounters};
 use tokio::task::JoinHandle;
 
@@ -136,7 +136,7 @@ impl Rig {
         let dir = tempfile::tempdir().expect("temp dir");
         let journal_config = JournalConfig {
             dir: dir.path().join("journal"),
-            ..JournalConfig::default()
+            ..config.journal.clone()
         };
         let (journal, writer) = Journal::open(&journal_config, &[]).expect("journal");
         let counters = Arc::new(modbus::counters_for(&bus));
@@ -502,6 +502,62 @@ async fn a_missing_port_is_retried_and_polling_resumes_when_it_comes_and_after_i
     assert_eq!(get(&rig.counters.port_open), 1);
     rig.stop().await;
     drop(sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_a_full_journal_refuses_are_counted_as_lost_and_polling_goes_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = dir.path().join("ttyRS485");
+    let mut rig = Rig::start(&format!(
+        "[journal]\nmax_size = \"1MiB\"\non_full = \"reject\"\n[mqtt]\nmax_packet = \"64KiB\"\n{}",
+        section(
+            &port,
+            &slave(1, "wt-0001", &register("wind_ms", "input", 0, "", "", 0.01))
+        )
+    ));
+    // Fill the journal while the port does not exist yet, down to the last few bytes: a
+    // Modbus reading is larger than the smallest filler.
+    let filler = |i: u64, size: usize| Reading {
+        ingest_ms: i,
+        source_kind: SourceKind::MqttListener,
+        source: "filler".into(),
+        topic: "filler".into(),
+        // A JSON string, so that `readings()` can parse every payload.
+        payload: format!("\"{}\"", "x".repeat(size)).into(),
+        qos: 1,
+        retain: false,
+    };
+    let mut i = 0;
+    for size in [60 * 1024, 4096, 256, 8] {
+        while rig
+            .journal
+            .append(vec![filler(i, size)])
+            .await
+            .expect("append")
+            .accepted
+            == 1
+        {
+            i += 1;
+            assert!(i < 10_000, "1 MiB fills up");
+        }
+    }
+    let held = rig.readings().len();
+
+    let sim = bus(&[1], None);
+    link(&port, &sim);
+    rig.wait_for("three refused readings", |r| {
+        get(&r.slave(0).rejected_full) >= 3
+    })
+    .await;
+    rig.stop().await;
+    let c = rig_slave(&rig, 0);
+    assert_eq!(c.readings, 0, "{c:?}");
+    assert_eq!((c.timeouts, c.crc_errors, c.exceptions), (0, 0, 0), "{c:?}");
+    assert_eq!(rig.readings().len(), held, "nothing was journaled");
+    assert!(
+        get(&rig.slave(0).rejected_full) + 1 >= c.polls,
+        "every answered poll was refused"
+    );
 }
 
 /// The daemon with MQTT devices, a Modbus bus that works and one whose port never exists,
