@@ -16,7 +16,8 @@
 //!    registers that failed appear in its `errors` object. A poll that read nothing is not
 //!    journaled: the counters and the log say why, and the gap in `seq` shows it upstream.
 //! 3. **Every failed request is counted once, per slave,** as exactly one of timeout, CRC
-//!    error, exception or protocol error.
+//!    error, exception or protocol error — except a request cut short by the port itself
+//!    failing, which counts as a failure of the port (and ends the poll unjournaled).
 //!
 //! # The reading
 //!
