@@ -3,14 +3,18 @@
 //! Start-up: open the journal (refusing a newer format), bind the MQTT listener (a taken
 //! port is a start-up error, not a silent retry), start one forwarder per upstream and one
 //! task per `[[serial]]` port and per `[[modbus]]` bus (a missing port is waited for, never
-//! a start-up error).
+//! a start-up error) and per `[[mqtt_subscribe]]` broker (an unreachable broker is retried,
+//! never a start-up error). Kafka and MQTT upstreams run side by side from the one journal,
+//! each forwarder with its own cursor.
 //!
 //! Shutdown, on SIGTERM or SIGINT, keeps invariant 1 while stopping:
 //! 1. the listener stops accepting and every connection stops reading; each one still
 //!    waits for the commits of what it already handed to the journal and writes those
 //!    acknowledgements before closing; serial ports stop reading and wait for the commits
 //!    of the frames they already handed to the journal; Modbus pollers stop between
-//!    requests (a reading already handed to the journal is awaited);
+//!    requests (a reading already handed to the journal is awaited); MQTT subscriptions
+//!    stop taking messages, acknowledge to their broker what was committed and disconnect
+//!    (the broker keeps the rest in the persistent session);
 //! 2. forwarders finish the batch in flight and store their cursors;
 //! 3. the last journal handle is dropped and the writer thread commits whatever is queued,
 //!    then exits. Only then does the process exit 0.
@@ -27,10 +31,14 @@ use crate::forward::Forwarder;
 use crate::ingest::broker;
 use crate::ingest::local_bus::{BusError, LocalBus};
 use crate::ingest::modbus;
+use crate::ingest::mqtt_subscribe;
 use crate::ingest::serial;
 use crate::journal::{Journal, JournalError};
 use crate::sinks::kafka::KafkaSink;
-use crate::telemetry::{get, ForwardCounters, IngestCounters, ModbusCounters, SerialCounters};
+use crate::sinks::mqtt::MqttSink;
+use crate::telemetry::{
+    get, ForwardCounters, IngestCounters, ModbusCounters, MqttSubscribeCounters, SerialCounters,
+};
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +129,24 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         ));
     }
 
+    // MQTT subscriptions: an unreachable broker is retried, never a start-up error.
+    let mut subscribe_counters = Vec::new();
+    for (index, sub) in config.mqtt_subscribe.iter().enumerate() {
+        let counters = Arc::new(MqttSubscribeCounters::default());
+        subscribe_counters.push((sub.url.clone(), counters.clone()));
+        ingest_tasks.spawn(mqtt_subscribe::run(
+            mqtt_subscribe::Subscription {
+                index,
+                config: sub.clone(),
+                gateway_id: config.gateway.id.clone(),
+                max_packet: config.mqtt.max_packet.as_u64() as usize,
+                journal: journal.clone(),
+                counters,
+            },
+            ingest_stop.clone(),
+        ));
+    }
+
     let mut forward_counters = Vec::new();
     for upstream in &config.upstream {
         let counters = Arc::new(ForwardCounters::default());
@@ -131,6 +157,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 let fwd = Forwarder::new(upstream.clone(), journal.clone(), sink, counters);
                 forward_tasks.spawn(fwd.run(forward_stop.clone()));
             }
+            UpstreamKind::Mqtt => match MqttSink::new(upstream, &config.gateway.id) {
+                Ok(sink) => {
+                    let fwd = Forwarder::new(upstream.clone(), journal.clone(), sink, counters);
+                    forward_tasks.spawn(fwd.run(forward_stop.clone()));
+                }
+                // Validation refuses such a url; this only guards a hand-built config.
+                Err(e) => {
+                    tracing::error!(upstream = %upstream.name, error = %e, "MQTT upstream not started: bad url; its readings stay in the journal.")
+                }
+            },
         }
     }
 
@@ -140,6 +176,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         &forward_counters,
         &serial_counters,
         &modbus_counters,
+        &subscribe_counters,
     )
     .await;
 
@@ -172,6 +209,7 @@ async fn wait_for_stop(
     upstreams: &[(String, Arc<ForwardCounters>)],
     serial_ports: &[(String, Arc<SerialCounters>)],
     modbus_buses: &[Arc<ModbusCounters>],
+    subscriptions: &[(String, Arc<MqttSubscribeCounters>)],
 ) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
@@ -229,6 +267,13 @@ async fn wait_for_stop(
             }
             for bus in modbus_buses {
                 tracing::info!(bus = %bus, "Modbus progress.");
+            }
+            if !subscriptions.is_empty() {
+                let subs: Vec<String> = subscriptions
+                    .iter()
+                    .map(|(url, c)| format!("{url}: {}", c.summary()))
+                    .collect();
+                tracing::info!(subscriptions = %subs.join("; "), "MQTT subscription progress.");
             }
         }
     }

@@ -35,6 +35,10 @@ pub struct Config {
     /// Modbus RTU buses polled for readings (`[[modbus]]`); none by default.
     #[serde(default)]
     pub modbus: Vec<crate::ingest::modbus::ModbusConfig>,
+    /// Existing MQTT brokers whose messages are journaled (`[[mqtt_subscribe]]`); none by
+    /// default.
+    #[serde(default)]
+    pub mqtt_subscribe: Vec<crate::ingest::mqtt_subscribe::MqttSubscribeConfig>,
 }
 
 /// `[gateway]`
@@ -201,6 +205,8 @@ fn default_connect_timeout() -> Duration {
 pub enum UpstreamKind {
     /// An Apache Kafka cluster (or any Kafka-protocol broker).
     Kafka,
+    /// An MQTT broker (3.1.1 or 5): the bridge's upstream direction.
+    Mqtt,
 }
 
 /// Compression of Kafka record batches.
@@ -256,6 +262,100 @@ pub struct UpstreamConfig {
     /// Longest delay between retries.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// `kind = "mqtt"`: the broker, `mqtt://host:port` or `mqtts://host:port` (TLS).
+    #[serde(default)]
+    pub url: String,
+    /// `kind = "mqtt"`: prepended to each reading's topic to form the upstream topic.
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// `kind = "mqtt"`: the upstream topic as a template instead of `topic_prefix`;
+    /// `{topic}` is the reading's topic, `{gateway}` the gateway id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_template: Option<String>,
+    /// `kind = "mqtt"`: MQTT version, 4 (3.1.1) or 5. Only 5 carries the
+    /// `tidegate-gateway` / `tidegate-seq` user properties.
+    #[serde(default = "default_mqtt_protocol")]
+    pub protocol: u8,
+    /// `kind = "mqtt"`: client id; default `tidegate-<gateway id>-<name>`. It names the
+    /// persistent session on the broker, so keep it stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `kind = "mqtt"`: user name, if the broker wants credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `kind = "mqtt"`: file holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// `kind = "mqtt"`: environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// `kind = "mqtt"`, `mqtts://`: PEM file of the CA(s) to trust; the system's bundle
+    /// when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `kind = "mqtt"`, `mqtts://`: PEM client certificate, for brokers that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// `kind = "mqtt"`, `mqtts://`: PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// `kind = "mqtt"`: MQTT keep-alive (at least 1s; 0 turns it off).
+    #[serde(default = "default_mqtt_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// `kind = "mqtt"`: start a new session on every connection. Default `false`: a
+    /// persistent session.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// `kind = "mqtt"`: most publishes awaiting their PUBACK at once (order is kept
+    /// whatever the window).
+    #[serde(default = "default_mqtt_max_inflight")]
+    pub max_inflight: u16,
+}
+
+impl UpstreamConfig {
+    /// An upstream named `name` of `kind` with every other key at its default (for code
+    /// and tests that build one by hand: `UpstreamConfig { url, ..UpstreamConfig::new(…) }`).
+    pub fn new(name: impl Into<String>, kind: UpstreamKind) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            kind,
+            brokers: Vec::new(),
+            topic: String::new(),
+            max_batch: default_max_batch(),
+            linger: default_linger(),
+            compression: default_compression(),
+            create_topic: default_create_topic(),
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            request_timeout: default_request_timeout(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            url: String::new(),
+            topic_prefix: String::new(),
+            topic_template: None,
+            protocol: default_mqtt_protocol(),
+            client_id: None,
+            username: None,
+            password_file: None,
+            password_env: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keep_alive: default_mqtt_keep_alive(),
+            clean_session: false,
+            max_inflight: default_mqtt_max_inflight(),
+        }
+    }
+}
+
+fn default_mqtt_protocol() -> u8 {
+    5
+}
+fn default_mqtt_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_mqtt_max_inflight() -> u16 {
+    100
 }
 
 fn default_max_batch() -> usize {
@@ -397,7 +497,15 @@ impl Config {
                 ));
             }
             match u.kind {
+                UpstreamKind::Mqtt => {
+                    crate::sinks::mqtt::config::validate_upstream(u, &key, &self.gateway.id, &mut p)
+                }
                 UpstreamKind::Kafka => {
+                    if !u.url.is_empty() {
+                        p.push(format!(
+                            "{key}.url: only for kind = \"mqtt\"; a kafka upstream uses brokers"
+                        ));
+                    }
                     if u.brokers.is_empty() {
                         p.push(format!(
                             "{key}.brokers: a kafka upstream needs at least one \"host:port\""
@@ -451,6 +559,7 @@ impl Config {
         }
         crate::ingest::serial::config::validate(&self.serial, &self.mqtt, &mut p);
         crate::ingest::modbus::config::validate(&self.modbus, &mut p);
+        crate::ingest::mqtt_subscribe::config::validate(self, &mut p);
         p
     }
 }

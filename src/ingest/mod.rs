@@ -6,4 +6,5 @@ pub mod broker;
 pub mod codec;
 pub mod local_bus;
 pub mod modbus;
+pub mod mqtt_subscribe;
 pub mod serial;

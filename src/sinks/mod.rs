@@ -4,12 +4,16 @@
 //! backoff — see [`crate::forward`]) and one upstream protocol. A sink must deliver a batch
 //! in order and report success only when the upstream has acknowledged every record of it;
 //! the forwarder advances its cursor on that success and on nothing else.
+//!
+//! Sinks: [`kafka`] (a Kafka-protocol cluster) and [`mqtt`] (an upstream MQTT broker, the
+//! bridge's upstream direction).
 
 use std::future::Future;
 
 use crate::record::Record;
 
 pub mod kafka;
+pub mod mqtt;
 
 /// Why a batch was not delivered.
 #[derive(Debug, thiserror::Error)]

@@ -206,6 +206,48 @@ pub struct ModbusSlaveCounters {
     pub rejected_full: AtomicU64,
 }
 
+/// Counters of one `[[mqtt_subscribe]]` connection.
+#[derive(Debug, Default)]
+pub struct MqttSubscribeCounters {
+    /// 1 while connected to the broker.
+    pub connected: AtomicU64,
+    /// Messages the broker delivered (each redelivery counts again).
+    pub received: AtomicU64,
+    /// Messages journaled and then acknowledged to the broker.
+    pub acknowledged: AtomicU64,
+    /// Messages the journal refused because it is full (`on_full = "reject"`); not
+    /// acknowledged, so the broker redelivers them.
+    pub rejected_full: AtomicU64,
+    /// Messages this gateway forwarded itself (MQTT 5 `tidegate-gateway` property equal
+    /// to our id): acknowledged, never journaled.
+    pub loop_dropped: AtomicU64,
+    /// Messages with an unusable topic (not UTF-8, wildcard, `$`): acknowledged, dropped.
+    pub rejected_topic: AtomicU64,
+    /// Connection attempts after the first (after a loss, a refusal or a full journal).
+    pub reconnects: AtomicU64,
+}
+
+impl MqttSubscribeCounters {
+    /// One line for the progress log: `received 120, acknowledged 118, rejected 0,
+    /// loop_dropped 2, bad topic 0, reconnects 1, connected`.
+    pub fn summary(&self) -> String {
+        format!(
+            "received {}, acknowledged {}, rejected {}, loop_dropped {}, bad topic {}, reconnects {}, {}",
+            get(&self.received),
+            get(&self.acknowledged),
+            get(&self.rejected_full),
+            get(&self.loop_dropped),
+            get(&self.rejected_topic),
+            get(&self.reconnects),
+            if get(&self.connected) == 1 {
+                "connected"
+            } else {
+                "not connected"
+            }
+        )
+    }
+}
+
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)

@@ -35,6 +35,7 @@ fn upstream(broker: &str, topic: &str) -> UpstreamConfig {
         request_timeout: Duration::from_secs(10),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
+        ..UpstreamConfig::new("test-cluster", UpstreamKind::Kafka)
     }
 }
 

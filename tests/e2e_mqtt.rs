@@ -1,0 +1,532 @@
+//! End to end, the MQTT bridge against real Mosquitto (and Tansu), all on loopback ports:
+//!
+//! * upstream: simulated turbines → `tidegate` → an upstream Mosquitto, read back by a
+//!   subscriber of that broker and checked with firmware-sim's verifier (every acknowledged
+//!   reading, in order per device, with the `tidegate-gateway` / `tidegate-seq` user
+//!   properties in place of Kafka headers);
+//! * downstream: turbines → a local Mosquitto → `tidegate` (`[[mqtt_subscribe]]`) → Kafka.
+//!
+//! Brokers are stopped gracefully (SIGTERM) where a test restarts them: Mosquitto writes its
+//! persistence file only then, and what a killed Mosquitto loses is not tidegate's to keep.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{free_port, Gateway, Mosquitto, Tansu};
+use firmware_sim::testbed::MosquittoSetup;
+use firmware_sim::{
+    run_fleet, wait_until_complete, CancellationToken, FleetOptions, FleetReport, KafkaReading,
+    Protocol, Qos, VerifyReport,
+};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+/// Time allowed for every acknowledged reading to arrive.
+const ARRIVAL: Duration = Duration::from_secs(90);
+
+const PREFIX: &str = "site-7/";
+
+fn fleet(broker: String, devices: usize, count: u64) -> FleetOptions {
+    let mut o = FleetOptions::default();
+    o.broker = broker;
+    o.devices = devices;
+    o.qos = Qos::AtLeastOnce;
+    o.window = 20;
+    o.rate = None;
+    o.count = Some(count);
+    o.drain_timeout = Duration::from_secs(60);
+    o.reconnect_max = Duration::from_millis(500);
+    o
+}
+
+fn gateway_section(mqtt_port: u16, dir: &Path) -> String {
+    format!(
+        "[gateway]\nid = \"gw-e2e\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n",
+        dir.join("journal").display()
+    )
+}
+
+fn mqtt_upstream(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nkind = \"mqtt\"\nurl = \"{url}\"\ntopic_prefix = \"{PREFIX}\"\nmax_batch = 500\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n{extra}\n"
+    )
+}
+
+fn kafka_upstream(name: &str, port: u16, topic: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"{name}\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"{topic}\"\npartitions = 3\nmax_batch = 500\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n"
+    )
+}
+
+fn subscription(url: &str, extra: &str) -> String {
+    format!(
+        "[[mqtt_subscribe]]\nurl = \"{url}\"\ntopics = [\"turbines/#\"]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n{extra}\n"
+    )
+}
+
+/// A subscriber of the upstream broker (MQTT 5, persistent session, QoS 1) that records
+/// every message under `site-7/#` as the verifier's [`KafkaReading`]: key = the topic
+/// without the prefix, user properties as headers, offset = arrival order.
+struct Collector {
+    received: Arc<Mutex<Vec<KafkaReading>>>,
+    stop: CancellationToken,
+}
+
+impl Collector {
+    /// Connects, subscribes and waits for the SUBACK, so nothing published afterwards is
+    /// missed; then keeps collecting (reconnecting through broker restarts) until dropped.
+    async fn start(broker: &Mosquitto, creds: Option<(&str, &str)>) -> Collector {
+        let mut o = MqttOptions::new("e2e-collector", "127.0.0.1", broker.port());
+        o.set_clean_start(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(Some(1 << 20));
+        let mut props = ConnectProperties::new();
+        props.session_expiry_interval = Some(3600);
+        props.max_packet_size = Some(1 << 20);
+        o.set_connect_properties(props);
+        if let Some((u, p)) = creds {
+            o.set_credentials(u, p);
+        }
+        let (client, mut events) = AsyncClient::new(o, 100);
+        client
+            .subscribe(format!("{PREFIX}#"), QoS::AtLeastOnce)
+            .await
+            .expect("queue subscribe");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("collector cannot subscribe: {e}"),
+                Err(_) => panic!("collector: no SUBACK within 10s"),
+            }
+        }
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (sink, done) = (received.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                let polled = tokio::select! {
+                    _ = done.cancelled() => return,
+                    p = events.poll() => p,
+                };
+                match polled {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let key = topic.strip_prefix(PREFIX).map(str::to_owned);
+                        let headers = p
+                            .properties
+                            .map(|props| {
+                                props
+                                    .user_properties
+                                    .into_iter()
+                                    .map(|(k, v)| (k, v.into_bytes()))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let mut all = sink.lock().unwrap();
+                        let offset = all.len() as i64;
+                        all.push(KafkaReading {
+                            partition: 0,
+                            offset,
+                            key: key.map(String::into_bytes),
+                            payload: p.payload.to_vec(),
+                            headers,
+                            timestamp_ms: 0,
+                        });
+                    }
+                    Ok(_) => {}
+                    // The broker is restarting: rumqttc reconnects on the next poll.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Collector { received, stop }
+    }
+
+    fn snapshot(&self) -> Vec<KafkaReading> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until every reading `report` says was acknowledged has arrived.
+    async fn wait_until_complete(&self, report: &FleetReport, gw: &Gateway) -> VerifyReport {
+        let deadline = tokio::time::Instant::now() + ARRIVAL;
+        loop {
+            let v = firmware_sim::check(&self.snapshot(), report);
+            if v.is_complete() {
+                assert!(
+                    v.is_ok(),
+                    "{v}\nproblems: {:?}\ngateway log:\n{}",
+                    v.problems(),
+                    gw.log()
+                );
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not everything arrived upstream: {v}\nproblems: {:?}\ngateway log:\n{}",
+                v.problems(),
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn status_json(gw: &Gateway) -> serde_json::Value {
+    let out = gw.command(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn backlog(status: &serde_json::Value, upstream: &str) -> u64 {
+    status["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == upstream))
+        .and_then(|u| u["backlog"].as_u64())
+        .unwrap_or_else(|| panic!("no upstream {upstream} in {status}"))
+}
+
+async fn wait_for_backlog(gw: &Gateway, upstream: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let b = backlog(&status_json(gw), upstream);
+        if b == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog of {upstream} stuck at {b}, want {want}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the gateway's log says `needle` (e.g. that a subscription is active).
+async fn wait_for_log(gw: &Gateway, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !gw.log().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never said {needle:?}:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM (Mosquitto saves its persistence file), wait for the exit, start again.
+fn restart_gracefully(broker: &mut Mosquitto) {
+    let pid = broker.pid().expect("mosquitto runs");
+    signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    broker
+        .wait_for_exit(Duration::from_secs(30))
+        .expect("mosquitto exits on SIGTERM");
+    std::thread::sleep(Duration::from_millis(300));
+    broker.restart();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_reaches_the_upstream_broker_in_order_with_gateway_and_sequence_properties() {
+    let upstream = Mosquitto::start();
+    let collector = Collector::start(&upstream, None).await;
+    let url = format!("mqtt://127.0.0.1:{}", upstream.port());
+    let gw = Gateway::start_fresh(|port, dir| {
+        gateway_section(port, dir) + &mqtt_upstream("cloud", &url, "")
+    });
+    let v4 = run_fleet(fleet(gw.mqtt_addr(), 6, 300), CancellationToken::new());
+    let mut o5 = fleet(gw.mqtt_addr(), 6, 300);
+    o5.first_device = 7;
+    o5.protocol = Protocol::V5;
+    let v5 = run_fleet(o5, CancellationToken::new());
+    let (v4, v5) = tokio::join!(v4, v5);
+    let (v4, v5) = (v4.expect("v4 fleet"), v5.expect("v5 fleet"));
+    assert!(v4.all_acked() && v5.all_acked());
+    let a = collector.wait_until_complete(&v4, &gw).await;
+    let b = collector.wait_until_complete(&v5, &gw).await;
+    assert_eq!(
+        a.duplicates() + b.duplicates(),
+        0,
+        "no failure, no duplicate"
+    );
+    // Every publish names this gateway, and the journal sequence only grows: one
+    // connection, journal order.
+    let all = collector.snapshot();
+    assert_eq!(all.len(), 12 * 300);
+    let mut last = 0;
+    for r in &all {
+        assert_eq!(r.header("tidegate-gateway"), Some(&b"gw-e2e"[..]));
+        let seq: u64 = std::str::from_utf8(r.header("tidegate-seq").expect("seq"))
+            .expect("ASCII")
+            .parse()
+            .expect("decimal");
+        assert!(seq > last, "seq went from {last} to {seq}");
+        last = seq;
+    }
+    wait_for_backlog(&gw, "cloud", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_broker_restarting_mid_stream_loses_nothing() {
+    let mut upstream = Mosquitto::start();
+    let collector = Collector::start(&upstream, None).await;
+    let url = format!("mqtt://127.0.0.1:{}", upstream.port());
+    // MQTT 3.1.1 towards the upstream this time: no user properties, same guarantees.
+    let gw = Gateway::start_fresh(|port, dir| {
+        gateway_section(port, dir) + &mqtt_upstream("cloud", &url, "protocol = 4")
+    });
+    let mut opts = fleet(gw.mqtt_addr(), 10, 1000);
+    opts.rate = Some(250.0); // ~4 s of readings: the restarts land mid-stream
+    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        restart_gracefully(&mut upstream);
+    }
+    let report = run.await.expect("join").expect("fleet");
+    assert!(report.all_acked());
+    let mut received = collector.snapshot();
+    // 3.1.1 carries no properties: stand in the gateway's headers for the checker.
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    let v = loop {
+        received.clone_from(&collector.snapshot());
+        for r in &mut received {
+            r.headers = vec![
+                ("tidegate-gateway".into(), b"gw-e2e".to_vec()),
+                ("tidegate-seq".into(), b"0".to_vec()),
+            ];
+        }
+        let v = firmware_sim::check(&received, &report);
+        if v.is_complete() || tokio::time::Instant::now() >= deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        v.is_complete() && v.is_ok(),
+        "{v}\nproblems: {:?}\ngateway log:\n{}",
+        v.problems(),
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("Upstream unreachable"),
+        "the forwarder saw the outage:\n{}",
+        gw.log()
+    );
+    wait_for_backlog(&gw, "cloud", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_broker_is_journaled_through_a_subscription_and_reaches_kafka() {
+    let local = Mosquitto::start();
+    let tansu = Tansu::start();
+    let url = format!("mqtt://127.0.0.1:{}", local.port());
+    let gw = Gateway::start_fresh(|port, dir| {
+        gateway_section(port, dir)
+            + &subscription(&url, "")
+            + &kafka_upstream("cluster", tansu.port(), "bridged")
+    });
+    wait_for_log(&gw, "MQTT subscription active").await;
+    let v4 = run_fleet(fleet(local.addr(), 5, 300), CancellationToken::new());
+    let mut o5 = fleet(local.addr(), 5, 300);
+    o5.first_device = 6;
+    o5.protocol = Protocol::V5;
+    let v5 = run_fleet(o5, CancellationToken::new());
+    let (v4, v5) = tokio::join!(v4, v5);
+    for report in [v4.expect("v4 fleet"), v5.expect("v5 fleet")] {
+        assert!(report.all_acked());
+        let v = wait_until_complete(&tansu.brokers(), "bridged", &report, ARRIVAL)
+            .await
+            .expect("read Kafka");
+        assert!(
+            v.is_complete() && v.is_ok() && v.duplicates() == 0,
+            "{v}\nproblems: {:?}\n{}",
+            v.problems(),
+            gw.log()
+        );
+    }
+    wait_for_backlog(&gw, "cluster", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidegate_restarting_while_the_local_broker_keeps_receiving_loses_nothing() {
+    let local = Mosquitto::start();
+    let tansu = Tansu::start();
+    let url = format!("mqtt://127.0.0.1:{}", local.port());
+    let mut gw = Gateway::start_fresh(|port, dir| {
+        gateway_section(port, dir)
+            + &subscription(&url, "")
+            + &kafka_upstream("cluster", tansu.port(), "restarts")
+    });
+    wait_for_log(&gw, "MQTT subscription active").await;
+    let mut opts = fleet(local.addr(), 10, 1000);
+    opts.rate = Some(250.0); // ~4 s of readings: tidegate is down for part of them
+    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // SIGKILL: the broker queues what arrives meanwhile in tidegate's session and
+        // redelivers what was delivered but never acknowledged.
+        gw.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gw.restart();
+    }
+    let report = run.await.expect("join").expect("fleet");
+    assert!(report.all_acked(), "the local broker took every reading");
+    let v = wait_until_complete(&tansu.brokers(), "restarts", &report, ARRIVAL)
+        .await
+        .expect("read Kafka");
+    assert!(
+        v.is_complete() && v.is_ok(),
+        "{v}\nproblems: {:?}\n{}",
+        v.problems(),
+        gw.log()
+    );
+    assert_eq!(v.out_of_order(), 0);
+    assert!(
+        gw.log().contains("session_present=true"),
+        "the restarted gateway resumed its session:\n{}",
+        gw.log()
+    );
+    eprintln!("after two SIGKILLs: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_kafka_does_not_hold_back_the_mqtt_upstream() {
+    let upstream = Mosquitto::start();
+    let collector = Collector::start(&upstream, None).await;
+    let url = format!("mqtt://127.0.0.1:{}", upstream.port());
+    let kafka_port = free_port();
+    let gw = Gateway::start_fresh(|port, dir| {
+        gateway_section(port, dir)
+            + &kafka_upstream("cluster", kafka_port, "later")
+            + &mqtt_upstream("cloud", &url, "")
+    });
+    let report = run_fleet(fleet(gw.mqtt_addr(), 8, 250), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked());
+    collector.wait_until_complete(&report, &gw).await;
+    wait_for_backlog(&gw, "cloud", 0).await;
+    let status = status_json(&gw);
+    assert_eq!(backlog(&status, "cluster"), report.acked(), "{status}");
+    let tansu = Tansu::start_on(kafka_port);
+    let v = wait_until_complete(&tansu.brokers(), "later", &report, ARRIVAL)
+        .await
+        .expect("read Kafka");
+    assert!(v.is_complete() && v.is_ok(), "{v}\n{}", gw.log());
+    wait_for_backlog(&gw, "cluster", 0).await;
+    assert_eq!(status_json(&gw)["records"].as_u64(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_tidegate_forwarded_itself_are_never_journaled_again() {
+    // One broker is both the subscription's and the upstream's: named differently
+    // (localhost / 127.0.0.1) so the config check cannot see it, and without a prefix, so
+    // every forward matches the subscription. The MQTT 5 gateway property breaks the loop.
+    let broker = firmware_sim::testbed::Mosquitto::start_with(&{
+        let mut s = MosquittoSetup::default();
+        s.users = vec![("tidegate".into(), "s3cret".into())];
+        s
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = broker.port();
+    let gw = Gateway::start_fresh(|mqtt_port, dir| {
+        std::fs::write(dir.join("password"), "s3cret\n").expect("write password");
+        format!(
+            "{}[[upstream]]\nname = \"echo\"\nkind = \"mqtt\"\nurl = \"mqtt://localhost:{port}\"\nusername = \"tidegate\"\npassword_file = \"{}\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n{}",
+            gateway_section(mqtt_port, dir),
+            dir.join("password").display(),
+            subscription(
+                &format!("mqtt://127.0.0.1:{port}"),
+                &format!(
+                    "username = \"tidegate\"\npassword_file = \"{}\"",
+                    dir.join("password").display()
+                )
+            ),
+        )
+    });
+    wait_for_log(&gw, "MQTT subscription active").await;
+    let mut opts = fleet(broker.addr(), 4, 200);
+    opts.credentials = Some(("tidegate".into(), "s3cret".into()));
+    let report = run_fleet(opts, CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked());
+    // Each reading is journaled once (from the subscription), forwarded once, seen again
+    // on the subscription and dropped there.
+    wait_for_next_seq(&gw, 800 + 1).await;
+    wait_for_backlog(&gw, "echo", 0).await;
+    // Every forward is with the broker. A marker published now reaches the subscription
+    // after all of them (one broker, one subscriber connection, in order): once it is
+    // journaled, every echo before it has been seen, and none was journaled.
+    publish_marker(port).await;
+    wait_for_next_seq(&gw, 800 + 2).await;
+    wait_for_backlog(&gw, "echo", 0).await;
+    let status = status_json(&gw);
+    assert_eq!(
+        status["next_seq"].as_u64(),
+        Some(800 + 2),
+        "only the fleet's readings and the marker were journaled: {status}"
+    );
+}
+
+/// Waits until the journal's next sequence is `want`, failing if it passes it.
+async fn wait_for_next_seq(gw: &Gateway, want: u64) {
+    let deadline = tokio::time::Instant::now() + ARRIVAL;
+    loop {
+        let status = status_json(gw);
+        let next = status["next_seq"].as_u64().expect("next_seq");
+        assert!(
+            next <= want,
+            "journal went past {want}: {status}
+{}",
+            gw.log()
+        );
+        if next == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "journal stuck at next_seq {next}, want {want}
+{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes one QoS 1 message to `turbines/marker` (no tidegate property) and waits for
+/// its PUBACK.
+async fn publish_marker(port: u16) {
+    let mut o = MqttOptions::new("e2e-marker", "127.0.0.1", port);
+    o.set_credentials("tidegate", "s3cret");
+    let (client, mut events) = AsyncClient::new(o, 10);
+    client
+        .publish("turbines/marker", QoS::AtLeastOnce, false, "marker")
+        .await
+        .expect("queue publish");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("marker: {e}"),
+            Err(_) => panic!("marker: no PUBACK within 10s"),
+        }
+    }
+}
