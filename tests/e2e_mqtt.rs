@@ -46,8 +46,12 @@ fn fleet(broker: String, devices: usize, count: u64) -> FleetOptions {
 }
 
 fn gateway_section(mqtt_port: u16, dir: &Path) -> String {
+    gateway_section_with(mqtt_port, dir, "")
+}
+
+fn gateway_section_with(mqtt_port: u16, dir: &Path, journal_extra: &str) -> String {
     format!(
-        "[gateway]\nid = \"gw-e2e\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n",
+        "[gateway]\nid = \"gw-e2e\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n{journal_extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n",
         dir.join("journal").display()
     )
 }
@@ -407,6 +411,43 @@ async fn tidegate_restarting_while_the_local_broker_keeps_receiving_loses_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_under_reject_leaves_the_messages_with_the_broker_until_there_is_room() {
+    let local = Mosquitto::start();
+    let kafka_port = free_port();
+    let url = format!("mqtt://127.0.0.1:{}", local.port());
+    let gw = Gateway::start_fresh(|port, dir| {
+        gateway_section_with(port, dir, "max_size = \"1MiB\"\non_full = \"reject\"")
+            + &subscription(&url, "")
+            + &kafka_upstream("cluster", kafka_port, "full")
+    });
+    wait_for_log(&gw, "MQTT subscription active").await;
+    // ~2.4 MB of readings into a 1 MiB journal while the cluster is down.
+    let mut opts = fleet(local.addr(), 10, 600);
+    opts.payload_size = Some(400);
+    let report = run_fleet(opts, CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked(), "the local broker took every reading");
+    wait_for_log(&gw, "not acknowledging, disconnecting from the broker").await;
+    let held = status_json(&gw)["records"].as_u64().expect("records");
+    assert!(held < report.acked(), "the journal is full at {held}");
+    // The cluster comes up: the journal drains, the subscription reconnects and the broker
+    // redelivers everything that was refused, in order.
+    let tansu = Tansu::start_on(kafka_port);
+    let v = wait_until_complete(&tansu.brokers(), "full", &report, ARRIVAL)
+        .await
+        .expect("read Kafka");
+    assert!(
+        v.is_complete() && v.is_ok(),
+        "{v}\nproblems: {:?}\n{}",
+        v.problems(),
+        gw.log()
+    );
+    assert_eq!(v.out_of_order(), 0);
+    assert_eq!(status_json(&gw)["dropped_total"].as_u64(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_kafka_does_not_hold_back_the_mqtt_upstream() {
     let upstream = Mosquitto::start();
     let collector = Collector::start(&upstream, None).await;
@@ -529,4 +570,119 @@ async fn publish_marker(port: u16) {
             Err(_) => panic!("marker: no PUBACK within 10s"),
         }
     }
+}
+
+/// Test certificates: a CA, a broker certificate for 127.0.0.1 and a client certificate,
+/// as PEM files in a temp dir.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("write a PEM file")
+        };
+        let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "e2e CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().expect("CA key");
+        write("ca.pem", ca.self_signed(&ca_key).expect("CA").pem());
+        let issuer = Issuer::new(ca, ca_key);
+        for (name, sans, usage) in [
+            (
+                "broker",
+                vec!["127.0.0.1".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            ("client", vec![], ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let mut params = CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password() {
+    use firmware_sim::fleet::{TlsFiles, TlsOptions};
+    use firmware_sim::testbed::MosquittoTls;
+    let certs = Certs::new();
+    let mut setup = MosquittoSetup::default();
+    setup.tls = Some(
+        MosquittoTls::new(
+            certs.path("ca.pem"),
+            certs.path("broker.pem"),
+            certs.path("broker.key"),
+        )
+        .require_client_cert(),
+    );
+    setup.users = vec![("tidegate".into(), "s3cret".into())];
+    let broker =
+        firmware_sim::testbed::Mosquitto::start_with(&setup).unwrap_or_else(|e| panic!("{e}"));
+    let tansu = Tansu::start();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port());
+    let tls_keys = format!(
+        "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\nusername = \"tidegate\"\n",
+        certs.path("ca.pem").display(),
+        certs.path("client.pem").display(),
+        certs.path("client.key").display(),
+    );
+    // Downstream: the TLS broker → subscription → Kafka; upstream: back to the same TLS
+    // broker under site-7/ (which the subscription's filter does not match).
+    let gw = Gateway::start_fresh(|port, dir| {
+        std::fs::write(dir.join("password"), "s3cret\n").expect("write password");
+        let auth = format!(
+            "{tls_keys}password_file = \"{}\"\n",
+            dir.join("password").display()
+        );
+        gateway_section(port, dir)
+            + &subscription(&url, &auth)
+            + &kafka_upstream("cluster", tansu.port(), "secure")
+            + &mqtt_upstream("cloud", &url, &auth)
+    });
+    wait_for_log(&gw, "MQTT subscription active").await;
+    let mut opts = fleet(broker.addr(), 4, 200);
+    opts.protocol = Protocol::V5;
+    opts.credentials = Some(("tidegate".into(), "s3cret".into()));
+    opts.tls = Some(
+        TlsOptions::load(
+            TlsFiles::new(certs.path("ca.pem"))
+                .with_client_cert(certs.path("client.pem"), certs.path("client.key")),
+        )
+        .expect("fleet TLS"),
+    );
+    let report = run_fleet(opts, CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked(), "{report:#?}");
+    let v = wait_until_complete(&tansu.brokers(), "secure", &report, ARRIVAL)
+        .await
+        .expect("read Kafka");
+    assert!(v.is_complete() && v.is_ok(), "{v}\n{}", gw.log());
+    // Every reading was PUBACKed by the TLS broker on the upstream connection.
+    wait_for_backlog(&gw, "cloud", 0).await;
+    assert_eq!(
+        status_json(&gw)["next_seq"].as_u64(),
+        Some(800 + 1),
+        "the forwards under site-7/ were not taken in again"
+    );
 }

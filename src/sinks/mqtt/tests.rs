@@ -1,2 +1,156 @@
 //! Tests of the MQTT sink against a real Mosquitto (firmware-sim's test bed) on a free
-//! loopback port.
+//! loopback port: mapping and order of what arrives, and how failures are classified.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use firmware_sim::testbed::{self, Mosquitto, MosquittoSetup};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
+
+use super::*;
+use crate::config::{UpstreamConfig, UpstreamKind};
+use crate::record::{Reading, SourceKind};
+
+const GATEWAY: &str = "gw-test-01";
+
+fn upstream(url: String) -> UpstreamConfig {
+    UpstreamConfig {
+        url,
+        topic_prefix: "site-7/".into(),
+        request_timeout: Duration::from_secs(5),
+        max_inflight: 10,
+        ..UpstreamConfig::new("test-cloud", UpstreamKind::Mqtt)
+    }
+}
+
+fn batch(first_seq: u64, count: u64) -> Vec<Record> {
+    (0..count)
+        .map(|i| {
+            let seq = first_seq + i;
+            let mut payload = format!("{{\"seq\":{seq}}}").into_bytes();
+            payload.extend_from_slice(&[0, 0xff]);
+            Record {
+                seq,
+                reading: Reading {
+                    ingest_ms: 1_764_000_000_000 + seq,
+                    source_kind: SourceKind::MqttListener,
+                    source: "wt-0001".into(),
+                    topic: format!("turbines/wt-{:04}/telemetry", seq % 3),
+                    payload: Bytes::from(payload),
+                    qos: 1,
+                    retain: false,
+                },
+            }
+        })
+        .collect()
+}
+
+/// A subscriber of `site-7/#`, subscribed (SUBACK seen) before it is returned.
+async fn subscriber(port: u16) -> rumqttc::v5::EventLoop {
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("sink-test-reader", "127.0.0.1", port), 10);
+    client
+        .subscribe("site-7/#", QoS::AtLeastOnce)
+        .await
+        .expect("queue subscribe");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Ev5::Incoming(Packet::SubAck(_)))) => {
+                std::mem::forget(client); // keep the request channel open
+                return events;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("subscriber: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_properties() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut reader = subscriber(broker.port()).await;
+    let mut sink = MqttSink::new(
+        &upstream(format!("mqtt://127.0.0.1:{}", broker.port())),
+        GATEWAY,
+    )
+    .expect("sink");
+    let records = batch(41, 250);
+    // Two sends on one connection: the window (10) is refilled many times per batch.
+    sink.send(&records[..120]).await.expect("first half");
+    sink.send(&records[120..]).await.expect("second half");
+
+    let mut got = Vec::new();
+    while got.len() < records.len() {
+        match tokio::time::timeout(Duration::from_secs(10), reader.poll()).await {
+            Ok(Ok(Ev5::Incoming(Packet::Publish(p)))) => got.push(p),
+            Ok(Ok(_)) => {}
+            other => panic!("reader after {} messages: {other:?}", got.len()),
+        }
+    }
+    for (r, p) in records.iter().zip(&got) {
+        assert_eq!(
+            &p.topic[..],
+            format!("site-7/{}", r.reading.topic).as_bytes()
+        );
+        assert_eq!(p.payload, r.reading.payload);
+        let props = p
+            .properties
+            .as_ref()
+            .expect("properties")
+            .user_properties
+            .clone();
+        assert_eq!(
+            props,
+            vec![
+                (client::PROP_GATEWAY.to_owned(), GATEWAY.to_owned()),
+                (client::PROP_SEQ.to_owned(), r.seq.to_string()),
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_retryable_and_the_error_names_the_upstream() {
+    let port = testbed::free_port().expect("port");
+    let mut sink =
+        MqttSink::new(&upstream(format!("mqtt://127.0.0.1:{port}")), GATEWAY).expect("sink");
+    let err = sink.send(&batch(1, 3)).await.expect_err("nothing listens");
+    assert!(err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("\"test-cloud\""), "{text}");
+    assert!(text.contains(&format!("mqtt://127.0.0.1:{port}")), "{text}");
+}
+
+#[tokio::test]
+async fn refused_credentials_and_a_missing_password_file_are_fatal() {
+    let mut setup = MosquittoSetup::default();
+    setup.users = vec![("tidegate".into(), "right".into())];
+    let broker = Mosquitto::start_with(&setup).expect("mosquitto with passwords");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "wrong\n").expect("write");
+    let right = dir.path().join("right");
+    std::fs::write(&right, "right\n").expect("write");
+    for protocol in [4, 5] {
+        let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
+        config.protocol = protocol;
+        config.username = Some("tidegate".into());
+        config.password_file = Some(wrong.clone());
+        let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
+        let err = sink.send(&batch(1, 3)).await.expect_err("wrong password");
+        assert!(!err.is_retryable(), "protocol {protocol}: {err}");
+
+        config.password_file = Some(dir.path().join("missing"));
+        let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
+        let err = sink.send(&batch(1, 3)).await.expect_err("no file");
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("password_file"), "{err}");
+
+        // The trailing newline of the file is not part of the password.
+        config.password_file = Some(right.clone());
+        let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
+        sink.send(&batch(1, 3)).await.expect("right password");
+    }
+}
