@@ -187,7 +187,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let max = ctx.config.max_packet.as_u64() as usize;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Buffers start small and grow with the traffic (see `ReadSize`): a gateway holds
+    // thousands of connections that each send a reading a second.
+    let mut buf = BytesMut::with_capacity(MIN_READ);
 
     let connect = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
@@ -358,7 +360,7 @@ async fn read_connect(
         if let Frame::Packet(c) = codec::read_connect(buf, max)? {
             return Ok(Some(c));
         }
-        buf.reserve(4096);
+        buf.reserve(MIN_READ);
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
@@ -390,6 +392,7 @@ async fn read_loop(
     // Once the journal refuses one of this connection's readings, it refuses all later
     // ones too, and the connection closes: the device resends in order on a new one.
     let fence = Fence::new();
+    let mut read_size = ReadSize::default();
     loop {
         // Parse everything already buffered into one journal submission.
         let mut readings = Vec::new();
@@ -580,7 +583,8 @@ async fn read_loop(
             return reason;
         }
 
-        buf.reserve(16 * 1024);
+        buf.reserve(read_size.get());
+        let spare = buf.capacity() - buf.len();
         let read = async {
             match idle {
                 Some(d) => tokio::time::timeout(d, rd.read_buf(&mut buf)).await.ok(),
@@ -602,8 +606,43 @@ async fn read_loop(
                     return Some(DisconnectReason::KeepAliveTimeout);
                 }
                 Some(Ok(0)) | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
+                Some(Ok(n)) => read_size.record(n, spare),
             },
+        }
+    }
+}
+
+/// Smallest read (and initial buffer) of a connection.
+const MIN_READ: usize = 1024;
+/// Largest read of a connection: enough for a fast publisher's window of readings in one
+/// journal submission.
+const MAX_READ: usize = 64 * 1024;
+
+/// How much buffer space a connection's next read gets: it doubles while reads fill the
+/// space they were given (a fast publisher) and halves back while they use less than a
+/// quarter of it, between [`MIN_READ`] and [`MAX_READ`]. A device sending a reading a
+/// second keeps a 1 KiB buffer; one with a window of readings in flight gets one
+/// submission per window.
+#[derive(Debug, Clone, Copy)]
+struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> ReadSize {
+        ReadSize(MIN_READ)
+    }
+}
+
+impl ReadSize {
+    fn get(self) -> usize {
+        self.0
+    }
+
+    /// Adjusts after a read of `n` bytes into `spare` bytes of space.
+    fn record(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.0 = (self.0 * 2).min(MAX_READ);
+        } else if n < self.0 / 4 {
+            self.0 = (self.0 / 2).max(MIN_READ);
         }
     }
 }
@@ -716,7 +755,8 @@ async fn write_loop(
     awaiting_rel: Arc<Mutex<HashSet<u16>>>,
     done: CancellationToken,
 ) {
-    let mut out = BytesMut::with_capacity(4096);
+    // Grows to the largest batch of acknowledgements written; most connections stay small.
+    let mut out = BytesMut::with_capacity(256);
     let _done = done.drop_guard();
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -844,5 +884,25 @@ mod tests {
         assert!(validate_topic(Bytes::from_static(b"a/#")).is_err());
         assert!(validate_topic(Bytes::from_static(b"")).is_err());
         assert!(validate_topic(Bytes::from_static(b"\xff\xfe")).is_err());
+    }
+
+    #[test]
+    fn read_size_grows_for_fast_publishers_and_shrinks_back_for_slow_ones() {
+        let mut r = ReadSize::default();
+        assert_eq!(r.get(), MIN_READ);
+        // A reading a second: small reads never grow it.
+        r.record(120, MIN_READ);
+        assert_eq!(r.get(), MIN_READ);
+        // Reads that fill their space double it, up to the limit.
+        for _ in 0..20 {
+            let spare = r.get();
+            r.record(spare, spare);
+        }
+        assert_eq!(r.get(), MAX_READ);
+        // Quiet again: it halves back to the minimum.
+        for _ in 0..20 {
+            r.record(100, r.get());
+        }
+        assert_eq!(r.get(), MIN_READ);
     }
 }

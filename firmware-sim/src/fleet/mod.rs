@@ -722,34 +722,33 @@ async fn run_device(n: usize, cfg: Arc<RunConfig>, stop: CancellationToken) -> D
     }
 }
 
-/// The turbine, fault source and schedule of device `n`, after its start-up delay (ramp-up
-/// position plus a random phase within one period); `None` if the run stopped first.
+/// The turbine, fault source and schedule of device `n`, after its start-up delay: its
+/// ramp-up position, so that connections are spread over `ramp_up` whatever the rate
+/// (plus, with a rate, a random phase within one period before its first reading). `None`
+/// if the run stopped first.
 async fn start_life(n: usize, cfg: &RunConfig, stop: &CancellationToken) -> Option<DeviceLife> {
     let opts = &cfg.opts;
     let index = n.saturating_sub(opts.first_device);
-    let mut offset = if opts.devices > 1 {
+    let ramp = if opts.devices > 1 {
         opts.ramp_up.mul_f64(index as f64 / opts.devices as f64)
     } else {
         Duration::ZERO
     };
-    let period = opts.rate.map(|r| Duration::from_secs_f64(1.0 / r));
-    if let Some(p) = period {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ n as u64);
-        offset += p.mul_f64(rng.random_range(0.0..1.0));
-    }
-    let first = cfg.start + offset;
-    let ticker = period.map(|p| {
-        let mut i = tokio::time::interval_at(first, p);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
-    });
-    if ticker.is_none() && !offset.is_zero() {
+    if !ramp.is_zero() {
         let far = cfg.start + Duration::from_secs(365 * 24 * 3600);
         tokio::select! {
             _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep_until(first.min(cfg.deadline.unwrap_or(far))) => {}
+            _ = tokio::time::sleep_until((cfg.start + ramp).min(cfg.deadline.unwrap_or(far))) => {}
         }
     }
+    let ticker = opts.rate.map(|r| {
+        let period = Duration::from_secs_f64(1.0 / r);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ n as u64);
+        let phase = period.mul_f64(rng.random_range(0.0..1.0));
+        let mut i = tokio::time::interval_at(cfg.start + ramp + phase, period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     Some(DeviceLife {
         turbine: Turbine::new(opts.seed, n, cfg.boot, opts.sim_step.as_secs_f64()),
         fault_rng: FaultRng::new(opts.seed, n),
