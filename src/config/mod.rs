@@ -299,7 +299,8 @@ pub struct UpstreamConfig {
     /// `kind = "mqtt"`, `mqtts://`: PEM private key of `client_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
-    /// `kind = "mqtt"`: MQTT keep-alive (at least 1s; 0 turns it off).
+    /// `kind = "mqtt"`: MQTT keep-alive, at least 5s: tidegate pings this often, even
+    /// between batches, and the broker drops a connection silent for 1.5 times as long.
     #[serde(default = "default_mqtt_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// `kind = "mqtt"`: start a new session on every connection. Default `false`: a

@@ -51,7 +51,8 @@ pub struct MqttSubscribeConfig {
     /// `mqtts://`: PEM private key of `client_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
-    /// MQTT keep-alive (at least 1s; 0 turns it off).
+    /// MQTT keep-alive, at least 5s: tidegate pings this often and the broker drops a
+    /// connection silent for 1.5 times as long.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Start a new session on every connection: messages published while tidegate is

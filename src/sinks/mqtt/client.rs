@@ -39,6 +39,10 @@ const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// Shortest keep-alive rumqttc accepts for both protocol versions (its MQTT 5 client
+/// panics below 5 s, and cannot turn keep-alive off).
+pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// A broker address as configured: `mqtt://host[:port]` or `mqtts://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
@@ -234,13 +238,9 @@ impl Endpoint {
         let transport = self.transport()?;
         let (host, port) = (self.url.host.clone(), self.url.port);
         let timeout_secs = self.connect_timeout.as_secs().max(1);
-        // rumqttc asserts keep-alive is 0 or at least 1 s; config validation keeps it so,
-        // and this keeps a hand-built Endpoint from panicking.
-        let keep_alive = if self.keep_alive < Duration::from_secs(1) {
-            Duration::ZERO
-        } else {
-            self.keep_alive
-        };
+        // rumqttc asserts a keep-alive of at least 5 s (MQTT 5) or 1 s (3.1.1); validation
+        // asks for 5 s, and this keeps a hand-built Endpoint from panicking.
+        let keep_alive = self.keep_alive.max(MIN_KEEP_ALIVE);
         let max_inflight = self.max_inflight.max(1);
         if self.protocol == 5 {
             let mut o = rumqttc::v5::MqttOptions::new(self.client_id.clone(), host, port);

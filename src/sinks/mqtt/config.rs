@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::client::{BrokerUrl, Endpoint, PasswordSource};
+use super::client::{BrokerUrl, Endpoint, PasswordSource, MIN_KEEP_ALIVE};
 use super::TopicMap;
 use crate::config::UpstreamConfig;
 
@@ -80,9 +80,9 @@ impl ClientKeys<'_> {
                 }
             }
         }
-        if !self.keep_alive.is_zero() && self.keep_alive < Duration::from_secs(1) {
+        if self.keep_alive < MIN_KEEP_ALIVE {
             p.push(format!(
-                "{key}.keep_alive: {} is below 1s (0 turns keep-alive off)",
+                "{key}.keep_alive: {} is below the 5s minimum",
                 humantime::format_duration(self.keep_alive)
             ));
         }

@@ -34,6 +34,18 @@
 //!   starts after that prefix. Anything after it is sent again (at least once): the
 //!   `tidegate-seq` property lets a consumer drop the duplicate.
 //!
+//! # Connection
+//!
+//! [`MqttSink::new`] does no I/O; the first `send` connects. The connection's event loop
+//! then runs in its own task for as long as the connection lives, so keep-alive pings go
+//! out between batches and an idle connection stays open; one that was lost while idle
+//! is replaced at the next `send` before anything is published on it. The session is
+//! persistent unless `clean_session` is set. The sink relies on what MQTT 3.1.1 and 5
+//! (§4.4) require of a broker resuming a session: it resends its own PUBLISH and PUBREL
+//! packets, never a PUBACK, so every PUBACK on a connection answers a publish made on that
+//! connection. For a broker that does otherwise, set `clean_session = true`: tidegate's
+//! journal, not the broker's session, is what holds unsent readings.
+//!
 //! A broker that refuses one publish with a negative PUBACK (MQTT 5: not authorized, quota
 //! exceeded) may already have accepted later publishes of the window; the retry then
 //! delivers the refused one after them. This is the one case where a consumer can see a
@@ -47,12 +59,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::config::UpstreamConfig;
 use crate::record::Record;
 use crate::sinks::{Sink, SinkError};
-use client::{Endpoint, Event, EventLoop, Requests};
+use client::{Endpoint, Event, EventLoop, Failure, Requests};
 
 /// How a record's topic becomes the upstream topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +111,7 @@ pub struct MqttSink {
     /// What does not change between connections.
     ctx: Ctx,
     /// The live connection; `None` before the first send and after any failure.
-    conn: Option<(Requests, EventLoop)>,
+    conn: Option<Connection>,
     /// First sequence of the batch being retried and how many of its records (from the
     /// front) the broker already acknowledged.
     acked: Option<(u64, usize)>,
@@ -107,8 +120,7 @@ pub struct MqttSink {
     connects: u64,
 }
 
-/// The sink's settings, apart from the connection (an event loop is not `Sync`, so it
-/// is never borrowed across an await through `&self`).
+/// The sink's settings, apart from the connection.
 struct Ctx {
     /// The upstream's name, for logs and errors.
     upstream: String,
@@ -120,6 +132,43 @@ struct Ctx {
     gateway: Arc<str>,
     /// Longest wait for the next PUBACK (or the CONNACK) before the attempt counts as failed.
     request_timeout: Duration,
+}
+
+/// One live connection. Its event loop is polled by its own task for the connection's
+/// whole life, so keep-alive pings go out between batches too; the task passes on only
+/// what the sink waits for. Dropping the connection aborts the task, which drops the
+/// event loop and everything rumqttc held for it (see the module docs).
+struct Connection {
+    requests: Requests,
+    /// Connected, Sent, Acked, or the failure that ended the loop (the last item).
+    events: mpsc::Receiver<Result<Event, Failure>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Polls `events` until it fails, passing on what the sink needs. Each publish yields one
+/// `Sent` and one `Acked`, so a channel of twice the window never fills while the sink is
+/// between batches.
+async fn drive(mut events: EventLoop, out: mpsc::Sender<Result<Event, Failure>>) {
+    loop {
+        match events.poll().await {
+            Ok(e @ (Event::Connected { .. } | Event::Sent(_) | Event::Acked(_))) => {
+                if out.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(f) => {
+                let _ = out.send(Err(f)).await;
+                return;
+            }
+        }
+    }
 }
 
 impl MqttSink {
@@ -155,17 +204,22 @@ impl Ctx {
     }
 
     /// Opens a fresh connection and waits for the CONNACK.
-    async fn connect(&self, connects: &mut u64) -> Result<(Requests, EventLoop), SinkError> {
-        // Room for a whole window of publishes plus a DISCONNECT: `publish` never finds
-        // the channel full while the window has room.
-        let capacity = usize::from(self.endpoint.max_inflight) + 16;
-        let (requests, mut events) = self
+    async fn connect(&self, connects: &mut u64) -> Result<Connection, SinkError> {
+        let window = usize::from(self.endpoint.max_inflight.max(1));
+        // Room for a whole window of publishes: `publish` never finds it full.
+        let (requests, events) = self
             .endpoint
-            .open(capacity)
+            .open(window + 16)
             .map_err(|e| self.error(true, e))?;
+        let (tx, rx) = mpsc::channel(2 * window + 4);
+        let mut conn = Connection {
+            requests,
+            events: rx,
+            driver: tokio::spawn(drive(events, tx)),
+        };
         let deadline = tokio::time::Instant::now() + self.endpoint.connect_timeout;
         loop {
-            match tokio::time::timeout_at(deadline, events.poll()).await {
+            match tokio::time::timeout_at(deadline, conn.events.recv()).await {
                 Err(_) => {
                     return Err(self.error(
                         false,
@@ -175,17 +229,20 @@ impl Ctx {
                         ),
                     ))
                 }
-                Ok(Err(f)) => return Err(self.error(f.fatal, format!("connecting: {}", f.message))),
-                Ok(Ok(Event::Connected { session_present })) => {
+                Ok(None) => return Err(self.error(false, "the connection ended")),
+                Ok(Some(Err(f))) => {
+                    return Err(self.error(f.fatal, format!("connecting: {}", f.message)))
+                }
+                Ok(Some(Ok(Event::Connected { session_present }))) => {
                     *connects += 1;
                     if *connects == 1 {
                         info!(upstream = %self.upstream, broker = %self.endpoint.url, client_id = %self.endpoint.client_id, protocol = self.endpoint.protocol, session_present, "Connected to the upstream MQTT broker.");
                     } else {
                         debug!(upstream = %self.upstream, broker = %self.endpoint.url, session_present, "Reconnected to the upstream MQTT broker.");
                     }
-                    return Ok((requests, events));
+                    return Ok(conn);
                 }
-                Ok(Ok(_)) => {}
+                Ok(Some(Ok(_))) => {}
             }
         }
     }
@@ -193,12 +250,7 @@ impl Ctx {
     /// Publishes `todo` (the unacknowledged rest of a batch) and waits for every PUBACK.
     /// Returns how many of `todo`, from the front, were acknowledged, and the error if not
     /// all were.
-    async fn deliver(
-        &self,
-        requests: &Requests,
-        events: &mut EventLoop,
-        todo: &[Record],
-    ) -> (usize, Option<SinkError>) {
+    async fn deliver(&self, conn: &mut Connection, todo: &[Record]) -> (usize, Option<SinkError>) {
         let window = usize::from(self.endpoint.max_inflight.max(1));
         let mut queued = 0;
         let mut written = 0;
@@ -225,7 +277,8 @@ impl Ctx {
                         )),
                     );
                 }
-                if requests
+                if conn
+                    .requests
                     .publish(topic, r.reading.payload.clone(), &self.gateway, r.seq)
                     .is_err()
                 {
@@ -236,7 +289,7 @@ impl Ctx {
                 }
                 queued += 1;
             }
-            let event = match tokio::time::timeout_at(deadline, events.poll()).await {
+            let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
                 Err(_) => {
                     return (
                         prefix,
@@ -251,7 +304,13 @@ impl Ctx {
                         )),
                     )
                 }
-                Ok(Err(f)) => {
+                Ok(None) => {
+                    return (
+                        prefix,
+                        Some(self.error(false, "the connection ended")),
+                    )
+                }
+                Ok(Some(Err(f))) => {
                     return (
                         prefix,
                         Some(self.error(
@@ -265,7 +324,7 @@ impl Ctx {
                         )),
                     )
                 }
-                Ok(Ok(e)) => e,
+                Ok(Some(Ok(e))) => e,
             };
             match event {
                 Event::Sent(pkid) => {
@@ -273,8 +332,8 @@ impl Ctx {
                     written += 1;
                 }
                 Event::Acked(pkid) => {
-                    // An id we do not know is a late PUBACK of an earlier connection's
-                    // session; rumqttc refuses those before we see them.
+                    // rumqttc refuses a PUBACK for an id it has nothing in flight under
+                    // (an error, so a new connection) before we see it.
                     if let Some(i) = in_flight.remove(&pkid) {
                         if !acked[i] {
                             acked[i] = true;
@@ -302,23 +361,28 @@ impl Sink for MqttSink {
             Some((seq, n)) if seq == first.seq => n.min(batch.len()),
             _ => 0,
         };
-        let (requests, mut events) = match self.conn.take() {
+        // A connection that failed while idle (the broker restarted, say) is replaced
+        // now, before anything is published on it: that is no failure of this batch.
+        if let Some(conn) = &mut self.conn {
+            if let Ok(Err(f)) = conn.events.try_recv() {
+                debug!(upstream = %self.ctx.upstream, error = %f.message, "The idle upstream MQTT connection was lost; reconnecting.");
+                self.conn = None;
+            }
+        }
+        let mut conn = match self.conn.take() {
             Some(c) => c,
             None => self.ctx.connect(&mut self.connects).await?,
         };
-        let (done, error) = self
-            .ctx
-            .deliver(&requests, &mut events, &batch[skip..])
-            .await;
+        let (done, error) = self.ctx.deliver(&mut conn, &batch[skip..]).await;
         match error {
             None => {
                 self.acked = None;
-                self.conn = Some((requests, events));
+                self.conn = Some(conn);
                 Ok(())
             }
             Some(e) => {
-                // Dropping `requests` and `events` closes the socket and forgets whatever
-                // rumqttc still held for this connection (see the module docs).
+                // Dropping `conn` closes the socket and forgets whatever rumqttc still
+                // held for this connection (see the module docs).
                 self.acked = Some((first.seq, skip + done));
                 Err(e)
             }

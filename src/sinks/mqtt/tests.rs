@@ -154,3 +154,22 @@ async fn refused_credentials_and_a_missing_password_file_are_fatal() {
         sink.send(&batch(1, 3)).await.expect("right password");
     }
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_kept_alive_and_one_lost_while_idle_is_replaced_without_a_failure() {
+    let mut broker = Mosquitto::start().expect("mosquitto");
+    let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
+    config.keep_alive = Duration::from_secs(5);
+    let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
+    sink.send(&batch(1, 5)).await.expect("first batch");
+    // Idle for three keep-alive periods: the broker closes a silent client after 1.5.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    sink.send(&batch(6, 5)).await.expect("after idling");
+    assert_eq!(sink.connects, 1, "the pings kept the connection open");
+    // The broker restarts while the sink is idle: the next batch goes out on a new
+    // connection, without an error for the forwarder to back off from.
+    broker.restart().expect("restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink.send(&batch(11, 5)).await.expect("after the restart");
+    assert_eq!(sink.connects, 2);
+}
