@@ -1,27 +1,34 @@
 //! tidegate: an IoT edge ingestion daemon.
 //!
-//! Sensors publish readings over MQTT; tidegate commits every reading to a durable LMDB
-//! journal before acknowledging it, and forwards the journal in ordered batches to
-//! upstream clusters (Apache Kafka) whenever they are reachable.
+//! Sensors send readings over MQTT (to tidegate's own listener, or to a local broker
+//! tidegate subscribes to) and over serial lines (framed readings, or Modbus RTU polls);
+//! tidegate commits every reading to a durable LMDB journal before acknowledging it, and
+//! forwards the journal in ordered batches to upstream clusters (Apache Kafka, or an
+//! upstream MQTT broker) whenever they are reachable.
 //!
 //! ```text
-//!  devices ──MQTT──▶ ingest::broker ──▶ Reading ──▶ journal (LMDB, group commit)
-//!                                                       │ durable, then PUBACK
-//!                                                       ▼
+//!  devices ──MQTT──────▶ ingest::broker ─────────┐
+//!  local broker ─MQTT──▶ ingest::mqtt_subscribe ─┤
+//!  UART / RS-485 ──────▶ ingest::serial ─────────┼─▶ Reading ─▶ journal (LMDB, group commit)
+//!  Modbus RTU slaves ◀─▶ ingest::modbus ─────────┘                │ durable, then ack
+//!                                                                 ▼
 //!                              forward::Forwarder (one per upstream, own cursor)
 //!                                   │ ordered batches, retry with backoff
 //!                                   ▼
-//!                              sinks::kafka
+//!                              sinks::kafka, sinks::mqtt
 //! ```
 //!
 //! # Layout
 //!
 //! * [`config`] — the TOML configuration tree, defaults and validation.
 //! * [`record`] — [`record::Record`] and its versioned, checksummed encoding.
-//! * [`ingest`] — the device-facing MQTT listener ([`ingest::broker`]) on its codec.
+//! * [`ingest`] — every way readings come in: the device-facing MQTT listener
+//!   ([`ingest::broker`]) on its codec, subscriptions to an existing broker
+//!   ([`ingest::mqtt_subscribe`]), serial ports ([`ingest::serial`], framings from the
+//!   `tidegate-framing` crate) and Modbus RTU polling ([`ingest::modbus`]).
 //! * [`journal`] — the LMDB store, the group-commit writer thread, retention.
 //! * [`forward`] — the per-upstream loop: cursor → batch → send → cursor.
-//! * [`sinks`] — the [`sinks::Sink`] seam and the Kafka sink.
+//! * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink.
 //! * [`telemetry`] — logging and counters.
 //! * [`app`] — wiring and the shutdown order; [`status`] — the `status` view.
 

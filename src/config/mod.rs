@@ -560,6 +560,16 @@ impl Config {
         }
         crate::ingest::serial::config::validate(&self.serial, &self.mqtt, &mut p);
         crate::ingest::modbus::config::validate(&self.modbus, &mut p);
+        // A port is read by one section only: a [[serial]] reader and a [[modbus]] poller on
+        // one line would garble each other's frames (at run time the second open fails).
+        for (i, m) in self.modbus.iter().enumerate() {
+            if let Some(j) = self.serial.iter().position(|s| s.port == m.port) {
+                p.push(format!(
+                    "modbus[{i}].port: {} is also serial[{j}].port; a port is either read for frames or polled, not both",
+                    m.port.display()
+                ));
+            }
+        }
         crate::ingest::mqtt_subscribe::config::validate(self, &mut p);
         p
     }
@@ -571,6 +581,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn a_port_cannot_be_both_a_serial_and_a_modbus_port() {
+        let text = "[[serial]]\nport = \"/dev/ttyUSB0\"\n[[modbus]]\nport = \"/dev/ttyUSB0\"\n\
+                    [[modbus.slave]]\nid = 1\nname = \"wt-0001\"\n\
+                    [[modbus.slave.register]]\nname = \"wind\"\nkind = \"input\"\naddress = 0\n";
+        let err = parse(text).expect_err("refused").to_string();
+        assert!(
+            err.contains("modbus[0].port: /dev/ttyUSB0 is also serial[0].port"),
+            "{err}"
+        );
+        let ok = text.replacen("/dev/ttyUSB0", "/dev/ttyUSB1", 1);
+        parse(&ok).expect("different ports are fine");
     }
 
     #[test]
