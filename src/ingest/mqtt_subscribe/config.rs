@@ -251,6 +251,79 @@ mod tests {
         assert_eq!(c.upstream[0].max_inflight, 100);
     }
 
+    /// The commented-out block of `deploy/tidegate.toml` that starts at `header`, with the
+    /// comment marks removed from its key lines (prose lines are left out).
+    fn uncommented_block(header: &str) -> String {
+        let text = include_str!("../../../deploy/tidegate.toml");
+        let start = text
+            .find(&format!("\n{header}\n"))
+            .unwrap_or_else(|| panic!("{header} is in deploy/tidegate.toml"));
+        text[start + 1..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with("[[") || toml::from_str::<toml::Table>(l).is_ok())
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_mqtt_examples_are_valid_and_state_the_real_defaults() {
+        let text = uncommented_block("# [[upstream]]") + &uncommented_block("# [[mqtt_subscribe]]");
+        assert!(text.contains("kind = \"mqtt\""), "{text}");
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let u = &c.upstream[0];
+        let d = crate::config::UpstreamConfig::new("x", UpstreamKind::Mqtt);
+        assert_eq!(u.kind, UpstreamKind::Mqtt);
+        assert!(u.username.is_some() && u.password_file.is_some() && u.ca_file.is_some());
+        assert_eq!(
+            (u.protocol, u.clean_session, u.keep_alive, u.max_inflight),
+            (d.protocol, d.clean_session, d.keep_alive, d.max_inflight)
+        );
+        assert_eq!(
+            (
+                u.max_batch,
+                u.linger,
+                u.request_timeout,
+                u.backoff_initial,
+                u.backoff_max
+            ),
+            (
+                d.max_batch,
+                d.linger,
+                d.request_timeout,
+                d.backoff_initial,
+                d.backoff_max
+            )
+        );
+        let s = &c.mqtt_subscribe[0];
+        assert_eq!(s.topics, ["sensors/#"]);
+        assert_eq!(
+            (
+                s.qos,
+                s.protocol,
+                s.clean_session,
+                s.keep_alive,
+                s.max_inflight
+            ),
+            (
+                default_qos(),
+                default_protocol(),
+                false,
+                default_keep_alive(),
+                default_max_inflight()
+            )
+        );
+        assert_eq!(
+            (s.connect_timeout, s.backoff_initial, s.backoff_max),
+            (
+                default_connect_timeout(),
+                default_backoff_initial(),
+                default_backoff_max()
+            )
+        );
+    }
+
     #[test]
     fn subscribing_to_what_an_upstream_publishes_on_the_same_broker_is_refused() {
         let err = parse(

@@ -114,7 +114,7 @@ pub async fn run(sub: Subscription, stop: CancellationToken) {
                         backoff.reset();
                     }
                     if last_problem.as_deref() != Some(error.as_str()) {
-                        tracing::warn!(error = %error, retry_max = %humantime::format_duration(sub.config.backoff_max), "MQTT subscription broker unreachable; unacknowledged messages stay with the broker. Retrying with backoff (logged again only if the error changes).");
+                        tracing::warn!(error = %error, retry_max = %humantime::format_duration(sub.config.backoff_max), "MQTT subscription cannot connect or lost its connection; unacknowledged messages stay with the broker. Retrying with backoff (logged again only if the error changes).");
                         last_problem = Some(error);
                     }
                 }

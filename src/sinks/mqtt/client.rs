@@ -486,7 +486,7 @@ fn failure5(e: &rumqttc::v5::ConnectionError) -> Failure {
             reason,
             P::NotAuthorized | P::TopicNameInvalid | P::PayloadFormatInvalid
         ),
-        E::MqttState(S::OutgoingPacketTooLarge { .. }) => true,
+        E::MqttState(S::OutgoingPacketTooLarge { .. } | S::SubFail { .. }) => true,
         E::Tls(_) => true,
         _ => false,
     };
@@ -495,6 +495,9 @@ fn failure5(e: &rumqttc::v5::ConnectionError) -> Failure {
             "the broker does not speak MQTT 5; set protocol = 4".into()
         }
         E::Tls(t) => format!("TLS: {t} (check ca_file, client_cert, client_key and the host name in url)"),
+        E::MqttState(S::SubFail { reason }) => format!(
+            "the broker refused a topic filter ({reason:?}); check topics and the broker's access rules"
+        ),
         E::MqttState(S::OutgoingPacketTooLarge { pkt_size, max }) => format!(
             "a reading of {pkt_size} bytes is larger than the broker accepts ({max}); raise the broker's max packet size or lower mqtt.max_packet"
         ),
