@@ -264,13 +264,18 @@ impl Ctx {
             while queued < todo.len() && queued - acked_count < window {
                 let r = &todo[queued];
                 let topic = self.topics.apply(&r.reading.topic, &self.gateway);
-                if topic.is_empty() || topic.len() > usize::from(u16::MAX) {
+                // Ingest and config validation rule these out; checked here so a bad
+                // topic is an operator error naming the reading, not a retry loop.
+                if topic.is_empty()
+                    || topic.len() > usize::from(u16::MAX)
+                    || topic.contains(['+', '#', '\0'])
+                {
                     return (
                         prefix,
                         Some(self.error(
                             true,
                             format!(
-                                "reading {} maps to an unusable topic ({} bytes); fix topic_prefix / topic_template",
+                                "reading {} maps to an unusable topic ({} bytes, or a wildcard); fix topic_prefix / topic_template",
                                 r.seq,
                                 topic.len()
                             ),
