@@ -30,11 +30,15 @@
 //! * [`forward`] — the per-upstream loop: cursor → batch → send → cursor.
 //! * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink.
 //! * [`telemetry`] — logging and counters.
+//! * [`health`] — which long-running tasks are alive; the daemon's health and watchdog verdicts.
+//! * [`http`] — the monitoring listener: `/metrics`, `/health`, the status page.
 //! * [`app`] — wiring and the shutdown order; [`status`] — the `status` view.
 
 pub mod app;
 pub mod config;
 pub mod forward;
+pub mod health;
+pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod record;
