@@ -34,7 +34,7 @@
 pub mod config;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -77,8 +77,8 @@ pub struct Subscription {
 enum Ended {
     /// Shutdown.
     Stopped,
-    /// Connection refused or lost; `connected` says whether it had been up.
-    Lost { error: String, connected: bool },
+    /// Connection refused or lost.
+    Lost { error: String },
     /// The journal refused a message (`on_full = "reject"`).
     Full,
     /// The journal stopped; the daemon is stopping.
@@ -101,30 +101,35 @@ pub async fn run(sub: Subscription, stop: CancellationToken) {
     let span = tracing::info_span!("mqtt_subscribe", broker = %endpoint.url, client_id = %endpoint.client_id);
     async move {
         let mut backoff = Backoff::new(sub.config.backoff_initial, sub.config.backoff_max);
-        // The last problem logged: the same one is not logged again on every attempt.
-        let mut last_problem: Option<String> = None;
-        let mut ever_connected = false;
+        let mut log = ConnectionLog::default();
         loop {
-            let ended = session(&sub, &endpoint, &stop, &mut last_problem, &mut ever_connected).await;
-            sub.counters.connected.store(0, std::sync::atomic::Ordering::Relaxed);
-            match ended {
+            let ended = session(&sub, &endpoint, &stop, &mut log).await;
+            sub.counters
+                .connected
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            // Only a connection that stayed up ends an outage: one that drops again at
+            // once (a broker refusing our SUBSCRIBE, a message it cannot deliver) keeps
+            // the backoff growing and is not logged again.
+            let stable = log
+                .connected_at
+                .take()
+                .is_some_and(|t| t.elapsed() >= STABLE_CONNECTION);
+            if stable {
+                backoff.reset();
+                log.problem = None;
+            }
+            let problem = match ended {
                 Ended::Stopped | Ended::JournalGone => break,
-                Ended::Lost { error, connected } => {
-                    if connected {
-                        backoff.reset();
-                    }
-                    if last_problem.as_deref() != Some(error.as_str()) {
-                        tracing::warn!(error = %error, retry_max = %humantime::format_duration(sub.config.backoff_max), "MQTT subscription cannot connect or lost its connection; unacknowledged messages stay with the broker. Retrying with backoff (logged again only if the error changes).");
-                        last_problem = Some(error);
-                    }
+                Ended::Lost { error } => error,
+                Ended::Full => FULL.to_owned(),
+            };
+            if log.problem.as_deref() != Some(problem.as_str()) {
+                if problem == FULL {
+                    tracing::warn!("Journal full (on_full = \"reject\"): not acknowledging, disconnecting from the broker; it keeps the messages and redelivers them when tidegate reconnects.");
+                } else {
+                    tracing::warn!(error = %problem, retry_max = %humantime::format_duration(sub.config.backoff_max), "MQTT subscription cannot connect or lost its connection; unacknowledged messages stay with the broker. Retrying with backoff (logged again only if the error changes).");
                 }
-                Ended::Full => {
-                    let problem = "journal full".to_owned();
-                    if last_problem.as_deref() != Some(problem.as_str()) {
-                        tracing::warn!("Journal full (on_full = \"reject\"): not acknowledging, disconnecting from the broker; it keeps the messages and redelivers them when tidegate reconnects.");
-                        last_problem = Some(problem);
-                    }
-                }
+                log.problem = Some(problem);
             }
             let delay = backoff.next_delay();
             tokio::select! {
@@ -139,6 +144,28 @@ pub async fn run(sub: Subscription, stop: CancellationToken) {
     .await
 }
 
+/// What the connection log lines depend on, across connections.
+#[derive(Default)]
+struct ConnectionLog {
+    /// The problem last logged, while it lasts: the same one is not logged again.
+    problem: Option<String>,
+    /// When the current connection came up.
+    connected_at: Option<Instant>,
+    /// When a reconnection was last logged at INFO.
+    last_reconnect_log: Option<Instant>,
+    ever_connected: bool,
+}
+
+/// The problem of a full journal, as [`ConnectionLog::problem`] holds it.
+const FULL: &str = "journal full";
+
+/// A connection up this long ends an outage: backoff starts over and the next problem is
+/// logged even if it is the same as the last.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
+/// Reconnections are logged at INFO at most this often; the rest at DEBUG.
+const RECONNECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What the event loop's task hands the journaling loop.
 enum FromBroker {
     Delivery(Delivery),
@@ -151,8 +178,7 @@ async fn session(
     sub: &Subscription,
     endpoint: &Endpoint,
     stop: &CancellationToken,
-    last_problem: &mut Option<String>,
-    ever_connected: &mut bool,
+    log: &mut ConnectionLog,
 ) -> Ended {
     // Room for every acknowledgement that can be pending (queued deliveries plus those
     // being journaled) and the SUBSCRIBE and DISCONNECT: `ack` never finds it full.
@@ -162,7 +188,6 @@ async fn session(
         Err(e) => {
             return Ended::Lost {
                 error: e.to_string(),
-                connected: false,
             }
         }
     };
@@ -175,26 +200,28 @@ async fn session(
         match polled {
             Ok(Event::Connected { session_present }) => break session_present,
             Ok(_) => {}
-            Err(f) => {
-                return Ended::Lost {
-                    error: f.message,
-                    connected: false,
-                }
-            }
+            Err(f) => return Ended::Lost { error: f.message },
         }
     };
     sub.counters
         .connected
         .store(1, std::sync::atomic::Ordering::Relaxed);
-    if last_problem.take().is_some() || *ever_connected {
+    log.connected_at = Some(Instant::now());
+    if !log.ever_connected {
+        tracing::info!(session_present, topics = ?sub.config.topics, qos = sub.config.qos, protocol = endpoint.protocol, "MQTT subscription connected.");
+    } else if log
+        .last_reconnect_log
+        .is_none_or(|t| t.elapsed() >= RECONNECT_LOG_INTERVAL)
+    {
+        log.last_reconnect_log = Some(Instant::now());
         tracing::info!(
             session_present,
-            "MQTT subscription connected again; the broker redelivers what is unacknowledged."
+            "MQTT subscription connected again; the broker redelivers what is unacknowledged (logged at most once a minute)."
         );
     } else {
-        tracing::info!(session_present, topics = ?sub.config.topics, qos = sub.config.qos, protocol = endpoint.protocol, "MQTT subscription connected.");
+        tracing::debug!(session_present, "MQTT subscription connected again.");
     }
-    *ever_connected = true;
+    log.ever_connected = true;
     // Subscribing again on a resumed session is harmless and makes a changed `topics`
     // take effect (MQTT 5: retained messages only for new subscriptions).
     if requests
@@ -203,7 +230,6 @@ async fn session(
     {
         return Ended::Lost {
             error: "the connection closed before SUBSCRIBE".into(),
-            connected: true,
         };
     }
 
@@ -272,10 +298,7 @@ async fn session(
             }
         }
         if let Some(error) = failed {
-            break Ended::Lost {
-                error,
-                connected: true,
-            };
+            break Ended::Lost { error };
         }
     };
 
