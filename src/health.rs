@@ -268,6 +268,29 @@ impl Drop for TaskGuard {
     }
 }
 
+/// Runs a registered task to its end and tells the registry how it ended: asked to stop
+/// (`stop` cancelled) retires it; returning on its own or panicking marks it dead with that
+/// reason. The panic is caught here so that its message becomes the reason.
+pub async fn supervise(
+    guard: TaskGuard,
+    stop: tokio_util::sync::CancellationToken,
+    task: impl std::future::Future<Output = ()>,
+) {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+        Ok(()) if stop.is_cancelled() => guard.retire(),
+        Ok(()) => guard.fail("returned before being asked to stop"),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            guard.fail(format!("panicked: {message}"));
+        }
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -342,6 +365,33 @@ mod tests {
         assert_eq!(
             health.alive_snapshot()[0].reason.as_deref(),
             Some("panicked")
+        );
+    }
+
+    #[tokio::test]
+    async fn supervise_tells_a_task_stopped_on_request_from_one_that_ended_or_panicked() {
+        let health = Health::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        supervise(health.register("asked", true), stop, async {}).await;
+        assert!(health.alive_snapshot().is_empty());
+        let running = tokio_util::sync::CancellationToken::new();
+        supervise(health.register("ended", true), running.clone(), async {}).await;
+        supervise(health.register("panicked", false), running, async {
+            panic!("boom")
+        })
+        .await;
+        let reasons: Vec<_> = health
+            .alive_snapshot()
+            .into_iter()
+            .map(|t| (t.name, t.reason.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("ended".into(), "returned before being asked to stop".into()),
+                ("panicked".into(), "panicked: boom".into())
+            ]
         );
     }
 
