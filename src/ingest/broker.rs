@@ -87,6 +87,9 @@ struct Ctx {
     subscribers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// How often a lasting failure to accept connections is logged again.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Accepts devices until `shutdown` is cancelled; every connection task is tracked by
 /// `tracker`, and each one finishes by writing the acks of what it already journaled.
 pub async fn serve(
@@ -110,6 +113,10 @@ pub async fn serve(
         subscribers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     });
     let mut refused_logged = false;
+    // Accept failures (usually EMFILE while descriptors run out) recur every 100 ms for as
+    // long as the cause lasts: the first is logged, then one summary per interval.
+    let mut accept_failures: u64 = 0;
+    let mut accept_failure_logged: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -119,7 +126,13 @@ pub async fn serve(
             Ok(s) => s,
             Err(e) => {
                 // Usually EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "Accepting an MQTT connection failed; retrying shortly.");
+                accept_failures += 1;
+                if accept_failure_logged.is_none_or(|t| t.elapsed() >= ACCEPT_FAILURE_LOG_INTERVAL)
+                {
+                    accept_failure_logged = Some(std::time::Instant::now());
+                    tracing::warn!(error = %e, failures = accept_failures, "Accepting an MQTT connection failed; retrying every 100ms (logged again every 30s while it lasts).");
+                    accept_failures = 0;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -853,7 +866,9 @@ async fn write_loop(
                     out.clear();
                 }
                 if close_after {
-                    tracing::info!("Journal full (on_full = \"reject\"): refusing the device's readings and closing its connection; it keeps them and resends.");
+                    // DEBUG: every device resends and is refused again while the journal is
+                    // full; the journal writer sums the refusals up every 10 s at WARN.
+                    tracing::debug!("Journal full (on_full = \"reject\"): refusing the device's readings and closing its connection; it keeps them and resends.");
                     out.clear();
                     codec::write_disconnect(version, DisconnectReason::QuotaExceeded, &mut out);
                     let _ = wr.write_all(&out).await;
