@@ -1,14 +1,191 @@
-//! The human-readable `tidegate status` view.
+//! The `tidegate status` view: what the journal holds, and what the running daemon says.
+//!
+//! Two sources, each optional in its own way:
+//!
+//! * the **journal**, opened read-only ([`crate::journal::summary_read_only`]): records and
+//!   bytes held, per upstream its stored cursor, backlog and oldest unsent reading. This
+//!   works whether the daemon runs or not, and is the authority on backlog.
+//! * the **daemon**, asked over `http.listen` for `/api/status` ([`fetch_live`]): whether
+//!   it is healthy, each upstream's connection state, ingest and forward rates. When the
+//!   daemon is not running or `[http]` is disabled, the view says so and shows the journal
+//!   alone.
+//!
+//! # Invariant
+//!
+//! `status --json` keeps the journal summary's fields at the top level, unchanged
+//! (`records`, `upstreams[].name`, `upstreams[].backlog`, …: scripts and tests read them);
+//! the daemon's figures are added under `daemon` (or `null`, with `daemon_error`).
 
 use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::config::Config;
+use crate::http::StatusSnapshot;
 use crate::journal::Summary;
 
-/// Renders `summary` for a terminal; `now_ms` gives ages.
-pub fn render(summary: &Summary, config: &Config, now_ms: u64) -> String {
+/// How long `status` waits for the daemon before showing the journal alone.
+pub const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the running daemon's figures are not available.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LiveError {
+    /// `[http]` is disabled in the config, so there is no one to ask.
+    #[error("http.enabled = false: no live figures")]
+    Disabled,
+    /// Nothing answered at the address (daemon not running, or another port).
+    #[error("no daemon answering on http.listen = {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    /// Something answered, but not with tidegate's status.
+    #[error("http.listen = {addr} answered, but not with tidegate's status: {reason}")]
+    BadAnswer { addr: SocketAddr, reason: String },
+}
+
+/// What `status --json` prints.
+#[derive(Debug, Serialize)]
+pub struct StatusReport<'a> {
+    #[serde(flatten)]
+    pub journal: &'a Summary,
+    /// The daemon's own figures, when it answered.
+    pub daemon: Option<&'a StatusSnapshot>,
+    /// Why `daemon` is null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_error: Option<String>,
+}
+
+/// Asks the daemon at `config.http.listen` for `/api/status`, within [`LIVE_TIMEOUT`].
+pub fn fetch_live(config: &Config) -> Result<StatusSnapshot, LiveError> {
+    if !config.http.enabled {
+        return Err(LiveError::Disabled);
+    }
+    let addr = config.http.listen;
+    // A daemon bound to every interface is asked on loopback.
+    let target = if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    };
+    let unreachable = |reason: String| LiveError::Unreachable { addr, reason };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| unreachable(format!("cannot start a runtime: {e}")))?;
+    let body = rt.block_on(async {
+        tokio::time::timeout(LIVE_TIMEOUT, get(target, "/api/status"))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Fetch::Unreachable(format!(
+                    "no answer within {LIVE_TIMEOUT:?}"
+                )))
+            })
+    });
+    match body {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LiveError::BadAnswer {
+            addr,
+            reason: e.to_string(),
+        }),
+        Err(Fetch::Unreachable(reason)) => Err(unreachable(reason)),
+        Err(Fetch::Bad(reason)) => Err(LiveError::BadAnswer { addr, reason }),
+    }
+}
+
+enum Fetch {
+    Unreachable(String),
+    Bad(String),
+}
+
+/// `GET path` on `addr` with hyper's HTTP/1 client; the body if the answer is 200.
+async fn get(addr: SocketAddr, path: &str) -> Result<bytes::Bytes, Fetch> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| Fetch::Unreachable(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| Fetch::Unreachable(e.to_string()))?;
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| Fetch::Bad(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Fetch::Unreachable(e.to_string()))?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(Fetch::Bad(format!("HTTP {}", response.status())));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Fetch::Bad(e.to_string()))?
+        .to_bytes();
+    driver.abort();
+    Ok(body)
+}
+
+/// Width of the backlog bar, in characters.
+const BAR: usize = 20;
+
+fn age(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn rate(r: Option<f64>) -> String {
+    match r {
+        Some(r) if r >= 100.0 => format!("{r:.0}/s"),
+        Some(r) => format!("{r:.1}/s"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Renders `summary` (and the daemon's figures, if it answered) for a terminal; `now_ms`
+/// gives ages.
+pub fn render(
+    summary: &Summary,
+    config: &Config,
+    now_ms: u64,
+    live: Result<&StatusSnapshot, &LiveError>,
+) -> String {
     let mut s = String::new();
     let max = config.journal.max_size.as_u64().max(1);
+    match live {
+        Ok(d) => {
+            let _ = writeln!(
+                s,
+                "daemon    {} (gateway {}, v{}), up {}; {}",
+                if d.healthy { "healthy" } else { "UNHEALTHY" },
+                d.gateway,
+                d.version,
+                age(d.now_ms.saturating_sub(d.started_ms) / 1000),
+                if d.problems.is_empty() {
+                    "no problems".to_owned()
+                } else {
+                    d.problems.join("; ")
+                }
+            );
+            let _ = writeln!(
+                s,
+                "ingest    {} ({} journaled since start, {} MQTT devices connected)",
+                rate(d.ingest.per_s),
+                d.journal.appended_total,
+                d.ingest.mqtt_connections
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "daemon    not reachable ({e}); journal figures only");
+        }
+    }
     let _ = writeln!(s, "journal   {}", summary.dir.display());
     let _ = writeln!(
         s,
@@ -45,26 +222,43 @@ pub fn render(summary: &Summary, config: &Config, now_ms: u64) -> String {
         } else {
             u.backlog as f64 / summary.records as f64
         };
-        let filled = (share * 20.0).round() as usize;
-        let age = u
+        let filled = ((share * BAR as f64).round() as usize).min(BAR);
+        let oldest = u
             .oldest_unsent_ms
-            .map(|t| {
-                humantime::format_duration(std::time::Duration::from_secs(
-                    now_ms.saturating_sub(t) / 1000,
-                ))
-                .to_string()
-            })
+            .map(|t| age(now_ms.saturating_sub(t) / 1000))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
+        let _ = write!(
             s,
             "upstream  {:<16} [{}{}] backlog {:>10}  oldest unsent {:>12}  cursor {}",
             u.name,
-            "#".repeat(filled.min(20)),
-            ".".repeat(20 - filled.min(20)),
+            "#".repeat(filled),
+            ".".repeat(BAR - filled),
             u.backlog,
-            age,
+            oldest,
             u.cursor
         );
+        if let Ok(d) = live {
+            match d.upstreams.iter().find(|x| x.name == u.name) {
+                Some(x) => {
+                    let _ = write!(
+                        s,
+                        "  {}  forwarding {}  sent {}  failures {}",
+                        if x.connected {
+                            "connected"
+                        } else {
+                            "NOT CONNECTED"
+                        },
+                        rate(x.sent_per_s),
+                        x.sent_total,
+                        x.failures_total
+                    );
+                }
+                None => {
+                    let _ = write!(s, "  (not configured in the running daemon)");
+                }
+            }
+        }
+        s.push('\n');
     }
     s
 }

@@ -92,17 +92,45 @@ pub struct Gateway {
     config: PathBuf,
     /// The temp dir [`Gateway::start_fresh`] made for it.
     dir: Option<TempDir>,
+    /// `127.0.0.1:PORT` of its HTTP listener (`[http] listen`), when enabled.
+    http: Option<String>,
 }
 
 impl Gateway {
     /// Writes `config_toml` to `dir/tidegate.toml`, starts the daemon and waits (30 s) until
     /// its `[mqtt] listen` port accepts connections; panics with the log otherwise.
+    ///
+    /// A config without an `[http]` section gets one on a free loopback port, so that
+    /// gateways of tests running in parallel do not all claim the default 9464.
     pub fn start(config_toml: &str, dir: &Path) -> Gateway {
         let config = dir.join("tidegate.toml");
-        std::fs::write(&config, config_toml)
+        let table = toml::from_str::<toml::Table>(config_toml).ok();
+        let http_section = table.as_ref().and_then(|t| t.get("http"));
+        let (config_toml, http) = match http_section {
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                (
+                    format!("{config_toml}\n[http]\nlisten = \"{addr}\"\n"),
+                    Some(addr),
+                )
+            }
+            Some(h) if h.get("enabled").and_then(|e| e.as_bool()) == Some(false) => {
+                (config_toml.to_owned(), None)
+            }
+            Some(h) => (
+                config_toml.to_owned(),
+                Some(
+                    h.get("listen")
+                        .and_then(|l| l.as_str())
+                        .unwrap_or("127.0.0.1:9464")
+                        .to_owned(),
+                ),
+            ),
+        };
+        std::fs::write(&config, &config_toml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
-        let listen = toml::from_str::<toml::Table>(config_toml)
-            .ok()
+        let listen = table
+            .as_ref()
             .and_then(|t| t.get("mqtt")?.get("listen")?.as_str().map(str::to_owned))
             .unwrap_or_else(|| "127.0.0.1:1883".to_owned());
         let mqtt_port = listen
@@ -125,7 +153,16 @@ impl Gateway {
             process,
             config,
             dir: None,
+            http,
         }
+    }
+
+    /// `127.0.0.1:PORT` of its HTTP listener (`/metrics`, `/health`, the status page);
+    /// panics if the config disabled it.
+    pub fn http_addr(&self) -> &str {
+        self.http
+            .as_deref()
+            .expect("this gateway runs with http.enabled = false")
     }
 
     /// [`Gateway::start`] in a fresh temp dir (removed when the gateway is dropped) with a
@@ -199,5 +236,41 @@ impl Gateway {
             .stdin(Stdio::null())
             .output()
             .expect("run tidegate")
+    }
+}
+
+/// `GET http://ADDR/PATH` (loopback) with hyper's HTTP/1 client: the status code and body.
+/// Panics if nothing answers within 10 s.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+        let driver = tokio::spawn(conn);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, addr)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        driver.abort();
+        Ok::<_, std::io::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), fetch).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => panic!("GET http://{addr}{path}: {e}"),
+        Err(_) => panic!("GET http://{addr}{path}: no answer within 10 s"),
     }
 }

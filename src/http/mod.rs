@@ -1,0 +1,487 @@
+//! The monitoring listener (`[http]`): `/metrics`, `/health`, the status page and its JSON.
+//!
+//! This module owns the `http.listen` socket and everything served on it:
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format ([`metrics`]) |
+//! | `GET /health` | `200 ok`, or `503` with one reason per line ([`crate::health`]) |
+//! | `GET /` | the status page: one HTML file and one script, embedded in the binary |
+//! | `GET /api/status` | the page's live figures as JSON ([`StatusSnapshot`]); also read by `tidegate status` |
+//! | `GET /api/history` | the last hour, one sample every 5 s ([`history`]) |
+//!
+//! # Invariants
+//!
+//! 1. **Read-only, no second count.** Nothing served here changes the daemon's state. Every
+//!    figure is read at request time from the counters the stages already keep
+//!    ([`crate::telemetry`], [`crate::journal::JournalCounters`]) or from one read
+//!    transaction of the journal; this module counts nothing itself except its history.
+//! 2. **Never takes the daemon down.** A port that cannot be bound is a start-up error
+//!    naming `http.listen` ([`HttpError::Bind`]); once running, a failed request or
+//!    connection is the client's problem, and the server ending early is logged and
+//!    reported through the health registry, never propagated.
+//! 3. **Bounded.** The history is a fixed ring of [`history::CAPACITY`] samples; requests
+//!    in progress are capped at [`MAX_CONCURRENT_REQUESTS`]; responses are built from
+//!    fixed-size figures (no per-reading data).
+//! 4. **Self-contained page.** The status page loads nothing from elsewhere (gateways are
+//!    often offline): its HTML, CSS and script are compiled into the binary.
+
+pub mod history;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::journal::{Journal, Summary};
+use crate::telemetry::{
+    get as read, ForwardCounters, IngestCounters, ModbusCounters, MqttSubscribeCounters,
+    SerialCounters,
+};
+use history::History;
+
+/// Why the HTTP listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on http.listen = {addr}: {source} (choose a free port for http.listen, or set http.enabled = false)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Requests served at once; more wait for a slot. A scrape, the page's two polls and a
+/// `tidegate status` need a handful; the cap keeps a misbehaving client from making the
+/// daemon open many journal read transactions at once.
+pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Longest the server waits for open requests at shutdown before it is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The status page, its script, and an empty icon so that browsers do not ask for one.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+
+/// One upstream as the monitoring side sees it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSource {
+    pub name: String,
+    /// `kafka` or `mqtt`.
+    pub kind: &'static str,
+    pub counters: Arc<ForwardCounters>,
+}
+
+/// The upstreams the daemon forwards to now, shared with whoever starts and stops
+/// forwarders (a reload replaces the list; the listener reads it at every request).
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamList(Arc<std::sync::RwLock<Vec<UpstreamSource>>>);
+
+impl UpstreamList {
+    pub fn new(upstreams: Vec<UpstreamSource>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(upstreams)))
+    }
+
+    /// Replaces the list (after a reload started or stopped forwarders).
+    pub fn set(&self, upstreams: Vec<UpstreamSource>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = upstreams;
+    }
+
+    /// The list now.
+    pub fn get(&self) -> Vec<UpstreamSource> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl UpstreamSource {
+    /// The upstreams of `config` with their counters (matched by name; an upstream without
+    /// counters yet is left out until the next [`UpstreamList::set`]).
+    pub fn list(
+        config: &[crate::config::UpstreamConfig],
+        counters: &[(String, Arc<ForwardCounters>)],
+    ) -> Vec<UpstreamSource> {
+        config
+            .iter()
+            .filter_map(|u| {
+                let (_, c) = counters.iter().find(|(n, _)| *n == u.name)?;
+                Some(UpstreamSource {
+                    name: u.name.clone(),
+                    kind: match u.kind {
+                        crate::config::UpstreamKind::Kafka => "kafka",
+                        crate::config::UpstreamKind::Mqtt => "mqtt",
+                    },
+                    counters: c.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Everything the listener reads: the journal handle and the counters of every stage.
+///
+/// Built once by [`crate::app`] from the same `Arc`s the stages bump.
+pub struct Sources {
+    pub gateway: String,
+    /// When the daemon started, ms since the Unix epoch.
+    pub started_ms: u64,
+    pub journal: Journal,
+    /// `journal.max_size` in bytes.
+    pub max_size: u64,
+    /// The MQTT listener's address (labels its readings).
+    pub mqtt_listen: SocketAddr,
+    pub ingest: Arc<IngestCounters>,
+    /// The upstreams now; a reload replaces the list.
+    pub upstreams: UpstreamList,
+    pub serial: Vec<(String, Arc<SerialCounters>)>,
+    pub modbus: Vec<Arc<ModbusCounters>>,
+    pub subscriptions: Vec<(String, Arc<MqttSubscribeCounters>)>,
+    /// The task-liveness registry; `/health` asks it.
+    pub health: Health,
+}
+
+impl Sources {
+    /// Whether the daemon is healthy, and if not every reason.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = match self.health.check() {
+            Ok(()) => Vec::new(),
+            Err(p) => p,
+        };
+        // The journal's own verdict, in case no probe was given to the registry.
+        if self.journal.is_failed() && !problems.iter().any(|p| p.starts_with("journal")) {
+            problems.push("journal failed: the writer stopped after an LMDB error".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Binds `addr` for [`serve`]. Done at start-up, before anything else is started, so that
+/// a taken port stops the daemon with an error naming the key.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })
+}
+
+/// What the handlers share. `sources` is weak: [`serve`] holds the only strong reference
+/// (with the sampler), so when it returns the journal handle inside is dropped even if a
+/// slow client still holds a connection task — shutdown never waits on a browser.
+#[derive(Clone)]
+struct AppState {
+    sources: Weak<Sources>,
+    history: Arc<History>,
+    registry: Arc<prometheus_client::registry::Registry>,
+}
+
+/// Serves the listener until `stop`, and samples the history every
+/// [`history::SAMPLE_INTERVAL`] meanwhile. Returns when both have stopped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sources: Arc<Sources>,
+    stop: CancellationToken,
+) {
+    let history = Arc::new(History::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(metrics::DaemonCollector::new(Arc::downgrade(
+        &sources,
+    ))));
+    let state = AppState {
+        sources: Arc::downgrade(&sources),
+        history: history.clone(),
+        registry: Arc::new(registry),
+    };
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(health))
+        .route("/api/status", get(api_status))
+        .route("/api/history", get(api_history))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
+        .with_state(state);
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(listen = ?addr, "HTTP listener ready: /metrics, /health, status page at /.");
+    if let Some(a) = addr {
+        if !a.ip().is_loopback() {
+            tracing::warn!(listen = %a, "http.listen is not a loopback address: /metrics, /health and the status page are open to the network without authentication.");
+        }
+    }
+
+    let guard = sources.health.register("http", false);
+    let sampler = tokio::spawn(history::run(sources.clone(), history, stop.clone()));
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = async move {
+        match server.await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "HTTP listener stopped; /metrics, /health and the status page are unavailable until tidegate restarts.");
+                Some(e.to_string())
+            }
+        }
+    };
+    tokio::pin!(server);
+    let failure = tokio::select! {
+        failure = &mut server => failure,
+        // An open connection (a browser keeping its socket) must not hold up shutdown.
+        _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => None,
+    };
+    match failure {
+        Some(reason) => guard.fail(reason),
+        None => guard.retire(),
+    }
+    let _ = sampler.await;
+    // `sources` (and the journal handle in it) is dropped here.
+}
+
+/// The answer once the listener is stopping and the sources are gone.
+fn stopping() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unhealthy\nshutting down\n",
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn app_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    // The collector opens a journal read transaction: off the async workers.
+    let registry = state.registry.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).map(|()| text)
+    })
+    .await;
+    match encoded {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let Some(sources) = state.sources.upgrade() else {
+        return stopping();
+    };
+    match sources.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()).into_response(),
+        Err(problems) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy\n{}\n", problems.join("\n")),
+        )
+            .into_response(),
+    }
+}
+
+async fn api_status(State(state): State<AppState>) -> Response {
+    let Some(sources) = state.sources.upgrade() else {
+        return stopping();
+    };
+    let history = state.history.clone();
+    match tokio::task::spawn_blocking(move || StatusSnapshot::take(&sources, &history)).await {
+        Ok(snapshot) => Json(snapshot).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "status unavailable\n").into_response(),
+    }
+}
+
+async fn api_history(State(state): State<AppState>) -> Response {
+    Json(state.history.export()).into_response()
+}
+
+/// The daemon's state now, as `/api/status` serves it.
+///
+/// Field names are part of the interface: the status page and `tidegate status --json`
+/// read them. Add fields; do not rename them.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StatusSnapshot {
+    pub gateway: String,
+    pub version: String,
+    pub started_ms: u64,
+    pub now_ms: u64,
+    pub healthy: bool,
+    /// Why not healthy; empty when healthy.
+    pub problems: Vec<String>,
+    pub journal: JournalStatus,
+    pub ingest: IngestStatus,
+    pub upstreams: Vec<UpstreamStatus>,
+}
+
+/// The journal part of [`StatusSnapshot`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct JournalStatus {
+    /// Records held (`None` when the journal could not be read).
+    pub records: Option<u64>,
+    pub bytes_held: u64,
+    pub max_size: u64,
+    pub disk_bytes: Option<u64>,
+    /// Readings committed since start.
+    pub appended_total: u64,
+    pub rejected_full_total: u64,
+    pub dropped_full_total: u64,
+    pub failed: bool,
+}
+
+/// The ingest part of [`StatusSnapshot`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct IngestStatus {
+    /// MQTT devices connected now.
+    pub mqtt_connections: u64,
+    /// Readings committed per second over the last sample interval (`None` until two
+    /// samples exist).
+    pub per_s: Option<f64>,
+    /// Readings received per input since start, e.g. `("mqtt", "127.0.0.1:1883", 120)`.
+    pub inputs: Vec<InputStatus>,
+}
+
+/// One input's readings in [`IngestStatus`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InputStatus {
+    pub source: String,
+    pub input: String,
+    pub received_total: u64,
+    pub rejected_total: u64,
+}
+
+/// One upstream in [`StatusSnapshot`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub kind: String,
+    pub connected: bool,
+    /// Records held that it has not delivered (from its stored cursor).
+    pub backlog: Option<u64>,
+    /// Ingest time of its oldest unsent record, ms since the epoch.
+    pub oldest_unsent_ms: Option<u64>,
+    /// Age of that record now, seconds.
+    pub oldest_unsent_age_s: Option<f64>,
+    pub sent_total: u64,
+    pub failures_total: u64,
+    pub retries_total: u64,
+    /// Records delivered per second over the last sample interval.
+    pub sent_per_s: Option<f64>,
+}
+
+impl StatusSnapshot {
+    /// Reads every figure now (blocking: opens a journal read transaction).
+    pub fn take(sources: &Sources, history: &History) -> StatusSnapshot {
+        let summary = sources.journal.summary();
+        if let Err(e) = &summary {
+            tracing::debug!(error = %e, "Status without the journal summary.");
+        }
+        Self::build(sources, summary.ok().as_ref(), history)
+    }
+
+    fn build(sources: &Sources, summary: Option<&Summary>, history: &History) -> StatusSnapshot {
+        let now = crate::journal::now_ms();
+        let c = sources.journal.counters();
+        let (problems, healthy) = match sources.check() {
+            Ok(()) => (Vec::new(), true),
+            Err(p) => (p, false),
+        };
+        let rates = history.latest_rates();
+        let upstreams = sources
+            .upstreams
+            .get()
+            .iter()
+            .map(|u| {
+                let held = summary.and_then(|s| s.upstreams.iter().find(|x| x.name == u.name));
+                let oldest = held.and_then(|h| h.oldest_unsent_ms);
+                UpstreamStatus {
+                    name: u.name.clone(),
+                    kind: u.kind.to_owned(),
+                    connected: read(&u.counters.connected) == 1,
+                    backlog: held.map(|h| h.backlog),
+                    oldest_unsent_ms: oldest,
+                    oldest_unsent_age_s: oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                    sent_total: read(&u.counters.sent),
+                    failures_total: read(&u.counters.failures),
+                    retries_total: read(&u.counters.retries),
+                    sent_per_s: rates.as_ref().and_then(|r| {
+                        r.sent_per_s
+                            .iter()
+                            .find(|(n, _)| n == &u.name)
+                            .map(|(_, v)| *v)
+                    }),
+                }
+            })
+            .collect();
+        StatusSnapshot {
+            gateway: sources.gateway.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: sources.started_ms,
+            now_ms: now,
+            healthy,
+            problems,
+            journal: JournalStatus {
+                records: summary.map(|s| s.records),
+                bytes_held: read(&c.bytes_held),
+                max_size: sources.max_size,
+                disk_bytes: summary.map(|s| s.disk_bytes),
+                appended_total: read(&c.appended),
+                rejected_full_total: read(&c.rejected_full),
+                dropped_full_total: read(&c.dropped_full),
+                failed: sources.journal.is_failed(),
+            },
+            ingest: IngestStatus {
+                mqtt_connections: read(&sources.ingest.connections_active),
+                per_s: rates.map(|r| r.ingest_per_s),
+                inputs: metrics::inputs(sources)
+                    .into_iter()
+                    .map(|i| InputStatus {
+                        source: i.source.to_owned(),
+                        input: i.input,
+                        received_total: i.received,
+                        rejected_total: i.rejected.iter().map(|(_, n)| n).sum(),
+                    })
+                    .collect(),
+            },
+            upstreams,
+        }
+    }
+}

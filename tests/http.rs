@@ -1,0 +1,406 @@
+//! The monitoring listener end to end: the real `tidegate` binary with a firmware-sim fleet
+//! and a real Kafka-protocol broker (Tansu), all on loopback.
+//!
+//! * `/metrics` parses as Prometheus text (with `prometheus-parse`) and its counters move
+//!   with traffic: readings per source, the journal, and per upstream sent, failures,
+//!   retries, backlog and its age, connected state;
+//! * `/health` is 200 while healthy and 503 with the reason when the journal refuses
+//!   writes (a real full journal) or when an essential task ends (the task registry, in
+//!   process);
+//! * `status --json` matches the journal and carries the daemon's live figures;
+//! * a taken `http.listen` port stops the daemon at start-up, naming the key.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, http_get, Gateway, Tansu};
+use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
+
+/// Longest any figure may take to reach the value a test waits for.
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn config(mqtt: u16, dir: &Path, extra: &str, kafka_port: Option<u16>) -> String {
+    let mut c = format!(
+        "[gateway]\nid = \"gw-http\"\n[journal]\ndir = \"{}\"\n{extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n",
+        dir.join("journal").display()
+    );
+    if let Some(port) = kafka_port {
+        c.push_str(&format!(
+            "[[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"metrics\"\nmax_batch = 500\nlinger = \"5ms\"\nrequest_timeout = \"3s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n"
+        ));
+    }
+    c
+}
+
+fn fleet(gw: &Gateway, devices: usize, count: u64, first_device: usize) -> FleetOptions {
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = devices;
+    o.first_device = first_device;
+    o.qos = Qos::AtLeastOnce;
+    o.window = 20;
+    o.rate = None;
+    o.count = Some(count);
+    o.drain_timeout = Duration::from_secs(60);
+    o
+}
+
+/// One scrape, parsed.
+struct Metrics {
+    samples: Vec<prometheus_parse::Sample>,
+    text: String,
+}
+
+impl Metrics {
+    /// The value of `name` whose labels include every pair of `labels`; panics if absent.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels)
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in /metrics:\n{}", self.text))
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                prometheus_parse::Value::Histogram(h) => {
+                    h.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                prometheus_parse::Value::Summary(_) => f64::NAN,
+            })
+    }
+}
+
+async fn scrape(gw: &Gateway) -> Metrics {
+    let (code, text) = http_get(gw.http_addr(), "/metrics").await;
+    assert_eq!(code, 200, "/metrics answered {code}: {text}");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{text}"));
+    // Every family has HELP and TYPE lines (the parser keeps the HELP texts).
+    assert!(
+        scrape.docs.contains_key("tidegate_readings_received_total"),
+        "HELP lines missing:\n{text}"
+    );
+    Metrics {
+        samples: scrape.samples,
+        text,
+    }
+}
+
+/// Scrapes until `ok` holds, or fails with the last scrape and the log after [`SETTLE`].
+async fn scrape_until(gw: &Gateway, what: &str, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let m = scrape(gw).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {SETTLE:?} for {what}; last scrape:\n{}\ngateway log:\n{}",
+            m.text,
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const MQTT: [(&str, &str); 1] = [("source", "mqtt")];
+const CLUSTER: [(&str, &str); 1] = [("upstream", "cluster")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_follow_a_fleet_through_an_outage_of_the_cluster() {
+    let tansu = Tansu::start();
+    let kafka_port = tansu.port();
+    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", Some(kafka_port)));
+
+    let before = scrape(&gw).await;
+    assert_eq!(before.value("tidegate_readings_received_total", &MQTT), 0.0);
+    assert_eq!(before.value("tidegate_journal_appended_total", &[]), 0.0);
+    assert!(before.value("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(before.value("process_open_fds", &[]) > 0.0);
+    assert_eq!(before.value("tidegate_healthy", &[]), 1.0);
+    assert_eq!(
+        before.value("tidegate_info", &[("gateway", "gw-http")]),
+        1.0
+    );
+
+    // 1. Cluster up: a fleet's readings are journaled and forwarded.
+    let report = run_fleet(fleet(&gw, 8, 250, 1), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked());
+    let n = report.acked() as f64;
+    let m = scrape_until(&gw, "every reading forwarded", |m| {
+        m.value("tidegate_upstream_sent_total", &CLUSTER) >= n
+            && m.find("tidegate_upstream_backlog_records", &CLUSTER) == Some(0.0)
+    })
+    .await;
+    assert_eq!(m.value("tidegate_readings_received_total", &MQTT), n);
+    assert_eq!(m.value("tidegate_journal_appended_total", &[]), n);
+    assert_eq!(m.value("tidegate_upstream_sent_total", &CLUSTER), n);
+    assert_eq!(m.value("tidegate_upstream_connected", &CLUSTER), 1.0);
+    assert_eq!(
+        m.value("tidegate_upstream_oldest_unsent_age_seconds", &CLUSTER),
+        0.0
+    );
+    assert!(m.value("tidegate_upstream_batches_total", &CLUSTER) >= 1.0);
+    let commits = m.value("tidegate_journal_commits_total", &[]);
+    assert!(commits >= 1.0);
+    // Every commit is in the latency histogram (its largest bucket, +Inf, is the count).
+    assert_eq!(
+        m.value("tidegate_journal_commit_duration_seconds", &[]),
+        commits,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.value(
+            "tidegate_readings_rejected_total",
+            &[("source", "mqtt"), ("reason", "malformed")]
+        ),
+        0.0
+    );
+
+    // 2. Cluster down: the next readings pile up as backlog, sends fail and are retried.
+    let mut tansu = tansu;
+    tansu.kill();
+    let down = run_fleet(fleet(&gw, 4, 100, 101), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(down.all_acked());
+    let held = down.acked() as f64;
+    let m = scrape_until(&gw, "the outage to show", |m| {
+        m.value("tidegate_upstream_send_failures_total", &CLUSTER) >= 1.0
+            && m.value("tidegate_upstream_retries_total", &CLUSTER) >= 1.0
+            && m.find("tidegate_upstream_backlog_records", &CLUSTER) == Some(held)
+            && m.value("tidegate_upstream_connected", &CLUSTER) == 0.0
+    })
+    .await;
+    assert_eq!(m.value("tidegate_readings_received_total", &MQTT), n + held);
+    assert_eq!(m.value("tidegate_journal_records", &[]), held);
+    assert!(m.value("tidegate_journal_bytes", &[]) > 0.0);
+    assert!(m.value("tidegate_upstream_oldest_unsent_age_seconds", &CLUSTER) >= 0.0);
+
+    // 3. Cluster back: the backlog drains and the upstream shows connected again.
+    tansu.restart();
+    scrape_until(&gw, "the backlog to drain", |m| {
+        m.value("tidegate_upstream_sent_total", &CLUSTER) >= n + held
+            && m.find("tidegate_upstream_backlog_records", &CLUSTER) == Some(0.0)
+            && m.value("tidegate_upstream_connected", &CLUSTER) == 1.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_json_matches_the_journal_and_carries_the_daemons_live_figures() {
+    // No upstream reachable: everything stays in the journal as backlog.
+    let kafka_port = free_port();
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", Some(kafka_port)));
+    let report = run_fleet(fleet(&gw, 5, 120, 1), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked());
+    let n = report.acked();
+
+    let out = gw.command(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    // The journal's own figures, at the top level as before.
+    assert_eq!(status["records"].as_u64(), Some(n), "{status}");
+    assert_eq!(status["next_seq"].as_u64(), Some(n + 1), "{status}");
+    let up = &status["upstreams"][0];
+    assert_eq!(up["name"], "cluster");
+    assert_eq!(up["backlog"].as_u64(), Some(n), "{status}");
+    assert!(up["oldest_unsent_ms"].as_u64().is_some(), "{status}");
+    // The daemon's, from /api/status.
+    let d = &status["daemon"];
+    assert_eq!(d["gateway"], "gw-http", "{status}");
+    assert_eq!(d["healthy"], true, "{status}");
+    assert_eq!(d["journal"]["appended_total"].as_u64(), Some(n), "{status}");
+    assert_eq!(d["journal"]["records"].as_u64(), Some(n), "{status}");
+    assert_eq!(d["upstreams"][0]["name"], "cluster");
+    assert_eq!(d["upstreams"][0]["connected"], false);
+    assert_eq!(d["upstreams"][0]["backlog"].as_u64(), Some(n), "{status}");
+
+    // /metrics says the same about the journal.
+    let m = scrape(&gw).await;
+    assert_eq!(m.value("tidegate_journal_records", &[]), n as f64);
+    assert_eq!(
+        m.value("tidegate_upstream_backlog_records", &CLUSTER),
+        n as f64
+    );
+
+    // The readable view shows the bar, the backlog and the connection state.
+    let out = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daemon    healthy"), "{text}");
+    assert!(text.contains("[####################]"), "{text}");
+    assert!(text.contains(&format!("backlog {n:>10}")), "{text}");
+    assert!(text.contains("NOT CONNECTED"), "{text}");
+
+    // With the daemon stopped, the journal alone, and the JSON says why.
+    let exit = gw.terminate();
+    assert!(exit.success(), "{}", gw.log());
+    let out = gw.command(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["records"].as_u64(), Some(n));
+    assert!(status["daemon"].is_null(), "{status}");
+    assert!(
+        status["daemon_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("http.listen")),
+        "{status}"
+    );
+    let out = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("daemon    not reachable"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_503_with_the_reason_while_a_full_journal_refuses_readings() {
+    // 1 MiB under "reject", nothing forwarded: a few thousand readings fill it.
+    let gw = Gateway::start_fresh(|mqtt, dir| {
+        config(
+            mqtt,
+            dir,
+            "max_size = \"1MiB\"\non_full = \"reject\"\n",
+            None,
+        )
+        .replace("[mqtt]\n", "[mqtt]\nmax_packet = \"64KiB\"\n")
+    });
+    let (code, body) = http_get(gw.http_addr(), "/health").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+
+    let mut o = fleet(&gw, 4, 3000, 1);
+    // The devices keep what is refused; the fleet gives up on it after this.
+    o.drain_timeout = Duration::from_secs(3);
+    let stop = CancellationToken::new();
+    let flood = tokio::spawn(run_fleet(o, stop.clone()));
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let body = loop {
+        let (code, body) = http_get(gw.http_addr(), "/health").await;
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health stayed {code} ({body}) while the journal filled\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.starts_with("unhealthy\n"), "{body}");
+    assert!(body.contains("journal full"), "{body}");
+    let m = scrape(&gw).await;
+    assert!(m.value("tidegate_journal_rejected_full_total", &[]) >= 1.0);
+    assert_eq!(m.value("tidegate_healthy", &[]), 0.0);
+    stop.cancel();
+    let _ = flood.await;
+}
+
+/// In process, with the library: `/health` answers 503 naming an essential task that
+/// ended (as a forwarder whose loop returns), and 200 again for a non-essential one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_503_naming_an_essential_task_that_ended() {
+    use tidegate::health::{supervise, Health};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal_config = tidegate::config::JournalConfig {
+        dir: dir.path().join("journal"),
+        ..Default::default()
+    };
+    let (journal, writer) =
+        tidegate::journal::Journal::open(&journal_config, &[]).expect("journal opens");
+    let health = Health::new();
+    let listener = tidegate::http::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("binds");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let sources = tidegate::http::Sources {
+        gateway: "gw-test".into(),
+        started_ms: tidegate::journal::now_ms(),
+        journal: journal.clone(),
+        max_size: journal_config.max_size.as_u64(),
+        mqtt_listen: "127.0.0.1:1883".parse().expect("addr"),
+        ingest: Arc::default(),
+        upstreams: tidegate::http::UpstreamList::default(),
+        serial: Vec::new(),
+        modbus: Vec::new(),
+        subscriptions: Vec::new(),
+        health: health.clone(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(tidegate::http::serve(
+        listener,
+        Arc::new(sources),
+        stop.clone(),
+    ));
+
+    let task_stop = tokio_util::sync::CancellationToken::new();
+    let essential = health.register("forwarder:cluster", true);
+    let (end, ended) = tokio::sync::oneshot::channel::<()>();
+    let forwarder = tokio::spawn(supervise(essential, task_stop.clone(), async move {
+        let _ = ended.await;
+    }));
+    assert_eq!(http_get(&addr, "/health").await, (200, "ok\n".into()));
+
+    // The task's loop returns without being asked to: the registry marks it dead.
+    end.send(()).expect("task waiting");
+    forwarder.await.expect("supervised");
+    let (code, body) = http_get(&addr, "/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("forwarder:cluster is dead: returned before being asked to stop"),
+        "{body}"
+    );
+    let (_, status) = http_get(&addr, "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    assert_eq!(status["healthy"], false);
+    assert!(status["problems"][0]
+        .as_str()
+        .is_some_and(|p| p.contains("forwarder:cluster")));
+
+    stop.cancel();
+    server.await.expect("server stops");
+    drop(journal);
+    writer.join();
+}
+
+#[test]
+fn a_taken_http_port_stops_the_daemon_at_start_naming_http_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("journal").display(),
+            free_port()
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run tidegate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("http.listen = 127.0.0.1:{port}")),
+        "{err}"
+    );
+}

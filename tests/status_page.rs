@@ -1,0 +1,297 @@
+//! The status page in a real browser: headless Chromium (Debian's `chromium`, installed by
+//! `scripts/test.sh`) driven over the DevTools protocol with `chromiumoxide`, against the
+//! real `tidegate` binary, a firmware-sim fleet publishing all along, and a real
+//! Kafka-protocol broker (Tansu).
+//!
+//! The page must load with no console error, no uncaught exception and no failed request;
+//! show the upstream connected with its backlog; show figures that move with the traffic
+//! (journaled total, sent total) and draw the charts once samples exist. A screenshot is
+//! saved as `target/test-artifacts/status-page.png`.
+//!
+//! Every wait is bounded (`PAGE_SETTLE`), and the browser runs with a fresh profile in a
+//! temp dir and is killed at the end whatever happens.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::log::EventEntryAdded;
+use chromiumoxide::cdp::js_protocol::runtime::{EventConsoleApiCalled, EventExceptionThrown};
+use chromiumoxide::page::ScreenshotParams;
+use common::{Gateway, Tansu};
+use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
+use futures::StreamExt;
+
+/// Longest the page may take to show what a step waits for.
+const PAGE_SETTLE: Duration = Duration::from_secs(60);
+
+/// The Chromium binary: `TIDEGATE_CHROMIUM_BIN`, else `chromium` on the PATH.
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDEGATE_CHROMIUM_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("chromium"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("chromium is not installed: run scripts/test.sh (apt-get install chromium), or set TIDEGATE_CHROMIUM_BIN")
+        })
+}
+
+/// Where test artifacts go: `target/test-artifacts/`.
+fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// Evaluates `js` in the page until it returns a number above `above` (or, with `None`,
+/// any number); fails with `what` after [`PAGE_SETTLE`].
+async fn wait_for_number(
+    page: &chromiumoxide::Page,
+    js: &str,
+    above: Option<f64>,
+    what: &str,
+    gw: &Gateway,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + PAGE_SETTLE;
+    let mut last = None;
+    loop {
+        let value = match page.evaluate(js).await {
+            Ok(r) => r.into_value::<Option<f64>>().ok().flatten(),
+            Err(_) => None,
+        };
+        if let Some(v) = value {
+            if above.is_none_or(|a| v > a) {
+                return v;
+            }
+        }
+        last = value.or(last);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PAGE_SETTLE:?} for {what} (last value {last:?})\ngateway log:\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The text of `selector` as a number ("1,234" → 1234), or null.
+fn number_of(selector: &str) -> String {
+    format!(
+        "(() => {{ const e = document.querySelector({selector:?}); if (!e) return null; \
+         const n = Number(e.textContent.replace(/[^0-9.]/g, '')); \
+         return e.textContent.trim() === '' || e.textContent.includes('–') || Number.isNaN(n) ? null : n; }})()"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_error() {
+    let tansu = Tansu::start();
+    let kafka = tansu.port();
+    let gw = Gateway::start_fresh(|mqtt, dir| {
+        format!(
+            "[gateway]\nid = \"gw-page\"\n[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"page\"\nlinger = \"5ms\"\n",
+            dir.join("journal").display()
+        )
+    });
+
+    // Traffic all along: 5 turbines, 20 readings/s each, until the test stops them.
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = 5;
+    o.qos = Qos::AtLeastOnce;
+    o.rate = Some(20.0);
+    o.duration = Some(Duration::from_secs(300));
+    o.drain_timeout = Duration::from_secs(10);
+    let traffic = CancellationToken::new();
+    let fleet = tokio::spawn(run_fleet(o, traffic.clone()));
+
+    let profile = tempfile::tempdir().expect("temp dir");
+    let config = BrowserConfig::builder()
+        .chrome_executable(chromium())
+        .no_sandbox()
+        .user_data_dir(profile.path())
+        .window_size(1280, 1100)
+        .viewport(None)
+        .launch_timeout(Duration::from_secs(60))
+        .request_timeout(Duration::from_secs(30))
+        .args([
+            "disable-gpu",
+            "disable-quic",
+            "no-first-run",
+            "disable-background-networking",
+            "disable-component-update",
+            "disable-sync",
+        ])
+        .build()
+        .expect("browser config");
+    let (mut browser, mut handler) = Browser::launch(config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start headless Chromium: {e}"));
+    let driver = tokio::spawn(async move { while handler.next().await.is_some() {} });
+
+    let outcome = async {
+        let page = browser.new_page("about:blank").await.expect("new page");
+        // Every console error, uncaught exception and browser log error (failed requests,
+        // CSP violations) is collected from before the page loads.
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut console = page
+            .event_listener::<EventConsoleApiCalled>()
+            .await
+            .expect("console events");
+        let mut exceptions = page
+            .event_listener::<EventExceptionThrown>()
+            .await
+            .expect("exception events");
+        let mut log = page
+            .event_listener::<EventEntryAdded>()
+            .await
+            .expect("log events");
+        let e = errors.clone();
+        let collect_console = tokio::spawn(async move {
+            while let Some(ev) = console.next().await {
+                let kind = format!("{:?}", ev.r#type).to_lowercase();
+                if kind.contains("error") || kind.contains("assert") {
+                    e.lock()
+                        .unwrap()
+                        .push(format!("console.{kind}: {:?}", ev.args));
+                }
+            }
+        });
+        let e = errors.clone();
+        let collect_exceptions = tokio::spawn(async move {
+            while let Some(ev) = exceptions.next().await {
+                e.lock()
+                    .unwrap()
+                    .push(format!("exception: {:?}", ev.exception_details));
+            }
+        });
+        let e = errors.clone();
+        let collect_log = tokio::spawn(async move {
+            while let Some(ev) = log.next().await {
+                let level = format!("{:?}", ev.entry.level).to_lowercase();
+                if level.contains("error") {
+                    e.lock().unwrap().push(format!(
+                        "log {level}: {} ({:?})",
+                        ev.entry.text, ev.entry.url
+                    ));
+                }
+            }
+        });
+
+        let url = format!("http://{}/", gw.http_addr());
+        page.goto(url.as_str()).await.expect("page loads");
+
+        // The first refresh has happened and the upstream row is there, connected.
+        wait_for_number(
+            &page,
+            "Number(document.body.getAttribute('data-refreshes')) || null",
+            None,
+            "the first refresh",
+            &gw,
+        )
+        .await;
+        wait_for_number(
+            &page,
+            "(() => { const r = document.querySelector('tr[data-upstream=\"cluster\"] .connected'); \
+             return r && r.textContent.trim() === 'connected' ? 1 : null; })()",
+            None,
+            "the cluster shown connected",
+            &gw,
+        )
+        .await;
+
+        // Figures move with the traffic, by themselves (no reload).
+        let journaled = wait_for_number(
+            &page,
+            &number_of("#appended-total"),
+            Some(0.0),
+            "readings journaled",
+            &gw,
+        )
+        .await;
+        wait_for_number(
+            &page,
+            &number_of("#appended-total"),
+            Some(journaled),
+            "the journaled total to grow",
+            &gw,
+        )
+        .await;
+        let sent = wait_for_number(
+            &page,
+            &number_of("tr[data-upstream=\"cluster\"] .sent-total"),
+            Some(0.0),
+            "readings sent",
+            &gw,
+        )
+        .await;
+        wait_for_number(
+            &page,
+            &number_of("tr[data-upstream=\"cluster\"] .sent-total"),
+            Some(sent),
+            "the sent total to grow",
+            &gw,
+        )
+        .await;
+        wait_for_number(
+            &page,
+            &number_of("#ingest-rate"),
+            Some(0.0),
+            "a non-zero ingest rate",
+            &gw,
+        )
+        .await;
+        // Two points make a line: the ingest and forward charts each draw one once the
+        // history holds two samples (5 s apart).
+        wait_for_number(
+            &page,
+            "(() => { const n = [...document.querySelectorAll('#chart-ingest path, #chart-forward path')] \
+             .filter(p => (p.getAttribute('d') || '').includes('L')).length; return n >= 2 ? n : null; })()",
+            None,
+            "the ingest and forward charts",
+            &gw,
+        )
+        .await;
+
+        let png = page
+            .screenshot(ScreenshotParams::builder().full_page(true).build())
+            .await
+            .expect("screenshot");
+        let shot = artifacts_dir().join("status-page.png");
+        std::fs::write(&shot, &png)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", shot.display()));
+        assert!(png.len() > 1000, "screenshot is {} bytes", png.len());
+
+        // Let events in flight arrive before judging.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        collect_console.abort();
+        collect_exceptions.abort();
+        collect_log.abort();
+        let errors = errors.lock().unwrap().clone();
+        assert!(
+            errors.is_empty(),
+            "the page logged errors:\n{}",
+            errors.join("\n")
+        );
+    };
+    // Bounded whatever Chromium does.
+    let result = tokio::time::timeout(Duration::from_secs(180), outcome).await;
+    let _ = browser.close().await;
+    let _ = browser.kill().await;
+    driver.abort();
+    traffic.cancel();
+    let _ = fleet.await;
+    result.unwrap_or_else(|_| panic!("the status page test took over 180 s\n{}", gw.log()));
+}
