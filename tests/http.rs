@@ -126,6 +126,8 @@ async fn metrics_parse_as_prometheus_text_and_follow_a_fleet_through_an_outage_o
     assert_eq!(before.value("tidegate_journal_appended_total", &[]), 0.0);
     assert!(before.value("process_resident_memory_bytes", &[]) > 0.0);
     assert!(before.value("process_open_fds", &[]) > 0.0);
+    let sockets = before.value("tidegate_open_sockets", &[]);
+    assert!(sockets >= 2.0, "the MQTT and HTTP listeners at least");
     assert_eq!(before.value("tidegate_healthy", &[]), 1.0);
     assert_eq!(
         before.value("tidegate_info", &[("gateway", "gw-http")]),
@@ -138,6 +140,12 @@ async fn metrics_parse_as_prometheus_text_and_follow_a_fleet_through_an_outage_o
         .expect("fleet");
     assert!(report.all_acked());
     let n = report.acked() as f64;
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .value("tidegate_mqtt_connections_accepted_total", &[]),
+        8.0
+    );
     let m = scrape_until(&gw, "every reading forwarded", |m| {
         m.value("tidegate_upstream_sent_total", &CLUSTER) >= n
             && m.find("tidegate_upstream_backlog_records", &CLUSTER) == Some(0.0)
