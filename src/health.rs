@@ -100,10 +100,14 @@ impl Health {
     }
 
     /// Enrols a task; it is alive while the returned guard is held. Names need not be
-    /// unique (a forwarder restarted on reload registers again under the same name).
+    /// unique (a forwarder restarted on reload registers again under the same name), but a
+    /// new registration replaces dead entries of its name: the task that died has been
+    /// started again, so it no longer makes the daemon unhealthy.
     pub fn register(&self, name: &str, essential: bool) -> TaskGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.tasks().push(Entry {
+        let mut tasks = self.tasks();
+        tasks.retain(|e| e.status.alive || e.status.name != name);
+        tasks.push(Entry {
             id,
             status: TaskStatus {
                 name: name.to_owned(),
@@ -329,6 +333,16 @@ mod tests {
             health.alive_snapshot()[0].reason.as_deref(),
             Some("accept failed")
         );
+    }
+
+    #[test]
+    fn a_task_started_again_under_its_name_replaces_its_dead_entry() {
+        let health = Health::new();
+        drop(health.register("forwarder:k", true));
+        assert!(!health.watchdog_ok());
+        let _again = health.register("forwarder:k", true);
+        assert!(health.watchdog_ok());
+        assert_eq!(health.alive_snapshot().len(), 1);
     }
 
     #[test]
