@@ -244,7 +244,7 @@ fn watchdog_pings_stop_when_an_essential_task_dies() {
     let dir = TempDir::new().expect("temp dir");
     let notify = NotifySocket::bind(dir.path());
     let mut env = notify.env(Some(Duration::from_secs(1)));
-    // Test hook: forwarder "a" ends on its own two seconds after it starts.
+    // Test hook: forwarder "a" ends on its own two seconds after its first start.
     env.push(("TIDEGATE_TEST_FORWARDER_EXITS", "a".into()));
     let mut daemon = Daemon::start(
         dir.path(),
@@ -271,6 +271,13 @@ fn watchdog_pings_stop_when_an_essential_task_dies() {
     assert_eq!(count(&after, "WATCHDOG=1"), 0, "{after:?}");
     // The daemon itself runs on: systemd's watchdog is what restarts it.
     assert!(daemon.is_running());
+
+    // A reload starts the dead forwarder again (the hook kills only its first start), and
+    // the pings resume.
+    daemon.signal(Signal::SIGHUP);
+    daemon.wait_for_log("a: had stopped, restarted", 1);
+    daemon.wait_for_log("watchdog pings resume", 1);
+    notify.until("WATCHDOG=1");
     assert_eq!(daemon.terminate(), Some(0));
 }
 

@@ -9,7 +9,8 @@
 //!   finishes the batch in flight and stores its cursor) and started again with the new
 //!   settings; a removed one is stopped and its cursor deleted; a new one starts at the
 //!   oldest reading held — the same cursor reconciliation as at open
-//!   ([`Journal::set_upstreams`]). Unchanged upstreams are not touched;
+//!   ([`Journal::set_upstreams`]). Unchanged upstreams are not touched, except that a
+//!   forwarder that had ended on its own is started again;
 //! * `[log] level` applies live;
 //! * everything else (journal, listeners, serial ports, Modbus buses, subscriptions,
 //!   gateway id, HTTP) is logged as "needs a restart" and left as it was.
@@ -145,7 +146,10 @@ impl Forwarders {
         // Test hook (tests/service.rs): no configuration can make a healthy forwarder end,
         // so the test names one here to watch the real binary's watchdog pings stop when an
         // essential task dies. The forwarder then ends on its own after TEST_EXIT_AFTER.
-        let dies = std::env::var_os(TEST_EXIT_ENV).is_some_and(|v| v == name);
+        // Only its first start dies, so the test can watch a reload bring it back.
+        static DIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let dies = std::env::var_os(TEST_EXIT_ENV).is_some_and(|v| v == name)
+            && !DIED.swap(true, std::sync::atomic::Ordering::Relaxed);
         if dies {
             self.tracker.spawn(supervise(guard, stop, async move {
                 tokio::select! {
@@ -168,7 +172,12 @@ impl Forwarders {
         let mut kept = Vec::new();
         for r in std::mem::take(&mut self.running) {
             match upstreams.iter().find(|u| u.name == r.config.name) {
-                Some(u) if *u == r.config => kept.push(r),
+                Some(u) if *u == r.config && !r.task.is_finished() => kept.push(r),
+                // Unchanged but ended on its own (health reports it dead): start it again.
+                Some(u) if *u == r.config => {
+                    changes.push(format!("{}: had stopped, restarted", r.config.name));
+                    stop(r).await;
+                }
                 Some(_) => {
                     changes.push(format!("{}: settings changed, restarted", r.config.name));
                     stop(r).await;
@@ -280,10 +289,9 @@ pub async fn reload(
         }
         current.log = new.log.clone();
     }
-    if new.upstream != current.upstream {
-        changes.extend(forwarders.apply(&new.upstream).await?);
-        current.upstream = new.upstream.clone();
-    }
+    // Also with [[upstream]] unchanged: a forwarder that ended on its own is restarted.
+    changes.extend(forwarders.apply(&new.upstream).await?);
+    current.upstream = new.upstream.clone();
     tracing::info!(changes = %if changes.is_empty() { "none".to_owned() } else { changes.join("; ") }, "Configuration reloaded.");
     Ok(Outcome::Applied(changes))
 }
