@@ -66,6 +66,34 @@ for tool in fmt clippy; do
     fi
 done
 
+# --- systemd-analyze (the unit check below and tests/service.rs) -----------------------------
+# `systemd-analyze verify` works offline, without a running systemd (containers, CI).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    step "installing systemd (apt-get), for systemd-analyze verify"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
+step "systemd-analyze verify deploy/tidegate.service"
+cargo build --quiet --bin tidegate
+unit_dir="$(mktemp -d)"
+# verify checks that ExecStart's binary exists: point the unit at the one just built.
+sed "s#/usr/local/bin/tidegate#$PWD/target/debug/tidegate#g" deploy/tidegate.service \
+    >"$unit_dir/tidegate.service"
+# Unknown or misspelt settings are only warnings to verify: any output is a failure here.
+verify_out="$( (cd "$unit_dir" && systemd-analyze verify ./tidegate.service) 2>&1)" || {
+    echo "$verify_out" >&2
+    exit 1
+}
+rm -rf "$unit_dir"
+if [ -n "$verify_out" ]; then
+    echo "$verify_out" >&2
+    echo "error: systemd-analyze verify complained about deploy/tidegate.service" >&2
+    exit 1
+fi
+echo "deploy/tidegate.service: ok"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
