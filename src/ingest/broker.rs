@@ -441,7 +441,7 @@ async fn read_loop(
                                     reason = why,
                                     "Closing connection: invalid publish topic."
                                 );
-                                stop = Some(Some(DisconnectReason::ProtocolError));
+                                stop = Some(Some(topic_disconnect_reason(why)));
                                 break;
                             }
                         };
@@ -746,7 +746,7 @@ const CLOSE_DRAIN_SHUTDOWN: Duration = Duration::from_millis(300);
 
 /// A publish topic must be UTF-8, non-empty and free of wildcards.
 fn validate_topic(topic: Bytes) -> Result<String, &'static str> {
-    let topic = String::from_utf8(topic.to_vec()).map_err(|_| "topic is not UTF-8")?;
+    let topic = String::from_utf8(topic.to_vec()).map_err(|_| TOPIC_NOT_UTF8)?;
     if topic.is_empty() {
         return Err("empty topic");
     }
@@ -754,9 +754,22 @@ fn validate_topic(topic: Bytes) -> Result<String, &'static str> {
         return Err("wildcard in a publish topic");
     }
     if topic.contains('\0') {
-        return Err("NUL in topic");
+        return Err(TOPIC_NUL);
     }
     Ok(topic)
+}
+
+const TOPIC_NOT_UTF8: &str = "topic is not UTF-8";
+const TOPIC_NUL: &str = "NUL in topic";
+
+/// The MQTT 5 reason for closing over a bad topic: ill-formed UTF-8 (a NUL included) makes
+/// the packet malformed (0x81, spec 1.5.4); an empty or wildcard topic is a protocol error.
+fn topic_disconnect_reason(why: &str) -> DisconnectReason {
+    if why == TOPIC_NOT_UTF8 || why == TOPIC_NUL {
+        DisconnectReason::Malformed
+    } else {
+        DisconnectReason::ProtocolError
+    }
 }
 
 async fn write_loop(

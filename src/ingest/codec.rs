@@ -114,11 +114,13 @@ fn check_size(buf: &[u8], max: usize) -> Result<bool, CodecError> {
 
 /// Takes the CONNECT packet, detecting the protocol version from it.
 pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Frame<ConnectInfo>, CodecError> {
+    // The first byte decides: anything but a CONNECT (an HTTP request, a PUBLISH) is
+    // refused at once rather than after waiting for the rest of a packet it announces.
+    if buf.first().is_some_and(|b| b >> 4 != 1) {
+        return Err(CodecError::NotConnect);
+    }
     if !check_size(buf, max)? {
         return Ok(Frame::Incomplete);
-    }
-    if buf[0] >> 4 != 1 {
-        return Err(CodecError::NotConnect);
     }
     let (_, used) = remaining_length(buf)?.ok_or(CodecError::NotConnect)?;
     // Variable header: protocol name (u16 length + bytes), then the level byte.
