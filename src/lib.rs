@@ -26,7 +26,8 @@
 //!   ([`ingest::broker`]) on its codec, subscriptions to an existing broker
 //!   ([`ingest::mqtt_subscribe`]), serial ports ([`ingest::serial`], framings from the
 //!   `tidegate-framing` crate) and Modbus RTU polling ([`ingest::modbus`]).
-//! * [`journal`] — the LMDB store, the group-commit writer thread, retention.
+//! * [`journal`] — the LMDB store, the group-commit writer thread, retention;
+//!   [`journal_cli`] — `tidegate journal check|dump`, read-only.
 //! * [`forward`] — the per-upstream loop: cursor → batch → send → cursor.
 //! * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink.
 //! * [`telemetry`] — logging and counters.
@@ -41,6 +42,7 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod journal_cli;
 pub mod record;
 pub mod sinks;
 pub mod status;

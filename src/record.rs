@@ -397,6 +397,88 @@ mod tests {
         assert!(err.to_string().contains("upgrade tidegate"));
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn reading() -> impl Strategy<Value = Reading> {
+            (
+                any::<u64>(),
+                prop_oneof![
+                    Just(SourceKind::MqttListener),
+                    Just(SourceKind::MqttSubscription),
+                    Just(SourceKind::Serial)
+                ],
+                ".{0,40}",
+                ".{0,60}",
+                proptest::collection::vec(any::<u8>(), 0..300),
+                0u8..3,
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(ingest_ms, source_kind, source, topic, payload, qos, retain)| Reading {
+                        ingest_ms,
+                        source_kind,
+                        source,
+                        topic,
+                        payload: Bytes::from(payload),
+                        qos,
+                        retain,
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Arbitrary bytes never panic the decoder, and whatever it accepts is exactly
+            /// what the encoder writes for the decoded record: its checksum holds.
+            #[test]
+            fn arbitrary_bytes_never_panic_and_only_valid_encodings_are_accepted(
+                seq in any::<u64>(),
+                value in proptest::collection::vec(any::<u8>(), 0..200),
+            ) {
+                if let Ok(record) = decode(seq, &value) {
+                    prop_assert_eq!(encode(seq, &record.reading), value);
+                }
+            }
+
+            /// Every reading round-trips under every sequence number.
+            #[test]
+            fn every_reading_round_trips(seq in any::<u64>(), reading in reading()) {
+                let bytes = encode(seq, &reading);
+                prop_assert_eq!(bytes.len(), reading.encoded_len());
+                let record = decode(seq, &bytes).expect("decodes");
+                prop_assert_eq!(record.reading, reading);
+            }
+
+            /// A stored value damaged anywhere — bytes changed, cut short, or extended — is
+            /// refused; the decoder never hands out a record whose CRC fails.
+            #[test]
+            fn a_damaged_value_is_never_accepted(
+                seq in any::<u64>(),
+                reading in reading(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+                cut in proptest::option::of(any::<prop::sample::Index>()),
+                tail in proptest::collection::vec(any::<u8>(), 0..3),
+            ) {
+                let good = encode(seq, &reading);
+                let mut bad = good.clone();
+                for (at, xor) in &flips {
+                    let i = at.index(bad.len());
+                    bad[i] ^= xor;
+                }
+                if let Some(cut) = cut {
+                    bad.truncate(cut.index(bad.len()));
+                }
+                bad.extend_from_slice(&tail);
+                prop_assume!(bad != good);
+                prop_assert!(decode(seq, &bad).is_err());
+            }
+        }
+    }
+
     #[test]
     fn oversized_fields_are_refused_before_encoding() {
         let mut reading = sample();

@@ -10,6 +10,15 @@
 //! - every record must carry the `tidegate-gateway` and `tidegate-seq` (decimal) headers, have
 //!   key `turbines/<device>/telemetry`, and all of a device's records must sit in one partition
 //!   (otherwise Kafka cannot keep them in order).
+//!
+//! Two more things are counted over the whole topic:
+//! - **gap markers**: records with a `tidegate-gap` header (`first..last`), which tidegate
+//!   sends where `drop-oldest` removed readings before they were forwarded; they are not
+//!   readings and are counted apart, with the readings they stand for;
+//! - **replays**: records whose (`tidegate-gateway`, `tidegate-epoch`, `tidegate-seq`) was
+//!   seen before — the gateway sent one journal record twice. A device that re-sends a
+//!   reading whose PUBACK it never got makes a duplicate with a *new* journal sequence,
+//!   which is not a replay.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -27,6 +36,10 @@ use crate::telemetry::{topic_for, ReadingId};
 pub const GATEWAY_HEADER: &str = "tidegate-gateway";
 /// Header carrying the journal sequence number (decimal ASCII).
 pub const SEQ_HEADER: &str = "tidegate-seq";
+/// Header carrying the journal's epoch (decimal ASCII).
+pub const EPOCH_HEADER: &str = "tidegate-epoch";
+/// Header of a gap marker: `first..last`, the journal sequences dropped unsent.
+pub const GAP_HEADER: &str = "tidegate-gap";
 
 /// How many reordering examples a report keeps per device.
 const MAX_EXAMPLES: usize = 5;
@@ -248,6 +261,11 @@ pub struct Checker {
     streams: HashMap<(String, u64), Stream>,
     readings: u64,
     unparseable: u64,
+    gap_markers: u64,
+    gap_readings: u64,
+    /// (gateway, epoch, seq) header values seen, to count replays.
+    journal_ids: std::collections::HashSet<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    replays: u64,
 }
 
 impl Checker {
@@ -259,6 +277,29 @@ impl Checker {
     /// Checks one record; returns its parsed identity (`None` if the payload is not a reading).
     pub fn add(&mut self, r: &KafkaReading) -> Option<ReadingId> {
         self.readings += 1;
+        if let Some(gap) = r.header(GAP_HEADER) {
+            let range = std::str::from_utf8(gap).ok().and_then(|g| {
+                let (a, b) = g.split_once("..")?;
+                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+            });
+            match range {
+                Some((first, last)) if first <= last => {
+                    self.gap_markers += 1;
+                    self.gap_readings += last - first + 1;
+                }
+                _ => self.unparseable += 1,
+            }
+            return None;
+        }
+        if let (Some(g), Some(s)) = (r.header(GATEWAY_HEADER), r.header(SEQ_HEADER)) {
+            let e = r.header(EPOCH_HEADER).unwrap_or_default();
+            if !self
+                .journal_ids
+                .insert((g.to_vec(), e.to_vec(), s.to_vec()))
+            {
+                self.replays += 1;
+            }
+        }
         let Some(id) = ReadingId::parse(&r.payload) else {
             self.unparseable += 1;
             return None;
@@ -377,7 +418,10 @@ impl Checker {
             devices,
             readings: self.readings,
             unparseable: self.unparseable,
-            foreign: self.readings - self.unparseable - counted,
+            foreign: self.readings - self.unparseable - self.gap_markers - counted,
+            gap_markers: self.gap_markers,
+            gap_readings: self.gap_readings,
+            replays: self.replays,
         }
     }
 }
@@ -480,6 +524,13 @@ pub struct VerifyReport {
     pub unparseable: u64,
     /// Readings of devices or boots not checked (other runs sharing the topic).
     pub foreign: u64,
+    /// Gap markers (`tidegate-gap` header): not readings, counted apart.
+    pub gap_markers: u64,
+    /// Readings the gap markers say were dropped before they were forwarded.
+    pub gap_readings: u64,
+    /// Records whose (gateway, epoch, journal sequence) was seen before: the gateway sent a
+    /// journal record twice (a device's own re-send has a new journal sequence).
+    pub replays: u64,
 }
 
 impl VerifyReport {
@@ -551,15 +602,18 @@ impl fmt::Display for VerifyReport {
         }
         write!(
             f,
-            "{} records: {} of {} devices, {} missing, {} duplicates, {} out of order, {} unparseable, {} foreign",
+            "{} records: {} of {} devices, {} missing, {} duplicates ({} replayed by the gateway), {} out of order, {} unparseable, {} foreign, {} gap markers for {} dropped readings",
             self.readings,
             self.received(),
             self.devices.len(),
             self.missing(),
             self.duplicates(),
+            self.replays,
             self.out_of_order(),
             self.unparseable,
-            self.foreign
+            self.foreign,
+            self.gap_markers,
+            self.gap_readings
         )
     }
 }
@@ -839,6 +893,30 @@ mod tests {
         assert_eq!(v.foreign, 2);
         assert_eq!(v.unparseable, 1);
         assert_eq!(v.devices["wt-0002"].missing, vec![(1, 3)]);
+    }
+
+    #[test]
+    fn gap_markers_are_counted_apart_and_a_resent_journal_record_is_a_replay() {
+        let mut s = stream(1, &[1, 2, 3]);
+        // The gateway sends journal record 2 again (same gateway, epoch, seq): a replay.
+        s.push(reading(1, 2, 1));
+        s.push(KafkaReading {
+            key: Some(b"$tidegate/gap".to_vec()),
+            payload: Vec::new(),
+            headers: vec![
+                (GATEWAY_HEADER.into(), b"gw-test".to_vec()),
+                (SEQ_HEADER.into(), b"40".to_vec()),
+                (GAP_HEADER.into(), b"17..40".to_vec()),
+            ],
+            ..reading(1, 0, 9)
+        });
+        let v = check(&s, &fleet(&[(1, 1..=3)]));
+        assert_eq!((v.gap_markers, v.gap_readings), (1, 24));
+        assert_eq!(
+            (v.replays, v.duplicates(), v.unparseable, v.foreign),
+            (1, 1, 0, 0)
+        );
+        assert!(v.is_ok(), "{v}");
     }
 
     #[test]

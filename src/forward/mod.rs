@@ -7,6 +7,17 @@
 //! the cursor past the batch. The cursor moves on acknowledgement and nothing else, and a
 //! failed batch is retried before anything later is read (invariant 2, *Ordered*). Each
 //! forwarder runs on its own, so a dead upstream never holds another back (invariant 5).
+//!
+//! # Gaps are explicit
+//!
+//! When `drop-oldest` removed readings past the cursor before this upstream sent them, the
+//! next batch starts with a *gap marker* ([`gap_marker`]) for a sink that wants them
+//! ([`Sink::wants_gap_markers`]): a record under the reserved topic [`GAP_TOPIC`] naming
+//! the dropped range, so the upstream learns of the loss instead of seeing silence. Device
+//! topics never start with `$` (ingest refuses them), so a marker cannot be mistaken for
+//! a reading. The marker carries the sequence number of the last reading it stands for,
+//! which no reading will ever carry again, so it keeps the batch in increasing sequence
+//! order and is de-duplicated like any record.
 
 pub mod retry;
 
@@ -17,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
 use crate::journal::Journal;
-use crate::record::Record;
-use crate::sinks::{Sink, SinkError};
+use crate::record::{Reading, Record, SourceKind};
+use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 use retry::Backoff;
 
@@ -31,6 +42,37 @@ const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Records read for one send, and the cursor after them.
 type Batch = (Vec<Record>, u64);
+
+/// Topic (Kafka key) of gap markers. Reserved: ingest refuses every `$` topic.
+pub const GAP_TOPIC: &str = "$tidegate/gap";
+
+/// The gap marker for readings `first..=last`, which `drop-oldest` removed before this
+/// upstream sent them: topic [`GAP_TOPIC`], empty payload, sequence `last`, and the range
+/// in `source` as `first..last` (what the Kafka header `tidegate-gap` carries). It is never
+/// journaled; it exists only inside a batch.
+pub fn gap_marker(first: u64, last: u64, ingest_ms: u64) -> Record {
+    Record {
+        seq: last,
+        reading: Reading {
+            ingest_ms,
+            source_kind: SourceKind::MqttListener,
+            source: format!("{first}..{last}"),
+            topic: GAP_TOPIC.to_owned(),
+            payload: bytes::Bytes::new(),
+            qos: 0,
+            retain: false,
+        },
+    }
+}
+
+/// The range `(first, last)` a gap marker stands for; `None` for a reading.
+pub fn gap_range(record: &Record) -> Option<(u64, u64)> {
+    if record.reading.topic != GAP_TOPIC {
+        return None;
+    }
+    let (first, last) = record.reading.source.split_once("..")?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
 
 /// Moves one upstream's share of the journal.
 pub struct Forwarder<S: Sink> {
@@ -67,7 +109,19 @@ impl<S: Sink> Forwarder<S> {
                 return;
             }
         };
-        tracing::info!(upstream = %name, cursor, brokers = ?self.config.brokers, topic = %self.config.topic, "Forwarder started.");
+        let epoch = match self.journal.epoch() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(upstream = %name, error = %e, "Cannot read the journal's epoch; it forwards nothing until tidegate restarts.");
+                return;
+            }
+        };
+        self.sink.attach(Attachment {
+            epoch,
+            counters: self.counters.clone(),
+        });
+        let gap_markers = self.sink.wants_gap_markers();
+        tracing::info!(upstream = %name, cursor, epoch, brokers = ?self.config.brokers, topic = %self.config.topic, "Forwarder started.");
         let mut committed = self.journal.committed();
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
         let mut failing_since: Option<Instant> = None;
@@ -108,6 +162,7 @@ impl<S: Sink> Forwarder<S> {
                         self.counters.clone(),
                         cursor,
                         self.config.max_batch,
+                        gap_markers,
                     )
                     .await
                 }
@@ -126,6 +181,7 @@ impl<S: Sink> Forwarder<S> {
                     self.counters.clone(),
                     next,
                     self.config.max_batch,
+                    gap_markers,
                 )));
             }
             if !records.is_empty() {
@@ -135,7 +191,14 @@ impl<S: Sink> Forwarder<S> {
                     match self.sink.send(&records).await {
                         Ok(()) => {
                             tracing::debug!(upstream = %name, records = records.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
-                            add(&self.counters.sent, records.len() as u64);
+                            let gaps: Vec<(u64, u64)> =
+                                records.iter().filter_map(gap_range).collect();
+                            for &(first, last) in &gaps {
+                                add(&self.counters.gap_markers_sent, 1);
+                                add(&self.counters.gap_readings, last + 1 - first);
+                                tracing::info!(upstream = %name, first_seq = first, last_seq = last, "Gap marker delivered: the upstream knows these readings were dropped.");
+                            }
+                            add(&self.counters.sent, (records.len() - gaps.len()) as u64);
                             add(&self.counters.batches, 1);
                             self.counters
                                 .connected
@@ -212,13 +275,15 @@ impl<S: Sink> Forwarder<S> {
 }
 
 /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
-/// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged.
+/// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged;
+/// with `gap_markers`, a gap becomes a [`gap_marker`] in front of the record after it.
 async fn read_batch(
     journal: Journal,
     name: String,
     counters: Arc<ForwardCounters>,
     cursor: u64,
     max: usize,
+    gap_markers: bool,
 ) -> Option<Batch> {
     let read =
         tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES)).await;
@@ -242,6 +307,9 @@ async fn read_batch(
                     let lost = r.seq - next;
                     add(&counters.lost_to_drop_oldest, lost);
                     tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
+                    if gap_markers {
+                        records.push(gap_marker(next, r.seq - 1, r.reading.ingest_ms));
+                    }
                 }
                 next = r.seq + 1;
                 records.push(r);

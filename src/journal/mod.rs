@@ -310,6 +310,17 @@ impl Journal {
         })
     }
 
+    /// The journal's epoch: chosen when it was created, part of the identity of every
+    /// reading upstream (see [`store`]). Always set once the journal is open for writing.
+    pub fn epoch(&self) -> Result<Option<u64>, JournalError> {
+        self.reading(|store| {
+            let txn = store.read_txn()?;
+            store
+                .epoch(&txn)
+                .map_err(|e| JournalError::lmdb("read epoch", e))
+        })
+    }
+
     /// A receiver of the last committed sequence number; changes wake forwarders.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -360,6 +371,9 @@ pub struct Summary {
     pub last_seq: Option<u64>,
     /// Sequence the next reading will get.
     pub next_seq: u64,
+    /// The journal's epoch (`tidegate-epoch` upstream); `None` for a journal no build with
+    /// epochs has opened for writing yet.
+    pub epoch: Option<u64>,
     /// Accounted bytes held (what `max_size` bounds).
     pub bytes_held: u64,
     /// Size of the LMDB files on disk.
@@ -416,6 +430,7 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
         first_seq: bounds.map(|b| b.0),
         last_seq: bounds.map(|b| b.1),
         next_seq: meta.next_seq,
+        epoch: store.epoch(&txn).map_err(lm)?,
         bytes_held: meta.bytes_held,
         disk_bytes: store.disk_size(),
         dropped_total: meta.dropped_total,

@@ -7,7 +7,13 @@
 //! |-----------|------------------------|----------------------------------------------|
 //! | `records` | seq, big-endian u64    | the record encoding of [`crate::record`]     |
 //! | `cursors` | upstream name (UTF-8)  | next seq to send, big-endian u64             |
-//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total` | u64, big-endian |
+//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total`, `epoch` | u64, big-endian |
+//!
+//! `epoch` is chosen at random when the journal is created (or first opened by a build that
+//! knows it) and never changes: a journal that is deleted and created again restarts its
+//! sequence numbers at 1 under a new epoch, so (gateway id, epoch, seq) names one reading
+//! for good. Upstreams carry it (Kafka header `tidegate-epoch`) so that the Kafka sink's
+//! de-duplication after a restart compares only readings of this very journal.
 //!
 //! Sequence numbers held are always one contiguous range `first..=last`: records are only
 //! appended at the end and only removed from the front (delivered to every upstream, or
@@ -137,6 +143,11 @@ impl Store {
                     if meta.get(wtxn, "format")?.is_none() {
                         meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
                     }
+                    // Random rather than a time: a gateway without a real-time clock may
+                    // boot at the same wrong time every time. Never 0, which means "none".
+                    if meta.get(wtxn, "epoch")?.is_none() {
+                        meta.put(wtxn, "epoch", &rand::random::<u64>().max(1))?;
+                    }
                     Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
                 })
                 .map_err(|e| JournalError::lmdb("open", e))?;
@@ -218,6 +229,22 @@ impl Store {
             bytes_held,
             dropped_total,
         })
+    }
+
+    /// The journal's epoch (see the module docs); `None` only for a journal written by a
+    /// build without epochs and not yet opened for writing by this one.
+    pub fn epoch(&self, txn: &RoTxn<'_>) -> Result<Option<u64>, heed::Error> {
+        self.meta.get(txn, "epoch")
+    }
+
+    /// Every stored record from `from` on, undecoded, in sequence order: for
+    /// `tidegate journal check|dump`, which report a bad record rather than skip it.
+    pub fn raw_from<'t>(
+        &self,
+        txn: &'t RoTxn<'_>,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, &'t [u8]), heed::Error>> + 't, heed::Error> {
+        self.records.range(txn, &(from..))
     }
 
     pub fn put_meta(&self, txn: &mut RwTxn<'_>, meta: Meta) -> Result<(), heed::Error> {

@@ -9,8 +9,10 @@
 //! bridge's upstream direction).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::record::Record;
+use crate::telemetry::ForwardCounters;
 
 pub mod kafka;
 pub mod mqtt;
@@ -48,4 +50,26 @@ pub trait Sink: Send {
     /// skip it on the retry; it must never send a later record before an earlier one of the
     /// same key has been acknowledged.
     fn send(&mut self, batch: &[Record]) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called once by the forwarder before the first [`Sink::send`]: the journal's epoch
+    /// (with the gateway id and sequence number it names a reading for good) and the
+    /// upstream's counters. A sink that de-duplicates after a restart needs the epoch.
+    fn attach(&mut self, _attachment: Attachment) {}
+
+    /// Whether the forwarder should put a gap marker ([`crate::forward::gap_marker`]) into
+    /// a batch where `drop-oldest` removed readings this upstream had not sent. A sink
+    /// that says yes must deliver the marker as its protocol's explicit gap record; others
+    /// see only readings.
+    fn wants_gap_markers(&self) -> bool {
+        false
+    }
+}
+
+/// What a forwarder hands its sink at start; see [`Sink::attach`].
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// The journal's epoch; `None` only for a journal opened read-only by an older build.
+    pub epoch: Option<u64>,
+    /// The upstream's counters (a sink bumps `duplicates_skipped`).
+    pub counters: Arc<ForwardCounters>,
 }

@@ -46,6 +46,14 @@ pub struct ForwardCounters {
     pub lost_to_drop_oldest: AtomicU64,
     /// 1 while the last attempt succeeded.
     pub connected: AtomicU64,
+    /// Records not sent because the upstream already had them (the Kafka sink's tail read
+    /// after a restart or an unknown outcome found them there).
+    pub duplicates_skipped: AtomicU64,
+    /// Gap markers the upstream acknowledged: each stands for readings `drop-oldest` removed
+    /// before this upstream had them.
+    pub gap_markers_sent: AtomicU64,
+    /// Readings those gap markers stand for.
+    pub gap_readings: AtomicU64,
 }
 
 /// Counters of one serial port (`[[serial]]`).

@@ -16,7 +16,13 @@
 //! | value            | `reading.payload`, byte for byte                  |
 //! | timestamp        | `reading.ingest_ms` (CreateTime)                  |
 //! | header `tidegate-gateway` | the gateway id                           |
+//! | header `tidegate-epoch`   | the journal's epoch, decimal ASCII       |
 //! | header `tidegate-seq`     | the journal sequence, decimal ASCII      |
+//!
+//! A gap marker ([`crate::forward::gap_marker`]) becomes a record with key `$tidegate/gap`,
+//! an empty value, the same three headers (`tidegate-seq` = the last reading it stands for)
+//! and `tidegate-gap` = `first..last`, the inclusive range of readings `drop-oldest` removed
+//! before this upstream sent them.
 //!
 //! The partition is Kafka's default for keyed records,
 //! `toPositive(murmur2(key)) % partitions` ([`partition_for_key`]), so tidegate places a
@@ -37,9 +43,21 @@
 //!   is always a prefix of each key's records, so skipping never reorders. The memory is
 //!   cleared on success and whenever a batch with another first sequence arrives.
 //!
-//! Two cases still produce a duplicate (never a loss), which the `tidegate-seq` header
-//! lets a consumer drop: a request that times out after the broker wrote it, and a crash
-//! between the acknowledgement and the forwarder persisting its cursor.
+//! * **Nothing already in the topic is sent again** (exactly once across crashes). Before
+//!   the first send, and after any send whose outcome is unknown (timeout, connection lost,
+//!   any failed produce), the sink reads the tail of every partition
+//!   ([`highest_delivered`]) for the highest `tidegate-seq` carrying this gateway's id
+//!   *and* the journal's epoch, and skips every record at or below it for that partition.
+//!   That is sound because the sink writes each partition in increasing sequence order
+//!   (see the first rule), so what a partition holds of this journal is a prefix of what
+//!   was meant for it. Produce requests are never retried inside rskafka (the producing
+//!   client has a zero retry deadline), so no request is repeated behind this check, and
+//!   the read waits until [`TAIL_SETTLE`] has passed since the start or the failure, so a
+//!   request already on its way is applied (or not) before the tail is read.
+//!
+//! The limits of that rule (another writer with the same gateway id, retention deleting
+//! the tail, a changed partition count, the bounded tail read) are in the README's
+//! "Delivery guarantees under faults".
 //!
 //! # Connection
 //!
@@ -61,7 +79,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
 use rskafka::client::partition::{
-    Compression as KafkaCompression, PartitionClient, UnknownTopicHandling,
+    Compression as KafkaCompression, OffsetAt, PartitionClient, UnknownTopicHandling,
 };
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record as KafkaRecord;
@@ -69,8 +87,10 @@ use rskafka::BackoffConfig;
 use tracing::{debug, info};
 
 use crate::config::{Compression, UpstreamConfig};
+use crate::forward::gap_range;
 use crate::record::Record;
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Attachment, Sink, SinkError};
+use crate::telemetry::{add, ForwardCounters};
 
 pub use partitioner::{murmur2, partition_for_key};
 
@@ -79,6 +99,33 @@ pub const HEADER_GATEWAY: &str = "tidegate-gateway";
 /// Header carrying the journal sequence number in decimal ASCII; with the gateway id it
 /// identifies a reading uniquely, so a consumer can drop duplicates.
 pub const HEADER_SEQ: &str = "tidegate-seq";
+/// Header carrying the journal's epoch in decimal ASCII: a journal created again restarts
+/// its sequence at 1 under a new epoch, so de-duplication compares only the same epoch.
+pub const HEADER_EPOCH: &str = "tidegate-epoch";
+/// Header of a gap marker: `first..last`, the readings `drop-oldest` removed unsent.
+pub const HEADER_GAP: &str = "tidegate-gap";
+
+/// Records past the newest one of this journal that the tail read may step over in one
+/// partition (others' records, when the topic is shared), on top of two batches' worth.
+/// See [`KafkaSink::tail_limit`].
+const TAIL_SCAN_MARGIN: i64 = 10_000;
+
+/// Records the tail read looks at first; each further window is four times larger. A topic
+/// this gateway writes alone has its newest record last, found by the first fetch.
+const TAIL_FIRST_WINDOW: i64 = 64;
+
+/// How long after its start, or after a failed send, the sink waits before reading the
+/// tails. A request the previous process (or the failed attempt) had already written to
+/// the socket may still be applied by the broker after the sender is gone; reading the
+/// tail too early would miss it and send its records again. Capped at `request_timeout`.
+const TAIL_SETTLE: Duration = Duration::from_secs(1);
+
+/// Most bytes asked for in one fetch of the tail read.
+const TAIL_FETCH_BYTES: i32 = 4 * 1024 * 1024;
+
+/// `max_wait_ms` of the tail read's fetches. The offsets read are below the end, so the
+/// broker answers at once; Tansu answers a wait of 0 with no topic at all, hence not 0.
+const TAIL_FETCH_WAIT_MS: i32 = 10;
 
 /// Most estimated bytes in one produce request. Brokers refuse a record batch above
 /// `message.max.bytes` (1 MiB by default) with MESSAGE_TOO_LARGE, which tidegate must treat
@@ -111,6 +158,22 @@ pub struct KafkaSink {
     request_timeout: Duration,
     /// Value of the `tidegate-gateway` header.
     gateway_id: String,
+    /// Value of the `tidegate-epoch` header, from [`Sink::attach`]. Without it (a sink
+    /// never attached) records go without the header and nothing is de-duplicated.
+    epoch: Option<u64>,
+    /// `max_batch` of the upstream: with two batches unconfirmed at most, it bounds how far
+    /// back the tail read must look.
+    max_batch: usize,
+    /// Per partition, the highest sequence of this gateway and epoch the last tail read
+    /// found there: records at or below it are in the topic already and are skipped.
+    /// `None` when the topic's state is unknown (start, after a failure): read the tails
+    /// before sending anything.
+    delivered: Option<Vec<Option<u64>>>,
+    /// The upstream's counters, from [`Sink::attach`].
+    counters: Option<Arc<ForwardCounters>>,
+    /// Since when requests whose outcome is unknown may still be applied by the broker
+    /// (start, or the last failure): the tail read waits [`TAIL_SETTLE`] from here.
+    unsettled_since: std::time::Instant,
     /// The live connection; `None` until the first send and after connection errors.
     connection: Option<Connection>,
     /// What the cluster acknowledged of the batch currently being retried.
@@ -138,8 +201,11 @@ impl std::fmt::Display for Target {
 
 /// A connected cluster: one client per partition, indexed by partition id.
 struct Connection {
-    /// Held so the cluster-wide client lives exactly as long as its partition clients.
+    /// Held so the cluster-wide clients live exactly as long as the partition clients.
     _client: Client,
+    /// The client the partition clients come from: no retries inside rskafka, so a
+    /// produce request whose answer was lost is never sent again behind the tail read.
+    _producer: Client,
     /// `partitions[p]` produces to partition `p`; the length is the partition count.
     partitions: Vec<Arc<PartitionClient>>,
 }
@@ -187,9 +253,31 @@ impl KafkaSink {
             replication_factor: config.replication_factor,
             request_timeout: config.request_timeout,
             gateway_id: gateway_id.to_owned(),
+            epoch: None,
+            max_batch: config.max_batch,
+            delivered: None,
+            counters: None,
+            unsettled_since: std::time::Instant::now(),
             connection: None,
             acked: AckedMemory::default(),
         }
+    }
+
+    /// Sets the journal epoch, as the forwarder's [`Sink::attach`] does (tests).
+    pub fn with_epoch(mut self, epoch: u64) -> KafkaSink {
+        self.epoch = Some(epoch);
+        self
+    }
+
+    /// How many records back from a partition's end the tail read looks at most.
+    ///
+    /// Of this journal, at most two batches can be in the topic past the stored cursor: the
+    /// one acknowledged whose cursor store was still in progress, and the one being sent.
+    /// When the topic is this gateway's alone, the newest record is ours and one small
+    /// fetch finds it; when others write too, their records lie between ours, and the
+    /// margin lets the read step over [`TAIL_SCAN_MARGIN`] of them.
+    pub fn tail_limit(&self) -> i64 {
+        2 * self.max_batch as i64 + TAIL_SCAN_MARGIN
     }
 
     /// The partition count of the connected topic, or `None` while disconnected.
@@ -244,6 +332,20 @@ impl KafkaSink {
         let client = self
             .within("connecting to the bootstrap brokers", builder.build())
             .await?;
+        // A deadline of zero: rskafka gives up at the first failure instead of sending the
+        // request again itself. The forwarder retries, after the tail read.
+        let producer = self
+            .within(
+                "connecting to the bootstrap brokers",
+                ClientBuilder::new(self.target.brokers.clone())
+                    .client_id(format!("tidegate-{}", self.gateway_id))
+                    .backoff_config(BackoffConfig {
+                        deadline: Some(Duration::ZERO),
+                        ..self.backoff_config()
+                    })
+                    .build(),
+            )
+            .await?;
 
         let count = match self.topic_partitions(&client).await? {
             Some(count) => count,
@@ -253,7 +355,7 @@ impl KafkaSink {
 
         let topic = &self.target.topic;
         let opening = (0..count).map(|p| {
-            let client = &client;
+            let client = &producer;
             async move {
                 let id = i32::try_from(p).unwrap_or(i32::MAX);
                 let partition = self
@@ -276,6 +378,7 @@ impl KafkaSink {
         );
         Ok(Connection {
             _client: client,
+            _producer: producer,
             partitions,
         })
     }
@@ -385,7 +488,31 @@ impl KafkaSink {
         batch: &[Record],
         partitions: Vec<Arc<PartitionClient>>,
     ) -> Result<(), SinkError> {
+        // Records the tail read found in the topic count as acknowledged (once per batch).
+        if let Some(delivered) = &self.delivered {
+            let count = partitions.len();
+            let mut skipped = 0;
+            for r in batch {
+                let p = partition_for_key(r.reading.topic.as_bytes(), count);
+                if delivered
+                    .get(p)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|d| r.seq <= d)
+                    && self.acked.seqs.insert(r.seq)
+                {
+                    skipped += 1;
+                }
+            }
+            if skipped > 0 {
+                info!(upstream = %self.target.upstream, skipped, first_seq = batch.first().map(|r| r.seq), "Skipping readings the topic already holds (sent before a restart or an unknown outcome).");
+                if let Some(c) = &self.counters {
+                    add(&c.duplicates_skipped, skipped);
+                }
+            }
+        }
         let plan = plan(batch, &self.acked.seqs, partitions.len());
+        let (gateway, epoch) = (&self.gateway_id, self.epoch);
         let sends = plan
             .into_iter()
             .zip(partitions)
@@ -394,7 +521,7 @@ impl KafkaSink {
             .map(|(partition, (records, client))| {
                 let records = records
                     .into_iter()
-                    .map(|r| (r.seq, to_kafka_record(r, &self.gateway_id)))
+                    .map(|r| (r.seq, to_kafka_record(r, gateway, epoch)))
                     .collect();
                 produce_partition(
                     partition,
@@ -418,10 +545,14 @@ impl KafkaSink {
             self.acked.clear();
             return Ok(());
         }
+        // Whatever failed may or may not be in the topic: read the tails before resending.
+        self.delivered = None;
+        self.unsettled_since = std::time::Instant::now();
 
         if failures.iter().any(|(_, _, f)| f.verdict().reconnect) {
             debug!(upstream = %self.target.upstream, "Dropping the Kafka connection after a connection-level error.");
             self.connection = None;
+            self.delivered = None;
         }
         // Report a fatal failure if there is one: it is what an operator must act on.
         failures.sort_by_key(|(_, _, f)| f.verdict().severity != Severity::Fatal);
@@ -462,8 +593,156 @@ impl Sink for KafkaSink {
                 partitions
             }
         };
+        if self.delivered.as_ref().map(Vec::len) != Some(partitions.len()) {
+            self.delivered = Some(self.read_tails(&partitions).await?);
+        }
         self.deliver(batch, partitions).await
     }
+
+    fn attach(&mut self, attachment: Attachment) {
+        self.epoch = attachment.epoch;
+        self.counters = Some(attachment.counters);
+    }
+
+    fn wants_gap_markers(&self) -> bool {
+        true
+    }
+}
+
+impl KafkaSink {
+    /// The highest sequence of this gateway and epoch in each partition; see the module
+    /// docs. A failure drops the connection, like a failed produce.
+    async fn read_tails(
+        &mut self,
+        partitions: &[Arc<PartitionClient>],
+    ) -> Result<Vec<Option<u64>>, SinkError> {
+        let Some(epoch) = self.epoch else {
+            return Ok(vec![None; partitions.len()]);
+        };
+        let settle = TAIL_SETTLE.min(self.request_timeout);
+        let waited = self.unsettled_since.elapsed();
+        if waited < settle {
+            debug!(upstream = %self.target.upstream, wait = ?(settle - waited), "Letting requests of unknown outcome settle before reading the tails.");
+            tokio::time::sleep(settle - waited).await;
+        }
+        let limit = self.tail_limit();
+        let started = std::time::Instant::now();
+        let this = &*self;
+        let reads = partitions.iter().enumerate().map(|(p, client)| async move {
+            this.within(
+                &format!("reading the tail of partition {p}"),
+                highest_delivered(client, &this.gateway_id, epoch, limit),
+            )
+            .await
+        });
+        let outcome = futures::future::try_join_all(reads).await;
+        match outcome {
+            Ok(found) => {
+                info!(upstream = %self.target.upstream, epoch, highest_delivered = ?found, took = ?started.elapsed(), "Read the topic's tail: records at or below these sequences (per partition) are there already and will not be sent again.");
+                Ok(found)
+            }
+            Err(e) => {
+                self.connection = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whose a Kafka record is, as far as de-duplication cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// This gateway and epoch, with its sequence number.
+    Ours(u64),
+    /// This gateway under another epoch (or none: an older build). Epochs of one gateway
+    /// follow each other in time, so nothing of the current epoch lies before it.
+    OurGatewayEarlier,
+    /// Anyone else.
+    Other,
+}
+
+fn owner(record: &KafkaRecord, gateway: &str, epoch: u64) -> Owner {
+    if record.headers.get(HEADER_GATEWAY).map(Vec::as_slice) != Some(gateway.as_bytes()) {
+        return Owner::Other;
+    }
+    let epoch_matches = record
+        .headers
+        .get(HEADER_EPOCH)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+        == Some(epoch);
+    if !epoch_matches {
+        return Owner::OurGatewayEarlier;
+    }
+    match record
+        .headers
+        .get(HEADER_SEQ)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+    {
+        Some(seq) => Owner::Ours(seq),
+        None => Owner::Other,
+    }
+}
+
+/// Reads one partition backwards from its end, in growing windows, for the highest
+/// `tidegate-seq` of `gateway` under `epoch`. Stops at the first window holding one (the
+/// partition holds this journal's records in sequence order, so the newest is the
+/// highest), at a record of this gateway under an earlier epoch, at the partition's start,
+/// or `limit` records back (`None` then: nothing of ours within reach).
+pub async fn highest_delivered(
+    client: &PartitionClient,
+    gateway: &str,
+    epoch: u64,
+    limit: i64,
+) -> Result<Option<u64>, KafkaError> {
+    let latest = client.get_offset(OffsetAt::Latest).await?;
+    let start_offset = client.get_offset(OffsetAt::Earliest).await?;
+    // The high watermark a fetch reports is the authority: Tansu answers ListOffsets
+    // "latest" with the start of the last record batch, not the end of the partition.
+    let (_, high_watermark) = client
+        .fetch_records(latest, 1..TAIL_FETCH_BYTES, TAIL_FETCH_WAIT_MS)
+        .await?;
+    let end_offset = latest.max(high_watermark);
+    let floor = start_offset.max(end_offset.saturating_sub(limit));
+    let mut end = end_offset;
+    let mut window = TAIL_FIRST_WINDOW;
+    while end > floor {
+        let start = end.saturating_sub(window).max(floor);
+        let mut offset = start;
+        let mut highest: Option<u64> = None;
+        let mut earlier_epoch = false;
+        while offset < end {
+            let (records, _) = client
+                .fetch_records(offset, 1..TAIL_FETCH_BYTES, TAIL_FETCH_WAIT_MS)
+                .await?;
+            let before = offset;
+            for r in records {
+                // A compressed batch may start before the offset asked for.
+                if r.offset < offset {
+                    continue;
+                }
+                if r.offset >= end {
+                    offset = end;
+                    break;
+                }
+                offset = r.offset + 1;
+                match owner(&r.record, gateway, epoch) {
+                    Owner::Ours(seq) => highest = highest.max(Some(seq)),
+                    Owner::OurGatewayEarlier => earlier_epoch = true,
+                    Owner::Other => {}
+                }
+            }
+            if offset == before {
+                // Nothing readable there (deleted under us): treat the window as read.
+                break;
+            }
+        }
+        if highest.is_some() || earlier_epoch {
+            return Ok(highest);
+        }
+        end = start;
+        window = window.saturating_mul(4);
+    }
+    Ok(None)
 }
 
 /// Splits `batch` into one list per partition, in journal order, leaving out the records
@@ -553,11 +832,20 @@ async fn produce_partition(
     }
 }
 
-/// Maps one journal record to the Kafka record tidegate sends.
-fn to_kafka_record(record: &Record, gateway_id: &str) -> KafkaRecord {
+/// Maps one journal record (or gap marker) to the Kafka record tidegate sends.
+fn to_kafka_record(record: &Record, gateway_id: &str, epoch: Option<u64>) -> KafkaRecord {
     let mut headers = BTreeMap::new();
     headers.insert(HEADER_GATEWAY.to_owned(), gateway_id.as_bytes().to_vec());
     headers.insert(HEADER_SEQ.to_owned(), record.seq.to_string().into_bytes());
+    if let Some(epoch) = epoch {
+        headers.insert(HEADER_EPOCH.to_owned(), epoch.to_string().into_bytes());
+    }
+    if let Some((first, last)) = gap_range(record) {
+        headers.insert(
+            HEADER_GAP.to_owned(),
+            format!("{first}..{last}").into_bytes(),
+        );
+    }
     KafkaRecord {
         key: Some(record.reading.topic.as_bytes().to_vec()),
         value: Some(record.reading.payload.to_vec()),

@@ -1,0 +1,210 @@
+//! End to end, the real `tidegate` binary against a real Kafka-protocol broker (Tansu):
+//!
+//! - a restart resumes without sending again what the topic already holds (the Kafka sink's
+//!   tail read), with the `tidegate-epoch` header on every record;
+//! - readings `drop-oldest` removed before a dead upstream got them reach it as one explicit
+//!   gap marker naming exactly the journal sequences it never received.
+//!
+//! The crash loop (many SIGKILLs under load) is `tests/crash_loop.rs`; the sink's own
+//! de-duplication tests (other gateways, other epochs, an empty topic, the bounded tail
+//! read) are in `src/sinks/kafka/tests.rs`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{free_port, Gateway, Tansu};
+use firmware_sim::verify::{read_topic, KafkaReading};
+use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
+
+/// Time allowed for the journal to drain into a broker that is up.
+const DRAIN: Duration = Duration::from_secs(90);
+
+fn config(mqtt_port: u16, dir: &Path, kafka_port: u16, topic: &str, journal: &str) -> String {
+    format!(
+        "[gateway]\nid = \"gw-once\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n{journal}\n\
+         [mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n\
+         [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka_port}\"]\n\
+         topic = \"{topic}\"\npartitions = 3\nmax_batch = 200\nlinger = \"5ms\"\n\
+         request_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n",
+        dir.join("journal").display()
+    )
+}
+
+fn fleet(gw: &Gateway, devices: usize, count: u64) -> FleetOptions {
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = devices;
+    o.qos = Qos::AtLeastOnce;
+    o.window = 20;
+    o.rate = None;
+    o.count = Some(count);
+    o.drain_timeout = Duration::from_secs(60);
+    o
+}
+
+fn status_json(gw: &Gateway) -> serde_json::Value {
+    let out = gw.command(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+async fn wait_for_backlog_zero(gw: &Gateway) {
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    loop {
+        let s = status_json(gw);
+        let backlog = s["upstreams"][0]["backlog"].as_u64();
+        if backlog == Some(0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog stuck at {backlog:?}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn header<'a>(r: &'a KafkaReading, name: &str) -> Option<&'a str> {
+    r.header(name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn seq_of(r: &KafkaReading) -> u64 {
+    header(r, "tidegate-seq")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("record without a decimal tidegate-seq: {r:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_sends_nothing_the_topic_already_holds_and_every_record_names_its_epoch() {
+    let tansu = Tansu::start();
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, tansu.port(), "once", ""));
+    let first = run_fleet(fleet(&gw, 6, 200), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(first.all_acked());
+    wait_for_backlog_zero(&gw).await;
+    let epoch = status_json(&gw)["epoch"]
+        .as_u64()
+        .expect("status --json shows the journal's epoch");
+    // A restart that finds its cursor at the end: the tail read confirms it, nothing is
+    // sent again. (The crash loop covers a cursor behind the topic.)
+    gw.restart();
+    let second = run_fleet(fleet(&gw, 6, 100), CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(second.all_acked());
+    wait_for_backlog_zero(&gw).await;
+    assert_eq!(status_json(&gw)["epoch"].as_u64(), Some(epoch), "kept");
+
+    let records = read_topic(&tansu.brokers(), "once").await.expect("read");
+    let seqs: Vec<u64> = records.iter().map(seq_of).collect();
+    let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(seqs.len(), distinct.len(), "no journal record twice");
+    assert_eq!(distinct, (1..=6 * 300).collect(), "every journal record");
+    let epoch_text = epoch.to_string();
+    assert!(
+        records
+            .iter()
+            .all(|r| header(r, "tidegate-epoch") == Some(epoch_text.as_str())),
+        "every record carries tidegate-epoch = {epoch}"
+    );
+    assert!(
+        gw.log().contains("Read the topic's tail"),
+        "the restart read the tail:\n{}",
+        gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_marker_with_the_exact_range(
+) {
+    let kafka_port = free_port();
+    let gw = Gateway::start_fresh(|mqtt, dir| {
+        config(
+            mqtt,
+            dir,
+            kafka_port,
+            "gaps",
+            "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
+        )
+    });
+    let mut opts = fleet(&gw, 10, 600);
+    opts.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
+    let report = run_fleet(opts, CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked(), "drop-oldest accepts every reading");
+    let before = status_json(&gw);
+    let dropped = before["dropped_total"].as_u64().expect("dropped_total");
+    let next_seq = before["next_seq"].as_u64().expect("next_seq");
+    assert!(dropped > 0, "{before}");
+
+    // The upstream comes back.
+    let tansu = Tansu::start_on(kafka_port);
+    wait_for_backlog_zero(&gw).await;
+    let records = read_topic(&tansu.brokers(), "gaps").await.expect("read");
+    let markers: Vec<&KafkaReading> = records
+        .iter()
+        .filter(|r| r.header("tidegate-gap").is_some())
+        .collect();
+    assert_eq!(markers.len(), 1, "one gap, one marker");
+    let marker = markers[0];
+    let (first, last) = header(marker, "tidegate-gap")
+        .and_then(|g| g.split_once(".."))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .expect("tidegate-gap is first..last");
+    assert_eq!(marker.key.as_deref(), Some(&b"$tidegate/gap"[..]));
+    assert!(marker.payload.is_empty(), "a marker has an empty value");
+    assert_eq!(seq_of(marker), last, "tidegate-seq of a marker is its last");
+    assert_eq!(header(marker, "tidegate-gateway"), Some("gw-once"));
+    assert!(header(marker, "tidegate-epoch").is_some());
+
+    // Exact: the marker names precisely the journal sequences the topic never received.
+    let delivered: BTreeSet<u64> = records
+        .iter()
+        .filter(|r| r.header("tidegate-gap").is_none())
+        .map(seq_of)
+        .collect();
+    let never: Vec<u64> = (1..next_seq).filter(|s| !delivered.contains(s)).collect();
+    assert_eq!(
+        never,
+        (first..=last).collect::<Vec<_>>(),
+        "the gap marker's range is exactly what never arrived"
+    );
+    // A batch the forwarder had read before its readings were dropped is still delivered,
+    // so the gap can be smaller than what the journal dropped, never larger.
+    assert!(
+        last - first + 1 <= dropped,
+        "gap {first}..{last}, dropped {dropped}"
+    );
+
+    // The verifier counts the marker apart, and the readings missing are the gap's.
+    let v = firmware_sim::check(&records, &report);
+    assert_eq!(
+        (v.gap_markers, v.gap_readings),
+        (1, last - first + 1),
+        "{v}"
+    );
+    assert_eq!(v.missing(), last - first + 1, "{v}");
+    assert_eq!(
+        (v.unparseable, v.replays, v.out_of_order()),
+        (0, 0, 0),
+        "{v}"
+    );
+
+    // The operator sees it: the journal's total in status --json, the marker in the log.
+    assert_eq!(status_json(&gw)["dropped_total"].as_u64(), Some(dropped));
+    assert!(
+        gw.log().contains("Gap marker delivered"),
+        "logged:\n{}",
+        gw.log()
+    );
+}
