@@ -5,5 +5,6 @@
 //! Every test file uses only some of these, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod forgetful_fs;
 pub mod proxy;
 pub mod tmpfs;
