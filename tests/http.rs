@@ -8,7 +8,8 @@
 //!   writes (a real full journal) or when an essential task ends (the task registry, in
 //!   process);
 //! * `status --json` matches the journal and carries the daemon's live figures;
-//! * a taken `http.listen` port stops the daemon at start-up, naming the key.
+//! * a taken `http.listen` port stops the daemon at start-up, naming the key; a client
+//!   that never sends a request is disconnected.
 
 mod common;
 
@@ -383,6 +384,28 @@ async fn health_turns_503_naming_an_essential_task_that_ended() {
     server.await.expect("server stops");
     drop(journal);
     writer.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_a_request_is_disconnected_and_holds_up_no_one() {
+    use tokio::io::AsyncReadExt;
+    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", None));
+    let mut silent = tokio::net::TcpStream::connect(gw.http_addr())
+        .await
+        .expect("connects");
+    // Others are served meanwhile.
+    assert_eq!(
+        http_get(gw.http_addr(), "/health").await,
+        (200, "ok\n".into())
+    );
+    // The silent one is closed once its time to send headers is up (hyper may first
+    // answer 408; either way the connection ends).
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(SETTLE, silent.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a connection that sent nothing was still open after {SETTLE:?}"
+    );
 }
 
 #[test]

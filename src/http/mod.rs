@@ -17,12 +17,13 @@
 //!    ([`crate::telemetry`], [`crate::journal::JournalCounters`]) or from one read
 //!    transaction of the journal; this module counts nothing itself except its history.
 //! 2. **Never takes the daemon down.** A port that cannot be bound is a start-up error
-//!    naming `http.listen` ([`HttpError::Bind`]); once running, a failed request or
-//!    connection is the client's problem, and the server ending early is logged and
-//!    reported through the health registry, never propagated.
-//! 3. **Bounded.** The history is a fixed ring of [`history::CAPACITY`] samples; requests
-//!    in progress are capped at [`MAX_CONCURRENT_REQUESTS`]; responses are built from
-//!    fixed-size figures (no per-reading data).
+//!    naming `http.listen` ([`HttpError::Bind`]); once running, a failed accept is retried,
+//!    a failed request or connection ends that connection only, and nothing here returns
+//!    an error to the daemon.
+//! 3. **Bounded.** The history is a fixed ring of [`history::CAPACITY`] samples;
+//!    connections are capped at [`MAX_CONNECTIONS`] (each must send its headers within
+//!    10 s) and requests in progress at [`MAX_CONCURRENT_REQUESTS`]; responses are built
+//!    from fixed-size figures (no per-reading data).
 //! 4. **Self-contained page.** The status page loads nothing from elsewhere (gateways are
 //!    often offline): its HTML, CSS and script are compiled into the binary.
 
@@ -66,8 +67,16 @@ pub enum HttpError {
 /// daemon open many journal read transactions at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 16;
 
-/// Longest the server waits for open requests at shutdown before it is dropped.
+/// Longest an open connection gets to finish its request at shutdown before it is dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Connections open at once; more are closed as soon as they are accepted (a scraper or
+/// a browser tries again). Each costs a task and hyper's buffers, some KiB.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a client has to send a request's headers before its connection is closed, so that
+/// silent connections do not hold the [`MAX_CONNECTIONS`] slots.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The status page, its script, and an empty icon so that browsers do not ask for one.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -225,28 +234,67 @@ pub async fn serve(
 
     let guard = sources.health.register("http", false);
     let sampler = tokio::spawn(history::run(sources.clone(), history, stop.clone()));
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let server = async move {
-        match server.await {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::error!(error = %e, "HTTP listener stopped; /metrics, /health and the status page are unavailable until tidegate restarts.");
-                Some(e.to_string())
-            }
-        }
-    };
-    tokio::pin!(server);
-    let failure = tokio::select! {
-        failure = &mut server => failure,
-        // An open connection (a browser keeping its socket) must not hold up shutdown.
-        _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => None,
-    };
-    match failure {
-        Some(reason) => guard.fail(reason),
-        None => guard.retire(),
-    }
+    accept(listener, app, &stop).await;
+    guard.retire();
     let _ = sampler.await;
     // `sources` (and the journal handle in it) is dropped here.
+}
+
+/// Accepts connections until `stop`, each served by hyper's HTTP/1 server in its own task;
+/// then lets open ones finish (at most [`SHUTDOWN_GRACE`]).
+///
+/// Not `axum::serve`: it can neither cap connections nor time out a client that never
+/// sends its headers, and both bound what a misbehaving client costs the daemon.
+async fn accept(listener: tokio::net::TcpListener, app: Router, stop: &CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut refused_logged = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning; MQTT devices come first.
+                    tracing::warn!(error = %e, "Accepting an HTTP connection failed; retrying shortly.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if !refused_logged {
+                tracing::warn!(%peer, max = MAX_CONNECTIONS, "Refusing an HTTP connection: too many open (logged once).");
+                refused_logged = true;
+            }
+            continue; // dropping the stream closes it
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error.");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    // Finish the request in progress, close an idle keep-alive at once.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }
 
 /// The answer once the listener is stopping and the sources are gone.
