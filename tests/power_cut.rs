@@ -14,7 +14,7 @@ mod support;
 
 use std::time::Duration;
 
-use common::{Gateway, Tansu};
+use common::{http_get, Gateway, Tansu};
 use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions};
 use support::forgetful_fs::ForgetfulFs;
 
@@ -164,4 +164,96 @@ fn the_filesystem_forgets_unsynced_writes_and_keeps_synced_ones() {
         !path("never").exists(),
         "a file never synced does not survive"
     );
+}
+
+/// EIO from fsync, with Linux's semantics (the failed pages are dropped, so a retried
+/// fsync would report success without them): tidegate must refuse the readings of the
+/// failed commit, never retry the sync in place, reopen the environment, take readings
+/// again by itself, and after a final power cut every acknowledged reading is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_reopening() {
+    let mut fs = match ForgetfulFs::mount() {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: the fsync-failure test needs a FUSE mount and {why}");
+            return;
+        }
+    };
+    let tansu = Tansu::start();
+    let journal = fs.path().to_owned();
+    let kafka = tansu.port();
+    let mut gw = Gateway::start_fresh(|mqtt, _dir| {
+        format!(
+            "[gateway]\nid = \"gw-eio\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"eio\"\npartitions = 3\n\
+             max_batch = 200\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n",
+            journal.display()
+        )
+    });
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = 4;
+    o.window = 10;
+    o.rate = Some(100.0);
+    o.count = Some(1000);
+    o.reconnect_max = Duration::from_millis(200);
+    o.drain_timeout = Duration::from_secs(60);
+    let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fs.fail_syncs(3);
+    // The refusing state is short (the writer tries again after 250 ms, 500 ms, 1 s):
+    // look for it on /health while it lasts, and in the log in any case.
+    let mut seen_on_health = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && fs.failed_syncs() < 3 {
+        let (status, body) = http_get(gw.http_addr(), "/health").await;
+        if status == 503 && body.contains("journal not accepting writes") {
+            seen_on_health = Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fs.failed_syncs(),
+        3,
+        "the writer synced again after the failures"
+    );
+    let report = fleet.await.unwrap().expect("fleet");
+    assert!(
+        report.all_acked(),
+        "refused readings were resent and accepted after the reopen: {} left\n{}",
+        report.unacked(),
+        gw.log()
+    );
+    let log = gw.log();
+    for line in [
+        "Journal write failed",
+        "Input/output error",
+        "Journal environment reopened",
+        "Journal accepting readings again",
+    ] {
+        assert!(log.contains(line), "log has {line:?}:\n{log}");
+    }
+    assert!(gw.is_running(), "no exit, no restart needed:\n{log}");
+    // The proof that nothing was acknowledged on the strength of a failed sync: cut the
+    // power now, and every acknowledged reading is still there.
+    gw.kill();
+    fs.power_cut(0xe10);
+    gw.restart();
+    let v = wait_until_complete(&tansu.brokers(), "eio", &report, Duration::from_secs(120))
+        .await
+        .expect("read Kafka");
+    assert!(
+        v.is_complete() && v.missing() == 0 && v.is_ok(),
+        "{v}\nproblems: {:?}\nlog:\n{}",
+        v.problems(),
+        gw.log()
+    );
+    eprintln!(
+        "FAULT fsync-EIO x3 then power cut: acknowledged {} delivered {} lost 0 duplicated {} (/health while refusing: {:?})",
+        report.acked(),
+        v.received() - v.duplicates(),
+        v.duplicates(),
+        seen_on_health.map(|b| b.replace('\n', " | "))
+    );
+    gw.terminate();
 }

@@ -58,6 +58,12 @@ struct State {
     dead: bool,
     /// Syncs seen (fsync/fdatasync and O_DSYNC writes).
     pub syncs: u64,
+    /// The next this many fsyncs fail with EIO, dropping the file's dirty pages the way
+    /// Linux does after a writeback error: marked clean, never written, so a retried fsync
+    /// would "succeed" without them.
+    fail_syncs: u32,
+    /// fsyncs failed so far.
+    failed_syncs: u64,
 }
 
 impl State {
@@ -384,6 +390,12 @@ impl Filesystem for Fs {
         if s.dead {
             return reply.error(Errno::EIO);
         }
+        if s.fail_syncs > 0 {
+            s.fail_syncs -= 1;
+            s.failed_syncs += 1;
+            s.dirty.remove(&ino.0);
+            return reply.error(Errno::EIO);
+        }
         match s.persist(ino.0, None) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -419,6 +431,29 @@ impl Filesystem for Fs {
             }
         }
         reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        // The live directory's figures, so free space looks like the disk's.
+        let live = self.state().live.clone();
+        let path = std::ffi::CString::new(live.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+        // SAFETY: a NUL-terminated path and writable memory of the right type.
+        if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return reply.error(Errno::EIO);
+        }
+        // SAFETY: statvfs returned 0 and filled it.
+        let st = unsafe { st.assume_init() };
+        reply.statfs(
+            st.f_blocks,
+            st.f_bfree,
+            st.f_bavail,
+            st.f_files,
+            st.f_ffree,
+            st.f_bsize as u32,
+            st.f_namemax as u32,
+            st.f_frsize as u32,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -487,6 +522,22 @@ impl ForgetfulFs {
     /// Syncs seen so far.
     pub fn syncs(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).syncs
+    }
+
+    /// Makes the next `n` fsyncs fail with EIO (and lose their dirty pages).
+    pub fn fail_syncs(&self, n: u32) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_syncs = n;
+    }
+
+    /// fsyncs failed so far.
+    pub fn failed_syncs(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed_syncs
     }
 
     /// The power fails: see the module docs. Every process using the filesystem must be
