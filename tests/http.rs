@@ -387,6 +387,42 @@ async fn health_turns_503_naming_an_essential_task_that_ended() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_added_by_a_reload_appears_in_metrics_and_status() {
+    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", Some(free_port())));
+    let m = scrape(&gw).await;
+    assert!(m.find("tidegate_upstream_connected", &CLUSTER).is_some());
+    assert!(m
+        .find("tidegate_upstream_connected", &[("upstream", "cloud")])
+        .is_none());
+
+    // A second Kafka upstream, then SIGHUP: the reload starts its forwarder.
+    let path = gw.config_path().to_owned();
+    let mut text = std::fs::read_to_string(&path).expect("read config");
+    text.push_str(&format!(
+        "\n[[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\ntopic = \"cloud\"\n",
+        free_port()
+    ));
+    std::fs::write(&path, text).expect("write config");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(gw.pid().expect("running")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+
+    scrape_until(&gw, "the new upstream in /metrics", |m| {
+        m.find("tidegate_upstream_connected", &[("upstream", "cloud")])
+            .is_some()
+    })
+    .await;
+    let (_, status) = http_get(gw.http_addr(), "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let names: Vec<&str> = status["upstreams"]
+        .as_array()
+        .expect("upstreams")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["cluster", "cloud"], "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_sends_a_request_is_disconnected_and_holds_up_no_one() {
     use tokio::io::AsyncReadExt;
     let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", None));

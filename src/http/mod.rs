@@ -78,7 +78,8 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// silent connections do not hold the [`MAX_CONNECTIONS`] slots.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The status page, its script, and an empty icon so that browsers do not ask for one.
+/// The status page and its script (the page names a `data:` icon, so that browsers do not
+/// ask for `/favicon.ico`).
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 
