@@ -214,3 +214,94 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
         gw.log()
     );
 }
+
+/// The forwarder itself, in process, over a real journal: the topic already holds journal
+/// records 1..=200 of this gateway and epoch (a crash after Kafka stored them, before the
+/// cursor moved), the cursor is at 1. The forwarder delivers 201..=300 and skips the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_whose_cursor_is_behind_the_topic_skips_what_is_there_and_delivers_the_rest() {
+    use std::sync::Arc;
+    use tidegate::config::{JournalConfig, UpstreamConfig, UpstreamKind};
+    use tidegate::forward::Forwarder;
+    use tidegate::journal::Journal;
+    use tidegate::record::{Reading, SourceKind};
+    use tidegate::sinks::kafka::KafkaSink;
+    use tidegate::sinks::Sink;
+    use tidegate::telemetry::{get, ForwardCounters};
+
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal_config = JournalConfig {
+        dir: dir.path().join("journal"),
+        ..JournalConfig::default()
+    };
+    let (journal, writer) =
+        Journal::open(&journal_config, &["cluster".to_owned()]).expect("journal opens");
+    let readings: Vec<Reading> = (1..=300)
+        .map(|i| Reading {
+            ingest_ms: 1_764_000_000_000 + i,
+            source_kind: SourceKind::MqttListener,
+            source: format!("dev-{}", i % 7),
+            topic: format!("turbines/dev-{}/telemetry", i % 7),
+            payload: bytes::Bytes::from(format!("{{\"n\":{i}}}")),
+            qos: 1,
+            retain: false,
+        })
+        .collect();
+    let appended = journal.append(readings).await.expect("append");
+    assert_eq!((appended.first_seq, appended.accepted), (1, 300));
+    let epoch = journal.epoch().expect("epoch").expect("set at open");
+
+    let mut upstream = UpstreamConfig::new("cluster", UpstreamKind::Kafka);
+    upstream.brokers = tansu.brokers();
+    upstream.topic = "forwarder".into();
+    upstream.partitions = 3;
+    upstream.max_batch = 100;
+    upstream.linger = Duration::from_millis(1);
+    // Before the "crash": 1..=200 delivered by a sink of the same gateway and epoch.
+    let mut before = KafkaSink::new(&upstream, "gw-fwd").with_epoch(epoch);
+    let held: Vec<_> = journal
+        .read_from(1, 200, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|r| r.expect("decodes"))
+        .collect();
+    before.send(&held).await.expect("pre-produced");
+    assert_eq!(journal.cursor("cluster").expect("cursor"), Some(1));
+
+    let counters = Arc::new(ForwardCounters::default());
+    let forwarder = Forwarder::new(
+        upstream.clone(),
+        journal.clone(),
+        KafkaSink::new(&upstream, "gw-fwd"),
+        counters.clone(),
+    );
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(forwarder.run(stop.clone()));
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while journal.cursor("cluster").expect("cursor") != Some(301) {
+        assert!(tokio::time::Instant::now() < deadline, "forwarder stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.expect("forwarder stops");
+    assert_eq!(get(&counters.duplicates_skipped), 200);
+    assert_eq!(
+        get(&counters.sent),
+        300,
+        "skipped records count as delivered"
+    );
+
+    let records = read_topic(&tansu.brokers(), "forwarder")
+        .await
+        .expect("read");
+    let mut seqs: Vec<u64> = records.iter().map(seq_of).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=300).collect::<Vec<_>>(),
+        "each journal record once"
+    );
+    drop(journal);
+    writer.join();
+}
