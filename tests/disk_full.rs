@@ -168,3 +168,76 @@ async fn a_full_disk_refuses_readings_without_acknowledging_them_and_recovers_wh
     );
     gw.terminate();
 }
+
+/// The journal fills the disk by itself (nothing else on it) while the cluster is away.
+/// LMDB needs fresh pages even to delete, so without the writer's reserve file the
+/// forwarded readings could never be trimmed: the daemon must get out of this alone, with
+/// no space freed by anyone, once the cluster takes the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_by_the_journal_itself_recovers_once_the_backlog_is_forwarded() {
+    let fs = match Tmpfs::mount("8m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: the journal needs a tmpfs of its own and {why}");
+            return;
+        }
+    };
+    let journal = fs.path().join("journal");
+    let kafka_port = free_port();
+    let gw = Gateway::start_fresh(|mqtt, _dir| {
+        format!(
+            "[gateway]\nid = \"gw-self-full\"\n[journal]\ndir = \"{}\"\nmax_size = \"256MiB\"\non_full = \"reject\"\ncommit_interval = \"1ms\"\n\
+             [mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\nmax_packet = \"64KiB\"\n\
+             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka_port}\"]\ntopic = \"self\"\npartitions = 3\n\
+             max_batch = 500\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n",
+            journal.display()
+        )
+    });
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = 4;
+    o.window = 20;
+    o.rate = None;
+    o.count = Some(3000);
+    o.payload_size = Some(1000);
+    o.reconnect_max = Duration::from_millis(500);
+    o.drain_timeout = Duration::from_secs(120);
+    // 12 MB of readings for an 8 MiB disk.
+    let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
+    wait_for_health(
+        &gw,
+        503,
+        "journal not accepting writes: disk full",
+        Duration::from_secs(60),
+    )
+    .await;
+    let tansu = Tansu::start_on(kafka_port);
+    let report = fleet.await.unwrap().expect("fleet");
+    assert!(
+        report.all_acked(),
+        "every reading accepted once the backlog was forwarded: {} left\n{}",
+        report.unacked(),
+        gw.log()
+    );
+    let v = wait_until_complete(&tansu.brokers(), "self", &report, Duration::from_secs(120))
+        .await
+        .expect("read Kafka");
+    assert!(
+        v.is_complete() && v.is_ok(),
+        "{v}\nproblems: {:?}\nlog:\n{}",
+        v.problems(),
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(
+        log.contains("released the journal's reserve file"),
+        "the reserve was what made room:\n{log}"
+    );
+    wait_for_health(&gw, 200, "ok", Duration::from_secs(30)).await;
+    eprintln!(
+        "FAULT disk-filled-by-journal: acknowledged {} delivered {} lost 0 duplicated {}",
+        report.acked(),
+        v.received() - v.duplicates(),
+        v.duplicates()
+    );
+}
