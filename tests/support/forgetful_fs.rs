@@ -32,6 +32,8 @@ use fuser::{
 };
 
 const PAGE: u64 = 4096;
+/// How long an fsync takes here.
+const SYNC_TIME: Duration = Duration::from_millis(5);
 /// Attributes are never cached by the kernel: sizes change under writes all the time.
 const TTL: Duration = Duration::ZERO;
 
@@ -386,6 +388,10 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        // A sync takes time on real storage (milliseconds on an SD card); outside the lock,
+        // so reads go on. This widens the window in which a cut finds pages written but not
+        // yet synced, which is what the power-cut test needs to hit.
+        std::thread::sleep(SYNC_TIME);
         let mut s = self.state();
         if s.dead {
             return reply.error(Errno::EIO);
@@ -543,18 +549,35 @@ impl ForgetfulFs {
     /// The power fails: see the module docs. Every process using the filesystem must be
     /// dead already (as after a real cut). Mounts the filesystem again, on the platter.
     pub fn power_cut(&mut self, seed: u64) -> CutReport {
+        let mut state = seed;
+        self.cut_with(move || {
+            // splitmix64: reproducible from the seed, well mixed even for close seeds.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) >> 63 == 1
+        })
+    }
+
+    /// The power goes: from now on every write and sync fails (a sync in progress
+    /// included), before the processes using the filesystem are killed, as on a real cut
+    /// where the disk stops at the same instant as the CPU. Follow with [`Self::power_cut`].
+    pub fn power_off(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).dead = true;
+    }
+
+    /// A power cut in which no unsynced page reaches the platter.
+    pub fn power_cut_losing_all_unsynced(&mut self) -> CutReport {
+        self.cut_with(|| false)
+    }
+
+    /// The cut, with `coin()` saying whether each dirty page reached the platter.
+    fn cut_with(&mut self, mut coin: impl FnMut() -> bool) -> CutReport {
         let mut report = CutReport::default();
         {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             s.dead = true;
-            let mut rng = seed | 1;
-            let mut coin = move || {
-                // xorshift64: reproducible from the seed, no dependency.
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng & 1 == 1
-            };
             let dirty: Vec<(u64, Vec<u64>)> = s
                 .dirty
                 .iter()
