@@ -34,6 +34,9 @@ pub enum JournalState {
     Full(String),
     /// The writer stopped after an LMDB error; only a restart helps.
     Failed(String),
+    /// New readings are refused after a failed write (disk full, I/O error); the writer
+    /// tries again by itself, so a restart would not help and the watchdog is still pinged.
+    NotAccepting(String),
 }
 
 /// One task as shown by [`Health::alive_snapshot`].
@@ -164,6 +167,9 @@ impl Health {
             JournalState::Writable => {}
             JournalState::Full(why) => problems.push(format!("journal full: {why}")),
             JournalState::Failed(why) => problems.push(format!("journal failed: {why}")),
+            JournalState::NotAccepting(why) => {
+                problems.push(format!("journal not accepting writes: {why}"))
+            }
         }
         if self.is_shutting_down() {
             problems.push("shutting down".to_owned());
@@ -422,5 +428,16 @@ mod tests {
         assert!(health.watchdog_ok());
         *state.lock().unwrap() = JournalState::Failed("LMDB error".into());
         assert!(!health.watchdog_ok());
+    }
+
+    #[test]
+    fn a_journal_not_accepting_writes_says_why_and_still_pings_the_watchdog() {
+        let health = Health::new();
+        health.set_journal_probe(|| JournalState::NotAccepting("disk full: ENOSPC".into()));
+        assert_eq!(
+            health.check().unwrap_err(),
+            vec!["journal not accepting writes: disk full: ENOSPC"]
+        );
+        assert!(health.watchdog_ok(), "a restart would not free the disk");
     }
 }
