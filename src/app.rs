@@ -19,6 +19,7 @@
 //! 3. the last journal handle is dropped and the writer thread commits whatever is queued,
 //!    then exits. Only then does the process exit 0.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,18 +27,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, UpstreamKind};
-use crate::forward::Forwarder;
+use crate::config::Config;
+use crate::health::{supervise, Health, JournalState, TaskGuard};
 use crate::ingest::broker;
 use crate::ingest::local_bus::{BusError, LocalBus};
 use crate::ingest::modbus;
 use crate::ingest::mqtt_subscribe;
 use crate::ingest::serial;
 use crate::journal::{Journal, JournalError};
-use crate::sinks::kafka::KafkaSink;
-use crate::sinks::mqtt::MqttSink;
+use crate::service::reload::{reload, Forwarders, Outcome as ReloadOutcome};
+use crate::service::Notifier;
 use crate::telemetry::{
-    get, ForwardCounters, IngestCounters, ModbusCounters, MqttSubscribeCounters, SerialCounters,
+    get, IngestCounters, ModbusCounters, MqttSubscribeCounters, SerialCounters,
 };
 
 /// Why the daemon stopped with an error.
@@ -48,6 +49,8 @@ pub enum AppError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Listen(#[from] broker::ListenError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     #[error("cannot start the local subscription bus: {0} (set mqtt.local_subscriptions = false to run without it)")]
     Bus(#[from] BusError),
     #[error("cannot install signal handlers: {0}")]
@@ -62,12 +65,33 @@ const INGEST_DRAIN: Duration = Duration::from_secs(10);
 /// How often the progress line is logged.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs the daemon until a signal (or a fatal journal error).
+/// Runs the daemon until a signal (or a fatal journal error), on a configuration that
+/// SIGHUP cannot re-read.
 pub async fn run(config: Config) -> Result<(), AppError> {
+    run_from(config, None).await
+}
+
+/// Runs the daemon until a signal (or a fatal journal error). `config_path` is the file
+/// `config` came from, which SIGHUP re-reads (see [`crate::service::reload`]).
+pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<(), AppError> {
+    // Before anything logs much: log.level from the file, when set, replaces --log.
+    if config.log.level.is_some() {
+        if let Err(e) = crate::telemetry::set_log_filter(config.log.level.as_deref()) {
+            tracing::warn!(error = %e, "log.level not applied.");
+        }
+    }
     let names: Vec<String> = config.upstream.iter().map(|u| u.name.clone()).collect();
     let (journal, writer) = Journal::open(&config.journal, &names)?;
     let listener = broker::bind(config.mqtt.listen).await?;
     let local = listener.local_addr().unwrap_or(config.mqtt.listen);
+    // Bound now, before any task starts, so a taken port is a start-up error naming
+    // http.listen rather than a monitoring endpoint that silently never appears.
+    let http_listener = if config.http.enabled {
+        Some(crate::http::bind(config.http.listen).await?)
+    } else {
+        None
+    };
+    let started_ms = crate::journal::now_ms();
 
     let summary = journal.summary()?;
     tracing::info!(
@@ -83,6 +107,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tracing::warn!("No upstream configured: readings are kept in the journal (up to journal.max_size, then journal.on_full applies) until an [[upstream]] is added.");
     }
 
+    // Task liveness, shared with the HTTP listener's /health.
+    let health = crate::health::Health::new();
+    health.set_journal_probe(journal_probe(journal.watch(), config.journal.on_full));
+    // The writer is a thread inside the journal; the main loop settles this guard when the
+    // journal reports it failed.
+    let writer_guard = health.register("journal-writer", true);
     let ingest_stop = CancellationToken::new();
     let forward_stop = CancellationToken::new();
     let ingest_tasks = TaskTracker::new();
@@ -94,25 +124,30 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     } else {
         None
     };
-    ingest_tasks.spawn(broker::serve(
-        listener,
-        config.mqtt.clone(),
-        journal.clone(),
-        bus,
-        ingest_counters.clone(),
+    ingest_tasks.spawn(supervise(
+        health.register("mqtt-listener", true),
         ingest_stop.clone(),
-        ingest_tasks.clone(),
+        broker::serve(
+            listener,
+            config.mqtt.clone(),
+            journal.clone(),
+            bus,
+            ingest_counters.clone(),
+            ingest_stop.clone(),
+            ingest_tasks.clone(),
+        ),
     ));
 
     let mut serial_counters = Vec::new();
     for port in &config.serial {
         let counters = Arc::new(SerialCounters::default());
         serial_counters.push((port.source(), counters.clone()));
-        ingest_tasks.spawn(serial::run_port(
-            port.clone(),
-            journal.clone(),
-            counters,
+        // Ingest tasks other than the listener are not essential: one port's task ending
+        // is shown (status, /health's task list) but restarting the daemon would not fix it.
+        ingest_tasks.spawn(supervise(
+            health.register(&format!("serial:{}", port.source()), false),
             ingest_stop.clone(),
+            serial::run_port(port.clone(), journal.clone(), counters, ingest_stop.clone()),
         ));
     }
 
@@ -121,11 +156,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     for bus in &config.modbus {
         let counters = Arc::new(modbus::counters_for(bus));
         modbus_counters.push(counters.clone());
-        ingest_tasks.spawn(modbus::run(
-            bus.clone(),
-            journal.clone(),
-            counters,
+        ingest_tasks.spawn(supervise(
+            health.register(&format!("modbus:{}", bus.port.display()), false),
             ingest_stop.clone(),
+            modbus::run(bus.clone(), journal.clone(), counters, ingest_stop.clone()),
         ));
     }
 
@@ -134,51 +168,87 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     for (index, sub) in config.mqtt_subscribe.iter().enumerate() {
         let counters = Arc::new(MqttSubscribeCounters::default());
         subscribe_counters.push((sub.url.clone(), counters.clone()));
-        ingest_tasks.spawn(mqtt_subscribe::run(
-            mqtt_subscribe::Subscription {
-                index,
-                config: sub.clone(),
-                gateway_id: config.gateway.id.clone(),
-                max_packet: config.mqtt.max_packet.as_u64() as usize,
-                journal: journal.clone(),
-                counters,
-            },
+        ingest_tasks.spawn(supervise(
+            health.register(&format!("mqtt_subscribe:{}", sub.url), false),
             ingest_stop.clone(),
+            mqtt_subscribe::run(
+                mqtt_subscribe::Subscription {
+                    index,
+                    config: sub.clone(),
+                    gateway_id: config.gateway.id.clone(),
+                    max_packet: config.mqtt.max_packet.as_u64() as usize,
+                    journal: journal.clone(),
+                    counters,
+                },
+                ingest_stop.clone(),
+            ),
         ));
     }
 
-    let mut forward_counters = Vec::new();
-    for upstream in &config.upstream {
-        let counters = Arc::new(ForwardCounters::default());
-        forward_counters.push((upstream.name.clone(), counters.clone()));
-        match upstream.kind {
-            UpstreamKind::Kafka => {
-                let sink = KafkaSink::new(upstream, &config.gateway.id);
-                let fwd = Forwarder::new(upstream.clone(), journal.clone(), sink, counters);
-                forward_tasks.spawn(fwd.run(forward_stop.clone()));
-            }
-            UpstreamKind::Mqtt => match MqttSink::new(upstream, &config.gateway.id) {
-                Ok(sink) => {
-                    let fwd = Forwarder::new(upstream.clone(), journal.clone(), sink, counters);
-                    forward_tasks.spawn(fwd.run(forward_stop.clone()));
-                }
-                // Validation refuses such a url; this only guards a hand-built config.
-                Err(e) => {
-                    tracing::error!(upstream = %upstream.name, error = %e, "MQTT upstream not started: bad url; its readings stay in the journal.")
-                }
-            },
-        }
+    // One forwarder per upstream; a SIGHUP may stop, restart or add some of them.
+    let mut forwarders = Forwarders::start(
+        journal.clone(),
+        &config.gateway.id,
+        &config.upstream,
+        health.clone(),
+        forward_stop.clone(),
+        forward_tasks.clone(),
+    );
+    let forward_counters = forwarders.counters();
+
+    // The monitoring listener reads the same counters the stages bump; it holds a journal
+    // handle, so it is stopped before the journal is closed (step 3 below).
+    let http_stop = CancellationToken::new();
+    let http_tasks = TaskTracker::new();
+    // Replaced after every reload, so /metrics and the status page follow the forwarders.
+    let upstream_list = crate::http::UpstreamList::new(crate::http::UpstreamSource::list(
+        &config.upstream,
+        &forward_counters,
+    ));
+    if let Some(http_listener) = http_listener {
+        let sources = crate::http::Sources {
+            gateway: config.gateway.id.clone(),
+            started_ms,
+            journal: journal.clone(),
+            max_size: config.journal.max_size.as_u64(),
+            mqtt_listen: local,
+            ingest: ingest_counters.clone(),
+            upstreams: upstream_list.clone(),
+            serial: serial_counters.clone(),
+            modbus: modbus_counters.clone(),
+            subscriptions: subscribe_counters.clone(),
+            health: health.clone(),
+        };
+        http_tasks.spawn(crate::http::serve(
+            http_listener,
+            Arc::new(sources),
+            http_stop.clone(),
+        ));
     }
 
+    let mut notifier = Notifier::from_env();
+    let mut live = Service {
+        notifier: &mut notifier,
+        health: &health,
+        writer_guard: Some(writer_guard),
+        config_path: config_path.as_deref(),
+        config: config.clone(),
+        forwarders: &mut forwarders,
+        upstream_list,
+    };
     let result = wait_for_stop(
         &journal,
         &ingest_counters,
-        &forward_counters,
+        &mut live,
         &serial_counters,
         &modbus_counters,
         &subscribe_counters,
     )
     .await;
+    // From here on tasks end because they are told to, not because they die.
+    health.set_shutting_down();
+    drop(live);
+    notifier.stopping();
 
     // 1. Ingest: stop reading, write the acks of everything already journaled.
     tracing::info!("Shutting down: no new connections; acknowledging what was received.");
@@ -194,6 +264,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     forward_stop.cancel();
     forward_tasks.close();
     forward_tasks.wait().await;
+    // The forwarder set holds a journal handle (to start forwarders on reload).
+    drop(forwarders);
+    // The HTTP listener answered /health (503, shutting down) until now; it goes before the
+    // journal because it holds a handle to it.
+    http_stop.cancel();
+    http_tasks.close();
+    http_tasks.wait().await;
     // 3. Journal: the writer exits once the last handle is gone and its queue is empty.
     let appended = get(&journal.counters().appended);
     drop(journal);
@@ -202,11 +279,27 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     result
 }
 
-/// Waits for SIGTERM/SIGINT, logging progress, or for the journal to fail.
+/// What the main loop needs to serve systemd and SIGHUP.
+struct Service<'a> {
+    notifier: &'a mut Notifier,
+    health: &'a Health,
+    /// Settled (failed) when the journal reports its writer failed.
+    writer_guard: Option<TaskGuard>,
+    /// The file SIGHUP re-reads; `None` on embedded defaults.
+    config_path: Option<&'a std::path::Path>,
+    /// The configuration in force (live settings as last reloaded).
+    config: Config,
+    forwarders: &'a mut Forwarders,
+    /// What the HTTP listener shows of the upstreams; updated after a reload.
+    upstream_list: crate::http::UpstreamList,
+}
+
+/// Waits for SIGTERM/SIGINT, logging progress, reloading on SIGHUP and pinging the systemd
+/// watchdog while healthy, or for the journal to fail.
 async fn wait_for_stop(
     journal: &Journal,
     ingest: &IngestCounters,
-    upstreams: &[(String, Arc<ForwardCounters>)],
+    service: &mut Service<'_>,
     serial_ports: &[(String, Arc<SerialCounters>)],
     modbus_buses: &[Arc<ModbusCounters>],
     subscriptions: &[(String, Arc<MqttSubscribeCounters>)],
@@ -214,19 +307,53 @@ async fn wait_for_stop(
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+    // Ready only now: the journal is open, the listeners are bound, every task is started
+    // and SIGHUP is handled (its default action would kill the daemon).
+    service.notifier.ready("running");
+    let mut tick = tokio::time::interval(service.notifier.tick());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_progress = Instant::now();
     let mut last_received = 0;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM received."); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT received."); return Ok(()); }
+            _ = hup.recv() => {
+                service.notifier.reloading();
+                // Stopping a changed forwarder waits for its batch in flight (up to its
+                // request_timeout), so the watchdog is kept pinged meanwhile.
+                let outcome = {
+                    let reloading =
+                        reload(service.config_path, &mut service.config, service.forwarders);
+                    tokio::pin!(reloading);
+                    loop {
+                        tokio::select! {
+                            outcome = &mut reloading => break outcome?,
+                            _ = tick.tick() => service.notifier.watchdog(service.health),
+                        }
+                    }
+                };
+                service.upstream_list.set(crate::http::UpstreamSource::list(
+                    &service.config.upstream,
+                    &service.forwarders.counters(),
+                ));
+                service.notifier.reloaded(match outcome {
+                    ReloadOutcome::Applied(_) => "running; configuration reloaded",
+                    ReloadOutcome::Refused(_) => "running; last reload refused",
+                });
+            }
             _ = tick.tick() => {}
         }
         if journal.is_failed() {
+            if let Some(guard) = service.writer_guard.take() {
+                guard.fail("stopped after an LMDB error");
+            }
             return Err(AppError::JournalFailed);
         }
+        service.notifier.watchdog(service.health);
         if last_progress.elapsed() >= PROGRESS_INTERVAL {
+            let upstreams = service.forwarders.counters();
             let secs = last_progress.elapsed().as_secs_f64();
             last_progress = Instant::now();
             let received = get(&ingest.readings_received);
@@ -275,6 +402,43 @@ async fn wait_for_stop(
                     .collect();
                 tracing::info!(subscriptions = %subs.join("; "), "MQTT subscription progress.");
             }
+        }
+    }
+}
+
+/// How long after the last refused reading the journal still counts as full for `/health`.
+const FULL_FOR: Duration = Duration::from_secs(10);
+
+/// Tells [`Health`] whether the journal accepts writes: failed after an LMDB error, or full
+/// while it has refused readings (`on_full = "reject"`) within [`FULL_FOR`]. Under
+/// `drop-oldest` the journal always accepts, so it is never reported full.
+fn journal_probe(
+    journal: crate::journal::JournalWatch,
+    on_full: crate::config::OnFull,
+) -> impl Fn() -> JournalState + Send + Sync + 'static {
+    let last = std::sync::Mutex::new((0u64, None::<Instant>));
+    move || {
+        if journal.is_failed() {
+            return JournalState::Failed(
+                "the journal writer stopped after an LMDB error; tidegate must restart".into(),
+            );
+        }
+        if let Some(why) = journal.refusing() {
+            return JournalState::NotAccepting(why);
+        }
+        if on_full != crate::config::OnFull::Reject {
+            return JournalState::Writable;
+        }
+        let rejected = get(&journal.counters().rejected_full);
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if rejected > last.0 {
+            *last = (rejected, Some(Instant::now()));
+        }
+        match last.1 {
+            Some(at) if at.elapsed() < FULL_FOR => JournalState::Full(
+                "new readings are refused (on_full = \"reject\"); devices keep them until forwarding frees room".into(),
+            ),
+            _ => JournalState::Writable,
         }
     }
 }

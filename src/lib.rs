@@ -32,6 +32,7 @@
 //! * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink.
 //! * [`telemetry`] — logging and counters.
 //! * [`health`] — which long-running tasks are alive; the daemon's health and watchdog verdicts.
+//! * [`service`] — systemd readiness/watchdog notifications and SIGHUP reload.
 //! * [`http`] — the monitoring listener: `/metrics`, `/health`, the status page.
 //! * [`app`] — wiring and the shutdown order; [`status`] — the `status` view.
 
@@ -44,6 +45,7 @@ pub mod ingest;
 pub mod journal;
 pub mod journal_cli;
 pub mod record;
+pub mod service;
 pub mod sinks;
 pub mod status;
 pub mod telemetry;

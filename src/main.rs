@@ -35,8 +35,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Show what the journal holds and how far each upstream has got. Safe while the
-    /// daemon runs (read-only).
+    /// Show what the journal holds and how far each upstream has got, with the running
+    /// daemon's health, connection states and rates when it answers on http.listen. Safe
+    /// while the daemon runs (read-only).
     Status {
         /// Configuration file naming the journal directory.
         #[arg(long, short)]
@@ -109,13 +110,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config, log } => {
             tidegate::telemetry::init_logging(&log);
-            let config = load(config.as_deref())?;
+            let path = config;
+            let config = load(path.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("tidegate")
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(tidegate::app::run(config))?;
+            // The path goes along so that SIGHUP can re-read the file.
+            rt.block_on(tidegate::app::run_from(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => match load(config.as_deref()) {
@@ -132,13 +135,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => {
             let config = load(config.as_deref())?;
             let summary = tidegate::journal::summary_read_only(&config.journal.dir)?;
+            // The running daemon's figures when it answers on http.listen; the journal
+            // alone otherwise (a stopped daemon is a normal thing to inspect).
+            let live = tidegate::status::fetch_live(&config);
             if json {
-                emit(&format!("{}\n", serde_json::to_string_pretty(&summary)?));
+                let report = tidegate::status::StatusReport {
+                    journal: &summary,
+                    daemon: live.as_ref().ok(),
+                    daemon_error: live.as_ref().err().map(|e| e.to_string()),
+                };
+                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
             } else {
                 emit(&tidegate::status::render(
                     &summary,
                     &config,
                     tidegate::journal::now_ms(),
+                    live.as_ref(),
                 ));
             }
             Ok(ExitCode::SUCCESS)

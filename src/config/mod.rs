@@ -39,6 +39,55 @@ pub struct Config {
     /// default.
     #[serde(default)]
     pub mqtt_subscribe: Vec<crate::ingest::mqtt_subscribe::MqttSubscribeConfig>,
+    /// The HTTP listener: `/metrics`, `/health` and the status page (`[http]`).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging (`[log]`); changes apply on SIGHUP.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Log filter in `RUST_LOG` syntax (`"info"`, `"info,tidegate::forward=debug"`).
+    /// Unset: the `run --log` option. `RUST_LOG`, when set, wins over both. A SIGHUP
+    /// applies a change without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve `/metrics` (Prometheus text), `/health` and the status page. `false` opens no
+    /// HTTP port at all.
+    #[serde(default = "default_http_enabled")]
+    pub enabled: bool,
+    /// Address the HTTP listener binds. Loopback by default: the listener has no
+    /// authentication, so exposing it is a deliberate choice (`"0.0.0.0:9464"`).
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: default_http_enabled(),
+            listen: default_http_listen(),
+        }
+    }
+}
+
+fn default_http_enabled() -> bool {
+    true
+}
+fn default_http_listen() -> SocketAddr {
+    // 9464: the port Prometheus exporters conventionally use for OpenTelemetry-style
+    // endpoints; free on a typical gateway.
+    SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 /// `[gateway]`
@@ -477,6 +526,17 @@ impl Config {
         if self.mqtt.max_inflight == 0 {
             p.push("mqtt.max_inflight: must be at least 1".to_owned());
         }
+        if let Some(level) = &self.log.level {
+            if let Err(e) = crate::telemetry::check_log_filter(level) {
+                p.push(e.to_string());
+            }
+        }
+        if self.http.enabled && self.http.listen == self.mqtt.listen {
+            p.push(format!(
+                "http.listen: {} is also mqtt.listen; give the HTTP listener its own port",
+                self.http.listen
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstream.iter().enumerate() {
             let key = format!("upstream[{i}]");
@@ -704,6 +764,7 @@ mod example_tests {
         assert_eq!(c.mqtt.max_inflight, d.mqtt.max_inflight);
         assert_eq!(c.mqtt.connect_timeout, d.mqtt.connect_timeout);
         assert_eq!(c.mqtt.local_subscriptions, d.mqtt.local_subscriptions);
+        assert_eq!(c.http, d.http);
         let u = &c.upstream[0];
         assert_eq!(u.max_batch, default_max_batch());
         assert_eq!(u.linger, default_linger());

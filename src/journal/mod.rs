@@ -21,9 +21,13 @@
 //!    does not acknowledge them). The LMDB map grows as needed instead of failing.
 //! 5. **Removed only once delivered everywhere.** A record is deleted when every configured
 //!    upstream's cursor has passed it, or by `drop-oldest`; never otherwise.
-//! 6. **Fail closed.** After an LMDB error the writer answers every later request with
-//!    [`JournalError::Failed`]; the daemon stops and systemd restarts it on a fresh open,
-//!    rather than retrying a sync whose outcome is unknown.
+//! 6. **Never a retried sync.** A commit that fails with an I/O error (a full disk, EIO)
+//!    is never retried on the same environment: the writer refuses the readings it held
+//!    (they are not acknowledged, so devices keep them), closes the environment and opens
+//!    it again, and refuses new readings until a later commit on the fresh environment
+//!    succeeds; readers keep forwarding what is stored meanwhile ([`Journal::refusing`]
+//!    says why). Any other LMDB error fails closed: the writer answers every later request
+//!    with [`JournalError::Failed`] and the daemon stops for systemd to restart it.
 
 pub mod retention;
 pub mod store;
@@ -71,6 +75,13 @@ pub enum JournalError {
     /// The writer stopped after an earlier error; the daemon must restart.
     #[error("journal writer has stopped after an earlier error; restart tidegate")]
     Failed,
+    /// Writes are refused for now after an I/O error (disk full, EIO); the writer tries
+    /// again by itself.
+    #[error("journal is not accepting writes: {0}")]
+    Unwritable(String),
+    /// The environment is closed between a failed commit and its reopening.
+    #[error("journal is being reopened after a write error; try again shortly")]
+    Reopening,
     /// The writer is shutting down and takes no more work.
     #[error("journal is shutting down")]
     Closed,
@@ -134,6 +145,11 @@ pub(crate) enum Request {
         next_seq: u64,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// The configured upstreams changed (config reload): reconcile the cursors as at open.
+    SetUpstreams {
+        upstreams: Vec<String>,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
 }
 
 /// Counters the writer keeps, readable at any time without touching LMDB.
@@ -155,17 +171,36 @@ pub struct JournalCounters {
     pub first_seq: AtomicU64,
     /// Sequence the next reading will get.
     pub next_seq: AtomicU64,
+    /// Time of each committed write transaction, from opening it to the end of its sync.
+    pub commit_latency: crate::telemetry::LatencyHistogram,
+    /// Readings refused because the journal could not be written (disk full, I/O error).
+    pub refused_unwritable: AtomicU64,
+    /// Times the environment was closed and opened again after a failed commit.
+    pub reopens: AtomicU64,
 }
 
 /// Shared state between handles and the writer thread.
 pub(crate) struct Shared {
-    pub(crate) store: Store,
-    /// Readers hold this shared while a read transaction is open; the writer holds it
-    /// exclusively to grow the map, which LMDB allows only with no transaction open.
-    pub(crate) resize_lock: RwLock<()>,
+    /// The open environment; `None` only between closing it after a failed commit and a
+    /// successful reopen. Readers hold this shared while a read transaction is open; the
+    /// writer holds it exclusively to grow the map or to close and reopen the environment,
+    /// which LMDB allows only with no transaction of this process open.
+    pub(crate) store: RwLock<Option<Store>>,
     pub(crate) counters: JournalCounters,
     /// Set by the writer when it stops after an LMDB error.
     pub(crate) failed: std::sync::atomic::AtomicBool,
+    /// Why the writer refuses readings now (disk full, I/O error); `None` while it takes
+    /// them. Set and cleared only by the writer.
+    pub(crate) refusing: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn refusing(&self) -> Option<String> {
+        self.refusing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A cheap, clonable handle to the journal.
@@ -203,10 +238,10 @@ impl Journal {
     ) -> Result<(Journal, WriterHandle), JournalError> {
         let store = Store::open(&config.dir, retention::initial_map_size(config))?;
         let shared = Arc::new(Shared {
-            store,
-            resize_lock: RwLock::new(()),
+            store: RwLock::new(Some(store)),
             counters: JournalCounters::default(),
             failed: std::sync::atomic::AtomicBool::new(false),
+            refusing: std::sync::Mutex::new(None),
         });
         let start = writer::prepare(&shared, upstreams)?;
         let (tx, rx) = mpsc::channel(4096);
@@ -282,6 +317,20 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Replaces the set of upstreams whose cursors hold readings back (config reload).
+    ///
+    /// Reconciles exactly as [`Journal::open`] does: a removed upstream's cursor is
+    /// deleted, a new one starts at the oldest reading held, a kept one keeps its cursor.
+    /// Call it with the changed forwarders stopped, so no stale cursor move races it.
+    pub async fn set_upstreams(&self, upstreams: Vec<String>) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::SetUpstreams { upstreams, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
     /// The stored cursor of `upstream` (next sequence to send).
     pub fn cursor(&self, upstream: &str) -> Result<Option<u64>, JournalError> {
         self.reading(|store| {
@@ -338,24 +387,63 @@ impl Journal {
         &self.shared.counters
     }
 
+    /// Why new readings are refused now after a failed write (disk full, I/O error), or
+    /// `None` while the journal takes them. Cleared by the writer's first successful
+    /// commit after the trouble.
+    pub fn refusing(&self) -> Option<String> {
+        self.shared.refusing()
+    }
+
+    /// A view of the writer's state for health checks. Unlike a [`Journal`] clone it holds
+    /// no request sender, so keeping it does not keep the writer thread from exiting.
+    pub fn watch(&self) -> JournalWatch {
+        JournalWatch {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Snapshot of what the journal holds, for status and logs.
     pub fn summary(&self) -> Result<Summary, JournalError> {
         self.reading(summarize)
     }
 
-    /// Runs a read of the store while holding the resize lock shared, so that the writer
-    /// never grows the map under an open read transaction of this process. Every read
-    /// goes through here.
+    /// Runs a read of the store while holding its lock shared, so that the writer never
+    /// grows the map or closes the environment under an open read transaction of this
+    /// process. Every read goes through here.
     fn reading<T>(
         &self,
         read: impl FnOnce(&Store) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
-        let _guard = self
-            .shared
-            .resize_lock
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        read(&self.shared.store)
+        let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(store) => read(store),
+            None => Err(JournalError::Reopening),
+        }
+    }
+}
+
+/// See [`Journal::watch`].
+#[derive(Clone)]
+pub struct JournalWatch {
+    shared: Arc<Shared>,
+}
+
+impl JournalWatch {
+    /// Whether the writer has stopped after an error; see [`Journal::is_failed`].
+    pub fn is_failed(&self) -> bool {
+        self.shared
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Live counters.
+    pub fn counters(&self) -> &JournalCounters {
+        &self.shared.counters
+    }
+
+    /// Why new readings are refused now; see [`Journal::refusing`].
+    pub fn refusing(&self) -> Option<String> {
+        self.shared.refusing()
     }
 }
 

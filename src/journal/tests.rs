@@ -268,7 +268,8 @@ async fn the_map_grows_instead_of_failing() {
     let mut cfg = config(dir.path());
     cfg.max_size = ByteSize::mib(400);
     let (j, w) = Journal::open(&cfg, &[]).unwrap();
-    let before = j.shared.store.map_size();
+    let map_size = |j: &Journal| j.shared.store.read().unwrap().as_ref().unwrap().map_size();
+    let before = map_size(&j);
     // 100 MB of readings into a 64 MiB initial map.
     for chunk in 0..100u64 {
         let a = j
@@ -281,7 +282,7 @@ async fn the_map_grows_instead_of_failing() {
             .unwrap();
         assert_eq!(a.accepted, 100);
     }
-    assert!(j.shared.store.map_size() > before, "map grew from {before}");
+    assert!(map_size(&j) > before, "map grew from {before}");
     assert_eq!(j.counters().dropped_full.load(Ordering::Relaxed), 0);
     assert_eq!(read_all(&j, 0).len(), 10_000);
     drop(j);
@@ -294,13 +295,14 @@ async fn a_journal_of_a_newer_layout_is_refused_with_a_clear_error() {
     let cfg = config(dir.path());
     {
         let (j, w) = Journal::open(&cfg, &[]).unwrap();
-        let mut txn = j.shared.store.write_txn().unwrap();
-        j.shared
-            .store
-            .meta
+        let guard = j.shared.store.read().unwrap();
+        let open = guard.as_ref().unwrap();
+        let mut txn = open.write_txn().unwrap();
+        open.meta
             .put(&mut txn, "format", &(store::JOURNAL_FORMAT + 1))
             .unwrap();
         txn.commit().unwrap();
+        drop(guard);
         drop(j);
         w.join();
     }
@@ -316,11 +318,14 @@ async fn a_record_of_a_newer_format_is_refused_at_open() {
     {
         let (j, w) = Journal::open(&cfg, &[]).unwrap();
         j.append(vec![reading("a", 1, 10)]).await.unwrap();
-        let mut txn = j.shared.store.write_txn().unwrap();
+        let guard = j.shared.store.read().unwrap();
+        let store = guard.as_ref().unwrap();
+        let mut txn = store.write_txn().unwrap();
         let mut value = record::encode(2, &reading("a", 2, 10));
         value[0] = record::FORMAT_VERSION + 1;
-        j.shared.store.append(&mut txn, 2, &value).unwrap();
+        store.append(&mut txn, 2, &value).unwrap();
         txn.commit().unwrap();
+        drop(guard);
         drop(j);
         w.join();
     }

@@ -46,6 +46,8 @@ pub struct ForwardCounters {
     pub lost_to_drop_oldest: AtomicU64,
     /// 1 while the last attempt succeeded.
     pub connected: AtomicU64,
+    /// Batches sent again after a failed attempt (a failure at shutdown is not retried).
+    pub retries: AtomicU64,
     /// Records not sent because the upstream already had them (the Kafka sink's tail read
     /// after a restart or an unknown outcome found them there).
     pub duplicates_skipped: AtomicU64,
@@ -256,6 +258,58 @@ impl MqttSubscribeCounters {
     }
 }
 
+/// Upper bounds, in seconds, of [`LatencyHistogram`]'s buckets: from a fast SSD's fsync
+/// (well under a millisecond) to an SD card's worst (seconds).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram of plain atomics, with fixed buckets ([`LATENCY_BUCKETS`]).
+///
+/// Kept here rather than in a metrics crate so that the code that measures (the journal
+/// writer) depends on nothing but atomics; `/metrics` exports it at scrape time.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Observations.
+    count: AtomicU64,
+    /// Sum of the observations, in microseconds (an f64 sum cannot be an atomic).
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        add(&self.buckets[i], 1);
+        add(&self.count, 1);
+        add(&self.sum_micros, d.as_micros() as u64);
+    }
+
+    /// `(sum in seconds, count, (upper bound, observations) per bucket)`, the buckets not
+    /// cumulative and the last one's bound `+Inf`. Read without a lock, so a scrape during
+    /// a commit may see the count one off a bucket's; Prometheus tolerates that.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let out = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                (
+                    LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                    get(b),
+                )
+            })
+            .collect();
+        (get(&self.sum_micros) as f64 / 1e6, get(&self.count), out)
+    }
+}
+
 /// Reads a counter.
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
@@ -266,39 +320,181 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// `level` plus `tokio_modbus=off` unless it says something about tokio_modbus itself:
-/// tokio-modbus logs every byte it drops from a corrupt answer at WARN, and the Modbus
-/// poller already counts CRC errors per slave and logs each slave's state changes once.
+/// `level` plus a quieter level for each chatty library it says nothing about:
+/// tokio-modbus logs every byte it drops from a corrupt answer at WARN (the Modbus poller
+/// already counts CRC errors per slave and logs each slave's state changes once); rskafka
+/// and rumqttd log every reconnect attempt, which would repeat for as long as an upstream
+/// is down (the forwarder logs the outage itself, then once every 30 s). So a `log.level`
+/// of plain `"info"` does not bring their lines back.
 fn quiet_libraries(level: &str) -> String {
-    if level.contains("tokio_modbus") {
-        level.to_owned()
+    let mut spec = level.to_owned();
+    for (library, quiet) in [
+        ("tokio_modbus", "off"),
+        ("rskafka", "error"),
+        ("rumqttd", "error"),
+    ] {
+        if !level.contains(library) {
+            spec.push_str(&format!(",{library}={quiet}"));
+        }
+    }
+    spec
+}
+
+/// The installed subscriber's filter, swappable at run time (SIGHUP applies `log.level`).
+struct LogControl {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >,
+    /// `RUST_LOG` was set: it wins over `log.level`, at start and on reload, so an operator
+    /// debugging with it is not overridden by the file.
+    from_env: bool,
+    /// The filter in force now, to log changes only.
+    current: std::sync::Mutex<String>,
+    /// The `run --log` filter, in force when `log.level` is unset.
+    initial: String,
+}
+
+static LOG_CONTROL: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// A terminal: full human format with colours.
+    Human,
+    /// Under systemd (`JOURNAL_STREAM` set): compact `key=value` lines, no colours and no
+    /// timestamp, since journald stamps every line itself.
+    Journald,
+    /// A pipe or file: compact lines with timestamps, no colours.
+    Plain,
+}
+
+/// Picks the format for stderr. `JOURNAL_STREAM` is what systemd sets when stderr is
+/// connected to journald; it wins over a terminal check (stderr is a socket there).
+pub fn log_format() -> LogFormat {
+    use std::io::IsTerminal;
+    if std::env::var_os("JOURNAL_STREAM").is_some_and(|v| !v.is_empty()) {
+        LogFormat::Journald
+    } else if std::io::stderr().is_terminal() {
+        LogFormat::Human
     } else {
-        format!("{level},tokio_modbus=off")
+        LogFormat::Plain
     }
 }
 
-/// Installs the global tracing subscriber: `RUST_LOG` (or `level`) filters; human format
-/// on a terminal, compact lines without ANSI colours otherwise (journald adds timestamps).
+/// Installs the global tracing subscriber: `RUST_LOG` (or `level`) filters, in the format
+/// [`log_format`] picks. The filter can later be replaced with [`set_log_filter`].
 pub fn init_logging(level: &str) {
-    use std::io::IsTerminal;
-    let spec = std::env::var("RUST_LOG")
+    use tracing_subscriber::layer::{Layered, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+    let env = std::env::var("RUST_LOG")
         .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| level.to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(quiet_libraries(&spec))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_libraries(level)));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let result = if std::io::stderr().is_terminal() {
-        builder.with_writer(std::io::stderr).try_init()
-    } else {
-        builder
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .compact()
-            .try_init()
+        .filter(|s| !s.trim().is_empty());
+    let spec = env.clone().unwrap_or_else(|| level.to_owned());
+    let (spec, filter) = match tracing_subscriber::EnvFilter::try_new(quiet_libraries(&spec)) {
+        Ok(f) => (spec, f),
+        Err(_) => (
+            level.to_owned(),
+            tracing_subscriber::EnvFilter::new(quiet_libraries(level)),
+        ),
     };
-    // A subscriber may already be installed (tests); keep it.
-    let _ = result;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+    let fmt: Box<dyn Layer<Filtered> + Send + Sync> = match log_format() {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Journald => fmt.with_ansi(false).without_time().compact().boxed(),
+        LogFormat::Plain => fmt.with_ansi(false).compact().boxed(),
+    };
+    // A subscriber may already be installed (tests); keep it, and keep no handle.
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .is_ok()
+    {
+        let _ = LOG_CONTROL.set(LogControl {
+            handle,
+            from_env: env.is_some(),
+            current: std::sync::Mutex::new(spec),
+            initial: level.to_owned(),
+        });
+    }
+}
+
+/// Why a log filter could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogFilterError {
+    #[error("log.level: {spec:?} is not a valid filter: {message}")]
+    Invalid { spec: String, message: String },
+}
+
+/// Checks a filter (`log.level`) without applying it, for config validation.
+pub fn check_log_filter(spec: &str) -> Result<(), LogFilterError> {
+    tracing_subscriber::EnvFilter::try_new(quiet_libraries(spec))
+        .map(|_| ())
+        .map_err(|e| LogFilterError::Invalid {
+            spec: spec.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Replaces the log filter of the subscriber [`init_logging`] installed with `log.level`
+/// (at start and on SIGHUP); `None` restores the `run --log` filter. Ignored while
+/// `RUST_LOG` is set or when no subscriber of ours is installed. A change is logged at
+/// INFO once it is in force.
+pub fn set_log_filter(spec: Option<&str>) -> Result<(), LogFilterError> {
+    let Some(control) = LOG_CONTROL.get() else {
+        if let Some(spec) = spec {
+            check_log_filter(spec)?;
+        }
+        return Ok(());
+    };
+    let spec = spec.unwrap_or(&control.initial);
+    check_log_filter(spec)?;
+    if control.from_env {
+        tracing::info!(
+            log_level = spec,
+            "RUST_LOG is set; it keeps precedence over log.level."
+        );
+        return Ok(());
+    }
+    let mut current = control.current.lock().unwrap_or_else(|p| p.into_inner());
+    if *current == spec {
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(quiet_libraries(spec)).map_err(|e| {
+        LogFilterError::Invalid {
+            spec: spec.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    if control.handle.reload(filter).is_ok() {
+        tracing::info!(from = %current, to = spec, "Log level changed.");
+        *current = spec.to_owned();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::*;
+
+    #[test]
+    fn chatty_libraries_stay_quiet_unless_the_filter_names_them() {
+        assert_eq!(
+            quiet_libraries("info"),
+            "info,tokio_modbus=off,rskafka=error,rumqttd=error"
+        );
+        assert_eq!(
+            quiet_libraries("info,rskafka=debug"),
+            "info,rskafka=debug,tokio_modbus=off,rumqttd=error"
+        );
+        assert!(check_log_filter("debug").is_ok());
+        assert!(check_log_filter("tidegate=nonsense-level").is_err());
+    }
 }
