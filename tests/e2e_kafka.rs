@@ -293,12 +293,24 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_at_a_tiny_max_size_refuses_publishes_and_devices_deliver_them_later() {
+    reject_then_deliver(Protocol::V4, "rejected").await;
+}
+
+/// MQTT 5 devices get PUBACK 0x97 for the refused reading and re-send it before anything
+/// later: order holds through the refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_with_mqtt_5_refuses_with_0x97_and_devices_deliver_in_order_later() {
+    reject_then_deliver(Protocol::V5, "rejected5").await;
+}
+
+async fn reject_then_deliver(protocol: Protocol, topic: &str) {
     let kafka_port = free_port();
     let gw = start_gateway(
         "max_size = \"1MiB\"\non_full = \"reject\"",
-        &[Upstream::cluster(kafka_port, "rejected")],
+        &[Upstream::cluster(kafka_port, topic)],
     );
     let mut opts = fleet(&gw, 10, 600);
+    opts.protocol = protocol;
     opts.payload_size = Some(400);
     opts.reconnect_max = Duration::from_millis(500);
     opts.drain_timeout = Duration::from_secs(120);
@@ -328,7 +340,13 @@ async fn reject_at_a_tiny_max_size_refuses_publishes_and_devices_deliver_them_la
         "every reading was eventually accepted: {} left",
         report.unacked()
     );
-    let v = assert_all_arrived(&tansu, "rejected", &report, &gw).await;
+    if protocol == Protocol::V5 {
+        assert!(
+            report.devices.values().any(|d| d.rejected > 0),
+            "{report:#?}"
+        );
+    }
+    let v = assert_all_arrived(&tansu, topic, &report, &gw).await;
     assert_eq!(
         v.received() - v.duplicates(),
         10 * 600,

@@ -59,9 +59,9 @@ pub(crate) trait Link: Send {
     /// Length of the event loop's `pending` queue.
     fn pending_len(&self) -> usize;
     /// After a connection loss: keeps the written publishes in `pending` (DUP set, sorted by
-    /// counter), removes everything else (never-written publishes are re-fed by the driver),
-    /// and reports what was there.
-    fn rewrite_pending(&mut self) -> Requeued;
+    /// counter) if `keep_written`, removes everything else (the others are re-fed by the
+    /// driver, in counter order), and reports what was there.
+    fn rewrite_pending(&mut self, keep_written: bool) -> Requeued;
     /// Appends a QoS 1 publish to `pending`; rumqttc assigns it a fresh packet id.
     fn push_resend(&mut self, topic: &str, payload: Bytes, dup: bool);
     /// Whether rumqttc has no publish parked on a packet-id collision.
@@ -100,7 +100,10 @@ pub(crate) struct LinkSettings {
 /// The shared part of [`Link::rewrite_pending`]: `items` are rumqttc's pending requests
 /// reduced to (packet id, counter) for publishes and `None` for a DISCONNECT (other requests
 /// are dropped). Returns the report and the indices of the publishes to keep, in counter order.
-fn plan_requeue(items: &[Option<(u16, Option<u64>)>]) -> (Requeued, Vec<usize>) {
+fn plan_requeue(
+    items: &[Option<(u16, Option<u64>)>],
+    keep_written: bool,
+) -> (Requeued, Vec<usize>) {
     let mut r = Requeued::default();
     let mut keep = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -108,7 +111,7 @@ fn plan_requeue(items: &[Option<(u16, Option<u64>)>]) -> (Requeued, Vec<usize>) 
             None => r.disconnect = true,
             Some((pkid, seq)) => {
                 r.max_seq = r.max_seq.max(seq);
-                if let (true, Some(seq)) = (pkid != 0, seq) {
+                if let (true, true, Some(seq)) = (keep_written, pkid != 0, seq) {
                     keep.push((seq, i, pkid));
                 }
             }
@@ -166,7 +169,7 @@ pub(crate) mod v4 {
             self.0.pending.len()
         }
 
-        fn rewrite_pending(&mut self) -> Requeued {
+        fn rewrite_pending(&mut self, keep_written: bool) -> Requeued {
             let requests: Vec<Request> = self.0.pending.drain(..).collect();
             let items: Vec<Option<(u16, Option<u64>)>> = requests
                 .iter()
@@ -176,7 +179,7 @@ pub(crate) mod v4 {
                     _ => Some((0, None)),
                 })
                 .collect();
-            let (mut r, keep) = plan_requeue(&items);
+            let (mut r, keep) = plan_requeue(&items, keep_written);
             let mut slots: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
             for i in keep {
                 if let Some(Request::Publish(mut p)) = slots[i].take() {
@@ -292,7 +295,7 @@ pub(crate) mod v5 {
             self.0.pending.len()
         }
 
-        fn rewrite_pending(&mut self) -> Requeued {
+        fn rewrite_pending(&mut self, keep_written: bool) -> Requeued {
             use rumqttc::v5::Request;
             let requests: Vec<Request> = self.0.pending.drain(..).collect();
             let items: Vec<Option<(u16, Option<u64>)>> = requests
@@ -303,7 +306,7 @@ pub(crate) mod v5 {
                     _ => Some((0, None)),
                 })
                 .collect();
-            let (mut r, keep) = plan_requeue(&items);
+            let (mut r, keep) = plan_requeue(&items, keep_written);
             let mut slots: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
             for i in keep {
                 if let Some(Request::Publish(mut p)) = slots[i].take() {

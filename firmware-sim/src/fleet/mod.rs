@@ -582,7 +582,11 @@ async fn drive<L: Link>(
                     for pkid in link.drain_buffered_acks() {
                         acknowledge(&mut t, pkid, &shared, progress);
                     }
-                    let requeued = link.rewrite_pending();
+                    // A broker that refused a publish (MQTT 5 failure reason code) is done
+                    // with that packet id, and rumqttc has dropped it: keeping the later
+                    // written publishes under their own ids would send them ahead of the
+                    // refused reading. Re-send everything unacknowledged in counter order.
+                    let requeued = link.rewrite_pending(!e.rejected);
                     if requeued.disconnect {
                         break;
                     }
