@@ -17,10 +17,10 @@
 //! | `tidegate_mqtt_connections` | gauge | — devices connected now |
 //! | `tidegate_mqtt_connections_accepted_total`, `…_refused_total` | counter | — |
 //! | `tidegate_journal_records`, `tidegate_journal_bytes`, `tidegate_journal_max_bytes`, `tidegate_journal_disk_bytes` | gauge | — |
-//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_trimmed_total` | counter | — |
+//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
 //! | `tidegate_journal_commit_duration_seconds` | histogram | — (write transaction, including its sync) |
 //! | `tidegate_journal_failed` | gauge | — 1 after an LMDB error |
-//! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total` | counter | `upstream`, `kind` |
+//! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total`, `…_duplicates_skipped_total`, `…_gap_markers_total`, `…_gap_readings_total` | counter | `upstream`, `kind` |
 //! | `tidegate_upstream_connected`, `tidegate_upstream_backlog_records`, `tidegate_upstream_oldest_unsent_age_seconds` | gauge | `upstream`, `kind` |
 //! | `tidegate_healthy` | gauge | — 1 when `/health` answers 200 |
 //! | `tidegate_info` | gauge | `gateway`, `version` (always 1) |
@@ -364,6 +364,16 @@ impl Collector for DaemonCollector {
                 "Readings removed because every upstream had them, since start.",
                 &c.trimmed,
             ),
+            (
+                "tidegate_journal_refused_unwritable",
+                "Readings refused because the journal could not be written (disk full, I/O error), since start.",
+                &c.refused_unwritable,
+            ),
+            (
+                "tidegate_journal_reopens",
+                "Times the journal environment was closed and opened again after a failed write, since start.",
+                &c.reopens,
+            ),
         ] {
             family(e, name, help, Counter, one(get(v)))?;
         }
@@ -422,6 +432,21 @@ impl Collector for DaemonCollector {
                 "tidegate_upstream_corrupt_skipped",
                 "Records skipped because they failed their checksum in the journal.",
                 |c| &c.corrupt_skipped,
+            ),
+            (
+                "tidegate_upstream_duplicates_skipped",
+                "Records not sent because the upstream already held them (found by reading the partitions' tails after a restart or an unknown outcome).",
+                |c| &c.duplicates_skipped,
+            ),
+            (
+                "tidegate_upstream_gap_markers",
+                "Gap markers sent in place of readings drop-oldest deleted before this upstream had them.",
+                |c| &c.gap_markers_sent,
+            ),
+            (
+                "tidegate_upstream_gap_readings",
+                "Readings the gap markers sent to this upstream stand for.",
+                |c| &c.gap_readings,
             ),
         ] {
             family(
@@ -543,6 +568,9 @@ mod tests {
         let counters = Arc::new(ForwardCounters::default());
         add(&counters.failures, 2);
         add(&counters.retries, 2);
+        add(&counters.duplicates_skipped, 5);
+        add(&counters.gap_markers_sent, 1);
+        add(&counters.gap_readings, 7);
         let upstream = UpstreamConfig::new("cluster", UpstreamKind::Kafka);
         let sources = Arc::new(Sources {
             gateway: "gw-unit".into(),
@@ -587,6 +615,11 @@ mod tests {
         assert_eq!(value("tidegate_upstream_backlog_records"), 3.0);
         assert_eq!(value("tidegate_upstream_send_failures_total"), 2.0);
         assert_eq!(value("tidegate_upstream_retries_total"), 2.0);
+        assert_eq!(value("tidegate_upstream_duplicates_skipped_total"), 5.0);
+        assert_eq!(value("tidegate_upstream_gap_markers_total"), 1.0);
+        assert_eq!(value("tidegate_upstream_gap_readings_total"), 7.0);
+        assert_eq!(value("tidegate_journal_refused_unwritable_total"), 0.0);
+        assert_eq!(value("tidegate_journal_reopens_total"), 0.0);
         assert!(value("tidegate_upstream_oldest_unsent_age_seconds") >= 0.0);
         let commits = value("tidegate_journal_commits_total");
         assert!(commits >= 1.0);
