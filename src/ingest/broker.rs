@@ -48,7 +48,7 @@ use super::codec::{
 };
 use super::local_bus::{LocalBus, Subscription};
 use crate::config::MqttConfig;
-use crate::journal::{now_ms, Appended, Fence, Journal, JournalError};
+use crate::journal::{now_ms, Appended, Fence, Journal, JournalError, Packet};
 use crate::record::{Reading, SourceKind};
 use crate::telemetry::{add, IngestCounters};
 
@@ -278,6 +278,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         // tidegate keeps no server-side state a publisher needs, so a persistent session is
         // always "present": a device then keeps and resends its unacknowledged publishes.
         let session_present = !connect.clean_session;
+        // A device's re-sends are recognised by its client id (journal::Packet); an id
+        // tidegate made up for this one connection will never be seen again.
+        let remember_packets = assigned.is_none();
         codec::write_connack(
             version,
             session_present,
@@ -330,6 +333,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             &conn_token,
             &writer_done,
             &awaiting_rel,
+            remember_packets,
         )
         .await;
         let _ = tx.send(Out::Close(reason)).await;
@@ -395,6 +399,7 @@ async fn read_loop(
     conn_token: &CancellationToken,
     writer_done: &CancellationToken,
     awaiting_rel: &Arc<Mutex<HashSet<u16>>>,
+    remember_packets: bool,
 ) -> Option<DisconnectReason> {
     let max = ctx.config.max_packet.as_u64() as usize;
     // MQTT: the server may close after 1.5 keep-alive periods of silence.
@@ -409,6 +414,7 @@ async fn read_loop(
     loop {
         // Parse everything already buffered into one journal submission.
         let mut readings = Vec::new();
+        let mut packets = Vec::new();
         let mut local = Vec::new();
         let mut actions = Vec::new();
         let mut stop: Option<Option<DisconnectReason>> = None;
@@ -422,7 +428,7 @@ async fn read_loop(
                         qos,
                         pkid,
                         retain,
-                        dup: _,
+                        dup,
                         topic_alias,
                     } => {
                         if topic_alias.is_some() {
@@ -483,6 +489,7 @@ async fn read_loop(
                             qos,
                             retain,
                         });
+                        packets.push((qos > 0 && remember_packets).then_some(Packet { pkid, dup }));
                         if qos > 0 {
                             actions.push(Action::Ack {
                                 qos,
@@ -570,7 +577,7 @@ async fn read_loop(
                 add(&ctx.counters.readings_received, readings.len() as u64);
                 match ctx
                     .journal
-                    .submit_fenced(readings, Some(fence.clone()))
+                    .submit_packets(readings, packets, Some(fence.clone()))
                     .await
                 {
                     Ok(rx) => Some(rx),

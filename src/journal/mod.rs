@@ -104,6 +104,34 @@ pub struct Appended {
     pub accepted: usize,
 }
 
+/// The MQTT packet a QoS 1 or 2 reading came in, for recognising a device's re-send.
+///
+/// MQTT delivers QoS 1 at least once: a device that never saw the PUBACK of a publish
+/// (tidegate killed after the commit, a connection dropped with the PUBACK in flight)
+/// sends it again, with the DUP flag and the same packet id. The writer keeps, per client
+/// id and in the same transaction as the readings, the packet ids and fingerprints (CRC-32
+/// of topic and payload) of that client's latest [`SESSION_PACKETS`] journaled publishes.
+/// A publish with DUP set whose packet id and fingerprint match one of them is
+/// acknowledged but not journaled again (counted as `duplicates_dropped`).
+///
+/// Limits: a re-send more than [`SESSION_PACKETS`] publishes late is journaled again; two
+/// devices sharing a client id share the memory; a publish re-sent with a new packet id
+/// (against the MQTT spec) is not recognised. A payload identical to an earlier one under
+/// the same packet id and with DUP set is, by the spec, the same publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// The packet identifier.
+    pub pkid: u16,
+    /// The DUP flag: the device says it may have sent this publish before.
+    pub dup: bool,
+}
+
+/// How many of a client's latest journaled publishes are remembered (see [`Packet`]): more
+/// than a device may keep in flight under tidegate's default receive maximum
+/// (`mqtt.max_inflight` = 1000). A client that cycles through few packet ids (most keep
+/// fewer than 100 in flight) is remembered in as many entries of 6 bytes.
+pub const SESSION_PACKETS: usize = 1024;
+
 /// Keeps one input's readings in order across refusals.
 ///
 /// Under `on_full = "reject"`, once the journal refuses a reading of a fenced input, it
@@ -137,6 +165,8 @@ impl Fence {
 pub(crate) enum Request {
     Append {
         readings: Vec<Reading>,
+        /// Empty, or one entry per reading: the MQTT packet it came in (see [`Packet`]).
+        packets: Vec<Option<Packet>>,
         fence: Option<Fence>,
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
@@ -177,6 +207,8 @@ pub struct JournalCounters {
     pub refused_unwritable: AtomicU64,
     /// Times the environment was closed and opened again after a failed commit.
     pub reopens: AtomicU64,
+    /// Re-sent publishes acknowledged without being journaled again (see [`Packet`]).
+    pub duplicates_dropped: AtomicU64,
 }
 
 /// Shared state between handles and the writer thread.
@@ -291,10 +323,24 @@ impl Journal {
         readings: Vec<Reading>,
         fence: Option<Fence>,
     ) -> Result<oneshot::Receiver<Result<Appended, JournalError>>, JournalError> {
+        self.submit_packets(readings, Vec::new(), fence).await
+    }
+
+    /// [`Journal::submit_fenced`] for MQTT publishes: `packets[i]` is the packet reading
+    /// `i` came in (`None` for QoS 0), so that a device's re-send of a publish already
+    /// journaled — its PUBACK lost to a crash or a dropped connection — is acknowledged
+    /// without being journaled twice. See [`Packet`].
+    pub async fn submit_packets(
+        &self,
+        readings: Vec<Reading>,
+        packets: Vec<Option<Packet>>,
+        fence: Option<Fence>,
+    ) -> Result<oneshot::Receiver<Result<Appended, JournalError>>, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Append {
                 readings,
+                packets,
                 fence,
                 reply,
             })

@@ -58,13 +58,19 @@ pub fn accounted_size(len: usize) -> u64 {
 pub type RecordsDb = Database<'static, U64<BigEndian>, Bytes>;
 pub type CursorsDb = Database<'static, Str, U64<BigEndian>>;
 pub type MetaDb = Database<'static, Str, U64<BigEndian>>;
+pub type SessionsDb = Database<'static, Str, Bytes>;
 
-/// An open LMDB environment with its three databases.
+/// An open LMDB environment with its databases.
 pub struct Store {
     pub env: Env,
     pub records: RecordsDb,
     pub cursors: CursorsDb,
     pub meta: MetaDb,
+    /// Per MQTT client id, the packet ids and fingerprints of its latest journaled QoS 1/2
+    /// publishes (see `writer::Sessions`). Absent in a read-only store: only the writer
+    /// uses it. Journals of earlier releases gain it at their first read-write open; those
+    /// releases ignore it.
+    pub sessions: Option<SessionsDb>,
 }
 
 /// Counters persisted in `meta`.
@@ -115,52 +121,61 @@ impl Store {
         let missing = || JournalError::Missing {
             dir: dir.to_owned(),
         };
-        let (records, cursors, meta): (RecordsDb, CursorsDb, MetaDb) = if read_only {
-            let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
-            let opened = env
-                .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
-                    let records =
-                        dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
-                    let cursors =
-                        dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
-                    let meta = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("meta"))?;
-                    Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
-                })
-                .map_err(|e| JournalError::lmdb("open", e))?;
-            match opened {
-                CommitOrAbort::Commit((Some(r), Some(c), Some(m))) => (r, c, m),
-                _ => return Err(missing()),
-            }
-        } else {
-            let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
-            let created = env
-                .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
-                    let records =
-                        dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
-                    let cursors =
-                        dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
-                    let meta = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
-                    if meta.get(wtxn, "format")?.is_none() {
-                        meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
-                    }
-                    // Random rather than a time: a gateway without a real-time clock may
-                    // boot at the same wrong time every time. Never 0, which means "none".
-                    if meta.get(wtxn, "epoch")?.is_none() {
-                        meta.put(wtxn, "epoch", &rand::random::<u64>().max(1))?;
-                    }
-                    Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
-                })
-                .map_err(|e| JournalError::lmdb("open", e))?;
-            match created {
-                CommitOrAbort::Commit(dbs) => dbs,
-                CommitOrAbort::Abort(()) => return Err(missing()),
-            }
-        };
+        let (records, cursors, meta, sessions): (RecordsDb, CursorsDb, MetaDb, Option<SessionsDb>) =
+            if read_only {
+                let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
+                let opened = env
+                    .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                        let records =
+                            dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
+                        let cursors =
+                            dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
+                        let meta = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("meta"))?;
+                        Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
+                    })
+                    .map_err(|e| JournalError::lmdb("open", e))?;
+                match opened {
+                    CommitOrAbort::Commit((Some(r), Some(c), Some(m))) => (r, c, m, None),
+                    _ => return Err(missing()),
+                }
+            } else {
+                let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
+                let created = env
+                    .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
+                        let records =
+                            dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
+                        let cursors =
+                            dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
+                        let meta =
+                            dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
+                        let sessions = dbo.create_database::<Str, Bytes>(wtxn, Some("sessions"))?;
+                        if meta.get(wtxn, "format")?.is_none() {
+                            meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
+                        }
+                        // Random rather than a time: a gateway without a real-time clock may
+                        // boot at the same wrong time every time. Never 0, which means "none".
+                        if meta.get(wtxn, "epoch")?.is_none() {
+                            meta.put(wtxn, "epoch", &rand::random::<u64>().max(1))?;
+                        }
+                        Ok(CommitOrAbort::<_, ()>::Commit((
+                            records,
+                            cursors,
+                            meta,
+                            Some(sessions),
+                        )))
+                    })
+                    .map_err(|e| JournalError::lmdb("open", e))?;
+                match created {
+                    CommitOrAbort::Commit(dbs) => dbs,
+                    CommitOrAbort::Abort(()) => return Err(missing()),
+                }
+            };
         let store = Store {
             env,
             records,
             cursors,
             meta,
+            sessions,
         };
         store.check_format()?;
         if !read_only {

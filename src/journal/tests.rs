@@ -407,3 +407,104 @@ async fn after_a_refusal_a_fenced_input_gets_nothing_in_even_once_room_is_freed(
     drop(j);
     w.join();
 }
+
+/// Submits `readings` with their packets and waits for the commit.
+async fn submit_with_packets(
+    j: &Journal,
+    readings: Vec<Reading>,
+    packets: Vec<Option<Packet>>,
+) -> Appended {
+    j.submit_packets(readings, packets, None)
+        .await
+        .expect("submitted")
+        .await
+        .expect("answered")
+        .expect("committed")
+}
+
+fn packet(pkid: u16, dup: bool) -> Option<Packet> {
+    Some(Packet { pkid, dup })
+}
+
+#[tokio::test]
+async fn a_resent_publish_already_journaled_is_acknowledged_but_not_journaled_again_even_after_a_reopen(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
+    let a = submit_with_packets(
+        &j,
+        vec![
+            reading("a", 1, 10),
+            reading("a", 2, 10),
+            reading("b", 1, 10),
+        ],
+        vec![packet(7, false), packet(8, false), packet(7, false)],
+    )
+    .await;
+    assert_eq!(a.accepted, 3);
+    drop(j);
+    w.join();
+
+    // Reopened, as after a crash: the device re-sends 2 (DUP, same packet id).
+    let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
+    let b = submit_with_packets(
+        &j,
+        vec![
+            reading("a", 2, 10), // re-send of a journaled publish: acknowledged only
+            reading("a", 3, 10), // DUP, packet id 8, other payload: a new reading
+            reading("b", 2, 10), // DUP, a packet id b never used: a new reading
+            reading("a", 4, 10), // no DUP: always journaled
+        ],
+        vec![
+            packet(8, true),
+            packet(8, true),
+            packet(9, true),
+            packet(7, false),
+        ],
+    )
+    .await;
+    assert_eq!(b.accepted, 4);
+    let seen: Vec<(String, u64)> = read_all(&j, 1)
+        .into_iter()
+        .map(|r| {
+            let s = String::from_utf8_lossy(&r.reading.payload).to_string();
+            (
+                r.reading.source.clone(),
+                s.split("\"seq\":")
+                    .nth(1)
+                    .and_then(|x| {
+                        x.trim_end_matches(|c: char| !c.is_ascii_digit())
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 2),
+            ("b".to_owned(), 1),
+            ("a".to_owned(), 3),
+            ("b".to_owned(), 2),
+            ("a".to_owned(), 4),
+        ]
+    );
+    assert_eq!(j.counters().duplicates_dropped.load(Ordering::Relaxed), 1);
+    // Packet id 8 now names reading 3 (the memory keeps the newest publish per packet id,
+    // as MQTT does): a re-send of 3 under it is recognised.
+    let c = submit_with_packets(&j, vec![reading("a", 3, 10)], vec![packet(8, true)]).await;
+    assert_eq!(c.accepted, 1);
+    assert_eq!(
+        read_all(&j, 1).len(),
+        6,
+        "reading 3 re-sent under 8 is recognised"
+    );
+    // Without packets (serial, QoS 0) nothing is ever taken for a re-send.
+    submit_with_packets(&j, vec![reading("a", 3, 10)], vec![]).await;
+    assert_eq!(read_all(&j, 1).len(), 7);
+    drop(j);
+    w.join();
+}

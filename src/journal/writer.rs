@@ -227,6 +227,8 @@ struct Writer {
 /// One append request inside a group.
 struct PendingAppend {
     readings: Vec<Reading>,
+    /// Empty, or the MQTT packet of each reading (re-send recognition, see `Sessions`).
+    packets: Vec<Option<super::Packet>>,
     fence: Option<Fence>,
     reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
@@ -241,8 +243,11 @@ struct PendingCursor {
 /// What one committed transaction did.
 #[derive(Default)]
 struct Outcome {
-    /// Per append request: (first seq, accepted count).
+    /// Per append request: (first seq, accepted count). Accepted counts the re-sends
+    /// recognised as already journaled too (acknowledged, not appended).
     appended: Vec<(u64, usize)>,
+    /// Re-sent publishes recognised as already journaled.
+    duplicates: u64,
     rejected: u64,
     dropped: u64,
     dropped_last: Option<u64>,
@@ -351,10 +356,12 @@ impl Writer {
             match r {
                 Request::Append {
                     readings,
+                    packets,
                     fence,
                     reply,
                 } => appends.push(PendingAppend {
                     readings,
+                    packets,
                     fence,
                     reply,
                 }),
@@ -604,6 +611,7 @@ impl Writer {
         let mut sizes = sizes.into_iter();
         let mut full = false;
         let mut fenced_now: HashSet<usize> = HashSet::new();
+        let mut sessions = Sessions::default();
         for a in appends {
             let first = meta.next_seq;
             let mut accepted = 0;
@@ -611,8 +619,17 @@ impl Writer {
                 .fence
                 .as_ref()
                 .is_some_and(|f| f.is_closed() || fenced_now.contains(&f.id()));
-            for r in &a.readings {
+            for (i, r) in a.readings.iter().enumerate() {
                 let size = sizes.next().unwrap_or(0);
+                let packet = a.packets.get(i).copied().flatten();
+                if let Some(p) = packet.filter(|p| p.dup && !fenced && !full) {
+                    if sessions.holds(store, &txn, r, p.pkid)? {
+                        // Journaled before; its PUBACK was lost. Acknowledge it again.
+                        out.duplicates += 1;
+                        accepted += 1;
+                        continue;
+                    }
+                }
                 if fenced {
                     out.rejected += 1;
                     continue;
@@ -632,9 +649,13 @@ impl Writer {
                 meta.next_seq += 1;
                 meta.bytes_held += size;
                 accepted += 1;
+                if let Some(p) = packet {
+                    sessions.remember(store, &txn, r, p.pkid)?;
+                }
             }
             out.appended.push((first, accepted));
         }
+        sessions.store(store, &mut txn)?;
         store.put_meta(&mut txn, meta)?;
         out.first_seq = store.bounds(&txn)?.map(|b| b.0);
         out.meta = meta;
@@ -646,7 +667,10 @@ impl Writer {
     fn finish(&mut self, appends: Vec<PendingAppend>, cursors: Vec<PendingCursor>, o: Outcome) {
         let c = &self.shared.counters;
         let accepted: usize = o.appended.iter().map(|a| a.1).sum();
-        c.appended.fetch_add(accepted as u64, Ordering::Relaxed);
+        c.appended
+            .fetch_add(accepted as u64 - o.duplicates, Ordering::Relaxed);
+        c.duplicates_dropped
+            .fetch_add(o.duplicates, Ordering::Relaxed);
         c.rejected_full.fetch_add(o.rejected, Ordering::Relaxed);
         c.dropped_full.fetch_add(o.dropped, Ordering::Relaxed);
         c.trimmed.fetch_add(o.trimmed, Ordering::Relaxed);
@@ -972,6 +996,115 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     // SAFETY: statvfs returned 0, so it initialised `st`.
     let st = unsafe { st.assume_init() };
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The per-client memory of journaled publishes that recognises a device's re-send (see
+/// [`super::Packet`]): for each client id (the reading's `source`), its latest
+/// [`super::SESSION_PACKETS`] publishes as (packet id, CRC-32 of topic and payload), oldest
+/// first, stored in the `sessions` database in the same transaction as the readings — so
+/// after a crash it says exactly what was journaled. Loaded on first use in a commit,
+/// written back once at its end.
+#[derive(Default)]
+struct Sessions {
+    clients: std::collections::HashMap<String, Remembered>,
+}
+
+/// One client's remembered publishes, (packet id, fingerprint) oldest first, and whether
+/// this commit changed them.
+type Remembered = (Vec<(u16, u32)>, bool);
+
+impl Sessions {
+    fn fingerprint(r: &Reading) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(r.topic.as_bytes());
+        h.update(&[0]);
+        h.update(&r.payload);
+        h.finalize()
+    }
+
+    fn entries(
+        &mut self,
+        store: &Store,
+        txn: &heed::RwTxn<'_>,
+        client: &str,
+    ) -> Result<&mut Remembered, heed::Error> {
+        if !self.clients.contains_key(client) {
+            let mut list = Vec::new();
+            if let Some(db) = &store.sessions {
+                if let Some(bytes) = db.get(txn, client)? {
+                    list = bytes
+                        .chunks_exact(6)
+                        .map(|c| {
+                            (
+                                u16::from_be_bytes([c[0], c[1]]),
+                                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                            )
+                        })
+                        .collect();
+                }
+            }
+            self.clients.insert(client.to_owned(), (list, false));
+        }
+        // Inserted just above when missing.
+        Ok(self
+            .clients
+            .entry(client.to_owned())
+            .or_insert_with(|| (Vec::new(), false)))
+    }
+
+    /// Whether `r`, sent under `pkid`, is one of its client's journaled publishes.
+    fn holds(
+        &mut self,
+        store: &Store,
+        txn: &heed::RwTxn<'_>,
+        r: &Reading,
+        pkid: u16,
+    ) -> Result<bool, heed::Error> {
+        let fp = Self::fingerprint(r);
+        let (list, _) = self.entries(store, txn, &r.source)?;
+        Ok(list.contains(&(pkid, fp)))
+    }
+
+    /// Records that `r`, sent under `pkid`, was journaled.
+    fn remember(
+        &mut self,
+        store: &Store,
+        txn: &heed::RwTxn<'_>,
+        r: &Reading,
+        pkid: u16,
+    ) -> Result<(), heed::Error> {
+        let fp = Self::fingerprint(r);
+        let (list, dirty) = self.entries(store, txn, &r.source)?;
+        // A packet id names one publish at a time: the newest use replaces older ones.
+        list.retain(|&(p, _)| p != pkid);
+        list.push((pkid, fp));
+        if list.len() > super::SESSION_PACKETS {
+            let excess = list.len() - super::SESSION_PACKETS;
+            list.drain(..excess);
+        }
+        *dirty = true;
+        Ok(())
+    }
+
+    /// Writes back what changed.
+    fn store(self, store: &Store, txn: &mut heed::RwTxn<'_>) -> Result<(), heed::Error> {
+        let Some(db) = &store.sessions else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        for (client, (list, dirty)) in self.clients {
+            if !dirty {
+                continue;
+            }
+            bytes.clear();
+            for (p, fp) in list {
+                bytes.extend_from_slice(&p.to_be_bytes());
+                bytes.extend_from_slice(&fp.to_be_bytes());
+            }
+            db.put(txn, &client, &bytes)?;
+        }
+        Ok(())
+    }
 }
 
 fn weight(r: &Request) -> usize {
