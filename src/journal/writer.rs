@@ -1045,11 +1045,12 @@ impl Sessions {
             }
             self.clients.insert(client.to_owned(), (list, false));
         }
-        // Inserted just above when missing.
+        // Present: inserted just above when missing. Looked up by &str, so a client already
+        // loaded costs no allocation per reading.
         Ok(self
             .clients
-            .entry(client.to_owned())
-            .or_insert_with(|| (Vec::new(), false)))
+            .get_mut(client)
+            .expect("the client's entry was inserted above"))
     }
 
     /// Whether `r`, sent under `pkid`, is one of its client's journaled publishes.
