@@ -112,6 +112,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             tidegate::telemetry::init_logging(&log);
             let path = config;
             let config = load(path.as_deref())?;
+            for warning in config.secret_warnings() {
+                tracing::warn!("{warning}");
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("tidegate")
@@ -123,6 +126,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(c) => {
+                for warning in c.secret_warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 let text = toml::to_string_pretty(&c).context("cannot print the configuration")?;
                 emit(&format!("# effective configuration: valid\n{text}"));
                 Ok(ExitCode::SUCCESS)

@@ -273,6 +273,9 @@ pub async fn reload(
             return Ok(Outcome::Refused(message));
         }
     };
+    for warning in new.secret_warnings() {
+        tracing::warn!("{warning}");
+    }
     for key in needs_restart(current, &new) {
         tracing::warn!(key = %key, "Reload: [{key}] changed, which needs a restart; running on with the old settings until then.");
     }

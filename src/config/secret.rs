@@ -1,0 +1,107 @@
+//! Secrets named by the configuration: where they may come from, and who may read them.
+//!
+//! tidegate never takes a password inline in `tidegate.toml`: a secret is either a file
+//! (`password_file`, `client_key`, `mqtt.auth.credentials_file`, `mqtt.tls_key`, …) or an
+//! environment variable (`password_env`, set by systemd's `LoadCredential=` /
+//! `Environment=` or an `EnvironmentFile=` readable by root only). This module owns the
+//! one check the loader makes on those files: a file holding a secret that every user on
+//! the gateway can read is worth a warning (not an error: the daemon still starts, so a
+//! permission slip never takes a site offline), naming the key, the path and the fix.
+
+use std::path::Path;
+
+use super::Config;
+
+/// The warning for one secret file, when its mode lets users other than its owner and
+/// group read it (`o+r`). `None` when it is private enough, or cannot be inspected (a
+/// missing file is reported by the component that opens it, with its own error).
+pub fn exposure_warning(key: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o004 != 0).then(|| {
+        format!(
+            "{key}: {} holds a secret but every user on this machine can read it (mode {:03o}); run `chmod 600 {}` (or 640 with the service's group)",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+impl Config {
+    /// Every secret file the configuration names, with its key, for [`exposure_warning`].
+    pub fn secret_files(&self) -> Vec<(String, &Path)> {
+        let mut files = Vec::new();
+        for (i, u) in self.upstream.iter().enumerate() {
+            if let Some(p) = &u.password_file {
+                files.push((format!("upstream[{i}].password_file"), p.as_path()));
+            }
+            if let Some(p) = &u.client_key {
+                files.push((format!("upstream[{i}].client_key"), p.as_path()));
+            }
+        }
+        for (i, s) in self.mqtt_subscribe.iter().enumerate() {
+            if let Some(p) = &s.password_file {
+                files.push((format!("mqtt_subscribe[{i}].password_file"), p.as_path()));
+            }
+            if let Some(p) = &s.client_key {
+                files.push((format!("mqtt_subscribe[{i}].client_key"), p.as_path()));
+            }
+        }
+        files
+    }
+
+    /// A warning for every secret file that others can read; logged at start and reload,
+    /// printed by `tidegate check-config`.
+    pub fn secret_warnings(&self) -> Vec<String> {
+        self.secret_files()
+            .into_iter()
+            .filter_map(|(key, path)| exposure_warning(&key, path))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn with_mode(dir: &Path, name: &str, mode: u32) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, "s3cret\n").expect("write secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn a_world_readable_secret_is_named_with_its_key_and_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = with_mode(dir.path(), "open", 0o644);
+        let private = with_mode(dir.path(), "private", 0o600);
+        let group = with_mode(dir.path(), "group", 0o640);
+        let text = format!(
+            "[[upstream]]\nname = \"cloud\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"gw\"\npassword_file = \"{}\"\n\n[[mqtt_subscribe]]\nurl = \"mqtt://127.0.0.1:1884\"\ntopics = [\"sensors/#\"]\nusername = \"gw\"\npassword_file = \"{}\"\n\n[[mqtt_subscribe]]\nurl = \"mqtt://127.0.0.1:1885\"\ntopics = [\"plant/#\"]\nusername = \"gw\"\npassword_file = \"{}\"\n",
+            open.display(),
+            private.display(),
+            group.display()
+        );
+        let config = Config::from_toml(&text, Path::new("t.toml")).expect("valid config");
+        let warnings = config.secret_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("upstream[0].password_file: "),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("mode 644"), "{}", warnings[0]);
+        assert!(warnings[0].contains("chmod 600"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn a_missing_file_is_left_to_the_component_that_opens_it() {
+        assert_eq!(
+            exposure_warning("k", Path::new("/nonexistent/tidegate/secret")),
+            None
+        );
+    }
+}
