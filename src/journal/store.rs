@@ -83,13 +83,43 @@ pub struct Meta {
     pub dropped_total: u64,
 }
 
+/// Creates the journal directory (and any missing parents) private to the service user,
+/// 0700 whatever the umask: the journal holds every reading the gateway took in, and
+/// LMDB creates its files 0600 inside it. An existing directory is left as the operator
+/// made it (a backup group may be meant to read it), with a warning when every user can.
+fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |what: &str, source| JournalError::Io {
+        what: format!("{what} journal directory {}", dir.display()),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("create", e))?;
+        // DirBuilder's mode is masked by the umask; set it outright so a 0077-less umask
+        // cannot widen it either way.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("set the mode of", e))?;
+    } else if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = %format!("{mode:03o}"),
+                "Every user on this machine can open the journal directory; run `chmod 700` on it (the readings in it are the plant's data)."
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the environment in `dir` for reading and writing.
     pub fn open(dir: &Path, map_size: usize) -> Result<Store, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-            what: format!("create journal directory {}", dir.display()),
-            source,
-        })?;
+        create_private_dir(dir)?;
         Self::open_with(dir, map_size, false)
     }
 

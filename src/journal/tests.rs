@@ -508,3 +508,34 @@ async fn a_resent_publish_already_journaled_is_acknowledged_but_not_journaled_ag
     drop(j);
     w.join();
 }
+
+#[tokio::test]
+async fn a_new_journal_is_private_to_the_service_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    // Nested and not yet there, as `journal.dir` on a fresh gateway.
+    let dir = parent.path().join("state").join("journal");
+    let (j, w) = Journal::open(&config(&dir), &[]).unwrap();
+    j.append(vec![reading("a", 1, 10)]).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "journal directory");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            mode(&path) & 0o077,
+            0,
+            "{} is open to others",
+            path.display()
+        );
+        files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    files.sort();
+    assert!(
+        files.contains(&"data.mdb".to_owned())
+            && files.contains(&crate::journal::writer::RESERVE_FILE.to_owned()),
+        "{files:?}"
+    );
+    drop(j);
+    w.join();
+}

@@ -72,14 +72,22 @@ const RESERVE_RETRY: Duration = Duration::from_secs(10);
 /// On a filesystem without the room, removes what was written and returns false.
 fn ensure_reserve(dir: &std::path::Path) -> bool {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(RESERVE_FILE);
     if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES as u64) {
         return true;
     }
-    let written = std::fs::File::create(&path).and_then(|mut f| {
-        f.write_all(&vec![0u8; RESERVE_BYTES])?;
-        f.sync_all()
-    });
+    // 0600 like LMDB's own files: the journal directory is private to the service user.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![0u8; RESERVE_BYTES])?;
+            f.sync_all()
+        });
     match written {
         Ok(()) => true,
         Err(e) => {
