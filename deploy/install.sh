@@ -114,6 +114,13 @@ if [ ! -e "$conf_dir/tidegate.toml" ]; then
 else
   echo "kept the existing $conf_dir/tidegate.toml"
 fi
+# Secrets (upstream passwords, TLS keys, the device credentials file) go in here: readable
+# by the service's group only, so the config loader has no reason to warn about them.
+if [ "$live" = 1 ]; then
+  install -d -m 0750 -g tidegate "$conf_dir/secrets"
+else
+  install -d -m 0750 "$conf_dir/secrets"
+fi
 # An existing config that the new binary refuses is reported, not overwritten.
 if ! "$bin_path" check-config --config "$conf_dir/tidegate.toml" >/dev/null; then
   echo "warning: $conf_dir/tidegate.toml is not valid for this tidegate (see above); fix it before starting" >&2

@@ -462,6 +462,16 @@ fn install_into_a_temp_root_is_idempotent_and_uninstall_keeps_the_journal() {
         std::fs::read_to_string(r.join("usr/lib/sysusers.d/tidegate.conf")).expect("read");
     assert!(sysusers.contains("u tidegate"), "{sysusers}");
     assert!(sysusers.contains("m tidegate dialout"), "{sysusers}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secrets = std::fs::metadata(r.join("etc/tidegate/secrets")).expect("secrets dir");
+        assert!(secrets.is_dir());
+        assert_eq!(
+            secrets.permissions().mode() & 0o777,
+            0o750,
+            "etc/tidegate/secrets"
+        );
+    }
 
     // Again: the same files, and an operator's edit of the config is kept.
     let conf = r.join("etc/tidegate/tidegate.toml");
