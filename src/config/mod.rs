@@ -331,25 +331,33 @@ pub struct UpstreamConfig {
     /// persistent session on the broker, so keep it stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// `kind = "mqtt"`: user name, if the broker wants credentials.
+    /// User name, if the broker wants credentials (`kind = "kafka"`: the SASL user, with
+    /// `sasl_mechanism`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// `kind = "mqtt"`: file holding the password (trailing newline ignored).
+    /// File holding the password (trailing newline ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    /// `kind = "mqtt"`: environment variable holding the password.
+    /// Environment variable holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
-    /// `kind = "mqtt"`, `mqtts://`: PEM file of the CA(s) to trust; the system's bundle
-    /// when not set.
+    /// TLS (`mqtts://`, or `tls = true` for Kafka): PEM file of the CA(s) to trust; the
+    /// system's bundle when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// `kind = "mqtt"`, `mqtts://`: PEM client certificate, for brokers that require one.
+    /// TLS: PEM client certificate, for brokers that require one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
-    /// `kind = "mqtt"`, `mqtts://`: PEM private key of `client_cert`.
+    /// TLS: PEM private key of `client_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
+    /// `kind = "kafka"`: connect to the brokers over TLS (Kafka's `SSL` / `SASL_SSL`).
+    #[serde(default)]
+    pub tls: bool,
+    /// `kind = "kafka"`: authenticate with SASL (`plain`, `scram-sha-256`, `scram-sha-512`)
+    /// as `username`, password from `password_file` or `password_env`. Unset: no SASL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<crate::sinks::kafka::SaslMechanism>,
     /// `kind = "mqtt"`: MQTT keep-alive, at least 5s: tidegate pings this often, even
     /// between batches, and the broker drops a connection silent for 1.5 times as long.
     #[serde(default = "default_mqtt_keep_alive", with = "humantime_serde")]
@@ -393,6 +401,8 @@ impl UpstreamConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            tls: false,
+            sasl_mechanism: None,
             keep_alive: default_mqtt_keep_alive(),
             clean_session: false,
             max_inflight: default_mqtt_max_inflight(),
@@ -561,9 +571,22 @@ impl Config {
             }
             match u.kind {
                 UpstreamKind::Mqtt => {
-                    crate::sinks::mqtt::config::validate_upstream(u, &key, &self.gateway.id, &mut p)
+                    crate::sinks::mqtt::config::validate_upstream(
+                        u,
+                        &key,
+                        &self.gateway.id,
+                        &mut p,
+                    );
+                    // TLS is the url's scheme there, and MQTT has no SASL.
+                    if u.tls {
+                        p.push(format!("{key}.tls: only for kind = \"kafka\"; an mqtt upstream uses an \"mqtts://\" url"));
+                    }
+                    if u.sasl_mechanism.is_some() {
+                        p.push(format!("{key}.sasl_mechanism: only for kind = \"kafka\"; an mqtt upstream logs in with username and password alone"));
+                    }
                 }
                 UpstreamKind::Kafka => {
+                    crate::sinks::kafka::security::validate(u, &key, &mut p);
                     if !u.url.is_empty() {
                         p.push(format!(
                             "{key}.url: only for kind = \"mqtt\"; a kafka upstream uses brokers"

@@ -68,6 +68,7 @@
 //! re-reads the partition count. Every network call is bounded by `request_timeout`.
 
 mod partitioner;
+pub mod security;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +94,8 @@ use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 
 pub use partitioner::{murmur2, partition_for_key};
+pub use security::SaslMechanism;
+use security::Security;
 
 /// Header carrying the gateway id, so a consumer knows which gateway a record came from.
 pub const HEADER_GATEWAY: &str = "tidegate-gateway";
@@ -146,6 +149,8 @@ const TOPIC_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub struct KafkaSink {
     /// Who we talk to, for every log line and error message.
     target: Target,
+    /// TLS and SASL settings; files and the password are read at every connect.
+    security: Security,
     /// Batch compression, as configured.
     compression: KafkaCompression,
     /// Whether a missing topic may be created.
@@ -247,6 +252,7 @@ impl KafkaSink {
                 brokers: config.brokers.clone(),
                 topic: config.topic.clone(),
             },
+            security: Security::from_config(config),
             compression: kafka_compression(config.compression),
             create_topic: config.create_topic,
             partitions: config.partitions,
@@ -325,25 +331,46 @@ impl KafkaSink {
 
     /// Connects to the cluster, makes sure the topic exists and opens its partitions.
     async fn connect(&self) -> Result<Connection, SinkError> {
-        debug!(upstream = %self.target.upstream, brokers = %self.target.brokers.join(","), "Connecting to the Kafka cluster.");
-        let builder = ClientBuilder::new(self.target.brokers.clone())
-            .client_id(format!("tidegate-{}", self.gateway_id))
-            .backoff_config(self.backoff_config());
-        let client = self
-            .within("connecting to the bootstrap brokers", builder.build())
-            .await?;
+        debug!(upstream = %self.target.upstream, brokers = %self.target.brokers.join(","), security = %self.security.describe(), "Connecting to the Kafka cluster.");
+        // Read now, not at start: a renewed CA or rotated password is used by the next
+        // connect. A file that cannot be used needs an operator: fatal (retried slowly).
+        let problem = |e: security::SecurityError| {
+            SinkError::Fatal(format!("{}: cannot connect: {e}", self.target))
+        };
+        let tls = self.security.tls_config().map_err(problem)?;
+        let sasl = self.security.sasl_config().map_err(problem)?;
+        let builder = |backoff: BackoffConfig| {
+            let mut b = ClientBuilder::new(self.target.brokers.clone())
+                .client_id(format!("tidegate-{}", self.gateway_id))
+                .backoff_config(backoff);
+            if let Some(tls) = &tls {
+                b = b.tls_config(tls.clone());
+            }
+            if let Some(sasl) = &sasl {
+                b = b.sasl_config(sasl.clone());
+            }
+            b
+        };
+        let client = match self
+            .within(
+                "connecting to the bootstrap brokers",
+                builder(self.backoff_config()).build(),
+            )
+            .await
+        {
+            Ok(client) => client,
+            Err(e) => return Err(self.explain_connect_failure(e, tls.as_ref()).await),
+        };
         // A deadline of zero: rskafka gives up at the first failure instead of sending the
         // request again itself. The forwarder retries, after the tail read.
         let producer = self
             .within(
                 "connecting to the bootstrap brokers",
-                ClientBuilder::new(self.target.brokers.clone())
-                    .client_id(format!("tidegate-{}", self.gateway_id))
-                    .backoff_config(BackoffConfig {
-                        deadline: Some(Duration::ZERO),
-                        ..self.backoff_config()
-                    })
-                    .build(),
+                builder(BackoffConfig {
+                    deadline: Some(Duration::ZERO),
+                    ..self.backoff_config()
+                })
+                .build(),
             )
             .await?;
 
@@ -374,6 +401,7 @@ impl KafkaSink {
             topic = %self.target.topic,
             partitions = partitions.len(),
             compression = ?self.compression,
+            security = %self.security.describe(),
             "Connected to the Kafka cluster."
         );
         Ok(Connection {
@@ -381,6 +409,56 @@ impl KafkaSink {
             _producer: producer,
             partitions,
         })
+    }
+
+    /// The error for a failed connect to the bootstrap brokers. rskafka keeps a TLS
+    /// handshake's cause only as text inside its retry error, so with TLS on, one bare
+    /// handshake per bootstrap broker finds which broker refused and why; a certificate
+    /// problem is fatal (the operator must fix `ca_file` or the broker's certificate) and
+    /// so retried at `backoff_max`, never in a hot loop.
+    async fn explain_connect_failure(
+        &self,
+        error: SinkError,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> SinkError {
+        if let Some(tls) = tls {
+            for broker in &self.target.brokers {
+                let probe =
+                    security::handshake_failure(broker, tls.clone(), self.request_timeout / 2);
+                if let Some(cause) = probe.await {
+                    let hint = if self
+                        .security
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.ca_file.is_some())
+                    {
+                        format!(
+                            "is ca_file of upstream {:?} the CA that signed the broker's certificate, and does the certificate name {broker:?}?",
+                            self.target.upstream
+                        )
+                    } else {
+                        format!(
+                            "upstream {:?} has no ca_file, so the system's CAs are trusted; set ca_file to the CA that signed the broker's certificate",
+                            self.target.upstream
+                        )
+                    };
+                    return SinkError::Fatal(format!(
+                        "upstream {}: TLS handshake with {broker} failed: {cause} ({hint})",
+                        self.target.upstream
+                    ));
+                }
+            }
+        }
+        // A refused login surfaces from rskafka's retries as text as well.
+        match (&self.security.sasl, &error) {
+            (Some(s), SinkError::Retryable(m)) if m.contains("Sasl handshake failed") => {
+                SinkError::Fatal(format!(
+                    "{m}; check username, password_file / password_env and sasl_mechanism ({}) of upstream {:?}",
+                    s.mechanism, self.target.upstream
+                ))
+            }
+            _ => error,
+        }
     }
 
     /// The topic's partition count, `None` if the cluster does not know the topic.

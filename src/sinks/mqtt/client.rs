@@ -33,7 +33,7 @@ pub const PROP_SEQ: &str = "tidegate-seq";
 
 /// Where CA bundles usually are, for `mqtts://` without `ca_file` (Debian/Ubuntu, RHEL,
 /// Alpine/BSD). rumqttc parses the PEM, so no extra dependency is needed for system roots.
-const SYSTEM_CA_BUNDLES: &[&str] = &[
+pub(crate) const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
