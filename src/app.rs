@@ -53,6 +53,10 @@ pub enum AppError {
     Http(#[from] crate::http::HttpError),
     #[error("cannot start the local subscription bus: {0} (set mqtt.local_subscriptions = false to run without it)")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    DeviceAuth(#[from] crate::ingest::auth::AuthError),
+    #[error(transparent)]
+    DeviceTls(#[from] crate::ingest::tls::TlsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("the journal writer failed; tidegate stopped so that it restarts on a fresh open (see the error above)")]
@@ -84,6 +88,28 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
     let (journal, writer) = Journal::open(&config.journal, &names)?;
     let listener = broker::bind(config.mqtt.listen).await?;
     let local = listener.local_addr().unwrap_or(config.mqtt.listen);
+    // Device authentication and the TLS listener: a bad credentials file, certificate or
+    // key is a start-up error naming the file.
+    let device_auth = crate::ingest::auth::AuthState::load(&config.mqtt)?;
+    if device_auth.enabled() {
+        tracing::info!(
+            devices = device_auth.devices(),
+            allow_anonymous = config.mqtt.auth.allow_anonymous,
+            "Device authentication on: devices log in with a password or a client certificate."
+        );
+    }
+    let (device_auth, device_auth_watch) = tokio::sync::watch::channel(Arc::new(device_auth));
+    let tls_listener = match (
+        config.mqtt.tls_listen,
+        crate::ingest::tls::Acceptor::from_config(&config.mqtt)?,
+    ) {
+        (Some(addr), Some(acceptor)) => {
+            let l = broker::bind(addr).await?;
+            tracing::info!(mqtt_tls = %l.local_addr().unwrap_or(addr), client_ca = config.mqtt.tls_client_ca.is_some(), "MQTT TLS listener ready.");
+            Some((l, acceptor))
+        }
+        _ => None,
+    };
     // Bound now, before any task starts, so a taken port is a start-up error naming
     // http.listen rather than a monitoring endpoint that silently never appears.
     let http_listener = if config.http.enabled {
@@ -127,12 +153,16 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
     ingest_tasks.spawn(supervise(
         health.register("mqtt-listener", true),
         ingest_stop.clone(),
-        broker::serve(
-            listener,
+        broker::serve_with(
+            broker::Listeners {
+                tcp: listener,
+                tls: tls_listener,
+            },
             config.mqtt.clone(),
             journal.clone(),
             bus,
             ingest_counters.clone(),
+            device_auth_watch,
             ingest_stop.clone(),
             ingest_tasks.clone(),
         ),
@@ -235,6 +265,7 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
         config: config.clone(),
         forwarders: &mut forwarders,
         upstream_list,
+        device_auth: &device_auth,
     };
     let result = wait_for_stop(
         &journal,
@@ -292,6 +323,8 @@ struct Service<'a> {
     forwarders: &'a mut Forwarders,
     /// What the HTTP listener shows of the upstreams; updated after a reload.
     upstream_list: crate::http::UpstreamList,
+    /// Device credentials and rights: a reload sends the new state to every connection.
+    device_auth: &'a tokio::sync::watch::Sender<Arc<crate::ingest::auth::AuthState>>,
 }
 
 /// Waits for SIGTERM/SIGINT, logging progress, reloading on SIGHUP and pinging the systemd
@@ -325,7 +358,7 @@ async fn wait_for_stop(
                 // request_timeout), so the watchdog is kept pinged meanwhile.
                 let outcome = {
                     let reloading =
-                        reload(service.config_path, &mut service.config, service.forwarders);
+                        reload(service.config_path, &mut service.config, service.forwarders, service.device_auth);
                     tokio::pin!(reloading);
                     loop {
                         tokio::select! {

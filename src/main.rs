@@ -51,6 +51,23 @@ enum Command {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Add a device to a credentials file (mqtt.auth.credentials_file), or set a new
+    /// password for one already there. Reads the password as one line from stdin; creates
+    /// the file (mode 0600) if absent; keeps other entries and comments. A running daemon
+    /// applies the change on SIGHUP.
+    Passwd {
+        /// The credentials file.
+        file: PathBuf,
+        /// The device's username (by default also its MQTT client id).
+        username: String,
+        /// Publish pattern for this device (repeatable; `%c` client id, `%u` username).
+        /// Omitted: a new device gets mqtt.auth.publish, an existing one keeps its own.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Subscribe pattern for this device (repeatable), as --publish.
+        #[arg(long)]
+        subscribe: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,7 +179,79 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal { action } => journal(action),
+        Command::Passwd {
+            file,
+            username,
+            publish,
+            subscribe,
+        } => passwd(&file, &username, &publish, &subscribe),
     }
+}
+
+fn passwd(
+    file: &Path,
+    username: &str,
+    publish: &[String],
+    subscribe: &[String],
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use tidegate::ingest::auth;
+    if username.is_empty() {
+        anyhow::bail!("the username must not be empty");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        anyhow::bail!("empty password refused: give the password as one line on stdin");
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let hash = auth::hash_password(password.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let (new_text, outcome) = auth::set_device(
+        &text,
+        file,
+        username,
+        &hash,
+        (!publish.is_empty()).then_some(publish),
+        (!subscribe.is_empty()).then_some(subscribe),
+    )?;
+    // Written beside the file and renamed over it, so a crash leaves the old or the new
+    // file, never half of one; created 0600 since it holds password hashes.
+    let tmp = file.with_extension("tmp-passwd");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(file) {
+        // Keep the mode an operator chose for an existing file (e.g. 0640 for a group).
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    f.write_all(new_text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
+    let what = match outcome {
+        auth::SetOutcome::Added => "added",
+        auth::SetOutcome::Replaced => "set a new password for",
+    };
+    emit(&format!(
+        "{}: {what} device {username:?}; send SIGHUP to a running tidegate to apply it\n",
+        file.display()
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn journal(action: JournalAction) -> anyhow::Result<ExitCode> {

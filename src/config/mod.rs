@@ -215,6 +215,81 @@ pub struct MqttConfig {
     /// best effort) through an embedded rumqttd router. `false` refuses subscriptions.
     #[serde(default = "default_local_subscriptions")]
     pub local_subscriptions: bool,
+    /// Device authentication and topic rights (`[mqtt.auth]`); off unless a credentials
+    /// file or a client CA is configured.
+    #[serde(default)]
+    pub auth: MqttAuthConfig,
+    /// A second, TLS listener (MQTT over TLS, usually port 8883); none by default.
+    /// Needs `tls_cert` and `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listener, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1); a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that sign device certificates. Set, a device may log in with a
+    /// client certificate, named by its CN (else its first DNS SAN), and authentication is
+    /// on for both listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS handshakes without a client certificate signed by `tls_client_ca`.
+    #[serde(default)]
+    pub tls_require_client_cert: bool,
+}
+
+/// `[mqtt.auth]`: who may connect to the device listener, and what each device may
+/// publish and subscribe to. Reloaded on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttAuthConfig {
+    /// TOML file of `[[device]]` entries (username, argon2 `password_hash`, optional
+    /// `publish`/`subscribe`), written by `tidegate passwd`. Set, devices must log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// Let devices without credentials in (with the default rights) while authentication
+    /// is on.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// A device's client id must be its username (or certificate name), so one device
+    /// cannot take over another's session or its re-send memory.
+    #[serde(default = "default_client_id_is_username")]
+    pub client_id_is_username: bool,
+    /// Publish patterns of devices whose entry has none (and of certificate-only and
+    /// anonymous devices); `%c` is the client id, `%u` the username, each a whole level.
+    #[serde(default = "default_auth_publish")]
+    pub publish: Vec<String>,
+    /// Subscribe patterns, as `publish`; none by default, so a device reads nothing.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// MQTT 3.1.1 has no negative PUBACK: after this many refused publishes on one
+    /// connection, it is closed.
+    #[serde(default = "default_max_refused_publishes")]
+    pub max_refused_publishes: u32,
+}
+
+impl Default for MqttAuthConfig {
+    fn default() -> Self {
+        Self {
+            credentials_file: None,
+            allow_anonymous: false,
+            client_id_is_username: default_client_id_is_username(),
+            publish: default_auth_publish(),
+            subscribe: Vec::new(),
+            max_refused_publishes: default_max_refused_publishes(),
+        }
+    }
+}
+
+fn default_client_id_is_username() -> bool {
+    true
+}
+fn default_auth_publish() -> Vec<String> {
+    vec!["#".to_owned()]
+}
+fn default_max_refused_publishes() -> u32 {
+    3
 }
 
 impl Default for MqttConfig {
@@ -226,6 +301,12 @@ impl Default for MqttConfig {
             max_inflight: default_max_inflight(),
             connect_timeout: default_connect_timeout(),
             local_subscriptions: default_local_subscriptions(),
+            auth: MqttAuthConfig::default(),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_require_client_cert: false,
         }
     }
 }
@@ -496,6 +577,53 @@ impl Config {
         }
     }
 
+    /// `[mqtt.auth]` and the TLS listener's keys (the files themselves are read at start).
+    fn validate_device_auth(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let m = &self.mqtt;
+        for (key, list) in [
+            ("publish", &m.auth.publish),
+            ("subscribe", &m.auth.subscribe),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                if let Err(e) = crate::ingest::auth::Template::parse(pattern) {
+                    p.push(format!("mqtt.auth.{key}[{i}]: {e}"));
+                }
+            }
+        }
+        if m.auth.max_refused_publishes == 0 {
+            p.push("mqtt.auth.max_refused_publishes: must be at least 1".to_owned());
+        }
+        match m.tls_listen {
+            Some(addr) => {
+                if m.tls_cert.is_none() || m.tls_key.is_none() {
+                    p.push("mqtt.tls_listen: needs mqtt.tls_cert and mqtt.tls_key".to_owned());
+                }
+                if addr == m.listen {
+                    p.push(format!(
+                        "mqtt.tls_listen: {addr} is also mqtt.listen; give TLS its own port (8883)"
+                    ));
+                }
+                if m.tls_require_client_cert && m.tls_client_ca.is_none() {
+                    p.push("mqtt.tls_require_client_cert: needs mqtt.tls_client_ca".to_owned());
+                }
+            }
+            None => {
+                for (key, set) in [
+                    ("tls_cert", m.tls_cert.is_some()),
+                    ("tls_key", m.tls_key.is_some()),
+                    ("tls_client_ca", m.tls_client_ca.is_some()),
+                    ("tls_require_client_cert", m.tls_require_client_cert),
+                ] {
+                    if set {
+                        p.push(format!("mqtt.{key}: set without mqtt.tls_listen"));
+                    }
+                }
+            }
+        }
+        p
+    }
+
     /// Every problem with the values, each naming its key. Empty means valid.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -538,6 +666,7 @@ impl Config {
         if self.mqtt.max_inflight == 0 {
             p.push("mqtt.max_inflight: must be at least 1".to_owned());
         }
+        p.extend(self.validate_device_auth());
         if let Some(level) = &self.log.level {
             if let Err(e) = crate::telemetry::check_log_filter(level) {
                 p.push(e.to_string());
@@ -789,6 +918,11 @@ mod example_tests {
         assert_eq!(c.mqtt.max_inflight, d.mqtt.max_inflight);
         assert_eq!(c.mqtt.connect_timeout, d.mqtt.connect_timeout);
         assert_eq!(c.mqtt.local_subscriptions, d.mqtt.local_subscriptions);
+        assert_eq!(c.mqtt.auth, d.mqtt.auth);
+        assert_eq!(
+            c.mqtt.tls_require_client_cert,
+            d.mqtt.tls_require_client_cert
+        );
         assert_eq!(c.http, d.http);
         let u = &c.upstream[0];
         assert_eq!(u.max_batch, default_max_batch());

@@ -48,6 +48,12 @@ impl Config {
                 files.push((format!("mqtt_subscribe[{i}].client_key"), p.as_path()));
             }
         }
+        if let Some(p) = &self.mqtt.auth.credentials_file {
+            files.push(("mqtt.auth.credentials_file".to_owned(), p.as_path()));
+        }
+        if let Some(p) = &self.mqtt.tls_key {
+            files.push(("mqtt.tls_key".to_owned(), p.as_path()));
+        }
         files
     }
 

@@ -16,6 +16,7 @@
 //! | `tidegate_modbus_poll_errors_total` | counter | `input`, `kind` (timeout, crc, exception, protocol) |
 //! | `tidegate_mqtt_connections` | gauge | — devices connected now |
 //! | `tidegate_mqtt_connections_accepted_total`, `…_refused_total` | counter | — |
+//! | `tidegate_mqtt_auth_refused_total` | counter | `reason` (bad_credentials, not_authorized, client_id, subscribe, revoked) |
 //! | `tidegate_journal_records`, `tidegate_journal_bytes`, `tidegate_journal_max_bytes`, `tidegate_journal_disk_bytes` | gauge | — |
 //! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
 //! | `tidegate_journal_commit_duration_seconds` | histogram | — (write transaction, including its sync) |
@@ -84,6 +85,7 @@ pub fn inputs(s: &Sources) -> Vec<InputFigures> {
             ("oversized", get(&i.rejected_oversized)),
             ("system_topic", get(&i.rejected_system_topic)),
             ("topic", get(&i.rejected_topic)),
+            ("not_authorized", get(&i.rejected_not_authorized)),
         ],
         connected: None,
     });
@@ -303,6 +305,21 @@ impl Collector for DaemonCollector {
             "MQTT connections refused (over mqtt.max_connections, bad client id, bad CONNECT).",
             Counter,
             one(get(&s.ingest.connections_refused)),
+        )?;
+        family(
+            e,
+            "tidegate_mqtt_auth_refused",
+            "Device authentication and rights refusals on the MQTT listener, per reason (bad_credentials, not_authorized, client_id: CONNECTs; subscribe: SUBSCRIBE filters; revoked: connections closed by a reload). Refused publishes are tidegate_readings_rejected_total{reason=\"not_authorized\"}.",
+            Counter,
+            [
+                ("bad_credentials", get(&s.ingest.auth_bad_credentials)),
+                ("not_authorized", get(&s.ingest.auth_not_authorized)),
+                ("client_id", get(&s.ingest.auth_client_id)),
+                ("subscribe", get(&s.ingest.subscribe_not_authorized)),
+                ("revoked", get(&s.ingest.auth_revoked)),
+            ]
+            .into_iter()
+            .map(|(reason, n)| (vec![("reason", reason.to_owned())], n)),
         )?;
 
         // Journal.

@@ -35,16 +35,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::auth::{self, AuthState, AuthWatch, Denied, Grant, Identity, Rights};
 use super::codec::{
-    self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, Version,
+    self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, SubCode, Version,
 };
 use super::local_bus::{LocalBus, Subscription};
 use crate::config::MqttConfig;
@@ -85,7 +85,44 @@ struct Ctx {
     /// Open local subscriptions. While there are none, readings are not copied to the bus
     /// at all, so the fan-out costs nothing on a gateway nobody subscribes to.
     subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Credentials and rights in force; a reload sends a new state to every connection.
+    auth: AuthWatch,
+    /// Refused CONNECTs are logged at most once a second, with how many were not.
+    auth_log: LogLimit,
 }
+
+/// At most one log line per `interval` for a kind of event that can repeat in a tight
+/// loop (a refused publish, a CONNECT storm with a wrong password); `allow` says whether
+/// to log now and how many were left unlogged since the last line.
+struct LogLimit {
+    interval: Duration,
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl LogLimit {
+    fn new(interval: Duration) -> LogLimit {
+        LogLimit {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    fn allow(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.is_none_or(|t| t.elapsed() >= self.interval) {
+            let skipped = s.1;
+            *s = (Some(std::time::Instant::now()), 0);
+            Some(skipped)
+        } else {
+            s.1 += 1;
+            None
+        }
+    }
+}
+
+/// How often a repeating refusal is logged at most (per connection for publishes, for the
+/// whole listener for CONNECTs).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often a lasting failure to accept connections is logged again.
 const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -101,6 +138,44 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // No authentication: the sender is dropped, and connections stop watching for reloads.
+    let (_, auth) = tokio::sync::watch::channel(Arc::new(AuthState::open()));
+    serve_with(
+        Listeners {
+            tcp: listener,
+            tls: None,
+        },
+        config,
+        journal,
+        bus,
+        counters,
+        auth,
+        shutdown,
+        tracker,
+    )
+    .await
+}
+
+/// The sockets the device listener accepts on.
+pub struct Listeners {
+    pub tcp: TcpListener,
+    /// `mqtt.tls_listen` and its acceptor.
+    pub tls: Option<(TcpListener, super::tls::Acceptor)>,
+}
+
+/// [`serve`] with authentication (`auth`, replaced by a reload) and the TLS listener.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with(
+    listeners: Listeners,
+    config: MqttConfig,
+    journal: Journal,
+    bus: Option<Arc<LocalBus>>,
+    counters: Arc<IngestCounters>,
+    auth: AuthWatch,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    // One pool of connection permits for both listeners: max_connections is per gateway.
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let ctx = Arc::new(Ctx {
         config,
@@ -111,7 +186,32 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         bus,
         subscribers: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        auth,
+        auth_log: LogLimit::new(Duration::from_secs(1)),
     });
+    if let Some((listener, acceptor)) = listeners.tls {
+        tracker.spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            ctx.clone(),
+            permits.clone(),
+            tracker.clone(),
+        ));
+    }
+    accept_loop(listeners.tcp, None, ctx, permits, tracker).await;
+    tracing::info!("MQTT listener stopped accepting connections.");
+}
+
+/// Accepts on one socket until shutdown; `tls` set, each connection does its TLS
+/// handshake (within `mqtt.connect_timeout`) in its own task before MQTT starts.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<super::tls::Acceptor>,
+    ctx: Arc<Ctx>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let shutdown = ctx.shutdown.clone();
     let mut refused_logged = false;
     // Accept failures (usually EMFILE while descriptors run out) recur every 100 ms for as
     // long as the cause lasts: the first is logged, then one summary per interval.
@@ -147,12 +247,40 @@ pub async fn serve(
             continue;
         };
         let ctx = ctx.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            handle(stream, peer, ctx).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    handle(rd, wr, peer, None, ctx).await;
+                }
+                Some(acceptor) => {
+                    let accepted = tokio::select! {
+                        _ = ctx.shutdown.cancelled() => return,
+                        r = tokio::time::timeout(ctx.config.connect_timeout, acceptor.accept(stream)) => r,
+                    };
+                    match accepted {
+                        Ok(Ok((stream, device))) => {
+                            let (rd, wr) = tokio::io::split(stream);
+                            handle(rd, wr, peer, device, ctx).await;
+                        }
+                        Ok(Err(e)) => {
+                            add(&ctx.counters.connections_refused, 1);
+                            if let Some(skipped) = ctx.auth_log.allow() {
+                                tracing::warn!(%peer, error = %e, skipped, "Refusing MQTT connection: TLS handshake failed.");
+                            }
+                        }
+                        Err(_) => {
+                            add(&ctx.counters.connections_refused, 1);
+                            tracing::debug!(%peer, "No TLS handshake within mqtt.connect_timeout; closing.");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
-    tracing::info!("MQTT listener stopped accepting connections.");
 }
 
 /// An acknowledgement waiting for its commit.
@@ -170,7 +298,7 @@ enum Action {
     PingResp,
     SubAck {
         pkid: u16,
-        granted: Vec<bool>,
+        granted: Vec<SubCode>,
     },
     UnsubAck {
         pkid: u16,
@@ -196,9 +324,14 @@ enum Out {
     Close(Option<DisconnectReason>),
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+/// One device connection, over TCP or TLS (generic, so the plain TCP path keeps its
+/// owned halves and pays for no indirection). `device` is the name on a verified client
+/// certificate.
+async fn handle<R, W>(mut rd: R, mut wr: W, peer: SocketAddr, device: Option<String>, ctx: Arc<Ctx>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let max = ctx.config.max_packet.as_u64() as usize;
     // Buffers start small and grow with the traffic (see `ReadSize`): a gateway holds
     // thousands of connections that each send a reading a second.
@@ -236,6 +369,31 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
     let version = connect.version;
     let mut out = BytesMut::with_capacity(256);
     let mut assigned = None;
+
+    // Authentication: the state is read once, and any later reload is seen by the
+    // connection's own receiver (marked seen here, so only a newer state counts).
+    let mut auth_rx = ctx.auth.clone();
+    let auth_state = auth_rx.borrow_and_update().clone();
+    let identity = if !auth_state.enabled() {
+        Identity::Open
+    } else if let Some(name) = device {
+        Identity::Certificate(name)
+    } else if let Some(user) = connect.username.clone() {
+        Identity::Password(user)
+    } else {
+        Identity::Anonymous
+    };
+    let mut connect = connect;
+    if connect.client_id.is_empty() && auth_state.client_id_is_username() {
+        // A device that sends no id is given its own name, which the binding requires.
+        if let Some(u) = identity.username() {
+            connect.client_id = u.to_owned();
+            if version == Version::V5 {
+                assigned = Some(u.to_owned());
+            }
+        }
+    }
+
     let client_id = if connect.client_id.is_empty() {
         if version == Version::V4 && !connect.clean_session {
             // 3.1.1 §3.1.3.1: an empty id needs a clean session.
@@ -260,6 +418,48 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
         id
     } else {
         connect.client_id.clone()
+    };
+
+    let grant = match admit(&auth_state, &identity, &client_id, connect.password.take()).await {
+        Ok(g) => g,
+        Err(denied) => {
+            let (refusal, counter, why) = match denied {
+                Denied::BadCredentials => (
+                    Refusal::BadUserNameOrPassword,
+                    &ctx.counters.auth_bad_credentials,
+                    "unknown device or wrong password",
+                ),
+                Denied::NotAuthorized => (
+                    Refusal::NotAuthorized,
+                    &ctx.counters.auth_not_authorized,
+                    "no credentials, and mqtt.auth.allow_anonymous is off",
+                ),
+                Denied::BadClientId => (
+                    Refusal::BadClientId,
+                    &ctx.counters.auth_client_id,
+                    "client id is not the device's name (mqtt.auth.client_id_is_username)",
+                ),
+            };
+            add(counter, 1);
+            add(&ctx.counters.connections_refused, 1);
+            codec::write_connack(version, false, Some(refusal), None, 0, 0, &mut out);
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            if let Some(skipped) = ctx.auth_log.allow() {
+                tracing::warn!(%peer, client_id = %client_id, username = identity.username().unwrap_or(""), reason = why, skipped, "Refusing MQTT connection: authentication failed.");
+            }
+            drain_before_close(&mut rd, Duration::from_millis(200)).await;
+            return;
+        }
+    };
+    let rights = auth_state.rights(&grant, &identity, &client_id);
+    drop(auth_state);
+    let auth = ConnAuth {
+        identity,
+        grant,
+        rights,
+        watch: auth_rx,
+        max_refused: ctx.config.auth.max_refused_publishes,
     };
 
     let span = tracing::info_span!("device", client_id = %client_id, %peer);
@@ -334,6 +534,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) {
             &writer_done,
             &awaiting_rel,
             remember_packets,
+            auth,
         )
         .await;
         let _ = tx.send(Out::Close(reason)).await;
@@ -368,8 +569,47 @@ fn release_session(ctx: &Ctx, client_id: &str, conn_id: u64) {
     }
 }
 
-async fn read_connect(
-    rd: &mut OwnedReadHalf,
+/// Whether `identity` may connect now: its grant, with the password checked against the
+/// hash in force (on the blocking pool).
+async fn admit(
+    state: &AuthState,
+    identity: &Identity,
+    client_id: &str,
+    password: Option<String>,
+) -> Result<Grant, Denied> {
+    let grant = state.grant(identity, client_id)?;
+    if let (Identity::Password(_), Grant::Granted { password_hash, .. }) = (identity, &grant) {
+        let (Some(hash), Some(password)) = (password_hash.clone(), password) else {
+            return Err(Denied::BadCredentials);
+        };
+        if !auth::verify_password_blocking(hash, password.into_bytes()).await {
+            return Err(Denied::BadCredentials);
+        }
+    }
+    Ok(grant)
+}
+
+/// A connection's authentication: who it is, what it was let in with, its expanded
+/// rights (`None`: nothing is checked) and its view of reloads.
+struct ConnAuth {
+    identity: Identity,
+    grant: Grant,
+    rights: Option<Rights>,
+    watch: AuthWatch,
+    /// 3.1.1 connections are closed after this many refused publishes.
+    max_refused: u32,
+}
+
+/// Resolves when a reload sent a new state; never, once the sender is gone (no
+/// authentication, or shutdown).
+async fn auth_changed(watch: &mut AuthWatch) {
+    if watch.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<codec::ConnectInfo>, CodecError> {
@@ -388,8 +628,8 @@ async fn read_connect(
 /// Reads packets until the device leaves, an error, takeover or shutdown. Returns the
 /// reason to give the device (MQTT 5), if any.
 #[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    rd: &mut OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    rd: &mut R,
     mut buf: BytesMut,
     ctx: &Ctx,
     client_id: &str,
@@ -400,7 +640,11 @@ async fn read_loop(
     writer_done: &CancellationToken,
     awaiting_rel: &Arc<Mutex<HashSet<u16>>>,
     remember_packets: bool,
+    mut auth: ConnAuth,
 ) -> Option<DisconnectReason> {
+    // Publishes refused on this connection as outside its rights, and their log limit.
+    let mut refused: u32 = 0;
+    let refusal_log = LogLimit::new(REFUSAL_LOG_INTERVAL);
     let max = ctx.config.max_packet.as_u64() as usize;
     // MQTT: the server may close after 1.5 keep-alive periods of silence.
     let idle = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
@@ -463,6 +707,33 @@ async fn read_loop(
                             }
                             continue;
                         }
+                        if let Some(rights) = &auth.rights {
+                            if !rights.may_publish(&topic) {
+                                // Never journaled; the readings around it go on in order.
+                                add(&ctx.counters.rejected_not_authorized, 1);
+                                refused = refused.saturating_add(1);
+                                if let Some(skipped) = refusal_log.allow() {
+                                    tracing::warn!(topic = %topic, refused, skipped, "Refusing publish: topic outside the device's rights (not journaled).");
+                                }
+                                if version == Version::V5 {
+                                    if qos > 0 {
+                                        actions.push(Action::Ack {
+                                            qos,
+                                            pkid,
+                                            index: None,
+                                            reason: AckReason::NotAuthorized,
+                                        });
+                                    }
+                                } else if refused >= auth.max_refused {
+                                    // 3.1.1 has no negative ack: the device would resend
+                                    // the withheld one for ever; close instead.
+                                    tracing::warn!(refused, "Closing connection: too many publishes outside the device's rights (mqtt.auth.max_refused_publishes).");
+                                    stop = Some(None);
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
                         if qos == 2 {
                             let mut set = awaiting_rel.lock().unwrap_or_else(|p| p.into_inner());
                             if !set.insert(pkid) {
@@ -508,7 +779,30 @@ async fn read_loop(
                     }
                     Inbound::PingReq => actions.push(Action::PingResp),
                     Inbound::Subscribe { pkid, filters } => {
+                        // Filters outside the device's rights never reach the bus.
+                        let allowed: Vec<bool> = filters
+                            .iter()
+                            .map(|f| auth.rights.as_ref().is_none_or(|r| r.may_subscribe(f)))
+                            .collect();
+                        let denied = allowed.iter().filter(|a| !**a).count();
+                        if denied > 0 {
+                            add(&ctx.counters.subscribe_not_authorized, denied as u64);
+                            if let Some(skipped) = refusal_log.allow() {
+                                tracing::warn!(
+                                    refused = denied,
+                                    skipped,
+                                    "Refusing SUBSCRIBE filters outside the device's rights."
+                                );
+                            }
+                        }
+                        let filters: Vec<String> = filters
+                            .into_iter()
+                            .zip(&allowed)
+                            .filter(|(_, a)| **a)
+                            .map(|(f, _)| f)
+                            .collect();
                         let granted = match (&ctx.bus, &mut subscription) {
+                            _ if filters.is_empty() => Vec::new(),
                             (None, _) => {
                                 if !subscribe_logged {
                                     tracing::info!("Refusing SUBSCRIBE: local subscriptions are off; consume readings upstream.");
@@ -538,6 +832,15 @@ async fn read_loop(
                                 }
                             }
                         };
+                        let mut granted = granted.into_iter();
+                        let granted = allowed
+                            .iter()
+                            .map(|&a| match (a, a.then(|| granted.next()).flatten()) {
+                                (false, _) => SubCode::NotAuthorized,
+                                (true, Some(true)) => SubCode::Granted,
+                                (true, _) => SubCode::Refused,
+                            })
+                            .collect();
                         actions.push(Action::SubAck { pkid, granted });
                     }
                     Inbound::Unsubscribe { pkid, filters } => {
@@ -620,6 +923,17 @@ async fn read_loop(
                 });
             }
             _ = writer_done.cancelled() => return None,
+            _ = auth_changed(&mut auth.watch) => {
+                let state = auth.watch.borrow_and_update().clone();
+                match state.grant(&auth.identity, client_id) {
+                    Ok(g) if g == auth.grant => {}
+                    other => {
+                        add(&ctx.counters.auth_revoked, 1);
+                        tracing::info!(removed = other.is_err(), "Closing connection: a reload changed or removed the device's credentials or rights; it must log in again.");
+                        return Some(DisconnectReason::NotAuthorized);
+                    }
+                }
+            }
             r = read => match r {
                 None => {
                     tracing::info!("Closing connection: no packet within 1.5 keep-alive periods.");
@@ -732,7 +1046,7 @@ fn scopeguard_decrement(open: Arc<std::sync::atomic::AtomicUsize>) -> impl Drop 
 }
 
 /// Reads and discards until the peer closes, for at most `limit`.
-async fn drain_before_close(rd: &mut OwnedReadHalf, limit: Duration) {
+async fn drain_before_close<R: AsyncRead + Unpin>(rd: &mut R, limit: Duration) {
     let mut scratch = [0u8; 4096];
     let _ = tokio::time::timeout(limit, async {
         loop {
@@ -779,8 +1093,8 @@ fn topic_disconnect_reason(why: &str) -> DisconnectReason {
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Out>,
     version: Version,
     counters: Arc<IngestCounters>,

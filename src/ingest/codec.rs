@@ -22,6 +22,10 @@ pub struct ConnectInfo {
     pub client_id: String,
     pub clean_session: bool,
     pub keep_alive: u16,
+    /// User name and password of the CONNECT, if it had them (checked by
+    /// [`super::auth`] when authentication is on).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// A packet from a device after CONNECT.
@@ -139,16 +143,20 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Frame<ConnectInfo>
                 client_id: c.client_id,
                 clean_session: c.clean_session,
                 keep_alive: c.keep_alive,
+                username: c.login.as_ref().map(|l| l.username.clone()),
+                password: c.login.map(|l| l.password),
             })),
             Ok(_) => Err(CodecError::NotConnect),
             Err(e) => Err(CodecError::Malformed(e.to_string())),
         },
         5 => match v5::Packet::read(buf, Some(max)) {
-            Ok(v5::Packet::Connect(c, _, _)) => Ok(Frame::Packet(ConnectInfo {
+            Ok(v5::Packet::Connect(c, _, login)) => Ok(Frame::Packet(ConnectInfo {
                 version: Version::V5,
                 client_id: c.client_id,
                 clean_session: c.clean_start,
                 keep_alive: c.keep_alive,
+                username: login.as_ref().map(|l| l.username.clone()),
+                password: login.map(|l| l.password),
             })),
             Ok(_) => Err(CodecError::NotConnect),
             Err(e) => Err(CodecError::Malformed(e.to_string())),
@@ -237,6 +245,8 @@ pub enum AckReason {
     QuotaExceeded,
     /// Topic not accepted for journaling, e.g. a `$` topic (MQTT 5: 0x90).
     TopicNameInvalid,
+    /// Outside the device's publish rights (MQTT 5: 0x87).
+    NotAuthorized,
 }
 
 /// Why the listener refuses a connection or closes it.
@@ -244,6 +254,10 @@ pub enum AckReason {
 pub enum Refusal {
     BadClientId,
     ServerUnavailable,
+    /// 3.1.1: 0x04, 5: 0x86.
+    BadUserNameOrPassword,
+    /// 3.1.1: 0x05, 5: 0x87.
+    NotAuthorized,
 }
 
 /// Why the server ends a session (MQTT 5 DISCONNECT reason).
@@ -257,6 +271,8 @@ pub enum DisconnectReason {
     KeepAliveTimeout,
     TopicAliasInvalid,
     QuotaExceeded,
+    /// The device's credentials or rights changed on reload (0x87).
+    NotAuthorized,
 }
 
 // Writing never fails for the packets below: they are small and well-formed by
@@ -277,6 +293,8 @@ pub fn write_connack(
                 None => v4::ConnectReturnCode::Success,
                 Some(Refusal::BadClientId) => v4::ConnectReturnCode::BadClientId,
                 Some(Refusal::ServerUnavailable) => v4::ConnectReturnCode::ServiceUnavailable,
+                Some(Refusal::BadUserNameOrPassword) => v4::ConnectReturnCode::BadUserNamePassword,
+                Some(Refusal::NotAuthorized) => v4::ConnectReturnCode::NotAuthorized,
             };
             let _ = v4::ConnAck::new(code, session_present).write(out);
         }
@@ -285,6 +303,8 @@ pub fn write_connack(
                 None => v5::ConnectReturnCode::Success,
                 Some(Refusal::BadClientId) => v5::ConnectReturnCode::ClientIdentifierNotValid,
                 Some(Refusal::ServerUnavailable) => v5::ConnectReturnCode::ServerBusy,
+                Some(Refusal::BadUserNameOrPassword) => v5::ConnectReturnCode::BadUserNamePassword,
+                Some(Refusal::NotAuthorized) => v5::ConnectReturnCode::NotAuthorized,
             };
             let properties = v5::ConnAckProperties {
                 session_expiry_interval: None,
@@ -326,6 +346,7 @@ pub fn write_puback(version: Version, pkid: u16, reason: AckReason, out: &mut By
                 AckReason::Success => v5::PubAckReason::Success,
                 AckReason::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
                 AckReason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+                AckReason::NotAuthorized => v5::PubAckReason::NotAuthorized,
             };
             let _ = ack.write(out);
         }
@@ -343,6 +364,7 @@ pub fn write_pubrec(version: Version, pkid: u16, reason: AckReason, out: &mut By
                 AckReason::Success => v5::PubRecReason::Success,
                 AckReason::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
                 AckReason::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
+                AckReason::NotAuthorized => v5::PubRecReason::NotAuthorized,
             };
             let _ = rec.write(out);
         }
@@ -364,19 +386,26 @@ pub fn write_pingresp(out: &mut BytesMut) {
     let _ = v4::PingResp.write(out);
 }
 
-/// Answers a SUBSCRIBE: `true` grants the filter at QoS 0 (local delivery is best effort),
-/// `false` refuses it.
-pub fn write_suback(version: Version, pkid: u16, granted: &[bool], out: &mut BytesMut) {
+/// The answer to one filter of a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubCode {
+    /// Granted at QoS 0 (local delivery is best effort).
+    Granted,
+    /// Refused (3.1.1: 0x80, 5: 0x8F topic filter invalid).
+    Refused,
+    /// Outside the device's subscribe rights (3.1.1: 0x80, 5: 0x87).
+    NotAuthorized,
+}
+
+/// Answers a SUBSCRIBE, one code per filter.
+pub fn write_suback(version: Version, pkid: u16, granted: &[SubCode], out: &mut BytesMut) {
     match version {
         Version::V4 => {
             let codes = granted
                 .iter()
-                .map(|&g| {
-                    if g {
-                        v4::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce)
-                    } else {
-                        v4::SubscribeReasonCode::Failure
-                    }
+                .map(|&g| match g {
+                    SubCode::Granted => v4::SubscribeReasonCode::Success(rumqttc::QoS::AtMostOnce),
+                    SubCode::Refused | SubCode::NotAuthorized => v4::SubscribeReasonCode::Failure,
                 })
                 .collect();
             let _ = v4::SubAck::new(pkid, codes).write(out);
@@ -384,12 +413,12 @@ pub fn write_suback(version: Version, pkid: u16, granted: &[bool], out: &mut Byt
         Version::V5 => {
             let return_codes = granted
                 .iter()
-                .map(|&g| {
-                    if g {
+                .map(|&g| match g {
+                    SubCode::Granted => {
                         v5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtMostOnce)
-                    } else {
-                        v5::SubscribeReasonCode::TopicFilterInvalid
                     }
+                    SubCode::Refused => v5::SubscribeReasonCode::TopicFilterInvalid,
+                    SubCode::NotAuthorized => v5::SubscribeReasonCode::NotAuthorized,
                 })
                 .collect();
             let _ = v5::SubAck {
@@ -462,6 +491,11 @@ pub fn write_disconnect(version: Version, reason: DisconnectReason, out: &mut By
         DisconnectReason::KeepAliveTimeout => v5::DisconnectReasonCode::KeepAliveTimeout,
         DisconnectReason::TopicAliasInvalid => v5::DisconnectReasonCode::TopicAliasInvalid,
         DisconnectReason::QuotaExceeded => v5::DisconnectReasonCode::QuotaExceeded,
+        DisconnectReason::NotAuthorized => v5::DisconnectReasonCode::NotAuthorized,
     };
-    let _ = v5::Disconnect::new(code).write(out);
+    // With an empty property list rather than none: rumqttc 0.24's v5 reader (firmware-sim
+    // and many devices) cannot parse a DISCONNECT of reason code alone and would see only
+    // a reset connection, not why it was closed. Both forms are valid MQTT 5.
+    // Fixed header, remaining length 2, the reason code, property length 0.
+    out.extend_from_slice(&[0xE0, 0x02, code as u8, 0x00]);
 }

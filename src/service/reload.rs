@@ -12,6 +12,10 @@
 //!   ([`Journal::set_upstreams`]). Unchanged upstreams are not touched, except that a
 //!   forwarder that had ended on its own is started again;
 //! * `[log] level` applies live;
+//! * `[mqtt.auth]` and the credentials file it names apply live: a file that does not
+//!   load is refused like a bad configuration; otherwise every connection gets the new
+//!   state and those whose device entry, password or rights changed are closed (see
+//!   [`crate::ingest::auth`]);
 //! * everything else (journal, listeners, serial ports, Modbus buses, subscriptions,
 //!   gateway id, HTTP) is logged as "needs a restart" and left as it was.
 //!
@@ -233,7 +237,13 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         Ok(toml::Value::Table(t)) => t,
         _ => toml::Table::new(),
     };
-    let (old, new) = (table(old), table(new));
+    let (mut old, mut new) = (table(old), table(new));
+    // [mqtt.auth] applies live (see `reload`); the rest of [mqtt] needs a restart.
+    for t in [&mut old, &mut new] {
+        if let Some(toml::Value::Table(m)) = t.get_mut("mqtt") {
+            m.remove("auth");
+        }
+    }
     let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -259,6 +269,7 @@ pub async fn reload(
     path: Option<&Path>,
     current: &mut Config,
     forwarders: &mut Forwarders,
+    device_auth: &tokio::sync::watch::Sender<Arc<crate::ingest::auth::AuthState>>,
 ) -> Result<Outcome, JournalError> {
     let Some(path) = path else {
         tracing::warn!("SIGHUP received, but tidegate runs on the embedded defaults (no --config); nothing to reload.");
@@ -270,6 +281,20 @@ pub async fn reload(
         Err(e) => {
             let message = format!("{e}");
             tracing::error!(config = %path.display(), error = %message, "Reload refused: the new configuration is invalid; the running configuration stays in force.");
+            return Ok(Outcome::Refused(message));
+        }
+    };
+    // Credentials are read before anything is applied, so a bad file refuses the whole
+    // reload and nothing changes.
+    let mut auth_for_new = new.mqtt.clone();
+    // The TLS listener's CA cannot change without a restart; it decides whether
+    // authentication is on as it did at start.
+    auth_for_new.tls_client_ca = current.mqtt.tls_client_ca.clone();
+    let new_auth = match crate::ingest::auth::AuthState::load(&auth_for_new) {
+        Ok(a) => a,
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(error = %message, "Reload refused: the device credentials file is invalid; the running configuration and credentials stay in force.");
             return Ok(Outcome::Refused(message));
         }
     };
@@ -292,6 +317,11 @@ pub async fn reload(
         }
         current.log = new.log.clone();
     }
+    // Every connection compares its grant under the new state with the one it has; only
+    // a changed one is closed, so sending an unchanged state costs a comparison each.
+    changes.push(format!("mqtt.auth: {} device(s)", new_auth.devices()));
+    device_auth.send_replace(Arc::new(new_auth));
+    current.mqtt.auth = new.mqtt.auth.clone();
     // Also with [[upstream]] unchanged: a forwarder that ended on its own is restarted.
     changes.extend(forwarders.apply(&new.upstream).await?);
     current.upstream = new.upstream.clone();

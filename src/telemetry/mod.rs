@@ -29,6 +29,18 @@ pub struct IngestCounters {
     pub rejected_system_topic: AtomicU64,
     /// Publishes with an invalid topic (wildcards, empty, unknown alias).
     pub rejected_topic: AtomicU64,
+    /// Publishes outside the device's rights (`[mqtt.auth]`); never journaled.
+    pub rejected_not_authorized: AtomicU64,
+    /// CONNECTs refused for an unknown device or a wrong or missing password.
+    pub auth_bad_credentials: AtomicU64,
+    /// CONNECTs refused as not authorized (anonymous while that is off).
+    pub auth_not_authorized: AtomicU64,
+    /// CONNECTs refused because the client id is not the device's name.
+    pub auth_client_id: AtomicU64,
+    /// SUBSCRIBE filters refused as outside the device's rights.
+    pub subscribe_not_authorized: AtomicU64,
+    /// Connections closed because a reload changed or removed their device's entry.
+    pub auth_revoked: AtomicU64,
 }
 
 /// Counters of one forwarder.

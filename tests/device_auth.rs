@@ -1,0 +1,773 @@
+//! Device authentication and topic rights on the real daemon's MQTT listener (issue 9,
+//! device side): passwords written by `tidegate passwd`, CONNACK codes of both protocol
+//! versions, client certificates on the TLS listener, publishes and subscriptions outside
+//! a device's rights, and SIGHUP reloads of the credentials file. Loopback only.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{http_get, Gateway};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, Packet as V5Packet};
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
+use rumqttc::{ConnectReturnCode as V4Code, Event, Incoming, MqttOptions, QoS};
+
+/// Longest wait for anything the daemon does.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs `tidegate passwd FILE USER [extra…]` with `password` on stdin.
+fn passwd(file: &Path, user: &str, password: &str, extra: &[&str]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .arg("passwd")
+        .arg(file)
+        .arg(user)
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tidegate passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("write the password");
+    child.wait_with_output().expect("tidegate passwd")
+}
+
+fn passwd_ok(file: &Path, user: &str, password: &str, extra: &[&str]) {
+    let out = passwd(file, user, password, extra);
+    assert!(
+        out.status.success(),
+        "tidegate passwd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A gateway whose devices are wt-1 (publish and subscribe under turbines/%c/) and wt-2
+/// (the defaults: publish `turbines/%c/#`, subscribe `turbines/%c/#`), passwords `pw-1`
+/// and `pw-2`. `extra_mqtt` goes into `[mqtt]`.
+fn gateway(extra_mqtt: &str) -> (Gateway, PathBuf) {
+    let creds_dir = tempfile::tempdir().expect("tempdir").keep();
+    let creds = creds_dir.join("devices.toml");
+    passwd_ok(
+        &creds,
+        "wt-1",
+        "pw-1\n",
+        &["--publish", "turbines/%c/#", "--subscribe", "turbines/%c/#"],
+    );
+    passwd_ok(&creds, "wt-2", "pw-2\n", &[]);
+    let creds_for_config = creds.clone();
+    let gw = Gateway::start_fresh(move |port, dir| {
+        format!(
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{extra_mqtt}\n\n[mqtt.auth]\ncredentials_file = \"{}\"\npublish = [\"turbines/%c/#\"]\nsubscribe = [\"turbines/%c/#\"]\n",
+            dir.join("journal").display(),
+            creds_for_config.display()
+        )
+    });
+    (gw, creds)
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port")
+}
+
+/// 3.1.1: the CONNACK outcome: `Ok` with the client and its event loop, or the code.
+async fn connect_v4(
+    addr: &str,
+    id: &str,
+    login: Option<(&str, &str)>,
+) -> Result<(rumqttc::AsyncClient, rumqttc::EventLoop), V4Code> {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port_of(addr));
+    o.set_keep_alive(Duration::from_secs(30));
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(e) => panic!("3.1.1 connect of {id}: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    r.map(|()| (client, el))
+}
+
+/// MQTT 5: as [`connect_v4`].
+async fn connect_v5(
+    addr: &str,
+    id: &str,
+    login: Option<(&str, &str)>,
+    transport: Option<rumqttc::Transport>,
+) -> Result<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop), V5Code> {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port_of(addr));
+    o.set_keep_alive(Duration::from_secs(30));
+    if let Some((u, p)) = login {
+        o.set_credentials(u, p);
+    }
+    if let Some(t) = transport {
+        o.set_transport(t);
+    }
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 100);
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(e) => panic!("MQTT 5 connect of {id}: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    r.map(|()| (client, el))
+}
+
+/// A bare MQTT 5 client, for what rumqttc's own client hides: it treats a PUBACK failure
+/// code as a connection error and drops the connection.
+struct RawV5 {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawV5 {
+    async fn connect(addr: &str, id: &str, user: &str, password: &str) -> RawV5 {
+        use rumqttc::v5::mqttbytes::v5::{Connect, Login};
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut raw = RawV5 {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut out = bytes::BytesMut::new();
+        Connect {
+            keep_alive: 30,
+            client_id: id.to_owned(),
+            clean_start: true,
+            properties: None,
+        }
+        .write(&None, &Some(Login::new(user, password)), &mut out)
+        .expect("encode CONNECT");
+        raw.send(&out).await;
+        match raw.next().await {
+            V5Packet::ConnAck(c) => assert_eq!(c.code, V5Code::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    async fn publish(&mut self, topic: &str, pkid: u16, payload: &str) {
+        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+            topic,
+            V5QoS::AtLeastOnce,
+            payload.as_bytes().to_vec(),
+            None,
+        );
+        p.pkid = pkid;
+        let mut out = bytes::BytesMut::new();
+        p.write(&mut out).expect("encode PUBLISH");
+        self.send(&out).await;
+    }
+
+    async fn subscribe(&mut self, filter: &str, pkid: u16) {
+        let mut sub = rumqttc::v5::mqttbytes::v5::Subscribe::new(
+            rumqttc::v5::mqttbytes::v5::Filter::new(filter, V5QoS::AtMostOnce),
+            None,
+        );
+        sub.pkid = pkid;
+        let mut out = bytes::BytesMut::new();
+        sub.write(&mut out).expect("encode SUBSCRIBE");
+        self.send(&out).await;
+    }
+
+    async fn next(&mut self) -> V5Packet {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match V5Packet::read(&mut self.buf, None) {
+                    Ok(p) => return p,
+                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {
+                        let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+                        assert!(n > 0, "connection closed");
+                    }
+                    Err(e) => panic!("bad packet: {e}"),
+                }
+            }
+        })
+        .await
+        .expect("a packet in time")
+    }
+}
+
+/// The topics the journal holds, in order (`tidegate journal dump`).
+fn journal_topics(gw: &Gateway) -> Vec<String> {
+    let out = gw.command(&["journal", "dump"]);
+    assert!(
+        out.status.success(),
+        "journal dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["topic"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The value of the /metrics line that contains every part of `needles`.
+async fn metric(gw: &Gateway, needles: &[&str]) -> Option<u64> {
+    let (_, body) = http_get(gw.http_addr(), "/metrics").await;
+    body.lines()
+        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_checked_and_refusals_carry_the_right_connack_codes() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    // The right password, both versions.
+    let (c, _el) = connect_v4(&addr, "wt-1", Some(("wt-1", "pw-1")))
+        .await
+        .expect("3.1.1 login");
+    let _ = c.disconnect().await;
+    let (c, _el) = connect_v5(&addr, "wt-2", Some(("wt-2", "pw-2")), None)
+        .await
+        .expect("5 login");
+    let _ = c.disconnect().await;
+    // Wrong password, unknown device: bad user name or password.
+    assert_eq!(
+        connect_v4(&addr, "wt-1", Some(("wt-1", "pw-2")))
+            .await
+            .err(),
+        Some(V4Code::BadUserNamePassword)
+    );
+    assert_eq!(
+        connect_v5(&addr, "wt-1", Some(("wt-1", "nope")), None)
+            .await
+            .err(),
+        Some(V5Code::BadUserNamePassword)
+    );
+    assert_eq!(
+        connect_v4(&addr, "ghost", Some(("ghost", "pw-1")))
+            .await
+            .err(),
+        Some(V4Code::BadUserNamePassword)
+    );
+    assert_eq!(
+        connect_v5(&addr, "ghost", Some(("ghost", "pw-1")), None)
+            .await
+            .err(),
+        Some(V5Code::BadUserNamePassword)
+    );
+    // Anonymous: not authorized.
+    assert_eq!(
+        connect_v4(&addr, "anon", None).await.err(),
+        Some(V4Code::NotAuthorized)
+    );
+    assert_eq!(
+        connect_v5(&addr, "anon", None, None).await.err(),
+        Some(V5Code::NotAuthorized)
+    );
+    // One device's password under another's client id: the id is refused.
+    assert_eq!(
+        connect_v4(&addr, "wt-2", Some(("wt-1", "pw-1")))
+            .await
+            .err(),
+        Some(V4Code::BadClientId)
+    );
+    assert_eq!(
+        connect_v5(&addr, "wt-2", Some(("wt-1", "pw-1")), None)
+            .await
+            .err(),
+        Some(V5Code::ClientIdentifierNotValid)
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            &["tidegate_mqtt_auth_refused_total", "bad_credentials"]
+        )
+        .await,
+        Some(4)
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            &["tidegate_mqtt_auth_refused_total", "\"not_authorized\""]
+        )
+        .await,
+        Some(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_outside_the_rights_is_refused_counted_and_never_journaled() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    // MQTT 5: the refused one gets PUBACK 0x87, the others flow and are acknowledged.
+    let mut raw = RawV5::connect(&addr, "wt-1", "wt-1", "pw-1").await;
+    raw.publish("turbines/wt-1/t", 1, "1").await;
+    raw.publish("turbines/wt-2/t", 2, "stolen").await;
+    raw.publish("turbines/wt-1/t", 3, "2").await;
+    raw.publish("elsewhere", 4, "x").await;
+    raw.publish("turbines/wt-1/t", 5, "3").await;
+    let mut acks = Vec::new();
+    for _ in 0..5 {
+        match raw.next().await {
+            V5Packet::PubAck(a) => acks.push((a.pkid, format!("{:?}", a.reason))),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        acks,
+        [
+            (1, "Success".to_owned()),
+            (2, "NotAuthorized".to_owned()),
+            (3, "Success".to_owned()),
+            (4, "NotAuthorized".to_owned()),
+            (5, "Success".to_owned())
+        ],
+        "acks in publish order"
+    );
+    // 3.1.1: no negative ack; after three refusals the connection is closed, and the
+    // allowed publishes before them are acknowledged.
+    let (c4, mut el4) = connect_v4(&addr, "wt-2", Some(("wt-2", "pw-2")))
+        .await
+        .expect("login");
+    c4.publish("turbines/wt-2/t", QoS::AtLeastOnce, false, "ok")
+        .await
+        .expect("queue");
+    for i in 0..3 {
+        c4.publish("turbines/wt-1/t", QoS::AtLeastOnce, false, format!("x{i}"))
+            .await
+            .expect("queue");
+    }
+    let mut acked = 0;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match el4.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "3.1.1 connection not closed after 3 refusals"
+    );
+    assert_eq!(acked, 1, "only the allowed publish is acknowledged");
+
+    let topics = journal_topics(&gw);
+    assert_eq!(
+        topics,
+        [
+            "turbines/wt-1/t",
+            "turbines/wt-1/t",
+            "turbines/wt-1/t",
+            "turbines/wt-2/t"
+        ],
+        "only allowed readings, in order"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            &[
+                "tidegate_readings_rejected_total",
+                "reason=\"not_authorized\""
+            ]
+        )
+        .await,
+        Some(5)
+    );
+    assert!(
+        gw.log()
+            .contains("Refusing publish: topic outside the device's rights"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_subscribe_to_another_devices_topics() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    // MQTT 5: 0x87 for filters reaching past the device's own topics.
+    let mut spy = RawV5::connect(&addr, "wt-2", "wt-2", "pw-2").await;
+    let mut codes = Vec::new();
+    for (pkid, filter) in [
+        (1, "turbines/wt-1/#"),
+        (2, "turbines/+/t"),
+        (3, "#"),
+        (4, "turbines/wt-2/#"),
+    ] {
+        spy.subscribe(filter, pkid).await;
+        match spy.next().await {
+            V5Packet::SubAck(s) => codes.push(format!("{:?}", s.return_codes)),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        codes,
+        [
+            "[NotAuthorized]",
+            "[NotAuthorized]",
+            "[NotAuthorized]",
+            "[Success(AtMostOnce)]"
+        ]
+    );
+    // wt-1 publishes; the spy, subscribed to its own topics only, receives nothing.
+    let (victim, mut victim_el) = connect_v5(&addr, "wt-1", Some(("wt-1", "pw-1")), None)
+        .await
+        .expect("login");
+    for i in 0..5 {
+        victim
+            .publish("turbines/wt-1/t", V5QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .expect("queue");
+    }
+    let mut acked = 0;
+    tokio::time::timeout(WAIT, async {
+        while acked < 5 {
+            match victim_el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("wt-1: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("wt-1's PUBACKs");
+    let got = tokio::time::timeout(Duration::from_secs(2), spy.next()).await;
+    assert!(got.is_err(), "wt-2 received something: {got:?}");
+    assert_eq!(
+        journal_topics(&gw).len(),
+        5,
+        "wt-1's readings were journaled"
+    );
+    // 3.1.1: failure 0x80.
+    let (spy4, mut spy4_el) = connect_v4(&addr, "wt-2", Some(("wt-2", "pw-2")))
+        .await
+        .expect("login");
+    spy4.subscribe("turbines/wt-1/#", QoS::AtMostOnce)
+        .await
+        .expect("queue");
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Event::Incoming(Incoming::SubAck(s))) = spy4_el.poll().await {
+                return format!("{:?}", s.return_codes);
+            }
+        }
+    })
+    .await
+    .expect("SUBACK");
+    assert_eq!(code, "[Failure]");
+    assert_eq!(
+        metric(&gw, &["tidegate_mqtt_auth_refused_total", "\"subscribe\""]).await,
+        Some(4)
+    );
+}
+
+/// Test certificates: a CA, the listener's certificate for 127.0.0.1, a client certificate
+/// whose CN is `cn`, and one from another CA.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn new(cn: &str) -> Certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let write =
+            |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write PEM");
+        let mut issuers = Vec::new();
+        for ca_name in ["ca", "other-ca"] {
+            let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.distinguished_name.push(DnType::CommonName, ca_name);
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("CA key");
+            write(
+                &format!("{ca_name}.pem"),
+                ca.self_signed(&key).expect("CA").pem(),
+            );
+            issuers.push(Issuer::new(ca, key));
+        }
+        for (name, cn, sans, usage, issuer) in [
+            (
+                "server",
+                "tidegate",
+                vec!["127.0.0.1".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+                &issuers[0],
+            ),
+            (
+                "device",
+                cn,
+                vec![],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &issuers[0],
+            ),
+            (
+                "foreign",
+                cn,
+                vec![],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                &issuers[1],
+            ),
+        ] {
+            let mut params = CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, issuer).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A TLS transport trusting the CA, presenting `client` (`device` or `foreign`).
+    fn transport(&self, client: &str) -> rumqttc::Transport {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("CA file") {
+            roots.add(c.expect("CA cert")).expect("add CA");
+        }
+        let chain = CertificateDer::pem_file_iter(self.path(&format!("{client}.pem")))
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{client}.key"))).expect("key");
+        let config = tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client config");
+        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refused() {
+    let certs = Certs::new("wt-1");
+    let tls_port = common::free_port();
+    let (gw, _) = gateway(&format!(
+        "tls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\ntls_require_client_cert = true\n",
+        certs.path("server.pem").display(),
+        certs.path("server.key").display(),
+        certs.path("ca.pem").display(),
+    ));
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    // The certificate's CN is the device: wt-1's rights apply, no password needed.
+    let (c, mut el) = connect_v5(&tls_addr, "wt-1", None, Some(certs.transport("device")))
+        .await
+        .expect("certificate login");
+    c.publish("turbines/wt-1/t", V5QoS::AtLeastOnce, false, "tls")
+        .await
+        .expect("queue");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
+                    assert_eq!(format!("{:?}", a.reason), "Success");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("TLS connection lost: {e}\n{}", gw.log()),
+            }
+        }
+    })
+    .await
+    .expect("PUBACK");
+    // Outside its rights: rumqttc reports the 0x87 PUBACK as an error.
+    c.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "no")
+        .await
+        .expect("queue");
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = el.poll().await {
+                return e.to_string();
+            }
+        }
+    })
+    .await
+    .expect("refusal");
+    assert!(refused.contains("NotAuthorized"), "{refused}");
+    // Under another client id than its certificate names: refused.
+    assert_eq!(
+        connect_v5(&tls_addr, "wt-2", None, Some(certs.transport("device")))
+            .await
+            .err(),
+        Some(V5Code::ClientIdentifierNotValid)
+    );
+    // A certificate with the same CN from another CA never gets past the handshake.
+    let mut o = rumqttc::v5::MqttOptions::new("wt-1", "127.0.0.1", tls_port);
+    o.set_transport(certs.transport("foreign"));
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let r = tokio::time::timeout(WAIT, el.poll())
+        .await
+        .expect("an answer");
+    assert!(
+        !matches!(r, Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)))),
+        "a foreign certificate was let in: {r:?}"
+    );
+    assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_changed_password_to_that_device_only_and_a_bad_file_is_refused() {
+    let (gw, creds) = gateway("");
+    let addr = gw.mqtt_addr();
+    let (_c1, mut el1) = connect_v5(&addr, "wt-1", Some(("wt-1", "pw-1")), None)
+        .await
+        .expect("wt-1");
+    let (c2, mut el2) = connect_v5(&addr, "wt-2", Some(("wt-2", "pw-2")), None)
+        .await
+        .expect("wt-2");
+    let hup = || {
+        let pid = Pid::from_raw(i32::try_from(gw.pid().expect("running")).expect("pid"));
+        signal::kill(pid, Signal::SIGHUP).expect("SIGHUP");
+    };
+    let wait_log = |needle: &str, times: usize| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while gw.log().matches(needle).count() < times {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} not logged {times}x:\n{}",
+                gw.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // A new password for wt-1: wt-1 is told 0x87 and closed, wt-2 stays.
+    passwd_ok(&creds, "wt-1", "new-1\n", &[]);
+    hup();
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            match el1.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::Disconnect(d))) => {
+                    return format!("{:?}", d.reason_code)
+                }
+                Ok(_) => {}
+                Err(e) => return format!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("wt-1 closed");
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    assert_eq!(
+        connect_v5(&addr, "wt-1", Some(("wt-1", "pw-1")), None)
+            .await
+            .err(),
+        Some(V5Code::BadUserNamePassword),
+        "the old password no longer works"
+    );
+    let (_c1, _el1) = connect_v5(&addr, "wt-1", Some(("wt-1", "new-1")), None)
+        .await
+        .expect("the new one does");
+    // wt-2 is still connected: its publish is acknowledged on the same connection.
+    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "still here")
+        .await
+        .expect("queue");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el2.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
+                    assert_eq!(format!("{:?}", a.reason), "Success");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("wt-2 was disconnected by the reload: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("wt-2's PUBACK");
+
+    // A broken file: refused, the credentials in force stay.
+    let good = std::fs::read_to_string(&creds).expect("read creds");
+    std::fs::write(
+        &creds,
+        format!("{good}\n[[device]]\nusername = \"bad\"\npassword_hash = \"plain\"\n"),
+    )
+    .expect("break creds");
+    hup();
+    wait_log("Reload refused: the device credentials file is invalid", 1);
+    let (c, _el) = connect_v5(&addr, "wt-1", Some(("wt-1", "new-1")), None)
+        .await
+        .expect("old credentials still in force");
+    let _ = c.disconnect().await;
+    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "after")
+        .await
+        .expect("queue");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el2.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("wt-2 was disconnected by the refused reload: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("wt-2's PUBACK");
+}
+
+#[test]
+fn passwd_creates_a_private_file_refuses_an_empty_password_and_keeps_comments() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("devices.toml");
+    let out = passwd(&file, "wt-1", "\n", &[]);
+    assert!(!out.status.success(), "an empty password was accepted");
+    assert!(!file.exists(), "a refused run wrote the file");
+    let out = passwd(&file, "wt-1", "s3cret\n", &["--publish", "turbines/%c/#"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("added device \"wt-1\""));
+    let mode = std::fs::metadata(&file).expect("file").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).expect("read");
+    std::fs::write(&file, format!("# site 4 turbines\n{text}")).expect("add a comment");
+    let out = passwd(&file, "wt-1", "other\n", &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("set a new password"));
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(text.starts_with("# site 4 turbines\n"), "{text}");
+    assert!(text.contains("turbines/%c/#"), "rights kept: {text}");
+    assert_eq!(text.matches("[[device]]").count(), 1, "{text}");
+}
