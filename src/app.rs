@@ -98,7 +98,7 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
             "Device authentication on: devices log in with a password or a client certificate."
         );
     }
-    let (device_auth, device_auth_watch) = tokio::sync::watch::channel(Arc::new(device_auth));
+    let device_auth = crate::ingest::auth::AuthHub::new(device_auth);
     let tls_listener = match (
         config.mqtt.tls_listen,
         crate::ingest::tls::Acceptor::from_config(&config.mqtt)?,
@@ -162,7 +162,7 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
             journal.clone(),
             bus,
             ingest_counters.clone(),
-            device_auth_watch,
+            device_auth.clone(),
             ingest_stop.clone(),
             ingest_tasks.clone(),
         ),
@@ -324,7 +324,7 @@ struct Service<'a> {
     /// What the HTTP listener shows of the upstreams; updated after a reload.
     upstream_list: crate::http::UpstreamList,
     /// Device credentials and rights: a reload sends the new state to every connection.
-    device_auth: &'a tokio::sync::watch::Sender<Arc<crate::ingest::auth::AuthState>>,
+    device_auth: &'a crate::ingest::auth::AuthHub,
 }
 
 /// Waits for SIGTERM/SIGINT, logging progress, reloading on SIGHUP and pinging the systemd

@@ -645,7 +645,7 @@ async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refuse
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_a_changed_password_to_that_device_only_and_a_bad_file_is_refused() {
+async fn sighup_closes_only_devices_whose_password_or_rights_changed_and_refuses_a_bad_file() {
     let (gw, creds) = gateway("");
     let addr = gw.mqtt_addr();
     let (_c1, mut el1) = connect_v5(&addr, "wt-1", Some(("wt-1", "pw-1")), None)
@@ -743,6 +743,50 @@ async fn sighup_applies_a_changed_password_to_that_device_only_and_a_bad_file_is
     })
     .await
     .expect("wt-2's PUBACK");
+
+    // wt-1's rights narrowed, the password kept: wt-1 closed again, wt-2 untouched.
+    let (_c1, mut el1) = connect_v5(&addr, "wt-1", Some(("wt-1", "new-1")), None)
+        .await
+        .expect("wt-1 again");
+    assert!(good.contains("publish = [\"turbines/%c/#\"]"), "{good}");
+    std::fs::write(
+        &creds,
+        good.replacen(
+            "publish = [\"turbines/%c/#\"]",
+            "publish = [\"turbines/%c/status\"]",
+            1,
+        ),
+    )
+    .expect("narrow wt-1's rights");
+    hup();
+    let reason = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = el1.poll().await {
+                return e.to_string();
+            }
+        }
+    })
+    .await
+    .expect("wt-1 closed");
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "still")
+        .await
+        .expect("queue");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el2.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("wt-2 was disconnected by wt-1's rights change: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("wt-2's PUBACK");
+    assert_eq!(
+        metric(&gw, &["tidegate_mqtt_auth_refused_total", "\"revoked\""]).await,
+        Some(2)
+    );
 }
 
 #[test]

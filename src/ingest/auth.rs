@@ -14,8 +14,10 @@
 //!   level cannot hold (`/` separates levels). A placeholder with no value (`%u` for a
 //!   device that gave no username) matches nothing.
 //! * **Nothing is cached that would let a changed password keep working.** Every CONNECT
-//!   verifies against the hash in force; a reload ([`AuthWatch`]) hands every connection
-//!   the new state, and a connection whose [`Grant`] changed is closed.
+//!   verifies against the hash in force; a reload ([`AuthHub::replace`]) compares every
+//!   open connection's [`Grant`] with the one the new state gives it and revokes those
+//!   that differ. Replacing the state and registering a connection happen under one lock,
+//!   so a connection admitted under the old state while a reload runs is still checked.
 //! * **No check when there is nothing to check.** Without a credentials file or a client
 //!   CA, connections get no [`Rights`] at all and the publish path does no matching.
 
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 
@@ -350,8 +352,85 @@ pub struct AuthState {
     devices: HashMap<String, Device>,
 }
 
-/// Every connection's view of the state in force (see the module docs).
-pub type AuthWatch = watch::Receiver<Arc<AuthState>>;
+/// The state in force and the connections admitted under it; shared by the listener
+/// (admits and registers) and the reload (replaces).
+pub struct AuthHub {
+    state: std::sync::Mutex<Arc<AuthState>>,
+    /// Connection number → what it was admitted with and its revoke token.
+    conns: std::sync::Mutex<HashMap<u64, Admitted>>,
+}
+
+struct Admitted {
+    identity: Identity,
+    client_id: String,
+    grant: Grant,
+    revoke: CancellationToken,
+}
+
+impl AuthHub {
+    pub fn new(state: AuthState) -> Arc<AuthHub> {
+        Arc::new(AuthHub {
+            state: std::sync::Mutex::new(Arc::new(state)),
+            conns: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The state in force, for one CONNECT.
+    pub fn current(&self) -> Arc<AuthState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records an admitted connection. The token it returns (a child of `parent`, so it
+    /// also fires with it) is cancelled when a reload changes the connection's grant, or
+    /// at once if the state changed since the connection was admitted.
+    pub fn register(
+        &self,
+        conn: u64,
+        identity: &Identity,
+        client_id: &str,
+        grant: &Grant,
+        parent: &CancellationToken,
+    ) -> CancellationToken {
+        let revoke = parent.child_token();
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if self.current().grant(identity, client_id).as_ref() != Ok(grant) {
+            revoke.cancel();
+        }
+        conns.insert(
+            conn,
+            Admitted {
+                identity: identity.clone(),
+                client_id: client_id.to_owned(),
+                grant: grant.clone(),
+                revoke: revoke.clone(),
+            },
+        );
+        revoke
+    }
+
+    pub fn unregister(&self, conn: u64) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn);
+    }
+
+    /// Puts `new` in force and revokes every connection whose grant under it differs
+    /// (entry removed, password or rights changed, no longer admitted). Returns how many.
+    pub fn replace(&self, new: AuthState) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let new = Arc::new(new);
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        let mut revoked = 0;
+        for a in conns.values() {
+            if new.grant(&a.identity, &a.client_id).as_ref() != Ok(&a.grant) {
+                a.revoke.cancel();
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+}
 
 impl AuthState {
     /// No authentication: everything is let in, nothing checked.
@@ -731,6 +810,52 @@ mod tests {
             Some(1),
             "rights kept"
         );
+    }
+
+    #[test]
+    fn a_reload_revokes_only_connections_whose_grant_changed() {
+        let device = |hash: &str, publish: &str| Device {
+            password_hash: Some(hash.into()),
+            publish: Some(vec![Template::parse(publish).expect("p")]),
+            subscribe: None,
+        };
+        let state = |a: Device, b: Device| AuthState {
+            enabled: true,
+            client_id_is_username: true,
+            devices: [("a".to_owned(), a), ("b".to_owned(), b)].into(),
+            ..AuthState::default()
+        };
+        const H1: &str = "$argon2id$v=19$m=1,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        const H2: &str = "$argon2id$v=19$m=2,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+        let hub = AuthHub::new(state(device(H1, "a/#"), device(H1, "b/#")));
+        let parent = CancellationToken::new();
+        let ids = [
+            Identity::Password("a".into()),
+            Identity::Password("b".into()),
+        ];
+        let tokens: Vec<_> = ids
+            .iter()
+            .zip(["a", "b"])
+            .enumerate()
+            .map(|(i, (id, cid))| {
+                let g = hub.current().grant(id, cid).expect("admitted");
+                hub.register(i as u64, id, cid, &g, &parent)
+            })
+            .collect();
+        // b's rights change; a's entry is rewritten identically.
+        assert_eq!(hub.replace(state(device(H1, "a/#"), device(H1, "b/x"))), 1);
+        assert!(!tokens[0].is_cancelled());
+        assert!(tokens[1].is_cancelled());
+        // a's password changes.
+        assert_eq!(hub.replace(state(device(H2, "a/#"), device(H1, "b/x"))), 2);
+        assert!(tokens[0].is_cancelled());
+        // Admitted under an older state than the one in force: revoked at registration.
+        let old_grant = state(device(H1, "a/#"), device(H1, "b/#"))
+            .grant(&ids[0], "a")
+            .expect("admitted");
+        assert!(hub
+            .register(9, &ids[0], "a", &old_grant, &parent)
+            .is_cancelled());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::auth::{self, AuthState, AuthWatch, Denied, Grant, Identity, Rights};
+use super::auth::{self, AuthHub, AuthState, Denied, Grant, Identity, Rights};
 use super::codec::{
     self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Refusal, SubCode, Version,
 };
@@ -85,8 +85,9 @@ struct Ctx {
     /// Open local subscriptions. While there are none, readings are not copied to the bus
     /// at all, so the fan-out costs nothing on a gateway nobody subscribes to.
     subscribers: Arc<std::sync::atomic::AtomicUsize>,
-    /// Credentials and rights in force; a reload sends a new state to every connection.
-    auth: AuthWatch,
+    /// Credentials and rights in force, and the connections admitted under them; a reload
+    /// replaces the state and revokes connections whose grant changed.
+    auth: Arc<AuthHub>,
     /// Refused CONNECTs are logged at most once a second, with how many were not.
     auth_log: LogLimit,
 }
@@ -138,8 +139,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    // No authentication: the sender is dropped, and connections stop watching for reloads.
-    let (_, auth) = tokio::sync::watch::channel(Arc::new(AuthState::open()));
+    let auth = AuthHub::new(AuthState::open());
     serve_with(
         Listeners {
             tcp: listener,
@@ -171,7 +171,7 @@ pub async fn serve_with(
     journal: Journal,
     bus: Option<Arc<LocalBus>>,
     counters: Arc<IngestCounters>,
-    auth: AuthWatch,
+    auth: Arc<AuthHub>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -370,10 +370,9 @@ where
     let mut out = BytesMut::with_capacity(256);
     let mut assigned = None;
 
-    // Authentication: the state is read once, and any later reload is seen by the
-    // connection's own receiver (marked seen here, so only a newer state counts).
-    let mut auth_rx = ctx.auth.clone();
-    let auth_state = auth_rx.borrow_and_update().clone();
+    // Authentication: the state in force now; a reload after this is caught when the
+    // connection registers (AuthHub::register).
+    let auth_state = ctx.auth.current();
     let identity = if !auth_state.enabled() {
         Identity::Open
     } else if let Some(name) = device {
@@ -458,7 +457,6 @@ where
         identity,
         grant,
         rights,
-        watch: auth_rx,
         max_refused: ctx.config.auth.max_refused_publishes,
     };
 
@@ -522,6 +520,15 @@ where
             )
             .in_current_span(),
         );
+        // Registered only now, with the connection running: a reload from here on
+        // revokes it through `revoke`, and one since CONNECT already has.
+        let revoke = ctx.auth.register(
+            conn_id,
+            &auth.identity,
+            &client_id,
+            &auth.grant,
+            &conn_token,
+        );
         let reason = read_loop(
             &mut rd,
             buf,
@@ -535,8 +542,10 @@ where
             &awaiting_rel,
             remember_packets,
             auth,
+            &revoke,
         )
         .await;
+        ctx.auth.unregister(conn_id);
         let _ = tx.send(Out::Close(reason)).await;
         drop(tx);
         let _ = writer.await;
@@ -595,17 +604,8 @@ struct ConnAuth {
     identity: Identity,
     grant: Grant,
     rights: Option<Rights>,
-    watch: AuthWatch,
     /// 3.1.1 connections are closed after this many refused publishes.
     max_refused: u32,
-}
-
-/// Resolves when a reload sent a new state; never, once the sender is gone (no
-/// authentication, or shutdown).
-async fn auth_changed(watch: &mut AuthWatch) {
-    if watch.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 async fn read_connect<R: AsyncRead + Unpin>(
@@ -640,7 +640,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     writer_done: &CancellationToken,
     awaiting_rel: &Arc<Mutex<HashSet<u16>>>,
     remember_packets: bool,
-    mut auth: ConnAuth,
+    auth: ConnAuth,
+    revoke: &CancellationToken,
 ) -> Option<DisconnectReason> {
     // Publishes refused on this connection as outside its rights, and their log limit.
     let mut refused: u32 = 0;
@@ -915,25 +916,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         tokio::select! {
-            _ = conn_token.cancelled() => {
+            // A child of conn_token: one wait covers shutdown, takeover and revocation, so
+            // authentication adds nothing to a read.
+            _ = revoke.cancelled() => {
                 return Some(if ctx.shutdown.is_cancelled() {
                     DisconnectReason::ShuttingDown
-                } else {
+                } else if conn_token.is_cancelled() {
                     DisconnectReason::SessionTakenOver
+                } else {
+                    add(&ctx.counters.auth_revoked, 1);
+                    tracing::info!("Closing connection: a reload changed or removed the device's credentials or rights; it must log in again.");
+                    DisconnectReason::NotAuthorized
                 });
             }
             _ = writer_done.cancelled() => return None,
-            _ = auth_changed(&mut auth.watch) => {
-                let state = auth.watch.borrow_and_update().clone();
-                match state.grant(&auth.identity, client_id) {
-                    Ok(g) if g == auth.grant => {}
-                    other => {
-                        add(&ctx.counters.auth_revoked, 1);
-                        tracing::info!(removed = other.is_err(), "Closing connection: a reload changed or removed the device's credentials or rights; it must log in again.");
-                        return Some(DisconnectReason::NotAuthorized);
-                    }
-                }
-            }
             r = read => match r {
                 None => {
                     tracing::info!("Closing connection: no packet within 1.5 keep-alive periods.");

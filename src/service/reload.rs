@@ -269,7 +269,7 @@ pub async fn reload(
     path: Option<&Path>,
     current: &mut Config,
     forwarders: &mut Forwarders,
-    device_auth: &tokio::sync::watch::Sender<Arc<crate::ingest::auth::AuthState>>,
+    device_auth: &crate::ingest::auth::AuthHub,
 ) -> Result<Outcome, JournalError> {
     let Some(path) = path else {
         tracing::warn!("SIGHUP received, but tidegate runs on the embedded defaults (no --config); nothing to reload.");
@@ -317,10 +317,12 @@ pub async fn reload(
         }
         current.log = new.log.clone();
     }
-    // Every connection compares its grant under the new state with the one it has; only
-    // a changed one is closed, so sending an unchanged state costs a comparison each.
-    changes.push(format!("mqtt.auth: {} device(s)", new_auth.devices()));
-    device_auth.send_replace(Arc::new(new_auth));
+    // Only connections whose grant changed are closed; the rest keep running untouched.
+    let devices = new_auth.devices();
+    let revoked = device_auth.replace(new_auth);
+    changes.push(format!(
+        "mqtt.auth: {devices} device(s), {revoked} connection(s) closed to log in again"
+    ));
     current.mqtt.auth = new.mqtt.auth.clone();
     // Also with [[upstream]] unchanged: a forwarder that ended on its own is restarted.
     changes.extend(forwarders.apply(&new.upstream).await?);
