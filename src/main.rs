@@ -146,6 +146,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 for warning in c.secret_warnings() {
                     eprintln!("warning: {warning}");
                 }
+                // The files the device listener reads at start, as `run` would read them.
+                let device_files = tidegate::ingest::auth::AuthState::load(&c.mqtt)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        tidegate::ingest::tls::Acceptor::from_config(&c.mqtt)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = device_files {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
                 let text = toml::to_string_pretty(&c).context("cannot print the configuration")?;
                 emit(&format!("# effective configuration: valid\n{text}"));
                 Ok(ExitCode::SUCCESS)

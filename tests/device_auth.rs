@@ -815,3 +815,41 @@ fn passwd_creates_a_private_file_refuses_an_empty_password_and_keeps_comments() 
     assert!(text.contains("turbines/%c/#"), "rights kept: {text}");
     assert_eq!(text.matches("[[device]]").count(), 1, "{text}");
 }
+
+#[test]
+fn a_malformed_credentials_file_stops_start_up_and_check_config_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("devices.toml");
+    std::fs::write(
+        &creds,
+        "# site 4\n[[device]]\nusername = \"wt-1\"\npassword_hash = \"not-a-hash\"\n",
+    )
+    .expect("write creds");
+    let config = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{}\"\n[http]\nenabled = false\n[mqtt.auth]\ncredentials_file = \"{}\"\n",
+            dir.path().join("journal").display(),
+            common::free_port(),
+            creds.display()
+        ),
+    )
+    .expect("write config");
+    for args in [&["check-config"][..], &["run"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tidegate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted it: {stderr}");
+        assert!(
+            stderr.contains(&format!("{} line 2", creds.display())),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("tidegate passwd"), "{args:?}: {stderr}");
+    }
+}

@@ -561,6 +561,18 @@ pub async fn verify_password_blocking(hash: String, password: Vec<u8>) -> bool {
 /// (argon2id defaults), and a gateway has few cores.
 const VERIFY_PERMITS: usize = 2;
 
+/// A hash no password is expected to match, with the same parameters as real ones: what
+/// an unknown device's password is checked against (see the broker's `admit`).
+pub fn dummy_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        hash_password(b"tidegate: no such device").unwrap_or_else(|_| {
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_owned()
+        })
+    })
+    .clone()
+}
+
 /// An argon2id PHC string for `password` with a fresh random salt.
 pub fn hash_password(password: &[u8]) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);

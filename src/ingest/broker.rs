@@ -586,7 +586,18 @@ async fn admit(
     client_id: &str,
     password: Option<String>,
 ) -> Result<Grant, Denied> {
-    let grant = state.grant(identity, client_id)?;
+    let grant = match state.grant(identity, client_id) {
+        Ok(g) => g,
+        Err(Denied::BadCredentials) => {
+            // An unknown device costs the same hash as a known one, so that the answer's
+            // timing does not tell which usernames exist.
+            if let Some(p) = password {
+                let _ = auth::verify_password_blocking(auth::dummy_hash(), p.into_bytes()).await;
+            }
+            return Err(Denied::BadCredentials);
+        }
+        Err(d) => return Err(d),
+    };
     if let (Identity::Password(_), Grant::Granted { password_hash, .. }) = (identity, &grant) {
         let (Some(hash), Some(password)) = (password_hash.clone(), password) else {
             return Err(Denied::BadCredentials);
