@@ -23,7 +23,8 @@
 //! * [`config`] — the TOML configuration tree, defaults and validation.
 //! * [`record`] — [`record::Record`] and its versioned, checksummed encoding.
 //! * [`ingest`] — every way readings come in: the device-facing MQTT listener
-//!   ([`ingest::broker`]) on its codec, subscriptions to an existing broker
+//!   ([`ingest::broker`]) on its codec, with device authentication and topic rights
+//!   ([`ingest::auth`]) and its TLS listener ([`ingest::tls`]), subscriptions to an existing broker
 //!   ([`ingest::mqtt_subscribe`]), serial ports ([`ingest::serial`], framings from the
 //!   `tidegate-framing` crate) and Modbus RTU polling ([`ingest::modbus`]).
 //! * [`journal`] — the LMDB store, the group-commit writer thread, retention;

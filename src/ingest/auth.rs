@@ -1,7 +1,7 @@
 //! Device authentication and topic rights on the device-facing MQTT listener.
 //!
 //! This module owns the credentials file (`mqtt.auth.credentials_file`), the decision
-//! whether a CONNECT is let in ([`AuthState::admit`]), and the per-connection rights
+//! whether a CONNECT is let in ([`AuthState::grant`], [`verify_password`]), and the per-connection rights
 //! ([`Rights`]) that every PUBLISH and SUBSCRIBE of an authenticated device is checked
 //! against. The broker only asks; it never looks at passwords or patterns itself.
 //!
@@ -546,7 +546,7 @@ pub fn verify_password(hash: &str, password: &[u8]) -> bool {
 }
 
 /// [`verify_password`] on tokio's blocking pool, so a storm of CONNECTs does not stall the
-/// connections already running; at most [`VERIFY_PERMITS`] at once.
+/// connections already running; at most two at once (`VERIFY_PERMITS`).
 pub async fn verify_password_blocking(hash: String, password: Vec<u8>) -> bool {
     static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(VERIFY_PERMITS);
     let Ok(_permit) = PERMITS.acquire().await else {

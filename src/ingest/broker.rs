@@ -20,6 +20,18 @@
 //! nothing the device sent after the refused reading is journaled ahead of it. Malformed and oversized packets close the connection, counted and logged
 //! with the client id; the good packets before them are journaled and acknowledged first.
 //!
+//! Authentication (on when `[mqtt.auth]` names a credentials file or `mqtt.tls_client_ca`
+//! is set; see [`super::auth`]): the CONNECT is admitted or refused before the session is
+//! taken (CONNACK 0x04/0x05/0x02 under 3.1.1, 0x86/0x87/0x85 under 5), and the device's
+//! rights are expanded once for the connection. A publish outside them is **never
+//! journaled**: MQTT 5 answers it 0x87 in its place in the ack order; 3.1.1 withholds the
+//! ack and closes the connection after `max_refused_publishes`. The readings around it go
+//! on as if it had not been sent. A reload that changes the device's grant cancels the
+//! connection's revoke token, a child of its own token, so the read loop waits on nothing
+//! more than it did without authentication. The same loop serves the TLS listener
+//! ([`super::tls`]): it is generic over the stream halves, so plain TCP keeps its owned
+//! halves with no indirection.
+//!
 //! Local subscribers: committed readings are also handed to an embedded rumqttd router
 //! ([`super::local_bus`]); a device that SUBSCRIBEs gets matching readings at QoS 0, best
 //! effort. Only readings the journal accepted are ever delivered, and the journal — not the
