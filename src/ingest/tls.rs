@@ -142,3 +142,33 @@ pub fn device_name(cert: &CertificateDer<'_>) -> Option<String> {
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: Option<&str>, sans: Vec<String>) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(sans).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn a_certificate_names_its_device_by_cn_else_first_dns_san() {
+        assert_eq!(
+            device_name(&cert(Some("wt-1"), vec!["other.example".into()])).as_deref(),
+            Some("wt-1")
+        );
+        assert_eq!(
+            device_name(&cert(None, vec!["wt-2.site4".into(), "x.example".into()])).as_deref(),
+            Some("wt-2.site4")
+        );
+        assert_eq!(device_name(&cert(None, vec!["127.0.0.1".into()])), None);
+    }
+}
