@@ -319,10 +319,13 @@ pub async fn reload(
     }
     // Only connections whose grant changed are closed; the rest keep running untouched.
     let devices = new_auth.devices();
+    let shown = new_auth.enabled() || device_auth.current().enabled();
     let revoked = device_auth.replace(new_auth);
-    changes.push(format!(
-        "mqtt.auth: {devices} device(s), {revoked} connection(s) closed to log in again"
-    ));
+    if shown {
+        changes.push(format!(
+            "mqtt.auth: {devices} device(s), {revoked} connection(s) closed to log in again"
+        ));
+    }
     current.mqtt.auth = new.mqtt.auth.clone();
     // Also with [[upstream]] unchanged: a forwarder that ended on its own is restarted.
     changes.extend(forwarders.apply(&new.upstream).await?);
