@@ -853,3 +853,60 @@ fn a_malformed_credentials_file_stops_start_up_and_check_config_naming_file_and_
         assert!(stderr.contains("tidegate passwd"), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_fleet_within_its_rights_is_acknowledged_and_journaled_in_order() {
+    // One shared login for the fleet (client ids are wt-0001…, so the id binding is off)
+    // and rights through %c: every device may publish under its own id only.
+    let creds_dir = tempfile::tempdir().expect("tempdir");
+    let creds = creds_dir.path().join("devices.toml");
+    passwd_ok(&creds, "fleet", "fleet-pw\n", &[]);
+    let creds_for_config = creds.clone();
+    let gw = Gateway::start_fresh(move |port, dir| {
+        format!(
+            "[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[mqtt.auth]\ncredentials_file = \"{}\"\nclient_id_is_username = false\npublish = [\"turbines/%c/telemetry\"]\n",
+            dir.join("journal").display(),
+            creds_for_config.display()
+        )
+    });
+    let mut opts = firmware_sim::FleetOptions::default();
+    opts.broker = gw.mqtt_addr();
+    opts.devices = 20;
+    opts.qos = firmware_sim::Qos::AtLeastOnce;
+    opts.protocol = firmware_sim::Protocol::V5;
+    opts.window = 20;
+    opts.rate = None;
+    opts.count = Some(200);
+    opts.drain_timeout = Duration::from_secs(60);
+    opts.credentials = Some(("fleet".into(), "fleet-pw".into()));
+    let report = firmware_sim::run_fleet(opts, firmware_sim::CancellationToken::new())
+        .await
+        .expect("fleet");
+    assert!(report.all_acked(), "{report:#?}\n{}", gw.log());
+    let out = gw.command(&["journal", "dump"]);
+    let mut last: std::collections::HashMap<String, u64> = Default::default();
+    let mut records = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        let topic = v["topic"].as_str().expect("topic").to_owned();
+        let payload: serde_json::Value =
+            serde_json::from_str(v["payload"].as_str().expect("text payload")).expect("JSON");
+        let seq = payload["seq"].as_u64().expect("seq");
+        let prev = last.insert(topic.clone(), seq).unwrap_or(0);
+        assert_eq!(seq, prev + 1, "{topic}: {seq} after {prev}");
+        records += 1;
+    }
+    assert_eq!(records, 20 * 200);
+    assert_eq!(last.len(), 20);
+    assert_eq!(
+        metric(
+            &gw,
+            &[
+                "tidegate_readings_rejected_total",
+                "reason=\"not_authorized\""
+            ]
+        )
+        .await,
+        Some(0)
+    );
+}
