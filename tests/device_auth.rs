@@ -910,3 +910,41 @@ async fn an_authenticated_fleet_within_its_rights_is_acknowledged_and_journaled_
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_wrong_passwords_does_not_hold_up_a_connected_device() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    let mut device = RawV5::connect(&addr, "wt-1", "wt-1", "pw-1").await;
+    // 60 wrong-password CONNECTs at once: each costs an argon2 hash on the blocking pool.
+    let storm: Vec<_> = (0..60)
+        .map(|i| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                connect_v4(&addr, "wt-2", Some(("wt-2", &format!("guess-{i}"))))
+                    .await
+                    .err()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut worst = Duration::ZERO;
+    for pkid in 1..=20 {
+        let started = std::time::Instant::now();
+        device
+            .publish("turbines/wt-1/t", pkid, "during the storm")
+            .await;
+        match device.next().await {
+            V5Packet::PubAck(a) => assert_eq!(a.pkid, pkid),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        worst = worst.max(started.elapsed());
+    }
+    for s in storm {
+        assert_eq!(s.await.expect("task"), Some(V4Code::BadUserNamePassword));
+    }
+    assert!(
+        worst < Duration::from_millis(500),
+        "a PUBACK took {worst:?} during the storm"
+    );
+}
