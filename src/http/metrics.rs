@@ -302,7 +302,7 @@ impl Collector for DaemonCollector {
         family(
             e,
             "tidegate_mqtt_connections_refused",
-            "MQTT connections refused (over mqtt.max_connections, bad client id, bad CONNECT).",
+            "MQTT connections refused (over mqtt.max_connections, bad client id, bad CONNECT, failed TLS handshake or device authentication).",
             Counter,
             one(get(&s.ingest.connections_refused)),
         )?;

@@ -308,10 +308,12 @@ pub fn write_connack(
             };
             let properties = v5::ConnAckProperties {
                 session_expiry_interval: None,
-                receive_max: Some(receive_max),
+                // A refusal carries no limits: 0 is not a valid value for either, and the
+                // callers pass 0 when refusing.
+                receive_max: refusal.is_none().then_some(receive_max),
                 max_qos: None,
                 retain_available: None,
-                max_packet_size: Some(max_packet),
+                max_packet_size: refusal.is_none().then_some(max_packet),
                 assigned_client_identifier: assigned_id,
                 topic_alias_max: None,
                 reason_string: None,

@@ -13,7 +13,8 @@ pub struct IngestCounters {
     pub connections_accepted: AtomicU64,
     /// Connections open now.
     pub connections_active: AtomicU64,
-    /// Connections refused (over `max_connections`, bad client id, bad CONNECT).
+    /// Connections refused (over `max_connections`, bad client id, bad CONNECT, failed
+    /// TLS handshake or device authentication).
     pub connections_refused: AtomicU64,
     /// Readings handed to the journal.
     pub readings_received: AtomicU64,
