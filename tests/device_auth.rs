@@ -948,3 +948,50 @@ async fn a_storm_of_wrong_passwords_does_not_hold_up_a_connected_device() {
         "a PUBACK took {worst:?} during the storm"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_a_client_id_is_given_its_username() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    use rumqttc::v5::mqttbytes::v5::{Connect, Login};
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut raw = RawV5 {
+        stream,
+        buf: bytes::BytesMut::new(),
+    };
+    let mut out = bytes::BytesMut::new();
+    Connect {
+        keep_alive: 30,
+        client_id: String::new(),
+        clean_start: true,
+        properties: None,
+    }
+    .write(&None, &Some(Login::new("wt-1", "pw-1")), &mut out)
+    .expect("encode CONNECT");
+    raw.send(&out).await;
+    match raw.next().await {
+        V5Packet::ConnAck(c) => {
+            assert_eq!(c.code, V5Code::Success);
+            assert_eq!(
+                c.properties.and_then(|p| p.assigned_client_identifier),
+                Some("wt-1".to_owned())
+            );
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // Its %c rights are those of wt-1.
+    raw.publish("turbines/wt-1/t", 1, "mine").await;
+    raw.publish("turbines/tidegate-auto-1/t", 2, "not mine")
+        .await;
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        match raw.next().await {
+            V5Packet::PubAck(a) => reasons.push(format!("{:?}", a.reason)),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(reasons, ["Success", "NotAuthorized"]);
+    assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
+}

@@ -405,6 +405,8 @@ where
         }
     }
 
+    // Whether the id is one tidegate made up for this connection alone.
+    let mut made_up_id = false;
     let client_id = if connect.client_id.is_empty() {
         if version == Version::V4 && !connect.clean_session {
             // 3.1.1 §3.1.3.1: an empty id needs a clean session.
@@ -422,6 +424,7 @@ where
             tracing::warn!(%peer, "Refusing MQTT connection: empty client id with a persistent session.");
             return;
         }
+        made_up_id = true;
         let id = format!("tidegate-auto-{conn_id}");
         if version == Version::V5 {
             assigned = Some(id.clone());
@@ -490,7 +493,8 @@ where
         let session_present = !connect.clean_session;
         // A device's re-sends are recognised by its client id (journal::Packet); an id
         // tidegate made up for this one connection will never be seen again.
-        let remember_packets = assigned.is_none();
+        // (A device's username given as its id is its own, and is seen again.)
+        let remember_packets = !made_up_id;
         codec::write_connack(
             version,
             session_present,
