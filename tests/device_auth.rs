@@ -556,6 +556,20 @@ impl Certs {
         self.dir.join(name)
     }
 
+    /// A TLS transport trusting the CA, presenting no certificate.
+    fn transport_without_cert(&self) -> rumqttc::Transport {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("CA file") {
+            roots.add(c.expect("CA cert")).expect("add CA");
+        }
+        let config = tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+    }
+
     /// A TLS transport trusting the CA, presenting `client` (`device` or `foreign`).
     fn transport(&self, client: &str) -> rumqttc::Transport {
         use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -641,6 +655,23 @@ async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refuse
         !matches!(r, Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)))),
         "a foreign certificate was let in: {r:?}"
     );
+    // tls_require_client_cert: no certificate, no session, even with a right password.
+    let mut o = rumqttc::v5::MqttOptions::new("wt-2", "127.0.0.1", tls_port);
+    o.set_credentials("wt-2", "pw-2");
+    o.set_transport(certs.transport_without_cert());
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let r = tokio::time::timeout(WAIT, el.poll())
+        .await
+        .expect("an answer");
+    assert!(
+        !matches!(r, Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)))),
+        "a handshake without a certificate was let in: {r:?}"
+    );
+    // The plain listener still takes the password.
+    let (c, _el) = connect_v5(&gw.mqtt_addr(), "wt-2", Some(("wt-2", "pw-2")), None)
+        .await
+        .expect("password login on the plain listener");
+    let _ = c.disconnect().await;
     assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
 }
 
