@@ -1026,3 +1026,34 @@ async fn a_device_without_a_client_id_is_given_its_username() {
     assert_eq!(reasons, ["Success", "NotAuthorized"]);
     assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_outside_the_rights_gets_pubrec_0x87_and_is_not_journaled() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    let mut raw = RawV5::connect(&addr, "wt-1", "wt-1", "pw-1").await;
+    let mut out = bytes::BytesMut::new();
+    for (pkid, topic) in [(1, "turbines/wt-2/t"), (2, "turbines/wt-1/t")] {
+        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+            topic,
+            V5QoS::ExactlyOnce,
+            b"q2".to_vec(),
+            None,
+        );
+        p.pkid = pkid;
+        p.write(&mut out).expect("encode PUBLISH");
+    }
+    raw.send(&out).await;
+    let mut recs = Vec::new();
+    for _ in 0..2 {
+        match raw.next().await {
+            V5Packet::PubRec(r) => recs.push((r.pkid, format!("{:?}", r.reason))),
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        recs,
+        [(1, "NotAuthorized".to_owned()), (2, "Success".to_owned())]
+    );
+    assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
+}
