@@ -932,5 +932,8 @@ mod example_tests {
         assert_eq!(u.request_timeout, default_request_timeout());
         assert_eq!(u.backoff_initial, default_backoff_initial());
         assert_eq!(u.backoff_max, default_backoff_max());
+        let fresh = UpstreamConfig::new("x", UpstreamKind::Kafka);
+        assert_eq!(u.tls, fresh.tls);
+        assert_eq!(u.sasl_mechanism, fresh.sasl_mechanism);
     }
 }
