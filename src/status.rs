@@ -252,6 +252,9 @@ pub fn render(
                         x.sent_total,
                         x.failures_total
                     );
+                    if let Some(e) = &x.last_error {
+                        let _ = write!(s, "\n    last error: {e}");
+                    }
                 }
                 None => {
                     let _ = write!(s, "  (not configured in the running daemon)");

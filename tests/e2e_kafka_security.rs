@@ -346,9 +346,15 @@ async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_t
     assert_eq!(upstream(&status, "backlog").as_u64(), Some(report.acked()));
     assert_eq!(daemon_upstream(&status, "connected"), false);
     assert_eq!(daemon_upstream(&status, "sent_total").as_u64(), Some(0));
+    // The status names the cause too, in JSON and as text.
+    let last = daemon_upstream(&status, "last_error")
+        .as_str()
+        .unwrap_or_default();
+    assert!(last.starts_with(&expected), "{last}");
     let text = gw.command(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("NOT CONNECTED"), "{text}");
+    assert!(text.contains(&format!("last error: {expected}")), "{text}");
     // Nothing of it reached the cluster: the topic was never even created.
     let tls = certs.client_config();
     let topics = ClientBuilder::new(brokers.clone())
@@ -401,4 +407,11 @@ async fn a_sasl_login_the_broker_refuses_is_a_clear_error_and_nothing_is_deliver
     );
     assert_eq!(daemon_upstream(&status, "sent_total").as_u64(), Some(0));
     assert_eq!(daemon_upstream(&status, "connected"), false);
+    let last = daemon_upstream(&status, "last_error")
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        last.contains("Sasl handshake failed") && last.contains("check username"),
+        "{last}"
+    );
 }

@@ -204,6 +204,9 @@ impl<S: Sink> Forwarder<S> {
                                 .connected
                                 .store(1, std::sync::atomic::Ordering::Relaxed);
                             if let Some(since) = failing_since.take() {
+                                if let Ok(mut last) = self.counters.last_error.lock() {
+                                    *last = None;
+                                }
                                 tracing::info!(upstream = %name, attempts = backoff.attempts(), down_for = ?since.elapsed(), "Upstream reachable again; backlog draining.");
                             }
                             backoff.reset();
@@ -211,6 +214,9 @@ impl<S: Sink> Forwarder<S> {
                         }
                         Err(e) => {
                             add(&self.counters.failures, 1);
+                            if let Ok(mut last) = self.counters.last_error.lock() {
+                                *last = Some(e.to_string());
+                            }
                             self.counters
                                 .connected
                                 .store(0, std::sync::atomic::Ordering::Relaxed);

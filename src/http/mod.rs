@@ -454,6 +454,9 @@ pub struct UpstreamStatus {
     pub retries_total: u64,
     /// Records delivered per second over the last sample interval.
     pub sent_per_s: Option<f64>,
+    /// While it is failing, the last attempt's error (TLS, login, unreachable, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl StatusSnapshot {
@@ -497,6 +500,7 @@ impl StatusSnapshot {
                             .find(|(n, _)| n == &u.name)
                             .map(|(_, v)| *v)
                     }),
+                    last_error: u.counters.last_error.lock().ok().and_then(|e| e.clone()),
                 }
             })
             .collect();

@@ -69,6 +69,9 @@ pub struct ForwardCounters {
     pub gap_markers_sent: AtomicU64,
     /// Readings those gap markers stand for.
     pub gap_readings: AtomicU64,
+    /// While the upstream is failing, the last attempt's error (as logged), for
+    /// `tidegate status`; cleared by the next delivery.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Counters of one serial port (`[[serial]]`).
