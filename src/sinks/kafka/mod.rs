@@ -246,13 +246,21 @@ impl KafkaSink {
     /// Does no I/O: the cluster is contacted by the first [`Sink::send`], so a cluster that
     /// is down at start only delays delivery.
     pub fn new(config: &UpstreamConfig, gateway_id: &str) -> KafkaSink {
+        let security = Security::from_config(config);
+        if let Some(s) = &security.sasl {
+            if s.mechanism == SaslMechanism::Plain && security.tls.is_none() {
+                // Allowed (Kafka's SASL_PLAINTEXT), as on a trusted network, but the
+                // password crosses the wire as is.
+                tracing::warn!(upstream = %config.name, "sasl_mechanism = \"plain\" without tls = true sends the Kafka password unencrypted; set tls = true or use scram-sha-512.");
+            }
+        }
         KafkaSink {
             target: Target {
                 upstream: config.name.clone(),
                 brokers: config.brokers.clone(),
                 topic: config.topic.clone(),
             },
-            security: Security::from_config(config),
+            security,
             compression: kafka_compression(config.compression),
             create_topic: config.create_topic,
             partitions: config.partitions,
@@ -433,8 +441,9 @@ impl KafkaSink {
                         .is_some_and(|t| t.ca_file.is_some())
                     {
                         format!(
-                            "is ca_file of upstream {:?} the CA that signed the broker's certificate, and does the certificate name {broker:?}?",
-                            self.target.upstream
+                            "is ca_file of upstream {:?} the CA that signed the broker's certificate, and does the certificate name {:?}?",
+                            self.target.upstream,
+                            broker.rsplit_once(':').map_or(broker.as_str(), |(host, _)| host)
                         )
                     } else {
                         format!(
