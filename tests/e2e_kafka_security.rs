@@ -69,15 +69,24 @@ impl Certs {
         let issuer = Issuer::new(params, key);
         let (_, _, other) = ca("some other CA");
         write("wrong-ca.pem", other.pem());
-        let mut broker = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-        broker.distinguished_name.push(DnType::CommonName, "broker");
-        broker.use_authority_key_identifier_extension = true;
-        broker.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        broker.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("key");
-        let cert = broker.signed_by(&key, &issuer).expect("sign");
-        write("broker.pem", cert.pem());
-        write("broker.key", key.serialize_pem());
+        for (name, sans, usage) in [
+            (
+                "broker",
+                vec!["127.0.0.1".to_owned()],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ),
+            ("client", vec![], ExtendedKeyUsagePurpose::ClientAuth),
+        ] {
+            let mut params = CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
         Certs { dir }
     }
 
@@ -87,16 +96,38 @@ impl Certs {
 
     /// A rustls client config trusting `ca.pem`, for the verifier.
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(self.roots())
+                .with_no_client_auth(),
+        )
+    }
+
+    /// [`Certs::client_config`] presenting `client.pem`.
+    fn client_config_with_cert(&self) -> Arc<rustls::ClientConfig> {
+        let pem = std::fs::read(self.path("client.pem")).expect("read client.pem");
+        let chain = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM");
+        let pem = std::fs::read(self.path("client.key")).expect("read client.key");
+        let key = rustls_pemfile::private_key(&mut pem.as_slice())
+            .expect("PEM")
+            .expect("a key");
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(self.roots())
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate and key match"),
+        )
+    }
+
+    fn roots(&self) -> rustls::RootCertStore {
         let pem = std::fs::read(self.path("ca.pem")).expect("read ca.pem");
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             roots.add(cert.expect("PEM")).expect("a usable CA");
         }
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        roots
     }
 }
 
@@ -138,7 +169,8 @@ struct TlsKafka {
 }
 
 impl TlsKafka {
-    fn start(certs: &Certs) -> TlsKafka {
+    /// `client_certs`: stunnel refuses clients without a certificate signed by `ca.pem`.
+    fn start(certs: &Certs, client_certs: bool) -> TlsKafka {
         let dir = tempfile::tempdir().expect("tempdir");
         let (plain_port, tls_port) = (free_port(), free_port());
         let mut tansu = Command::new(tansu_bin().unwrap_or_else(|e| panic!("{e}")));
@@ -159,15 +191,18 @@ impl TlsKafka {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let conf = dir.path().join("stunnel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "foreground = yes\npid =\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain_port}\ncert = {}\nkey = {}\n",
-                certs.path("broker.pem").display(),
-                certs.path("broker.key").display()
-            ),
-        )
-        .expect("write stunnel.conf");
+        let mut text = format!(
+            "foreground = yes\npid =\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain_port}\ncert = {}\nkey = {}\n",
+            certs.path("broker.pem").display(),
+            certs.path("broker.key").display()
+        );
+        if client_certs {
+            text.push_str(&format!(
+                "CAfile = {}\nrequireCert = yes\nverifyChain = yes\n",
+                certs.path("ca.pem").display()
+            ));
+        }
+        std::fs::write(&conf, text).expect("write stunnel.conf");
         let mut stunnel = Command::new(stunnel_bin());
         stunnel.arg(&conf);
         let stunnel = Process::start(
@@ -293,7 +328,7 @@ async fn assert_all_arrived(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_the_backlog_kept() {
     let certs = Certs::new();
-    let kafka = TlsKafka::start(&certs);
+    let kafka = TlsKafka::start(&certs, false);
     let brokers = kafka.brokers();
     let tls = certs.client_config();
     let over_tls = move |b: ClientBuilder| b.tls_config(tls.clone());
@@ -388,7 +423,7 @@ async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sasl_login_the_broker_refuses_is_a_clear_error_and_nothing_is_delivered() {
     let certs = Certs::new();
-    let kafka = TlsKafka::start(&certs);
+    let kafka = TlsKafka::start(&certs, false);
     let brokers = kafka.brokers();
     let dir = tempfile::tempdir().expect("tempdir");
     let password = dir.path().join("kafka-password");
@@ -426,5 +461,45 @@ async fn a_sasl_login_the_broker_refuses_is_a_clear_error_and_nothing_is_deliver
     assert!(
         last.contains("Sasl handshake failed") && last.contains("check username"),
         "{last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_a_client_certificate_gets_the_configured_one() {
+    let certs = Certs::new();
+    let kafka = TlsKafka::start(&certs, true);
+    let brokers = kafka.brokers();
+    let security = format!(
+        "tls = true\nca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+        certs.path("ca.pem").display(),
+        certs.path("client.pem").display(),
+        certs.path("client.key").display()
+    );
+    let gw = start_gateway(&brokers, "mtls", &security);
+    let report = publish(&gw, 3, 100).await;
+    let tls = certs.client_config_with_cert();
+    let with_cert = move |b: ClientBuilder| b.tls_config(tls.clone());
+    assert_all_arrived(&brokers, "mtls", &report, &gw, &with_cert).await;
+    drop(gw);
+
+    // Without it, the broker's side of the handshake refuses: nothing is delivered.
+    let security = format!(
+        "tls = true\nca_file = \"{}\"\n",
+        certs.path("ca.pem").display()
+    );
+    let gw = start_gateway(&brokers, "no-cert", &security);
+    let report = publish(&gw, 1, 20).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let status = status_json(&gw);
+    assert_eq!(
+        upstream(&status, "backlog").as_u64(),
+        Some(report.acked()),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(daemon_upstream(&status, "sent_total").as_u64(), Some(0));
+    assert!(
+        daemon_upstream(&status, "last_error").as_str().is_some(),
+        "{status}"
     );
 }
