@@ -97,6 +97,17 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
             allow_anonymous = config.mqtt.auth.allow_anonymous,
             "Device authentication on: devices log in with a password or a client certificate."
         );
+    } else if let Some(open) = [Some(local), config.mqtt.tls_listen]
+        .into_iter()
+        .flatten()
+        .find(|a| !a.ip().is_loopback())
+    {
+        // Not an error: a closed plant network may be the operator's choice. But anyone who
+        // can reach this address may publish anywhere, so it is said at every start.
+        tracing::warn!(
+            listen = %open,
+            "Device authentication is off and the MQTT listener is reachable beyond this machine: any device on the network may connect and publish to any topic. Set [mqtt.auth] credentials_file (see `tidegate passwd`) or mqtt.tls_client_ca."
+        );
     }
     let device_auth = crate::ingest::auth::AuthHub::new(device_auth);
     let tls_listener = match (

@@ -1057,3 +1057,61 @@ async fn a_qos2_publish_outside_the_rights_gets_pubrec_0x87_and_is_not_journaled
     );
     assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
 }
+
+/// Waits until the daemon's log holds `needle`; the log so far when it does not in time.
+fn log_once_holds(gw: &Gateway, needle: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let log = gw.log();
+        if log.contains(needle) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(log);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_listener_open_to_the_network_without_authentication_is_warned_about_at_start() {
+    const WARNING: &str = "Device authentication is off and the MQTT listener is reachable";
+    const STARTED: &str = "tidegate started";
+    // Bound on every interface (connections still only come from loopback).
+    let open = Gateway::start_fresh(|port, dir| {
+        format!(
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"0.0.0.0:{port}\"\n",
+            dir.join("journal").display()
+        )
+    });
+    if let Err(log) = log_once_holds(&open, WARNING) {
+        panic!("no warning for an open listener without authentication:\n{log}");
+    }
+    assert!(open.log().contains("Set [mqtt.auth] credentials_file"));
+    // Loopback only: nothing to warn about.
+    let local = Gateway::start_fresh(|port, dir| {
+        format!(
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.join("journal").display()
+        )
+    });
+    if let Err(log) = log_once_holds(&local, STARTED) {
+        panic!("the gateway did not say it started:\n{log}");
+    }
+    assert!(!local.log().contains(WARNING), "{}", local.log());
+    // Open, but with authentication on: nothing to warn about either.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("devices.toml");
+    passwd_ok(&creds, "wt-1", "pw-1\n", &[]);
+    let guarded = Gateway::start_fresh(|port, journal| {
+        format!(
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"0.0.0.0:{port}\"\n\n[mqtt.auth]\ncredentials_file = \"{}\"\n",
+            journal.join("journal").display(),
+            creds.display()
+        )
+    });
+    if let Err(log) = log_once_holds(&guarded, STARTED) {
+        panic!("the gateway did not say it started:\n{log}");
+    }
+    assert!(!guarded.log().contains(WARNING), "{}", guarded.log());
+}
