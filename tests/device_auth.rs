@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{http_get, Gateway};
@@ -488,106 +487,43 @@ async fn a_device_cannot_subscribe_to_another_devices_topics() {
     );
 }
 
-/// Test certificates: a CA, the listener's certificate for 127.0.0.1, a client certificate
-/// whose CN is `cn`, and one from another CA.
-struct Certs {
-    dir: PathBuf,
-}
+/// Test certificates ([`common::pki`]): the listener's `server.pem`, a `device`
+/// certificate whose CN is `cn` and a `foreign` one with the same CN from another CA.
+struct Certs(common::pki::TestPki);
 
 impl Certs {
     fn new(cn: &str) -> Certs {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let write =
-            |name: &str, text: String| std::fs::write(dir.join(name), text).expect("write PEM");
-        let mut issuers = Vec::new();
-        for ca_name in ["ca", "other-ca"] {
-            let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.distinguished_name.push(DnType::CommonName, ca_name);
-            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().expect("CA key");
-            write(
-                &format!("{ca_name}.pem"),
-                ca.self_signed(&key).expect("CA").pem(),
-            );
-            issuers.push(Issuer::new(ca, key));
-        }
-        for (name, cn, sans, usage, issuer) in [
-            (
-                "server",
-                "tidegate",
-                vec!["127.0.0.1".to_owned()],
-                ExtendedKeyUsagePurpose::ServerAuth,
-                &issuers[0],
-            ),
-            (
-                "device",
+        use common::pki::{Client, TestPki};
+        Certs(TestPki::new(&[
+            Client {
+                name: "device",
                 cn,
-                vec![],
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &issuers[0],
-            ),
-            (
-                "foreign",
+                other_ca: false,
+            },
+            Client {
+                name: "foreign",
                 cn,
-                vec![],
-                ExtendedKeyUsagePurpose::ClientAuth,
-                &issuers[1],
-            ),
-        ] {
-            let mut params = CertificateParams::new(sans).expect("params");
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.use_authority_key_identifier_extension = true;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, issuer).expect("sign");
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        Certs { dir }
+                other_ca: true,
+            },
+        ]))
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.0.path(name)
     }
 
     /// A TLS transport trusting the CA, presenting no certificate.
     fn transport_without_cert(&self) -> rumqttc::Transport {
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::CertificateDer;
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("CA file") {
-            roots.add(c.expect("CA cert")).expect("add CA");
-        }
-        let config = tokio_rustls::rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            self.0.client_config(None),
+        ))
     }
 
     /// A TLS transport trusting the CA, presenting `client` (`device` or `foreign`).
     fn transport(&self, client: &str) -> rumqttc::Transport {
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.path("ca.pem")).expect("CA file") {
-            roots.add(c.expect("CA cert")).expect("add CA");
-        }
-        let chain = CertificateDer::pem_file_iter(self.path(&format!("{client}.pem")))
-            .expect("cert file")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{client}.key"))).expect("key");
-        let config = tokio_rustls::rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .expect("client config");
-        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+        rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            self.0.client_config(Some(client)),
+        ))
     }
 }
 

@@ -39,95 +39,31 @@ const ARRIVAL: Duration = Duration::from_secs(90);
 /// How long a broker or stunnel may take to listen.
 const START: Duration = Duration::from_secs(30);
 
-/// Test certificates as PEM files: a CA and the broker's certificate for 127.0.0.1 signed by
-/// it, and a second CA that signed nothing the broker has.
-struct Certs {
-    dir: tempfile::TempDir,
-}
+/// Test certificates ([`common::pki`]): the broker's `server.pem` for 127.0.0.1, a
+/// `client` certificate, and `other-ca.pem`, a CA that signed nothing the broker has.
+struct Certs(common::pki::TestPki);
 
 impl Certs {
     fn new() -> Certs {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let write = |name: &str, text: String| {
-            std::fs::write(dir.path().join(name), text).expect("write a PEM file")
-        };
-        let ca = |name: &str| {
-            let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            ca.distinguished_name.push(DnType::CommonName, name);
-            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().expect("CA key");
-            let cert = ca.self_signed(&key).expect("CA");
-            (ca, key, cert)
-        };
-        let (params, key, cert) = ca("kafka e2e CA");
-        write("ca.pem", cert.pem());
-        let issuer = Issuer::new(params, key);
-        let (_, _, other) = ca("some other CA");
-        write("wrong-ca.pem", other.pem());
-        for (name, sans, usage) in [
-            (
-                "broker",
-                vec!["127.0.0.1".to_owned()],
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ),
-            ("client", vec![], ExtendedKeyUsagePurpose::ClientAuth),
-        ] {
-            let mut params = CertificateParams::new(sans).expect("params");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.use_authority_key_identifier_extension = true;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("sign");
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        Certs { dir }
+        Certs(common::pki::TestPki::new(&[common::pki::Client {
+            name: "client",
+            cn: "client",
+            other_ca: false,
+        }]))
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.0.path(name)
     }
 
     /// A rustls client config trusting `ca.pem`, for the verifier.
     fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(self.roots())
-                .with_no_client_auth(),
-        )
+        self.0.client_config(None)
     }
 
     /// [`Certs::client_config`] presenting `client.pem`.
     fn client_config_with_cert(&self) -> Arc<rustls::ClientConfig> {
-        let pem = std::fs::read(self.path("client.pem")).expect("read client.pem");
-        let chain = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("PEM");
-        let pem = std::fs::read(self.path("client.key")).expect("read client.key");
-        let key = rustls_pemfile::private_key(&mut pem.as_slice())
-            .expect("PEM")
-            .expect("a key");
-        Arc::new(
-            rustls::ClientConfig::builder()
-                .with_root_certificates(self.roots())
-                .with_client_auth_cert(chain, key)
-                .expect("client certificate and key match"),
-        )
-    }
-
-    fn roots(&self) -> rustls::RootCertStore {
-        let pem = std::fs::read(self.path("ca.pem")).expect("read ca.pem");
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.expect("PEM")).expect("a usable CA");
-        }
-        roots
+        self.0.client_config(Some("client"))
     }
 }
 
@@ -193,8 +129,8 @@ impl TlsKafka {
         let conf = dir.path().join("stunnel.conf");
         let mut text = format!(
             "foreground = yes\npid =\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain_port}\ncert = {}\nkey = {}\n",
-            certs.path("broker.pem").display(),
-            certs.path("broker.key").display()
+            certs.path("server.pem").display(),
+            certs.path("server.key").display()
         );
         if client_certs {
             text.push_str(&format!(
@@ -351,7 +287,7 @@ async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_t
     // A CA that did not sign the broker's certificate: refused, said clearly, nothing sent.
     let security = format!(
         "tls = true\nca_file = \"{}\"\n",
-        certs.path("wrong-ca.pem").display()
+        certs.path("other-ca.pem").display()
     );
     let gw = start_gateway(&brokers, "refused", &security);
     let report = publish(&gw, 2, 50).await;

@@ -574,52 +574,21 @@ async fn publish_marker(port: u16) {
     }
 }
 
-/// Test certificates: a CA, a broker certificate for 127.0.0.1 and a client certificate,
-/// as PEM files in a temp dir.
-struct Certs {
-    dir: tempfile::TempDir,
-}
+/// Test certificates ([`common::pki`]): the broker's `server.pem` for 127.0.0.1 and a
+/// `client` certificate.
+struct Certs(common::pki::TestPki);
 
 impl Certs {
     fn new() -> Certs {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let write = |name: &str, text: String| {
-            std::fs::write(dir.path().join(name), text).expect("write a PEM file")
-        };
-        let mut ca = CertificateParams::new(Vec::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "e2e CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_key = KeyPair::generate().expect("CA key");
-        write("ca.pem", ca.self_signed(&ca_key).expect("CA").pem());
-        let issuer = Issuer::new(ca, ca_key);
-        for (name, sans, usage) in [
-            (
-                "broker",
-                vec!["127.0.0.1".to_owned()],
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ),
-            ("client", vec![], ExtendedKeyUsagePurpose::ClientAuth),
-        ] {
-            let mut params = CertificateParams::new(sans).expect("params");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.use_authority_key_identifier_extension = true;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("key");
-            let cert = params.signed_by(&key, &issuer).expect("sign");
-            write(&format!("{name}.pem"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        Certs { dir }
+        Certs(common::pki::TestPki::new(&[common::pki::Client {
+            name: "client",
+            cn: "client",
+            other_ca: false,
+        }]))
     }
 
     fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
+        self.0.path(name)
     }
 }
 
@@ -632,8 +601,8 @@ async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password(
     setup.tls = Some(
         MosquittoTls::new(
             certs.path("ca.pem"),
-            certs.path("broker.pem"),
-            certs.path("broker.key"),
+            certs.path("server.pem"),
+            certs.path("server.key"),
         )
         .require_client_cert(),
     );

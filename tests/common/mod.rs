@@ -15,6 +15,8 @@
 //! allowances.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
