@@ -52,7 +52,8 @@ enum Command {
         action: JournalAction,
     },
     /// Add a device to a credentials file (mqtt.auth.credentials_file), or set a new
-    /// password for one already there. Reads the password as one line from stdin; creates
+    /// password for one already there. Reads the password as one line from stdin (on a
+    /// terminal: prompted, not echoed); creates
     /// the file (mode 0600) if absent; keeps other entries and comments. A running daemon
     /// applies the change on SIGHUP.
     Passwd {
@@ -207,17 +208,13 @@ fn passwd(
     publish: &[String],
     subscribe: &[String],
 ) -> anyhow::Result<ExitCode> {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     use tidegate::ingest::auth;
     if username.is_empty() {
         anyhow::bail!("the username must not be empty");
     }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the password from stdin")?;
+    let line = read_password_line(username).context("cannot read the password from stdin")?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
@@ -315,4 +312,38 @@ fn journal(action: JournalAction) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// One line from stdin. On a terminal, a prompt goes to stderr and the typed password is
+/// not echoed (echo is restored afterwards, also when the read fails); from a pipe or file
+/// the line is read as it is, so scripts and provisioning tools can feed it.
+fn read_password_line(username: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let mut saved = None;
+    if stdin.is_terminal() {
+        eprint!("password for {username}: ");
+        // SAFETY: tcgetattr fills the zeroed termios it is given; tcsetattr only reads it.
+        // Both act on fd 0, which is_terminal() just found to be a terminal.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) == 0 {
+                let old = t;
+                t.c_lflag &= !libc::ECHO;
+                if libc::tcsetattr(0, libc::TCSANOW, &t) == 0 {
+                    saved = Some(old);
+                }
+            }
+        }
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(old) = saved {
+        // SAFETY: as above; restores the settings read before.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &old);
+        }
+        eprintln!();
+    }
+    read.map(|_| line)
 }
