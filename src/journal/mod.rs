@@ -132,6 +132,17 @@ pub struct Packet {
 /// fewer than 100 in flight) is remembered in as many entries of 6 bytes.
 pub const SESSION_PACKETS: usize = 1024;
 
+/// How long a client's memory of journaled publishes (see [`Packet`]) outlives its last
+/// journaled publish. A device re-sends an unacknowledged publish when it reconnects,
+/// within seconds or hours of the lost PUBACK; a week covers a site offline over a long
+/// weekend. Without an end, every client id ever seen (devices replaced, ids made up by
+/// misconfigured or hostile clients) would keep its row for the journal's lifetime.
+pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How often the writer looks for memories older than [`SESSION_TTL`] (inside an
+/// ordinary commit; one pass over the `sessions` database).
+pub const SESSION_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Keeps one input's readings in order across refusals.
 ///
 /// Under `on_full = "reject"`, once the journal refuses a reading of a fenced input, it

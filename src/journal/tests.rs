@@ -539,3 +539,64 @@ async fn a_new_journal_is_private_to_the_service_user() {
     drop(j);
     w.join();
 }
+
+#[tokio::test]
+async fn re_send_memories_past_their_ttl_are_pruned_and_rows_of_older_builds_start_ageing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Written by the journal: the row carries the time of its latest publish.
+    let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
+    submit_with_packets(&j, vec![reading("live", 1, 10)], vec![packet(5, false)]).await;
+    drop(j);
+    w.join();
+
+    let store = super::store::Store::open(dir.path(), 1 << 24).unwrap();
+    let db = store.sessions.expect("sessions database");
+    let now = u32::try_from(now_ms() / 1000).unwrap();
+    let ttl = super::SESSION_TTL.as_secs();
+    let row = |stamp: Option<u32>| {
+        let mut b = Vec::new();
+        if let Some(t) = stamp {
+            b.extend_from_slice(&[0, 0]);
+            b.extend_from_slice(&t.to_be_bytes());
+        }
+        b.extend_from_slice(&[0, 9, 1, 2, 3, 4]);
+        b
+    };
+    {
+        let mut txn = store.write_txn().unwrap();
+        let old = now - u32::try_from(ttl).unwrap() - 60;
+        db.put(&mut txn, "gone-quiet", &row(Some(old))).unwrap();
+        db.put(&mut txn, "recent", &row(Some(now - 60))).unwrap();
+        db.put(&mut txn, "older-build", &row(None)).unwrap();
+        let pruned = super::writer::prune_sessions(&store, &mut txn, now, ttl).unwrap();
+        assert_eq!(pruned, 1);
+        txn.commit().unwrap();
+    }
+    let txn = store.read_txn().unwrap();
+    assert!(db.get(&txn, "gone-quiet").unwrap().is_none());
+    assert_eq!(
+        db.get(&txn, "recent").unwrap(),
+        Some(&row(Some(now - 60))[..])
+    );
+    assert_eq!(
+        db.get(&txn, "older-build").unwrap(),
+        Some(&row(Some(now))[..])
+    );
+    let live = db
+        .get(&txn, "live")
+        .unwrap()
+        .expect("the journal's own row");
+    assert_eq!(&live[..2], &[0, 0], "stamped");
+    let at = u32::from_be_bytes([live[2], live[3], live[4], live[5]]);
+    assert!(now.abs_diff(at) < 60, "stamped {at}, now {now}");
+    assert_eq!(live.len(), 12, "header and one entry");
+    drop(txn);
+
+    // A week and a bit later nothing of "live" is left either; "older-build" is stamped
+    // from its first prune, so it goes one TTL after that.
+    let later = now + u32::try_from(ttl).unwrap() + 120;
+    let mut txn = store.write_txn().unwrap();
+    let pruned = super::writer::prune_sessions(&store, &mut txn, later, ttl).unwrap();
+    assert_eq!(pruned, 3, "live, recent and older-build");
+    txn.commit().unwrap();
+}

@@ -200,6 +200,8 @@ pub(crate) fn spawn(
                 drops: Summarizer::new(Duration::from_secs(10)),
                 rejects: Summarizer::new(Duration::from_secs(10)),
                 buf: Vec::with_capacity(1 << 16),
+                // The first commit after opening prunes (and stamps rows of older builds).
+                next_session_prune: Instant::now(),
             };
             writer.run(rx);
         })
@@ -230,6 +232,8 @@ struct Writer {
     rejects: Summarizer,
     /// Reused encoding buffer.
     buf: Vec<u8>,
+    /// When the next commit also removes re-send memories past [`super::SESSION_TTL`].
+    next_session_prune: Instant,
 }
 
 /// One append request inside a group.
@@ -267,6 +271,16 @@ struct Outcome {
     behind: Vec<String>,
     /// From opening the write transaction to the end of its commit and sync (`/metrics`).
     took: Duration,
+    /// Clients whose re-send memory this commit removed (past [`super::SESSION_TTL`]).
+    sessions_pruned: Option<usize>,
+}
+
+/// What a commit does beyond its requests.
+struct Extras {
+    /// Apply `on_full` as if the journal were full (the disk is).
+    force_full: bool,
+    /// Also prune re-send memories, as of this Unix time in seconds.
+    prune_sessions_at: Option<u32>,
 }
 
 enum Attempt {
@@ -516,6 +530,7 @@ impl Writer {
                 "journal environment is closed",
             )));
         };
+        let prune = Instant::now() >= self.next_session_prune;
         let result = Self::try_commit(
             store,
             &self.config,
@@ -523,11 +538,26 @@ impl Writer {
             &mut self.buf,
             appends,
             cursors,
-            force_full,
+            Extras {
+                force_full,
+                prune_sessions_at: prune.then(now_secs),
+            },
         );
         drop(guard);
         match result {
-            Ok(o) => Attempt::Done(o),
+            Ok(o) => {
+                if prune {
+                    self.next_session_prune = Instant::now() + super::SESSION_PRUNE_EVERY;
+                }
+                if let Some(n) = o.sessions_pruned.filter(|&n| n > 0) {
+                    tracing::info!(
+                        clients = n,
+                        "Forgot the re-send memory of clients with no journaled publish for {}.",
+                        humantime::format_duration(super::SESSION_TTL)
+                    );
+                }
+                Attempt::Done(o)
+            }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => Attempt::MapFull,
             Err(heed::Error::Io(e)) if self.disk_is_full(&e) => {
                 Attempt::DiskFull(heed::Error::Io(e))
@@ -546,8 +576,12 @@ impl Writer {
         buf: &mut Vec<u8>,
         appends: &[PendingAppend],
         cursors: &[(String, u64)],
-        force_full: bool,
+        extras: Extras,
     ) -> Result<Outcome, heed::Error> {
+        let Extras {
+            force_full,
+            prune_sessions_at,
+        } = extras;
         let started = Instant::now();
         let mut txn = store.write_txn()?;
         let mut meta = store.meta(&txn)?;
@@ -663,7 +697,15 @@ impl Writer {
             }
             out.appended.push((first, accepted));
         }
-        sessions.store(store, &mut txn)?;
+        sessions.store(store, &mut txn, prune_sessions_at.unwrap_or_else(now_secs))?;
+        if let Some(now) = prune_sessions_at {
+            out.sessions_pruned = Some(prune_sessions(
+                store,
+                &mut txn,
+                now,
+                super::SESSION_TTL.as_secs(),
+            )?);
+        }
         store.put_meta(&mut txn, meta)?;
         out.first_seq = store.bounds(&txn)?.map(|b| b.0);
         out.meta = meta;
@@ -1012,6 +1054,11 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 /// first, stored in the `sessions` database in the same transaction as the readings — so
 /// after a crash it says exactly what was journaled. Loaded on first use in a commit,
 /// written back once at its end.
+///
+/// Row layout: 6-byte entries (packet id u16, CRC-32 u32, big-endian). An entry with packet
+/// id 0 — never a QoS 1/2 packet id — is the row's header and holds the Unix time in
+/// seconds of the client's latest journaled publish, for [`prune_sessions`]. Rows written
+/// before the header existed have none and are read the same way.
 #[derive(Default)]
 struct Sessions {
     clients: std::collections::HashMap<String, Remembered>,
@@ -1042,6 +1089,7 @@ impl Sessions {
                 if let Some(bytes) = db.get(txn, client)? {
                     list = bytes
                         .chunks_exact(6)
+                        .filter(|c| c[..2] != [0, 0])
                         .map(|c| {
                             (
                                 u16::from_be_bytes([c[0], c[1]]),
@@ -1082,6 +1130,10 @@ impl Sessions {
         r: &Reading,
         pkid: u16,
     ) -> Result<(), heed::Error> {
+        if pkid == 0 {
+            // Not a QoS 1/2 packet id (and the row header's marker): nothing to remember.
+            return Ok(());
+        }
         let fp = Self::fingerprint(r);
         let (list, dirty) = self.entries(store, txn, &r.source)?;
         // A packet id names one publish at a time: the newest use replaces older ones.
@@ -1095,8 +1147,8 @@ impl Sessions {
         Ok(())
     }
 
-    /// Writes back what changed.
-    fn store(self, store: &Store, txn: &mut heed::RwTxn<'_>) -> Result<(), heed::Error> {
+    /// Writes back what changed, stamped with `now` (Unix seconds).
+    fn store(self, store: &Store, txn: &mut heed::RwTxn<'_>, now: u32) -> Result<(), heed::Error> {
         let Some(db) = &store.sessions else {
             return Ok(());
         };
@@ -1106,6 +1158,8 @@ impl Sessions {
                 continue;
             }
             bytes.clear();
+            bytes.extend_from_slice(&[0, 0]);
+            bytes.extend_from_slice(&now.to_be_bytes());
             for (p, fp) in list {
                 bytes.extend_from_slice(&p.to_be_bytes());
                 bytes.extend_from_slice(&fp.to_be_bytes());
@@ -1114,6 +1168,52 @@ impl Sessions {
         }
         Ok(())
     }
+}
+
+/// Unix time in seconds, as the `sessions` rows store it (u32 lasts until 2106).
+fn now_secs() -> u32 {
+    u32::try_from(super::now_ms() / 1000).unwrap_or(u32::MAX)
+}
+
+/// Removes the re-send memory of every client whose latest journaled publish is more than
+/// `ttl` seconds before `now`; returns how many. A row without a time (written before rows
+/// carried one) is stamped `now` instead, so it ages from the first prune that sees it.
+pub(crate) fn prune_sessions(
+    store: &Store,
+    txn: &mut heed::RwTxn<'_>,
+    now: u32,
+    ttl: u64,
+) -> Result<usize, heed::Error> {
+    let Some(db) = &store.sessions else {
+        return Ok(0);
+    };
+    let mut expired = Vec::new();
+    let mut unstamped = Vec::new();
+    for row in db.iter(txn)? {
+        let (client, bytes) = row?;
+        match bytes.get(..6) {
+            Some([0, 0, t @ ..]) => {
+                let at = u32::from_be_bytes([t[0], t[1], t[2], t[3]]);
+                if u64::from(now).saturating_sub(u64::from(at)) > ttl {
+                    expired.push(client.to_owned());
+                }
+            }
+            _ => {
+                let mut stamped = Vec::with_capacity(bytes.len() + 6);
+                stamped.extend_from_slice(&[0, 0]);
+                stamped.extend_from_slice(&now.to_be_bytes());
+                stamped.extend_from_slice(bytes);
+                unstamped.push((client.to_owned(), stamped));
+            }
+        }
+    }
+    for client in &expired {
+        db.delete(txn, client)?;
+    }
+    for (client, bytes) in &unstamped {
+        db.put(txn, client, bytes)?;
+    }
+    Ok(expired.len())
 }
 
 fn weight(r: &Request) -> usize {
