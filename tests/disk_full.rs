@@ -171,8 +171,9 @@ async fn a_full_disk_refuses_readings_without_acknowledging_them_and_recovers_wh
 
 /// The journal fills the disk by itself (nothing else on it) while the cluster is away.
 /// LMDB needs fresh pages even to delete, so without the writer's reserve file the
-/// forwarded readings could never be trimmed: the daemon must get out of this alone, with
-/// no space freed by anyone, once the cluster takes the backlog.
+/// forwarded readings could never be trimmed when no page of its own is free: the daemon
+/// must get out of this alone, with no space freed by anyone, once the cluster takes the
+/// backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_by_the_journal_itself_recovers_once_the_backlog_is_forwarded() {
     let fs = match Tmpfs::mount("8m") {
@@ -228,16 +229,26 @@ async fn a_disk_filled_by_the_journal_itself_recovers_once_the_backlog_is_forwar
         v.problems(),
         gw.log()
     );
+    // How it got out depends on timing: when the trimming commits find no free page of
+    // LMDB's own, the reserve file is given back (most runs); when pages freed by earlier
+    // commits are reusable at once (no reader still holding them), the journal recovers on
+    // those. Either way the journal must have said that it accepts readings again.
     let log = gw.log();
+    let used_reserve = log.contains("released the journal's reserve file");
     assert!(
-        log.contains("released the journal's reserve file"),
-        "the reserve was what made room:\n{log}"
+        used_reserve || log.contains("Journal accepting readings again"),
+        "neither the reserve nor a recovery on the journal's own pages:\n{log}"
+    );
+    assert!(
+        log.contains("Journal write failed"),
+        "the disk never filled, so nothing was tested:\n{log}"
     );
     wait_for_health(&gw, 200, "ok", Duration::from_secs(30)).await;
     eprintln!(
-        "FAULT disk-filled-by-journal: acknowledged {} delivered {} lost 0 duplicated {}",
+        "FAULT disk-filled-by-journal: acknowledged {} delivered {} lost 0 duplicated {} (room made by {})",
         report.acked(),
         v.received() - v.duplicates(),
-        v.duplicates()
+        v.duplicates(),
+        if used_reserve { "the reserve file" } else { "LMDB's own free pages" }
     );
 }
