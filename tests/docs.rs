@@ -1,0 +1,539 @@
+//! The documentation kept true by the build: every configuration key the code accepts (and
+//! every key of the shipped example, `deploy/tidegate.toml`) is documented in
+//! `docs/configuration.md`, every key documented there is one the code accepts, every TOML
+//! example in README.md and docs/ passes `tidegate check-config`, and every relative link
+//! and anchor in them points at something that exists.
+//!
+//! The unit test in `src/config` keeps `deploy/tidegate.toml` in sync with the code's
+//! defaults; this test extends that to the documentation, through the built binary, as an
+//! operator would check a file.
+//!
+//! A TOML block that is deliberately not a whole tidegate configuration (a credentials
+//! file, a fragment) is preceded by the line `<!-- docs-test: skip, REASON -->`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The marker that exempts the TOML block right after it from `check-config`.
+const SKIP_MARKER: &str = "<!-- docs-test: skip,";
+/// A key no section has, used to make `check-config` list a section's keys.
+const PROBE_KEY: &str = "tidegate_docs_probe";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// README.md and every docs/*.md, as (path relative to the repository, text).
+fn markdown_files() -> Vec<(PathBuf, String)> {
+    let mut files = vec![PathBuf::from("README.md")];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/ exists")
+        .map(|e| e.expect("a readable docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .map(|p| {
+            p.strip_prefix(root())
+                .expect("under the repository")
+                .to_path_buf()
+        })
+        .collect();
+    docs.sort();
+    files.extend(docs);
+    files
+        .into_iter()
+        .map(|p| (p.clone(), read(&root().join(p))))
+        .collect()
+}
+
+/// Runs `tidegate check-config` on `toml` written to a temporary file.
+fn check_config(toml: &str) -> Output {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(&path, toml).expect("write the config");
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run tidegate check-config")
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration keys
+// ---------------------------------------------------------------------------------------
+
+/// A key by its documented name: `journal.max_size`, `upstream[].url`,
+/// `modbus[].slave[].register[].scale`.
+type KeyName = String;
+
+/// `section` + `key`, with `section` in documented form (`mqtt.auth`, `modbus[].slave[]`,
+/// empty for the top level).
+fn join(section: &str, key: &str) -> KeyName {
+    if section.is_empty() {
+        key.to_string()
+    } else {
+        format!("{section}.{key}")
+    }
+}
+
+/// Every key of a parsed configuration, walking tables and arrays of tables.
+fn keys_of_value(section: &str, table: &toml::Table, out: &mut BTreeSet<KeyName>) {
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(t) => keys_of_value(&join(section, key), t, out),
+            toml::Value::Array(items)
+                if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
+            {
+                let sub = format!("{}[]", join(section, key));
+                for item in items {
+                    if let toml::Value::Table(t) = item {
+                        keys_of_value(&sub, t, out);
+                    }
+                }
+            }
+            _ => {
+                out.insert(join(section, key));
+            }
+        }
+    }
+}
+
+/// The keys of `deploy/tidegate.toml`, the ones set and the ones shown commented out
+/// (`# key = value` under a possibly commented `[section]` / `[[section]]` header); prose
+/// comments are told apart by not parsing as a TOML key/value line.
+fn example_keys() -> BTreeSet<KeyName> {
+    let text = read(&root().join("deploy/tidegate.toml"));
+    let mut arrays: BTreeSet<String> = BTreeSet::new();
+    let mut section = String::new();
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let code = line.strip_prefix('#').map_or(line, str::trim);
+        if let Some(path) = code.strip_prefix("[[").and_then(|s| s.strip_suffix("]]")) {
+            arrays.insert(path.to_string());
+            section = documented_section(path, &arrays);
+        } else if let Some(path) = code.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            section = documented_section(path, &arrays);
+        } else if let Ok(table) = code.parse::<toml::Table>() {
+            for key in table.keys() {
+                keys.insert(join(&section, key));
+            }
+        }
+    }
+    keys
+}
+
+/// `modbus.slave.register` → `modbus[].slave[].register[]` when those are arrays of tables.
+fn documented_section(path: &str, arrays: &BTreeSet<String>) -> String {
+    let mut raw = String::new();
+    let mut documented = String::new();
+    for seg in path.split('.') {
+        let seg = seg.trim();
+        raw = join(&raw, seg);
+        documented = join(&documented, seg);
+        if arrays.contains(&raw) {
+            documented.push_str("[]");
+        }
+    }
+    documented
+}
+
+/// The TOML header lines that open `section` (documented form) in a snippet.
+fn headers_for(section: &str) -> String {
+    let mut raw = String::new();
+    let mut out = String::new();
+    for seg in section.split('.') {
+        let (name, array) = match seg.strip_suffix("[]") {
+            Some(name) => (name, true),
+            None => (seg, false),
+        };
+        raw = join(&raw, name);
+        if array {
+            out.push_str(&format!("[[{raw}]]\n"));
+        } else {
+            out.push_str(&format!("[{raw}]\n"));
+        }
+    }
+    out
+}
+
+/// The keys `check-config` says a section accepts when it refuses an unknown one
+/// (serde's "unknown field `x`, expected one of `a`, `b`"); empty when the message does not
+/// list them. Also asserts that an unknown key is refused naming it.
+fn keys_the_code_lists(section: &str) -> BTreeSet<KeyName> {
+    let snippet = if section.is_empty() {
+        format!("{PROBE_KEY} = 0\n")
+    } else {
+        format!("{}{PROBE_KEY} = 0\n", headers_for(section))
+    };
+    let out = check_config(&snippet);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(PROBE_KEY),
+        "check-config must refuse the unknown key {} naming it; it said:\n{stderr}",
+        join(section, PROBE_KEY),
+    );
+    let Some(list) = stderr.split("expected one of").nth(1) else {
+        return BTreeSet::new();
+    };
+    let list = list.lines().next().unwrap_or("");
+    list.split(',')
+        .filter_map(|s| {
+            s.trim()
+                .strip_prefix('`')?
+                .strip_suffix('`')
+                .map(str::to_string)
+        })
+        .map(|k| join(section, &k))
+        .collect()
+}
+
+/// A configuration with one of every section, so that `check-config` prints every key
+/// that has a value by default.
+const EVERY_SECTION: &str = r#"
+[[upstream]]
+name = "cluster"
+kind = "kafka"
+brokers = ["127.0.0.1:9092"]
+topic = "telemetry"
+[[upstream]]
+name = "cloud"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:1884"
+topic_prefix = "site-7/"
+[[serial]]
+port = "/dev/ttyUSB0"
+[[modbus]]
+port = "/dev/ttyUSB1"
+[[modbus.slave]]
+id = 1
+name = "wt-0001"
+[[modbus.slave.register]]
+name = "wind_ms"
+kind = "input"
+address = 0
+[[mqtt_subscribe]]
+url = "mqtt://127.0.0.1:1885"
+topics = ["sensors/#"]
+"#;
+
+/// Every key the code accepts, as far as `check-config` shows them: the effective
+/// configuration of [`EVERY_SECTION`] (keys with a default), plus, per section, the keys an
+/// unknown-key error lists (optional keys too).
+fn code_keys() -> BTreeSet<KeyName> {
+    let out = check_config(EVERY_SECTION);
+    assert!(
+        out.status.success(),
+        "the test's own full configuration must be valid:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .expect("check-config prints its effective configuration as TOML");
+    let mut keys = BTreeSet::new();
+    keys_of_value("", &printed, &mut keys);
+    let mut sections: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| k.rsplit_once('.').map(|(s, _)| s.to_string()))
+        .collect();
+    sections.extend(
+        example_keys()
+            .iter()
+            .filter_map(|k| k.rsplit_once('.').map(|(s, _)| s.to_string())),
+    );
+    for section in &sections {
+        // A section's list names its subsections too (`mqtt` lists `auth`): not keys.
+        keys.extend(
+            keys_the_code_lists(section)
+                .into_iter()
+                .filter(|k| !sections.contains(k) && !sections.contains(&format!("{k}[]"))),
+        );
+    }
+    // Sections the code has that neither the output nor the example shows.
+    for top in keys_the_code_lists("") {
+        let known = sections.iter().any(|s| {
+            s.trim_end_matches("[]") == top
+                || s.starts_with(&format!("{top}."))
+                || s.starts_with(&format!("{top}[]"))
+        });
+        assert!(known, "configuration section `{top}` is neither printed by check-config nor in deploy/tidegate.toml: add it to the example");
+    }
+    keys
+}
+
+/// The keys docs/configuration.md documents: the backquoted names in the first cell of each
+/// row of its key tables. A name with a dot is whole (`upstream[].password_file`); a bare
+/// one in the same cell belongs to the section of the cell's first (`password_env`).
+fn documented_keys(text: &str) -> BTreeMap<KeyName, usize> {
+    let mut keys = BTreeMap::new();
+    let mut in_key_table = false;
+    for (n, line) in text.lines().enumerate() {
+        let Some(row) = line.trim().strip_prefix('|') else {
+            in_key_table = false;
+            continue;
+        };
+        let first = row.split('|').next().unwrap_or("").trim();
+        if first == "key" {
+            in_key_table = true;
+            continue;
+        }
+        if !in_key_table || first.starts_with("---") {
+            continue;
+        }
+        let mut section = String::new();
+        for name in first.split('`').skip(1).step_by(2) {
+            let key = match name.rsplit_once('.') {
+                Some((s, _)) => {
+                    section = s.to_string();
+                    name.to_string()
+                }
+                None => join(&section, name),
+            };
+            keys.insert(key, n + 1);
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_configuration_key_is_documented_and_every_documented_key_exists() {
+    let text = read(&root().join("docs/configuration.md"));
+    let documented = documented_keys(&text);
+    let mut needed = code_keys();
+    needed.extend(example_keys());
+
+    let missing: Vec<&KeyName> = needed
+        .iter()
+        .filter(|k| !documented.contains_key(*k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not document these keys (add a row to its key table): {missing:?}"
+    );
+
+    // A documented key the code does not accept is refused by check-config as unknown.
+    let mut stale = Vec::new();
+    for (key, line) in &documented {
+        if needed.contains(key) {
+            continue;
+        }
+        let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+        let snippet = format!(
+            "{}{name} = 0\n",
+            if section.is_empty() {
+                String::new()
+            } else {
+                headers_for(section)
+            }
+        );
+        let stderr = String::from_utf8_lossy(&check_config(&snippet).stderr).to_string();
+        if stderr.contains(&format!("unknown field `{name}`")) {
+            stale.push(format!("{key} (docs/configuration.md:{line})"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "docs/configuration.md documents keys tidegate does not accept: {stale:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// TOML examples
+// ---------------------------------------------------------------------------------------
+
+/// A TOML example: where it starts, its text, and the reason when it is marked skipped.
+struct Example {
+    line: usize,
+    text: String,
+    skip: Option<String>,
+}
+
+/// The ```toml blocks of a Markdown text, and the `<<'TOML'` here-documents of its shell
+/// blocks (the configurations the quick start and worked examples write).
+fn toml_examples(text: &str) -> Vec<Example> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        let end = if line.starts_with("```toml") {
+            "```"
+        } else if line.contains("<<'TOML'") {
+            "TOML"
+        } else {
+            i += 1;
+            continue;
+        };
+        let skip = (i > 0)
+            .then(|| lines[i - 1].trim())
+            .and_then(|l| l.strip_prefix(SKIP_MARKER))
+            .map(|r| r.trim_end_matches("-->").trim().to_string());
+        let first = i + 1;
+        let mut j = first;
+        while j < lines.len() && lines[j].trim() != end {
+            j += 1;
+        }
+        out.push(Example {
+            line: first + 1,
+            text: lines[first..j.min(lines.len())].join("\n") + "\n",
+            skip,
+        });
+        i = j + 1;
+    }
+    out
+}
+
+#[test]
+fn every_toml_example_in_the_docs_passes_check_config() {
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for (path, text) in markdown_files() {
+        for example in toml_examples(&text) {
+            let at = format!("{}:{}", path.display(), example.line);
+            match example.skip {
+                Some(reason) => assert!(
+                    !reason.is_empty(),
+                    "{at}: a skipped TOML block must say why (`{SKIP_MARKER} REASON -->`)"
+                ),
+                None => {
+                    checked += 1;
+                    let out = check_config(&example.text);
+                    if !out.status.success() {
+                        bad.push(format!(
+                            "{at}: tidegate check-config refuses the block:\n{}\n{}",
+                            example.text,
+                            String::from_utf8_lossy(&out.stderr)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert!(checked > 0, "no TOML example found in README.md or docs/");
+}
+
+// ---------------------------------------------------------------------------------------
+// Links
+// ---------------------------------------------------------------------------------------
+
+/// The text outside fenced code blocks, with inline code removed, line by line.
+fn prose_lines(text: &str) -> Vec<(usize, String)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join("");
+        out.push((n + 1, prose));
+    }
+    out
+}
+
+/// The targets of the Markdown links `[label](target)` of a line.
+fn link_targets(line: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("](") {
+        rest = &rest[at + 2..];
+        if let Some(end) = rest.find(')') {
+            targets.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    targets
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown text's headings.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_and_anchor_in_the_docs_points_at_something() {
+    let mut bad = Vec::new();
+    for (path, text) in markdown_files() {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for (n, line) in prose_lines(&text) {
+            for target in link_targets(&line) {
+                if target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let (file, fragment) = match target.split_once('#') {
+                    Some((f, a)) => (f, Some(a)),
+                    None => (target.as_str(), None),
+                };
+                let resolved = if file.is_empty() {
+                    path.clone()
+                } else {
+                    dir.join(file)
+                };
+                let at = format!("{}:{n}: ({target})", path.display());
+                if !root().join(&resolved).exists() {
+                    bad.push(format!("{at}: no file {}", resolved.display()));
+                    continue;
+                }
+                if let Some(fragment) = fragment {
+                    if resolved.extension().is_some_and(|x| x == "md")
+                        && !anchors(&read(&root().join(&resolved))).contains(fragment)
+                    {
+                        bad.push(format!(
+                            "{at}: {} has no heading #{fragment}",
+                            resolved.display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "broken links:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_readme_stays_short_and_links_every_docs_page() {
+    let readme = read(&root().join("README.md"));
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; move detail to docs/ (at most 250)"
+    );
+    for (path, _) in markdown_files().into_iter().skip(1) {
+        let link = format!("]({})", path.display());
+        assert!(
+            readme.contains(&link),
+            "README.md does not link {}",
+            path.display()
+        );
+    }
+}
