@@ -2,7 +2,9 @@
 //!
 //! Every reading that enters tidegate — an MQTT publish, a serial frame — becomes a
 //! [`Reading`] at ingest. The journal gives it a sequence number when it commits, and from
-//! then on it is a [`Record`]. The payload is carried untouched, byte for byte.
+//! then on it is a [`Record`]. The payload is carried untouched, byte for byte. On its way
+//! to an upstream, a record travels as an [`Item`] of a batch, beside the typed markers
+//! ([`Gap`]) that name readings the upstream will never get.
 //!
 //! # Encoding (version 1)
 //!
@@ -105,6 +107,74 @@ pub struct Record {
     pub seq: u64,
     /// The reading itself.
     pub reading: Reading,
+}
+
+/// One entry of a batch a forwarder hands to a sink: a journaled reading, or a typed marker
+/// for readings the upstream will never get. Items exist only inside batches; the journal
+/// holds records alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A journaled reading.
+    Reading(Record),
+    /// Readings removed from the journal before this upstream had them.
+    Gap(Gap),
+}
+
+impl Item {
+    /// The sequence number the item stands at in its batch: a reading's own, a gap's
+    /// `last` (see [`Gap`]). Strictly increasing along a batch.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Item::Reading(r) => r.seq,
+            Item::Gap(g) => g.last,
+        }
+    }
+
+    /// Milliseconds since the Unix epoch: a reading's ingest time, or for a gap the ingest
+    /// time of the first reading after it.
+    pub fn ingest_ms(&self) -> u64 {
+        match self {
+            Item::Reading(r) => r.reading.ingest_ms,
+            Item::Gap(g) => g.ingest_ms,
+        }
+    }
+
+    /// The reading, if this item is one.
+    pub fn as_reading(&self) -> Option<&Record> {
+        match self {
+            Item::Reading(r) => Some(r),
+            Item::Gap(_) => None,
+        }
+    }
+}
+
+impl From<Record> for Item {
+    fn from(record: Record) -> Item {
+        Item::Reading(record)
+    }
+}
+
+/// Readings `first..=last` that a retention policy (`on_full = "drop-oldest"`) removed from
+/// the journal before an upstream sent them: the loss made explicit (invariant 4).
+///
+/// A gap stands at sequence number `last` in its batch. No reading will ever carry that
+/// number again, so the batch stays in increasing sequence order and a gap is
+/// de-duplicated by an upstream like any record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// Sequence number of the first removed reading.
+    pub first: u64,
+    /// Sequence number of the last removed reading.
+    pub last: u64,
+    /// Ingest time of the first reading after the gap (the gap has none of its own).
+    pub ingest_ms: u64,
+}
+
+impl Gap {
+    /// How many readings the gap stands for.
+    pub fn readings(&self) -> u64 {
+        self.last + 1 - self.first
+    }
 }
 
 /// Why a stored value could not be decoded.
@@ -324,6 +394,27 @@ mod tests {
             qos: 1,
             retain: true,
         }
+    }
+
+    #[test]
+    fn a_gap_stands_at_its_last_sequence_and_counts_its_readings() {
+        let gap = Item::Gap(Gap {
+            first: 17,
+            last: 40,
+            ingest_ms: 9,
+        });
+        assert_eq!((gap.seq(), gap.ingest_ms()), (40, 9));
+        assert!(gap.as_reading().is_none());
+        let Item::Gap(g) = gap else {
+            unreachable!("built as a gap")
+        };
+        assert_eq!(g.readings(), 24);
+        let reading = Item::from(Record {
+            seq: 5,
+            reading: sample(),
+        });
+        assert_eq!(reading.seq(), 5);
+        assert_eq!(reading.as_reading().map(|r| r.seq), Some(5));
     }
 
     #[test]

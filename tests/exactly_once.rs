@@ -260,11 +260,11 @@ async fn a_forwarder_whose_cursor_is_behind_the_topic_skips_what_is_there_and_de
     upstream.linger = Duration::from_millis(1);
     // Before the "crash": 1..=200 delivered by a sink of the same gateway and epoch.
     let mut before = KafkaSink::new(&upstream, "gw-fwd").with_epoch(epoch);
-    let held: Vec<_> = journal
+    let held: Vec<tidegate::record::Item> = journal
         .read_from(1, 200, usize::MAX)
         .expect("read")
         .into_iter()
-        .map(|r| r.expect("decodes"))
+        .map(|r| r.expect("decodes").into())
         .collect();
     before.send(&held).await.expect("pre-produced");
     assert_eq!(journal.cursor("cluster").expect("cursor"), Some(1));

@@ -11,13 +11,10 @@
 //! # Gaps are explicit
 //!
 //! When `drop-oldest` removed readings past the cursor before this upstream sent them, the
-//! next batch starts with a *gap marker* ([`gap_marker`]) for a sink that wants them
-//! ([`Sink::wants_gap_markers`]): a record under the reserved topic [`GAP_TOPIC`] naming
-//! the dropped range, so the upstream learns of the loss instead of seeing silence. Device
-//! topics never start with `$` (ingest refuses them), so a marker cannot be mistaken for
-//! a reading. The marker carries the sequence number of the last reading it stands for,
-//! which no reading will ever carry again, so it keeps the batch in increasing sequence
-//! order and is de-duplicated like any record.
+//! next batch carries an [`Item::Gap`] naming the dropped range in front of the reading
+//! after it, for a sink that wants them ([`Sink::wants_gap_markers`]), so the upstream
+//! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
+//! business (the Kafka sink sends a record with the `tidegate-gap` header).
 
 pub mod retry;
 
@@ -28,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamConfig;
 use crate::journal::Journal;
-use crate::record::{Reading, Record, SourceKind};
+use crate::record::{Gap, Item};
 use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 use retry::Backoff;
@@ -40,39 +37,8 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// How often a still-failing upstream is logged again.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Records read for one send, and the cursor after them.
-type Batch = (Vec<Record>, u64);
-
-/// Topic (Kafka key) of gap markers. Reserved: ingest refuses every `$` topic.
-pub const GAP_TOPIC: &str = "$tidegate/gap";
-
-/// The gap marker for readings `first..=last`, which `drop-oldest` removed before this
-/// upstream sent them: topic [`GAP_TOPIC`], empty payload, sequence `last`, and the range
-/// in `source` as `first..last` (what the Kafka header `tidegate-gap` carries). It is never
-/// journaled; it exists only inside a batch.
-pub fn gap_marker(first: u64, last: u64, ingest_ms: u64) -> Record {
-    Record {
-        seq: last,
-        reading: Reading {
-            ingest_ms,
-            source_kind: SourceKind::MqttListener,
-            source: format!("{first}..{last}"),
-            topic: GAP_TOPIC.to_owned(),
-            payload: bytes::Bytes::new(),
-            qos: 0,
-            retain: false,
-        },
-    }
-}
-
-/// The range `(first, last)` a gap marker stands for; `None` for a reading.
-pub fn gap_range(record: &Record) -> Option<(u64, u64)> {
-    if record.reading.topic != GAP_TOPIC {
-        return None;
-    }
-    let (first, last) = record.reading.source.split_once("..")?;
-    Some((first.parse().ok()?, last.parse().ok()?))
-}
+/// Items read for one send, and the cursor after them.
+type Batch = (Vec<Item>, u64);
 
 /// Moves one upstream's share of the journal.
 pub struct Forwarder<S: Sink> {
@@ -167,7 +133,7 @@ impl<S: Sink> Forwarder<S> {
                     .await
                 }
             };
-            let Some((records, next)) = batch else {
+            let Some((items, next)) = batch else {
                 // Journal read failed: already logged; try again later.
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -184,21 +150,24 @@ impl<S: Sink> Forwarder<S> {
                     gap_markers,
                 )));
             }
-            if !records.is_empty() {
+            if !items.is_empty() {
                 // Send until acknowledged; a failure retries this same batch.
                 loop {
                     let started = Instant::now();
-                    match self.sink.send(&records).await {
+                    match self.sink.send(&items).await {
                         Ok(()) => {
-                            tracing::debug!(upstream = %name, records = records.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
-                            let gaps: Vec<(u64, u64)> =
-                                records.iter().filter_map(gap_range).collect();
-                            for &(first, last) in &gaps {
+                            tracing::debug!(upstream = %name, items = items.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
+                            let mut gaps = 0;
+                            for gap in items.iter().filter_map(|item| match item {
+                                Item::Gap(g) => Some(g),
+                                Item::Reading(_) => None,
+                            }) {
+                                gaps += 1;
                                 add(&self.counters.gap_markers_sent, 1);
-                                add(&self.counters.gap_readings, last + 1 - first);
-                                tracing::info!(upstream = %name, first_seq = first, last_seq = last, "Gap marker delivered: the upstream knows these readings were dropped.");
+                                add(&self.counters.gap_readings, gap.readings());
+                                tracing::info!(upstream = %name, first_seq = gap.first, last_seq = gap.last, "Gap marker delivered: the upstream knows these readings were dropped.");
                             }
-                            add(&self.counters.sent, (records.len() - gaps.len()) as u64);
+                            add(&self.counters.sent, (items.len() - gaps) as u64);
                             add(&self.counters.batches, 1);
                             self.counters
                                 .connected
@@ -229,7 +198,7 @@ impl<S: Sink> Forwarder<S> {
                                 let backlog =
                                     committed.borrow().saturating_add(1).saturating_sub(cursor);
                                 match &e {
-                                    SinkError::Fatal(_) => {
+                                    SinkError::Fatal { .. } => {
                                         tracing::error!(upstream = %name, error = %e, backlog, "Upstream refuses the batch; holding the cursor until an operator acts. Retrying slowly.")
                                     }
                                     _ => {
@@ -282,7 +251,7 @@ impl<S: Sink> Forwarder<S> {
 
 /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
 /// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged;
-/// with `gap_markers`, a gap becomes a [`gap_marker`] in front of the record after it.
+/// with `gap_markers`, a gap becomes an [`Item::Gap`] in front of the record after it.
 async fn read_batch(
     journal: Journal,
     name: String,
@@ -305,7 +274,7 @@ async fn read_batch(
         }
     };
     let mut next = cursor;
-    let mut records = Vec::with_capacity(items.len());
+    let mut batch = Vec::with_capacity(items.len());
     for item in items {
         match item {
             Ok(r) => {
@@ -314,11 +283,15 @@ async fn read_batch(
                     add(&counters.lost_to_drop_oldest, lost);
                     tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
                     if gap_markers {
-                        records.push(gap_marker(next, r.seq - 1, r.reading.ingest_ms));
+                        batch.push(Item::Gap(Gap {
+                            first: next,
+                            last: r.seq - 1,
+                            ingest_ms: r.reading.ingest_ms,
+                        }));
                     }
                 }
                 next = r.seq + 1;
-                records.push(r);
+                batch.push(Item::Reading(r));
             }
             Err(e) => {
                 add(&counters.corrupt_skipped, 1);
@@ -327,5 +300,5 @@ async fn read_batch(
             }
         }
     }
-    Some((records, next))
+    Some((batch, next))
 }

@@ -11,52 +11,117 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::record::Record;
+use crate::record::Item;
 use crate::telemetry::ForwardCounters;
 
 pub mod kafka;
 pub mod mqtt;
 
+/// The underlying error a [`SinkError`] keeps as its source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a batch was not delivered.
+///
+/// `message` is the whole operator-facing sentence (it names the upstream, what was being
+/// done, the cause and the fix; logs and `status` show it), so `Display` prints it alone.
+/// `source` keeps the underlying error, when there is one, for whoever walks the chain.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SinkError {
     /// The upstream may accept the batch later (unreachable, timed out, leader moved,
     /// throttled). The forwarder backs off and sends the same batch again.
-    #[error("{0}")]
-    Retryable(String),
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     /// The upstream refuses the batch and will keep refusing it until an operator acts
     /// (topic missing and not allowed to create it, authorization denied, record larger
     /// than the cluster accepts). The forwarder logs at ERROR and retries slowly, holding
     /// the cursor: nothing later is sent ahead of it.
-    #[error("{0}")]
-    Fatal(String),
+    #[error("{message}")]
+    Fatal {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 impl SinkError {
+    /// A retryable error with no underlying error of its own (a timeout, say).
+    pub fn retryable(message: impl Into<String>) -> SinkError {
+        SinkError::Retryable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A fatal error with no underlying error of its own (a missing topic, say).
+    pub fn fatal(message: impl Into<String>) -> SinkError {
+        SinkError::Fatal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, keeping `cause` as its source.
+    pub fn caused_by(
+        mut self,
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> SinkError {
+        match &mut self {
+            SinkError::Retryable { source, .. } | SinkError::Fatal { source, .. } => {
+                *source = Some(cause.into())
+            }
+        }
+        self
+    }
+
     /// Whether the error is expected to clear up by itself.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Retryable(_))
+        matches!(self, SinkError::Retryable { .. })
+    }
+
+    /// The operator-facing sentence.
+    pub fn message(&self) -> &str {
+        match self {
+            SinkError::Retryable { message, .. } | SinkError::Fatal { message, .. } => message,
+        }
+    }
+
+    /// This error made fatal with `message` (an operator must act after all), keeping
+    /// its source.
+    pub fn into_fatal(self, message: impl Into<String>) -> SinkError {
+        let source = match self {
+            SinkError::Retryable { source, .. } | SinkError::Fatal { source, .. } => source,
+        };
+        SinkError::Fatal {
+            message: message.into(),
+            source,
+        }
     }
 }
 
 /// One upstream protocol.
 pub trait Sink: Send {
-    /// Delivers `batch` — records in journal order, contiguous sequence numbers — and
-    /// resolves once the upstream has acknowledged all of them.
+    /// Delivers `batch` — items in journal order: readings with contiguous sequence
+    /// numbers, and a [`Gap`](crate::record::Gap) in place of readings removed before this
+    /// upstream had them (only for a sink that [wants them](Sink::wants_gap_markers)) —
+    /// and resolves once the upstream has acknowledged all of them.
     ///
     /// On error the forwarder calls `send` again with the *same* batch before anything
     /// later. A sink may remember which part of that batch was already acknowledged and
     /// skip it on the retry; it must never send a later record before an earlier one of the
     /// same key has been acknowledged.
-    fn send(&mut self, batch: &[Record]) -> impl Future<Output = Result<(), SinkError>> + Send;
+    fn send(&mut self, batch: &[Item]) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Called once by the forwarder before the first [`Sink::send`]: the journal's epoch
     /// (with the gateway id and sequence number it names a reading for good) and the
     /// upstream's counters. A sink that de-duplicates after a restart needs the epoch.
     fn attach(&mut self, _attachment: Attachment) {}
 
-    /// Whether the forwarder should put a gap marker ([`crate::forward::gap_marker`]) into
+    /// Whether the forwarder should put a gap marker ([`Item::Gap`]) into
     /// a batch where `drop-oldest` removed readings this upstream had not sent. A sink
     /// that says yes must deliver the marker as its protocol's explicit gap record; others
     /// see only readings.

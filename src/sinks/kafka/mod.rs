@@ -3,7 +3,7 @@
 //! # What it owns
 //!
 //! [`KafkaSink`] owns the connection to one upstream's cluster (an `rskafka` client and one
-//! `PartitionClient` per partition of the topic), the mapping of a [`Record`] to a Kafka
+//! `PartitionClient` per partition of the topic), the mapping of a batch [`Item`] to a Kafka
 //! record, the choice of partition, and the memory of which part of a failed batch the
 //! cluster already acknowledged. It does no retrying or backoff of its own beyond what one
 //! request needs: the forwarder ([`crate::forward`]) calls [`Sink::send`] again.
@@ -19,7 +19,7 @@
 //! | header `tidegate-epoch`   | the journal's epoch, decimal ASCII       |
 //! | header `tidegate-seq`     | the journal sequence, decimal ASCII      |
 //!
-//! A gap marker ([`crate::forward::gap_marker`]) becomes a record with key `$tidegate/gap`,
+//! A gap ([`Item::Gap`]) becomes a record with key `$tidegate/gap` ([`GAP_KEY`]),
 //! an empty value, the same three headers (`tidegate-seq` = the last reading it stands for)
 //! and `tidegate-gap` = `first..last`, the inclusive range of readings `drop-oldest` removed
 //! before this upstream sent them.
@@ -88,8 +88,7 @@ use rskafka::BackoffConfig;
 use tracing::{debug, info};
 
 use crate::config::{Compression, UpstreamConfig};
-use crate::forward::gap_range;
-use crate::record::Record;
+use crate::record::Item;
 use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 
@@ -107,6 +106,10 @@ pub const HEADER_SEQ: &str = "tidegate-seq";
 pub const HEADER_EPOCH: &str = "tidegate-epoch";
 /// Header of a gap marker: `first..last`, the readings `drop-oldest` removed unsent.
 pub const HEADER_GAP: &str = "tidegate-gap";
+
+/// Key of the Kafka record that carries a gap. Reserved: ingest refuses every `$` topic, so
+/// no reading has this key.
+pub const GAP_KEY: &str = "$tidegate/gap";
 
 /// Records past the newest one of this journal that the tail read may step over in one
 /// partition (others' records, when the topic is shared), on top of two batches' worth.
@@ -320,13 +323,13 @@ impl KafkaSink {
     ) -> Result<T, SinkError> {
         match tokio::time::timeout(self.request_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.error(what, &Failure::Kafka(e))),
-            Err(_) => Err(self.error(what, &Failure::TimedOut)),
+            Ok(Err(e)) => Err(self.error(what, Failure::Kafka(e))),
+            Err(_) => Err(self.error(what, Failure::TimedOut)),
         }
     }
 
     /// The error for `failure` while doing `what`.
-    fn error(&self, what: &str, failure: &Failure) -> SinkError {
+    fn error(&self, what: &str, failure: Failure) -> SinkError {
         let verdict = failure.verdict();
         let message = format!(
             "{}: {what} failed: {}{}",
@@ -334,7 +337,7 @@ impl KafkaSink {
             failure.describe(self.request_timeout),
             verdict.hint.map(|h| format!("; {h}")).unwrap_or_default()
         );
-        verdict.severity.error(message)
+        failure.into_error(verdict.severity, message)
     }
 
     /// Connects to the cluster, makes sure the topic exists and opens its partitions.
@@ -343,7 +346,7 @@ impl KafkaSink {
         // Read now, not at start: a renewed CA or rotated password is used by the next
         // connect. A file that cannot be used needs an operator: fatal (retried slowly).
         let problem = |e: security::SecurityError| {
-            SinkError::Fatal(format!("{}: cannot connect: {e}", self.target))
+            SinkError::fatal(format!("{}: cannot connect: {e}", self.target)).caused_by(e)
         };
         let tls = self.security.tls_config().map_err(problem)?;
         let sasl = self.security.sasl_config().map_err(problem)?;
@@ -451,7 +454,7 @@ impl KafkaSink {
                             self.target.upstream
                         )
                     };
-                    return SinkError::Fatal(format!(
+                    return error.into_fatal(format!(
                         "upstream {}: TLS handshake with {broker} failed: {cause} ({hint})",
                         self.target.upstream
                     ));
@@ -459,12 +462,17 @@ impl KafkaSink {
             }
         }
         // A refused login surfaces from rskafka's retries as text as well.
-        match (&self.security.sasl, &error) {
-            (Some(s), SinkError::Retryable(m)) if m.contains("Sasl handshake failed") => {
-                SinkError::Fatal(format!(
-                    "{m}; check username, password_file / password_env and sasl_mechanism ({}) of upstream {:?}",
-                    s.mechanism, self.target.upstream
-                ))
+        match &self.security.sasl {
+            Some(s)
+                if error.is_retryable() && error.message().contains("Sasl handshake failed") =>
+            {
+                let message = format!(
+                    "{}; check username, password_file / password_env and sasl_mechanism ({}) of upstream {:?}",
+                    error.message(),
+                    s.mechanism,
+                    self.target.upstream
+                );
+                error.into_fatal(message)
             }
             _ => error,
         }
@@ -486,7 +494,7 @@ impl KafkaSink {
             .all(|(i, &id)| usize::try_from(id).is_ok_and(|id| id == i));
         if ids.is_empty() || !contiguous {
             // Seen while a topic is being created or reassigned; metadata settles.
-            return Err(SinkError::Retryable(format!(
+            return Err(SinkError::retryable(format!(
                 "{}: the cluster metadata lists partitions {ids:?} for the topic, not 0..n; \
                  waiting for it to settle",
                 self.target
@@ -500,7 +508,7 @@ impl KafkaSink {
     async fn create_missing_topic(&self, client: &Client) -> Result<usize, SinkError> {
         let controller = client
             .controller_client()
-            .map_err(|e| self.error("finding the cluster controller", &Failure::Kafka(e)))?;
+            .map_err(|e| self.error("finding the cluster controller", Failure::Kafka(e)))?;
         let timeout_ms = i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX);
         let created = controller.create_topic(
             self.target.topic.clone(),
@@ -524,8 +532,8 @@ impl KafkaSink {
                 topic = %self.target.topic,
                 "The topic was created by someone else meanwhile."
             ),
-            Ok(Err(e)) => return Err(self.error("creating the topic", &Failure::Kafka(e))),
-            Err(_) => return Err(self.error("creating the topic", &Failure::TimedOut)),
+            Ok(Err(e)) => return Err(self.error("creating the topic", Failure::Kafka(e))),
+            Err(_) => return Err(self.error("creating the topic", Failure::TimedOut)),
         }
 
         let deadline = tokio::time::Instant::now() + self.request_timeout;
@@ -533,12 +541,12 @@ impl KafkaSink {
             let last = match self.topic_partitions(client).await {
                 Ok(Some(count)) => return Ok(count),
                 Ok(None) => None,
-                Err(e @ SinkError::Retryable(_)) => Some(e),
+                Err(e) if e.is_retryable() => Some(e),
                 Err(e) => return Err(e),
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(last.unwrap_or_else(|| {
-                    SinkError::Retryable(format!(
+                    SinkError::retryable(format!(
                         "{}: the topic was created but the cluster metadata does not show it \
                          after {}",
                         self.target,
@@ -552,7 +560,7 @@ impl KafkaSink {
 
     fn missing_topic_error(&self) -> SinkError {
         let topic = &self.target.topic;
-        SinkError::Fatal(format!(
+        SinkError::fatal(format!(
             "{}: topic {topic:?} does not exist and create_topic is false for this upstream; \
              create the topic on the cluster (for example `kafka-topics.sh --create --topic \
              {topic} --partitions {} --replication-factor {} --bootstrap-server {}`) or set \
@@ -572,27 +580,27 @@ impl KafkaSink {
     /// Sends `batch` (minus what is already acknowledged) over `partitions` clients.
     async fn deliver(
         &mut self,
-        batch: &[Record],
+        batch: &[Item],
         partitions: Vec<Arc<PartitionClient>>,
     ) -> Result<(), SinkError> {
         // Records the tail read found in the topic count as acknowledged (once per batch).
         if let Some(delivered) = &self.delivered {
             let count = partitions.len();
             let mut skipped = 0;
-            for r in batch {
-                let p = partition_for_key(r.reading.topic.as_bytes(), count);
+            for item in batch {
+                let p = partition_for_key(key(item), count);
                 if delivered
                     .get(p)
                     .copied()
                     .flatten()
-                    .is_some_and(|d| r.seq <= d)
-                    && self.acked.seqs.insert(r.seq)
+                    .is_some_and(|d| item.seq() <= d)
+                    && self.acked.seqs.insert(item.seq())
                 {
                     skipped += 1;
                 }
             }
             if skipped > 0 {
-                info!(upstream = %self.target.upstream, skipped, first_seq = batch.first().map(|r| r.seq), "Skipping readings the topic already holds (sent before a restart or an unknown outcome).");
+                info!(upstream = %self.target.upstream, skipped, first_seq = batch.first().map(Item::seq), "Skipping readings the topic already holds (sent before a restart or an unknown outcome).");
                 if let Some(c) = &self.counters {
                     add(&c.duplicates_skipped, skipped);
                 }
@@ -608,7 +616,7 @@ impl KafkaSink {
             .map(|(partition, (records, client))| {
                 let records = records
                     .into_iter()
-                    .map(|r| (r.seq, to_kafka_record(r, gateway, epoch)))
+                    .map(|item| (item.seq(), to_kafka_record(item, gateway, epoch)))
                     .collect();
                 produce_partition(
                     partition,
@@ -645,10 +653,13 @@ impl KafkaSink {
         failures.sort_by_key(|(_, _, f)| f.verdict().severity != Severity::Fatal);
         let acked = batch
             .iter()
-            .filter(|r| self.acked.seqs.contains(&r.seq))
+            .filter(|item| self.acked.seqs.contains(&item.seq()))
             .count();
-        let (partition, unacked, failure) = &failures[0];
-        let more = match failures.len() - 1 {
+        let failed = failures.len();
+        let Some((partition, unacked, failure)) = failures.into_iter().next() else {
+            return Ok(());
+        };
+        let more = match failed - 1 {
             0 => String::new(),
             n => format!(" (and {n} more partitions failed)"),
         };
@@ -661,16 +672,16 @@ impl KafkaSink {
             verdict.hint.map(|h| format!("; {h}")).unwrap_or_default(),
             batch.len(),
         );
-        Err(verdict.severity.error(message))
+        Err(failure.into_error(verdict.severity, message))
     }
 }
 
 impl Sink for KafkaSink {
-    async fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn send(&mut self, batch: &[Item]) -> Result<(), SinkError> {
         let Some(first) = batch.first() else {
             return Ok(());
         };
-        self.acked.start_batch(first.seq);
+        self.acked.start_batch(first.seq());
         let partitions = match &self.connection {
             Some(connection) => connection.partitions.clone(),
             None => {
@@ -832,15 +843,24 @@ pub async fn highest_delivered(
     Ok(None)
 }
 
-/// Splits `batch` into one list per partition, in journal order, leaving out the records
+/// Splits `batch` into one list per partition, in journal order, leaving out the items
 /// in `acked`.
-fn plan<'a>(batch: &'a [Record], acked: &HashSet<u64>, partitions: usize) -> Vec<Vec<&'a Record>> {
+fn plan<'a>(batch: &'a [Item], acked: &HashSet<u64>, partitions: usize) -> Vec<Vec<&'a Item>> {
     let mut plan = vec![Vec::new(); partitions.max(1)];
-    for record in batch.iter().filter(|r| !acked.contains(&r.seq)) {
-        let partition = partition_for_key(record.reading.topic.as_bytes(), partitions);
-        plan[partition].push(record);
+    for item in batch.iter().filter(|item| !acked.contains(&item.seq())) {
+        let partition = partition_for_key(key(item), partitions);
+        plan[partition].push(item);
     }
     plan
+}
+
+/// The Kafka key of an item: a reading's topic, or [`GAP_KEY`] for a gap. It decides the
+/// partition, so every gap of this journal goes to one partition, in order.
+fn key(item: &Item) -> &[u8] {
+    match item {
+        Item::Reading(r) => r.reading.topic.as_bytes(),
+        Item::Gap(_) => GAP_KEY.as_bytes(),
+    }
 }
 
 /// Splits one partition's records into produce requests of at most [`MAX_REQUEST_BYTES`]
@@ -919,25 +939,31 @@ async fn produce_partition(
     }
 }
 
-/// Maps one journal record (or gap marker) to the Kafka record tidegate sends.
-fn to_kafka_record(record: &Record, gateway_id: &str, epoch: Option<u64>) -> KafkaRecord {
+/// Maps one batch item to the Kafka record tidegate sends: a reading keyed by its topic
+/// with its payload as value; a gap keyed [`GAP_KEY`] with an empty value and the range in
+/// the [`HEADER_GAP`] header as `first..last`.
+fn to_kafka_record(item: &Item, gateway_id: &str, epoch: Option<u64>) -> KafkaRecord {
     let mut headers = BTreeMap::new();
     headers.insert(HEADER_GATEWAY.to_owned(), gateway_id.as_bytes().to_vec());
-    headers.insert(HEADER_SEQ.to_owned(), record.seq.to_string().into_bytes());
+    headers.insert(HEADER_SEQ.to_owned(), item.seq().to_string().into_bytes());
     if let Some(epoch) = epoch {
         headers.insert(HEADER_EPOCH.to_owned(), epoch.to_string().into_bytes());
     }
-    if let Some((first, last)) = gap_range(record) {
-        headers.insert(
-            HEADER_GAP.to_owned(),
-            format!("{first}..{last}").into_bytes(),
-        );
-    }
+    let value = match item {
+        Item::Reading(r) => r.reading.payload.to_vec(),
+        Item::Gap(g) => {
+            headers.insert(
+                HEADER_GAP.to_owned(),
+                format!("{}..{}", g.first, g.last).into_bytes(),
+            );
+            Vec::new()
+        }
+    };
     KafkaRecord {
-        key: Some(record.reading.topic.as_bytes().to_vec()),
-        value: Some(record.reading.payload.to_vec()),
+        key: Some(key(item).to_vec()),
+        value: Some(value),
         headers,
-        timestamp: ingest_time(record.reading.ingest_ms),
+        timestamp: ingest_time(item.ingest_ms()),
     }
 }
 
@@ -977,8 +1003,8 @@ enum Severity {
 impl Severity {
     fn error(self, message: String) -> SinkError {
         match self {
-            Severity::Retryable => SinkError::Retryable(message),
-            Severity::Fatal => SinkError::Fatal(message),
+            Severity::Retryable => SinkError::retryable(message),
+            Severity::Fatal => SinkError::fatal(message),
         }
     }
 }
@@ -1029,6 +1055,16 @@ impl Failure {
         match self {
             Failure::TimedOut => Verdict::RECONNECT,
             Failure::Kafka(e) => classify(e),
+        }
+    }
+
+    /// The [`SinkError`] of `severity` saying `message`, keeping the Kafka error as its
+    /// source.
+    fn into_error(self, severity: Severity, message: String) -> SinkError {
+        let error = severity.error(message);
+        match self {
+            Failure::Kafka(e) => error.caused_by(e),
+            Failure::TimedOut => error,
         }
     }
 }

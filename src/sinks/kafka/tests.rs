@@ -12,7 +12,7 @@ use rskafka::record::Record as KafkaRecord;
 
 use super::*;
 use crate::config::{Compression, UpstreamConfig, UpstreamKind};
-use crate::record::{Reading, Record, SourceKind};
+use crate::record::{Gap, Item, Reading, Record, SourceKind};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -52,6 +52,11 @@ fn record(seq: u64, topic: &str, payload: impl Into<Bytes>) -> Record {
             retain: false,
         },
     }
+}
+
+/// `records` as the items of a batch.
+fn items(records: &[Record]) -> Vec<Item> {
+    records.iter().cloned().map(Item::Reading).collect()
 }
 
 /// `count` records from `first_seq` on, cycling through `keys`.
@@ -147,7 +152,7 @@ fn a_record_maps_to_key_value_timestamp_and_headers() {
         "turbines/wt-0001/telemetry",
         &b"\x00{\"wind\":7.5}\xff"[..],
     );
-    let k = to_kafka_record(&r, GATEWAY, None);
+    let k = to_kafka_record(&Item::Reading(r), GATEWAY, None);
     assert_eq!(k.key.as_deref(), Some(&b"turbines/wt-0001/telemetry"[..]));
     assert_eq!(k.value.as_deref(), Some(&b"\x00{\"wind\":7.5}\xff"[..]));
     assert_eq!(k.timestamp.timestamp_millis(), 1_764_000_000_000 + 42 * 7);
@@ -172,17 +177,17 @@ fn an_unrepresentable_ingest_time_becomes_now_instead_of_failing() {
 #[test]
 fn a_batch_is_split_by_partition_in_journal_order() {
     let keys: Vec<String> = (0..10).map(|i| format!("dev/{i}")).collect();
-    let b = batch(1, 100, &keys);
+    let b = items(&batch(1, 100, &keys));
     let plan = plan(&b, &HashSet::new(), 3);
     assert_eq!(plan.len(), 3);
     assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), 100);
     for (p, records) in plan.iter().enumerate() {
         assert!(
-            records.windows(2).all(|w| w[0].seq < w[1].seq),
+            records.windows(2).all(|w| w[0].seq() < w[1].seq()),
             "partition {p} out of order"
         );
         for r in records {
-            assert_eq!(partition_for_key(r.reading.topic.as_bytes(), 3), p);
+            assert_eq!(partition_for_key(key(r), 3), p);
         }
     }
 }
@@ -190,11 +195,11 @@ fn a_batch_is_split_by_partition_in_journal_order() {
 #[test]
 fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
     let keys: Vec<String> = (0..6).map(|i| format!("dev/{i}")).collect();
-    let b = batch(500, 60, &keys);
+    let b = items(&batch(500, 60, &keys));
     let first = plan(&b, &HashSet::new(), 3);
     // Partition 0 was acknowledged in full, partition 1 half of it, partition 2 not at all.
-    let mut acked: HashSet<u64> = first[0].iter().map(|r| r.seq).collect();
-    acked.extend(first[1].iter().take(first[1].len() / 2).map(|r| r.seq));
+    let mut acked: HashSet<u64> = first[0].iter().map(|r| r.seq()).collect();
+    acked.extend(first[1].iter().take(first[1].len() / 2).map(|r| r.seq()));
 
     let retry = plan(&b, &acked, 3);
     assert!(
@@ -204,17 +209,17 @@ fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
     let expected_1: Vec<u64> = first[1]
         .iter()
         .skip(first[1].len() / 2)
-        .map(|r| r.seq)
+        .map(|r| r.seq())
         .collect();
     assert_eq!(
-        retry[1].iter().map(|r| r.seq).collect::<Vec<_>>(),
+        retry[1].iter().map(|r| r.seq()).collect::<Vec<_>>(),
         expected_1
     );
     assert_eq!(
-        retry[2].iter().map(|r| r.seq).collect::<Vec<_>>(),
-        first[2].iter().map(|r| r.seq).collect::<Vec<_>>()
+        retry[2].iter().map(|r| r.seq()).collect::<Vec<_>>(),
+        first[2].iter().map(|r| r.seq()).collect::<Vec<_>>()
     );
-    let resent: HashSet<u64> = retry.iter().flatten().map(|r| r.seq).collect();
+    let resent: HashSet<u64> = retry.iter().flatten().map(|r| r.seq()).collect();
     assert!(
         resent.is_disjoint(&acked),
         "nothing acknowledged is sent twice"
@@ -247,7 +252,11 @@ fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit(
         .map(|seq| {
             (
                 seq,
-                to_kafka_record(&record(seq, "k", payload.clone()), GATEWAY, None),
+                to_kafka_record(
+                    &Item::Reading(record(seq, "k", payload.clone())),
+                    GATEWAY,
+                    None,
+                ),
             )
         })
         .collect();
@@ -269,7 +278,11 @@ fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit(
     // A record above the limit still goes, alone.
     let huge = vec![(
         0,
-        to_kafka_record(&record(0, "k", vec![0u8; 2 << 20]), GATEWAY, None),
+        to_kafka_record(
+            &Item::Reading(record(0, "k", vec![0u8; 2 << 20])),
+            GATEWAY,
+            None,
+        ),
     )];
     assert_eq!(chunk(huge).len(), 1);
 }
@@ -356,13 +369,15 @@ async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_h
 
     let first = batch(1000, 90, &keys);
     let second = batch(1090, 45, &keys);
-    sink.send(&first).await.expect("first batch delivered");
+    sink.send(&items(&first))
+        .await
+        .expect("first batch delivered");
     assert_eq!(
         sink.partition_count(),
         Some(3),
         "the sink created 3 partitions"
     );
-    sink.send(&second)
+    sink.send(&items(&second))
         .await
         .expect("second batch delivered over the same connection");
 
@@ -412,7 +427,7 @@ async fn every_compression_codec_round_trips() {
         // A highly compressible payload and an empty one, besides the small ones.
         records[3].reading.payload = Bytes::from("wind=7.5;".repeat(2000));
         records[7].reading.payload = Bytes::new();
-        sink.send(&records)
+        sink.send(&items(&records))
             .await
             .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
 
@@ -439,7 +454,10 @@ async fn an_unreachable_cluster_is_retryable_within_the_request_timeout_and_the_
     let records = batch(1, 10, &keys);
 
     let started = Instant::now();
-    let err = sink.send(&records).await.expect_err("nothing listens yet");
+    let err = sink
+        .send(&items(&records))
+        .await
+        .expect_err("nothing listens yet");
     let took = started.elapsed();
     assert!(
         err.is_retryable(),
@@ -455,7 +473,7 @@ async fn an_unreachable_cluster_is_retryable_within_the_request_timeout_and_the_
     }
 
     let tansu = Tansu::start_on(port).expect("tansu starts");
-    sink.send(&records)
+    sink.send(&items(&records))
         .await
         .expect("the same sink delivers once the cluster is up");
     let read = read_partition(&tansu.addr(), "late-cluster", 0).await;
@@ -469,10 +487,13 @@ async fn a_missing_topic_without_create_topic_is_fatal_and_names_the_topic() {
     config.create_topic = false;
     let mut sink = KafkaSink::new(&config, GATEWAY);
     let err = sink
-        .send(&batch(1, 3, &["dev/a".to_owned()]))
+        .send(&items(&batch(1, 3, &["dev/a".to_owned()])))
         .await
         .expect_err("the topic does not exist");
-    assert!(matches!(err, SinkError::Fatal(_)), "must be fatal: {err}");
+    assert!(
+        matches!(err, SinkError::Fatal { .. }),
+        "must be fatal: {err}"
+    );
     let text = err.to_string();
     for needle in [
         "never-created",
@@ -495,7 +516,7 @@ async fn a_broker_that_never_answers_times_out_as_retryable_within_the_request_t
 
     let started = Instant::now();
     let err = sink
-        .send(&batch(1, 2, &["dev/a".to_owned()]))
+        .send(&items(&batch(1, 2, &["dev/a".to_owned()])))
         .await
         .expect_err("nothing answers");
     let took = started.elapsed();
@@ -525,7 +546,7 @@ async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order(
         }
         r.reading.payload = Bytes::from(payload);
     }
-    sink.send(&records).await.expect("delivered");
+    sink.send(&items(&records)).await.expect("delivered");
 
     let read = read_partition(&tansu.addr(), "big-share", 0).await;
     let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
@@ -545,7 +566,9 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
         .map(|i| format!("turbines/wt-{i:04}/telemetry"))
         .collect();
     let warmup = batch(1, 9, &keys);
-    sink.send(&warmup).await.expect("connects and delivers");
+    sink.send(&items(&warmup))
+        .await
+        .expect("connects and delivers");
 
     // Point the sink's partition 2 at a second broker and stop that broker: in the next
     // send partitions 0 and 1 succeed and partition 2 fails.
@@ -565,7 +588,7 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
         .count();
     assert!(on_2 > 0 && on_2 < records.len());
     let err = sink
-        .send(&records)
+        .send(&items(&records))
         .await
         .expect_err("partition 2's broker is gone");
     assert!(err.is_retryable(), "{err}");
@@ -580,7 +603,7 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
     );
     assert_eq!(sink.partition_count(), None, "the connection was dropped");
 
-    sink.send(&records)
+    sink.send(&items(&records))
         .await
         .expect("the retry reconnects and delivers the rest");
 
@@ -617,7 +640,11 @@ fn journal(first_seq: u64, count: u64, keys: &[String]) -> Vec<Record> {
 
 #[test]
 fn a_gap_marker_maps_to_the_reserved_key_an_empty_value_and_the_gap_header() {
-    let marker = crate::forward::gap_marker(17, 40, 1_764_000_000_000);
+    let marker = Item::Gap(Gap {
+        first: 17,
+        last: 40,
+        ingest_ms: 1_764_000_000_000,
+    });
     let k = to_kafka_record(&marker, GATEWAY, Some(EPOCH));
     assert_eq!(k.key.as_deref(), Some(&b"$tidegate/gap"[..]));
     assert_eq!(k.value.as_deref(), Some(&b""[..]));
@@ -635,13 +662,21 @@ fn a_gap_marker_maps_to_the_reserved_key_an_empty_value_and_the_gap_header() {
     assert_eq!(header(HEADER_EPOCH).as_deref(), Some("4242"));
     assert_eq!(header(HEADER_GATEWAY).as_deref(), Some(GATEWAY));
     // A reading carries no gap header.
-    let plain = to_kafka_record(&record(3, "dev/1", "x"), GATEWAY, Some(EPOCH));
+    let plain = to_kafka_record(
+        &Item::Reading(record(3, "dev/1", "x")),
+        GATEWAY,
+        Some(EPOCH),
+    );
     assert!(!plain.headers.contains_key(HEADER_GAP));
 }
 
 #[test]
 fn only_records_of_this_gateway_and_epoch_count_as_ours() {
-    let mut r = to_kafka_record(&record(9, "dev/1", "x"), GATEWAY, Some(EPOCH));
+    let mut r = to_kafka_record(
+        &Item::Reading(record(9, "dev/1", "x")),
+        GATEWAY,
+        Some(EPOCH),
+    );
     assert_eq!(owner(&r, GATEWAY, EPOCH), Owner::Ours(9));
     assert_eq!(owner(&r, GATEWAY, EPOCH + 1), Owner::OurGatewayEarlier);
     assert_eq!(owner(&r, "gw-other", EPOCH), Owner::Other);
@@ -703,7 +738,7 @@ async fn after_a_restart_records_already_in_the_topic_are_skipped_and_the_rest_a
         journal(101, 100, &keys),
         journal(201, 100, &keys),
     ] {
-        before.send(&b).await.expect("delivered");
+        before.send(&items(&b)).await.expect("delivered");
     }
     drop(before);
 
@@ -711,7 +746,7 @@ async fn after_a_restart_records_already_in_the_topic_are_skipped_and_the_rest_a
     let mut after = KafkaSink::new(&config, GATEWAY);
     let counters = counters_of(&mut after, EPOCH);
     for b in [journal(101, 150, &keys), journal(251, 150, &keys)] {
-        after.send(&b).await.expect("delivered");
+        after.send(&items(&b)).await.expect("delivered");
     }
     assert_eq!(
         crate::telemetry::get(&counters.duplicates_skipped),
@@ -743,29 +778,31 @@ async fn records_of_other_gateways_and_other_epochs_are_not_taken_for_ours() {
     // Another gateway, and this gateway's previous journal (epoch - 1), both up to seq 500.
     let mut other = KafkaSink::new(&config, "gw-other").with_epoch(EPOCH);
     other
-        .send(&journal(1, 500, &keys))
+        .send(&items(&journal(1, 500, &keys)))
         .await
         .expect("other gateway");
     let mut old = KafkaSink::new(&config, GATEWAY).with_epoch(EPOCH - 1);
-    old.send(&journal(1, 500, &keys))
+    old.send(&items(&journal(1, 500, &keys)))
         .await
         .expect("previous epoch");
 
     // The new journal starts at 1: nothing of it is there, so nothing is skipped.
     let mut sink = KafkaSink::new(&config, GATEWAY);
     let counters = counters_of(&mut sink, EPOCH);
-    sink.send(&journal(1, 50, &keys)).await.expect("delivered");
+    sink.send(&items(&journal(1, 50, &keys)))
+        .await
+        .expect("delivered");
     assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 0);
 
     // Others write after ours; a restart still finds ours behind them.
     other
-        .send(&journal(501, 300, &keys))
+        .send(&items(&journal(501, 300, &keys)))
         .await
         .expect("other gateway");
     let mut restarted = KafkaSink::new(&config, GATEWAY);
     let counters = counters_of(&mut restarted, EPOCH);
     restarted
-        .send(&journal(1, 80, &keys))
+        .send(&items(&journal(1, 80, &keys)))
         .await
         .expect("delivered");
     assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 50);
@@ -791,7 +828,9 @@ async fn an_empty_topic_skips_nothing() {
     let keys: Vec<String> = (0..6).map(|i| format!("dev/{i}")).collect();
     let mut sink = KafkaSink::new(&config, GATEWAY);
     let counters = counters_of(&mut sink, EPOCH);
-    sink.send(&journal(7, 40, &keys)).await.expect("delivered");
+    sink.send(&items(&journal(7, 40, &keys)))
+        .await
+        .expect("delivered");
     assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 0);
     let mut all: Vec<u64> = ours_by_partition(&tansu.addr(), "empty", 2, GATEWAY, EPOCH)
         .await
@@ -806,11 +845,13 @@ async fn the_tail_read_steps_over_others_records_up_to_its_limit_and_no_further(
     let config = upstream(&tansu.addr(), "bounded");
     let keys = vec!["dev/1".to_owned()];
     let mut ours = KafkaSink::new(&config, GATEWAY).with_epoch(EPOCH);
-    ours.send(&journal(1, 30, &keys)).await.expect("ours");
+    ours.send(&items(&journal(1, 30, &keys)))
+        .await
+        .expect("ours");
     let mut other = KafkaSink::new(&config, "gw-other").with_epoch(EPOCH);
     for i in 0..5 {
         other
-            .send(&journal(1 + i * 100, 100, &keys))
+            .send(&items(&journal(1 + i * 100, 100, &keys)))
             .await
             .expect("others");
     }

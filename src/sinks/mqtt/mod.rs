@@ -55,7 +55,7 @@
 pub mod client;
 pub mod config;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::config::UpstreamConfig;
-use crate::record::Record;
+use crate::record::{Item, Record};
 use crate::sinks::{Sink, SinkError};
 use client::{Endpoint, Event, EventLoop, Failure, Requests};
 
@@ -197,9 +197,9 @@ impl Ctx {
             self.upstream, self.endpoint.url
         );
         if fatal {
-            SinkError::Fatal(message)
+            SinkError::fatal(message)
         } else {
-            SinkError::Retryable(message)
+            SinkError::retryable(message)
         }
     }
 
@@ -250,10 +250,12 @@ impl Ctx {
     /// Publishes `todo` (the unacknowledged rest of a batch) and waits for every PUBACK.
     /// Returns how many of `todo`, from the front, were acknowledged, and the error if not
     /// all were.
-    async fn deliver(&self, conn: &mut Connection, todo: &[Record]) -> (usize, Option<SinkError>) {
+    async fn deliver(&self, conn: &mut Connection, todo: &[Item]) -> (usize, Option<SinkError>) {
         let window = usize::from(self.endpoint.max_inflight.max(1));
         let mut queued = 0;
-        let mut written = 0;
+        // Indexes in `todo` of the publishes queued and not yet written, in queue order:
+        // rumqttc writes them in that order, and a gap (queued as nothing) has no index here.
+        let mut unwritten: VecDeque<usize> = VecDeque::with_capacity(window);
         let mut acked = vec![false; todo.len()];
         let mut acked_count = 0;
         let mut prefix = 0;
@@ -262,7 +264,20 @@ impl Ctx {
         let mut deadline = tokio::time::Instant::now() + self.request_timeout;
         while acked_count < todo.len() {
             while queued < todo.len() && queued - acked_count < window {
-                let r = &todo[queued];
+                let r: &Record = match &todo[queued] {
+                    Item::Reading(r) => r,
+                    // The bridge has no gap record of its own (it does not ask for gap
+                    // markers): nothing to publish, so nothing to wait for.
+                    Item::Gap(_) => {
+                        acked[queued] = true;
+                        acked_count += 1;
+                        queued += 1;
+                        while prefix < todo.len() && acked[prefix] {
+                            prefix += 1;
+                        }
+                        continue;
+                    }
+                };
                 let topic = self.topics.apply(&r.reading.topic, &self.gateway);
                 // Ingest and config validation rule these out; checked here so a bad
                 // topic is an operator error naming the reading, not a retry loop.
@@ -292,6 +307,7 @@ impl Ctx {
                         Some(self.error(false, "the connection's request queue closed")),
                     );
                 }
+                unwritten.push_back(queued);
                 queued += 1;
             }
             let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
@@ -333,8 +349,9 @@ impl Ctx {
             };
             match event {
                 Event::Sent(pkid) => {
-                    in_flight.insert(pkid, written);
-                    written += 1;
+                    if let Some(i) = unwritten.pop_front() {
+                        in_flight.insert(pkid, i);
+                    }
                 }
                 Event::Acked(pkid) => {
                     // rumqttc refuses a PUBACK for an id it has nothing in flight under
@@ -358,12 +375,12 @@ impl Ctx {
 }
 
 impl Sink for MqttSink {
-    async fn send(&mut self, batch: &[Record]) -> Result<(), SinkError> {
+    async fn send(&mut self, batch: &[Item]) -> Result<(), SinkError> {
         let Some(first) = batch.first() else {
             return Ok(());
         };
         let skip = match self.acked {
-            Some((seq, n)) if seq == first.seq => n.min(batch.len()),
+            Some((seq, n)) if seq == first.seq() => n.min(batch.len()),
             _ => 0,
         };
         // A connection that failed while idle (the broker restarted, say) is replaced
@@ -388,7 +405,7 @@ impl Sink for MqttSink {
             Some(e) => {
                 // Dropping `conn` closes the socket and forgets whatever rumqttc still
                 // held for this connection (see the module docs).
-                self.acked = Some((first.seq, skip + done));
+                self.acked = Some((first.seq(), skip + done));
                 Err(e)
             }
         }

@@ -11,7 +11,7 @@ use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
 
 use super::*;
 use crate::config::{UpstreamConfig, UpstreamKind};
-use crate::record::{Reading, SourceKind};
+use crate::record::{Gap, Item, Reading, SourceKind};
 
 const GATEWAY: &str = "gw-test-01";
 
@@ -25,13 +25,13 @@ fn upstream(url: String) -> UpstreamConfig {
     }
 }
 
-fn batch(first_seq: u64, count: u64) -> Vec<Record> {
+fn batch(first_seq: u64, count: u64) -> Vec<Item> {
     (0..count)
         .map(|i| {
             let seq = first_seq + i;
             let mut payload = format!("{{\"seq\":{seq}}}").into_bytes();
             payload.extend_from_slice(&[0, 0xff]);
-            Record {
+            Item::Reading(Record {
                 seq,
                 reading: Reading {
                     ingest_ms: 1_764_000_000_000 + seq,
@@ -42,7 +42,7 @@ fn batch(first_seq: u64, count: u64) -> Vec<Record> {
                     qos: 1,
                     retain: false,
                 },
-            }
+            })
         })
         .collect()
 }
@@ -89,7 +89,7 @@ async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_p
             other => panic!("reader after {} messages: {other:?}", got.len()),
         }
     }
-    for (r, p) in records.iter().zip(&got) {
+    for (r, p) in records.iter().filter_map(Item::as_reading).zip(&got) {
         assert_eq!(
             &p.topic[..],
             format!("site-7/{}", r.reading.topic).as_bytes()
@@ -109,6 +109,48 @@ async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_p
             ]
         );
     }
+}
+
+#[tokio::test]
+async fn a_gap_in_a_batch_publishes_nothing_and_the_readings_around_it_arrive_in_order() {
+    let broker = Mosquitto::start().expect("mosquitto");
+    let mut reader = subscriber(broker.port()).await;
+    let mut sink = MqttSink::new(
+        &upstream(format!("mqtt://127.0.0.1:{}", broker.port())),
+        GATEWAY,
+    )
+    .expect("sink");
+    let mut items = batch(1, 10);
+    items.push(Item::Gap(Gap {
+        first: 11,
+        last: 20,
+        ingest_ms: 1_764_000_000_021,
+    }));
+    items.extend(batch(21, 10));
+    sink.send(&items).await.expect("the batch with a gap");
+    sink.send(&batch(31, 1)).await.expect("the next batch");
+
+    let mut seqs = Vec::new();
+    while seqs.len() < 21 {
+        match tokio::time::timeout(Duration::from_secs(10), reader.poll()).await {
+            Ok(Ok(Ev5::Incoming(Packet::Publish(p)))) => {
+                let props = p.properties.expect("properties").user_properties;
+                let seq = props
+                    .iter()
+                    .find(|(k, _)| k == client::PROP_SEQ)
+                    .map(|(_, v)| v.clone())
+                    .expect("tidegate-seq");
+                seqs.push(seq.parse::<u64>().expect("decimal"));
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("reader after {} messages: {other:?}", seqs.len()),
+        }
+    }
+    let expected: Vec<u64> = (1..=10).chain(21..=31).collect();
+    assert_eq!(
+        seqs, expected,
+        "every reading once, in order, nothing for the gap"
+    );
 }
 
 #[tokio::test]
