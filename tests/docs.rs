@@ -194,30 +194,15 @@ fn keys_the_code_lists(section: &str) -> BTreeSet<KeyName> {
 /// A configuration with one of every section, so that `check-config` prints every key
 /// that has a value by default.
 const EVERY_SECTION: &str = r#"
-[[upstream]]
-name = "cluster"
-kind = "kafka"
-brokers = ["127.0.0.1:9092"]
-topic = "telemetry"
-[[upstream]]
-name = "cloud"
-kind = "mqtt"
-url = "mqtt://127.0.0.1:1884"
-topic_prefix = "site-7/"
-[[serial]]
-port = "/dev/ttyUSB0"
-[[modbus]]
-port = "/dev/ttyUSB1"
-[[modbus.slave]]
-id = 1
-name = "wt-0001"
-[[modbus.slave.register]]
-name = "wind_ms"
-kind = "input"
-address = 0
-[[mqtt_subscribe]]
-url = "mqtt://127.0.0.1:1885"
-topics = ["sensors/#"]
+upstream = [
+  { name = "cluster", kind = "kafka", brokers = ["127.0.0.1:9092"], topic = "telemetry" },
+  { name = "cloud", kind = "mqtt", url = "mqtt://127.0.0.1:1884", topic_prefix = "site-7/" },
+]
+serial = [{ port = "/dev/ttyUSB0" }]
+modbus = [{ port = "/dev/ttyUSB1", slave = [
+  { id = 1, name = "wt-0001", register = [{ name = "wind_ms", kind = "input", address = 0 }] },
+] }]
+mqtt_subscribe = [{ url = "mqtt://127.0.0.1:1885", topics = ["sensors/#"] }]
 "#;
 
 /// Every key the code accepts, as far as `check-config` shows them: the effective
