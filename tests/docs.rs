@@ -1,8 +1,9 @@
 //! The documentation kept true by the build: every configuration key the code accepts (and
 //! every key of the shipped example, `deploy/tidegate.toml`) is documented in
-//! `docs/configuration.md`, every key documented there is one the code accepts, every TOML
-//! example in README.md and docs/ passes `tidegate check-config`, and every relative link
-//! and anchor in them points at something that exists.
+//! `docs/configuration.md` with the default the code fills in, every key documented there is
+//! one the code accepts, every TOML example in README.md and docs/ passes
+//! `tidegate check-config`, and every relative link and anchor in them points at something
+//! that exists.
 //!
 //! The unit test in `src/config` keeps `deploy/tidegate.toml` in sync with the code's
 //! defaults; this test extends that to the documentation, through the built binary, as an
@@ -79,23 +80,25 @@ fn join(section: &str, key: &str) -> KeyName {
     }
 }
 
-/// Every key of a parsed configuration, walking tables and arrays of tables.
-fn keys_of_value(section: &str, table: &toml::Table, out: &mut BTreeSet<KeyName>) {
+/// Every key of a parsed configuration with its value, walking tables and arrays of
+/// tables; of an array of tables, the first one's value is kept.
+fn values_of(section: &str, table: &toml::Table, out: &mut BTreeMap<KeyName, toml::Value>) {
     for (key, value) in table {
         match value {
-            toml::Value::Table(t) => keys_of_value(&join(section, key), t, out),
+            toml::Value::Table(t) => values_of(&join(section, key), t, out),
             toml::Value::Array(items)
                 if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
             {
                 let sub = format!("{}[]", join(section, key));
                 for item in items {
                     if let toml::Value::Table(t) = item {
-                        keys_of_value(&sub, t, out);
+                        values_of(&sub, t, out);
                     }
                 }
             }
             _ => {
-                out.insert(join(section, key));
+                out.entry(join(section, key))
+                    .or_insert_with(|| value.clone());
             }
         }
     }
@@ -205,10 +208,9 @@ modbus = [{ port = "/dev/ttyUSB1", slave = [
 mqtt_subscribe = [{ url = "mqtt://127.0.0.1:1885", topics = ["sensors/#"] }]
 "#;
 
-/// Every key the code accepts, as far as `check-config` shows them: the effective
-/// configuration of [`EVERY_SECTION`] (keys with a default), plus, per section, the keys an
-/// unknown-key error lists (optional keys too).
-fn code_keys() -> BTreeSet<KeyName> {
+/// The effective configuration `check-config` prints for [`EVERY_SECTION`], by key: every
+/// key that has a value by default, with that value (the first of each array of tables).
+fn effective_values() -> BTreeMap<KeyName, toml::Value> {
     let out = check_config(EVERY_SECTION);
     assert!(
         out.status.success(),
@@ -218,8 +220,16 @@ fn code_keys() -> BTreeSet<KeyName> {
     let printed: toml::Table = String::from_utf8_lossy(&out.stdout)
         .parse()
         .expect("check-config prints its effective configuration as TOML");
-    let mut keys = BTreeSet::new();
-    keys_of_value("", &printed, &mut keys);
+    let mut values = BTreeMap::new();
+    values_of("", &printed, &mut values);
+    values
+}
+
+/// Every key the code accepts, as far as `check-config` shows them: the keys of the
+/// effective configuration (those with a default), plus, per section, the keys an
+/// unknown-key error lists (optional keys too).
+fn code_keys(effective: &BTreeMap<KeyName, toml::Value>) -> BTreeSet<KeyName> {
+    let mut keys: BTreeSet<KeyName> = effective.keys().cloned().collect();
     let mut sections: BTreeSet<String> = keys
         .iter()
         .filter_map(|k| k.rsplit_once('.').map(|(s, _)| s.to_string()))
@@ -249,10 +259,16 @@ fn code_keys() -> BTreeSet<KeyName> {
     keys
 }
 
+/// A row of the key table: its line in docs/configuration.md and its "default" cell.
+struct Row {
+    line: usize,
+    default: String,
+}
+
 /// The keys docs/configuration.md documents: the backquoted names in the first cell of each
 /// row of its key tables. A name with a dot is whole (`upstream[].password_file`); a bare
 /// one in the same cell belongs to the section of the cell's first (`password_env`).
-fn documented_keys(text: &str) -> BTreeMap<KeyName, usize> {
+fn documented_keys(text: &str) -> BTreeMap<KeyName, Row> {
     let mut keys = BTreeMap::new();
     let mut in_key_table = false;
     for (n, line) in text.lines().enumerate() {
@@ -260,7 +276,9 @@ fn documented_keys(text: &str) -> BTreeMap<KeyName, usize> {
             in_key_table = false;
             continue;
         };
-        let first = row.split('|').next().unwrap_or("").trim();
+        let mut cells = row.split('|').map(str::trim);
+        let first = cells.next().unwrap_or("");
+        let default = cells.next().unwrap_or("");
         if first == "key" {
             in_key_table = true;
             continue;
@@ -277,7 +295,13 @@ fn documented_keys(text: &str) -> BTreeMap<KeyName, usize> {
                 }
                 None => join(&section, name),
             };
-            keys.insert(key, n + 1);
+            keys.insert(
+                key,
+                Row {
+                    line: n + 1,
+                    default: default.to_string(),
+                },
+            );
         }
     }
     keys
@@ -287,7 +311,8 @@ fn documented_keys(text: &str) -> BTreeMap<KeyName, usize> {
 fn every_configuration_key_is_documented_and_every_documented_key_exists() {
     let text = read(&root().join("docs/configuration.md"));
     let documented = documented_keys(&text);
-    let mut needed = code_keys();
+    let effective = effective_values();
+    let mut needed = code_keys(&effective);
     needed.extend(example_keys());
 
     let missing: Vec<&KeyName> = needed
@@ -301,7 +326,7 @@ fn every_configuration_key_is_documented_and_every_documented_key_exists() {
 
     // A documented key the code does not accept is refused by check-config as unknown.
     let mut stale = Vec::new();
-    for (key, line) in &documented {
+    for (key, Row { line, .. }) in &documented {
         if needed.contains(key) {
             continue;
         }
@@ -323,6 +348,74 @@ fn every_configuration_key_is_documented_and_every_documented_key_exists() {
     assert!(
         stale.is_empty(),
         "docs/configuration.md documents keys tidegate does not accept: {stale:?}"
+    );
+}
+
+/// Whether a "default" cell states `printed`, the value `check-config` filled in. Only a cell
+/// that is one plain backquoted value is compared (`1GiB`, `drop-oldest`, `["#"]`); prose
+/// ("host name", "required") and patterns (`serial/<port file name>`) are not.
+fn states_default(cell: &str, printed: &toml::Value) -> bool {
+    let Some(token) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+        return true;
+    };
+    if token.contains('`') || token.contains('<') {
+        return true;
+    }
+    let stated = format!("v = {token}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(token.to_string()));
+    match (&stated, printed) {
+        _ if &stated == printed => true,
+        (toml::Value::Integer(a), toml::Value::Float(b)) => (*a as f64 - b).abs() < f64::EPSILON,
+        (toml::Value::String(a), toml::Value::String(b)) => {
+            let durations = humantime::parse_duration(a)
+                .ok()
+                .zip(humantime::parse_duration(b).ok())
+                .is_some_and(|(a, b)| a == b);
+            let sizes = a
+                .parse::<bytesize::ByteSize>()
+                .ok()
+                .zip(b.parse::<bytesize::ByteSize>().ok())
+                .is_some_and(|(a, b)| a == b);
+            durations || sizes
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn every_documented_default_is_the_one_the_code_fills_in() {
+    let text = read(&root().join("docs/configuration.md"));
+    let mut set_by_the_test = BTreeMap::new();
+    values_of(
+        "",
+        &EVERY_SECTION.parse().expect("EVERY_SECTION is TOML"),
+        &mut set_by_the_test,
+    );
+    let effective = effective_values();
+    let mut wrong = Vec::new();
+    let mut compared = 0;
+    for (key, row) in documented_keys(&text) {
+        let Some(printed) = effective.get(&key) else {
+            continue;
+        };
+        if set_by_the_test.contains_key(&key) {
+            continue;
+        }
+        compared += 1;
+        if !states_default(&row.default, printed) {
+            wrong.push(format!(
+                "{key} (docs/configuration.md:{}): documented default {}, check-config fills in {printed}",
+                row.line, row.default
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong defaults:\n{}", wrong.join("\n"));
+    assert!(
+        compared > 50,
+        "only {compared} defaults compared: is the key table still read?"
     );
 }
 
