@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::health::{supervise, Health, JournalState, TaskGuard};
-use crate::ingest::broker;
+use crate::ingest::listener;
 use crate::ingest::local_bus::{BusError, LocalBus};
 use crate::ingest::modbus;
 use crate::ingest::mqtt_subscribe;
@@ -48,7 +48,7 @@ pub enum AppError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
-    Listen(#[from] broker::ListenError),
+    Listen(#[from] listener::ListenError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
     #[error("cannot start the local subscription bus: {0} (set mqtt.local_subscriptions = false to run without it)")]
@@ -86,7 +86,7 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
     }
     let names: Vec<String> = config.upstream.iter().map(|u| u.name.clone()).collect();
     let (journal, writer) = Journal::open(&config.journal, &names)?;
-    let listener = broker::bind(config.mqtt.listen).await?;
+    let listener = listener::bind(config.mqtt.listen).await?;
     let local = listener.local_addr().unwrap_or(config.mqtt.listen);
     // Device authentication and the TLS listener: a bad credentials file, certificate or
     // key is a start-up error naming the file.
@@ -115,7 +115,7 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
         crate::ingest::tls::Acceptor::from_config(&config.mqtt)?,
     ) {
         (Some(addr), Some(acceptor)) => {
-            let l = broker::bind(addr).await?;
+            let l = listener::bind(addr).await?;
             tracing::info!(mqtt_tls = %l.local_addr().unwrap_or(addr), client_ca = config.mqtt.tls_client_ca.is_some(), "MQTT TLS listener ready.");
             Some((l, acceptor))
         }
@@ -164,8 +164,8 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
     ingest_tasks.spawn(supervise(
         health.register("mqtt-listener", true),
         ingest_stop.clone(),
-        broker::serve_with(
-            broker::Listeners {
+        listener::serve_with(
+            listener::Listeners {
                 tcp: listener,
                 tls: tls_listener,
             },

@@ -7,7 +7,7 @@
 //! upstream MQTT broker) whenever they are reachable.
 //!
 //! ```text
-//!  devices ──MQTT──────▶ ingest::broker ─────────┐
+//!  devices ──MQTT──────▶ ingest::listener ───────┐
 //!  local broker ─MQTT──▶ ingest::mqtt_subscribe ─┤
 //!  UART / RS-485 ──────▶ ingest::serial ─────────┼─▶ Reading ─▶ journal (LMDB, group commit)
 //!  Modbus RTU slaves ◀─▶ ingest::modbus ─────────┘                │ durable, then ack
@@ -23,7 +23,7 @@
 //! * [`config`] — the TOML configuration tree, defaults and validation.
 //! * [`record`] — [`record::Record`] and its versioned, checksummed encoding.
 //! * [`ingest`] — every way readings come in: the device-facing MQTT listener
-//!   ([`ingest::broker`]) on its codec, with device authentication and topic rights
+//!   ([`ingest::listener`]) on its codec, with device authentication and topic rights
 //!   ([`ingest::auth`]) and its TLS listener ([`ingest::tls`]), subscriptions to an existing broker
 //!   ([`ingest::mqtt_subscribe`]), serial ports ([`ingest::serial`], framings from the
 //!   `tidegate-framing` crate) and Modbus RTU polling ([`ingest::modbus`]).

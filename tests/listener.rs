@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use bytesize::ByteSize;
 use rumqttc::mqttbytes::v4;
 use tidegate::config::{JournalConfig, MqttConfig, OnFull};
-use tidegate::ingest::broker;
+use tidegate::ingest::listener;
 use tidegate::ingest::local_bus::LocalBus;
 use tidegate::journal::{Journal, WriterHandle};
 use tidegate::record::Record;
@@ -46,13 +46,13 @@ impl Harness {
             max_packet,
             ..MqttConfig::default()
         };
-        let listener = broker::bind(mc.listen).await.expect("bind");
+        let listener = listener::bind(mc.listen).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let counters = Arc::new(IngestCounters::default());
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bus = Arc::new(LocalBus::start().expect("local bus"));
-        tracker.spawn(broker::serve(
+        tracker.spawn(listener::serve(
             listener,
             mc,
             journal.clone(),

@@ -28,19 +28,23 @@ pub struct ConnectInfo {
     pub password: Option<String>,
 }
 
+/// A PUBLISH from a device, as the listener reads it (topic not yet checked).
+#[derive(Debug)]
+pub struct Publish {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub pkid: u16,
+    pub retain: bool,
+    pub dup: bool,
+    /// MQTT 5 topic alias; tidegate advertises none, so any alias is a protocol error.
+    pub topic_alias: Option<u16>,
+}
+
 /// A packet from a device after CONNECT.
 #[derive(Debug)]
 pub enum Inbound {
-    Publish {
-        topic: Bytes,
-        payload: Bytes,
-        qos: u8,
-        pkid: u16,
-        retain: bool,
-        dup: bool,
-        /// MQTT 5 topic alias; tidegate advertises none, so any alias is a protocol error.
-        topic_alias: Option<u16>,
-    },
+    Publish(Publish),
     PubRel {
         pkid: u16,
     },
@@ -177,7 +181,7 @@ pub fn read(
     let inbound = match version {
         Version::V4 => {
             match v4::read(buf, max).map_err(|e| CodecError::Malformed(e.to_string()))? {
-                v4::Packet::Publish(p) => Inbound::Publish {
+                v4::Packet::Publish(p) => Inbound::Publish(Publish {
                     topic: Bytes::from(p.topic.into_bytes()),
                     payload: p.payload,
                     qos: p.qos as u8,
@@ -185,7 +189,7 @@ pub fn read(
                     retain: p.retain,
                     dup: p.dup,
                     topic_alias: None,
-                },
+                }),
                 v4::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
                 v4::Packet::Subscribe(s) => Inbound::Subscribe {
                     pkid: s.pkid,
@@ -207,7 +211,7 @@ pub fn read(
         Version::V5 => match v5::Packet::read(buf, Some(max))
             .map_err(|e| CodecError::Malformed(e.to_string()))?
         {
-            v5::Packet::Publish(p) => Inbound::Publish {
+            v5::Packet::Publish(p) => Inbound::Publish(Publish {
                 topic_alias: p.properties.as_ref().and_then(|pr| pr.topic_alias),
                 topic: p.topic,
                 payload: p.payload,
@@ -215,7 +219,7 @@ pub fn read(
                 pkid: p.pkid,
                 retain: p.retain,
                 dup: p.dup,
-            },
+            }),
             v5::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
             v5::Packet::Subscribe(s) => Inbound::Subscribe {
                 pkid: s.pkid,
@@ -337,39 +341,37 @@ pub fn write_connack(
     }
 }
 
-pub fn write_puback(version: Version, pkid: u16, reason: AckReason, out: &mut BytesMut) {
-    match version {
-        Version::V4 => {
+/// The acknowledgement of a QoS 1 (PUBACK) or QoS 2 (PUBREC) publish; `reason` is only
+/// on the wire under MQTT 5 (3.1.1 has no negative ack).
+pub fn write_ack(version: Version, qos: u8, pkid: u16, reason: AckReason, out: &mut BytesMut) {
+    match (version, qos) {
+        (Version::V4, 2) => {
+            let _ = v4::PubRec::new(pkid).write(out);
+        }
+        (Version::V4, _) => {
             let _ = v4::PubAck::new(pkid).write(out);
         }
-        Version::V5 => {
+        (Version::V5, 2) => {
+            let mut rec = v5::PubRec::new(pkid, None);
+            rec.reason = v5_ack_reasons(reason).1;
+            let _ = rec.write(out);
+        }
+        (Version::V5, _) => {
             let mut ack = v5::PubAck::new(pkid, None);
-            ack.reason = match reason {
-                AckReason::Success => v5::PubAckReason::Success,
-                AckReason::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
-                AckReason::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
-                AckReason::NotAuthorized => v5::PubAckReason::NotAuthorized,
-            };
+            ack.reason = v5_ack_reasons(reason).0;
             let _ = ack.write(out);
         }
     }
 }
 
-pub fn write_pubrec(version: Version, pkid: u16, reason: AckReason, out: &mut BytesMut) {
-    match version {
-        Version::V4 => {
-            let _ = v4::PubRec::new(pkid).write(out);
-        }
-        Version::V5 => {
-            let mut rec = v5::PubRec::new(pkid, None);
-            rec.reason = match reason {
-                AckReason::Success => v5::PubRecReason::Success,
-                AckReason::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
-                AckReason::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
-                AckReason::NotAuthorized => v5::PubRecReason::NotAuthorized,
-            };
-            let _ = rec.write(out);
-        }
+/// An [`AckReason`] as MQTT 5 spells it in a PUBACK and in a PUBREC.
+fn v5_ack_reasons(reason: AckReason) -> (v5::PubAckReason, v5::PubRecReason) {
+    use v5::{PubAckReason as Ack, PubRecReason as Rec};
+    match reason {
+        AckReason::Success => (Ack::Success, Rec::Success),
+        AckReason::QuotaExceeded => (Ack::QuotaExceeded, Rec::QuotaExceeded),
+        AckReason::TopicNameInvalid => (Ack::TopicNameInvalid, Rec::TopicNameInvalid),
+        AckReason::NotAuthorized => (Ack::NotAuthorized, Rec::NotAuthorized),
     }
 }
 

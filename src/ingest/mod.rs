@@ -3,8 +3,8 @@
 //! before the journal has committed it.
 
 pub mod auth;
-pub mod broker;
 pub mod codec;
+pub mod listener;
 pub mod local_bus;
 pub mod modbus;
 pub mod mqtt_subscribe;
