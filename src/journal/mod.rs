@@ -30,11 +30,16 @@
 //!    with [`JournalError::Failed`] and the daemon stops for systemd to restart it.
 
 pub mod retention;
+mod sessions;
 pub mod store;
+mod trouble;
 pub mod writer;
 
+pub use sessions::{Packet, SESSION_PACKETS, SESSION_PRUNE_EVERY, SESSION_TTL};
+pub use trouble::{RESERVE_FILE, RETRY_FIRST, RETRY_MAX};
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -103,45 +108,6 @@ pub struct Appended {
     /// not be acknowledged.
     pub accepted: usize,
 }
-
-/// The MQTT packet a QoS 1 or 2 reading came in, for recognising a device's re-send.
-///
-/// MQTT delivers QoS 1 at least once: a device that never saw the PUBACK of a publish
-/// (tidegate killed after the commit, a connection dropped with the PUBACK in flight)
-/// sends it again, with the DUP flag and the same packet id. The writer keeps, per client
-/// id and in the same transaction as the readings, the packet ids and fingerprints (CRC-32
-/// of topic and payload) of that client's latest [`SESSION_PACKETS`] journaled publishes.
-/// A publish with DUP set whose packet id and fingerprint match one of them is
-/// acknowledged but not journaled again (counted as `duplicates_dropped`).
-///
-/// Limits: a re-send more than [`SESSION_PACKETS`] publishes late is journaled again; two
-/// devices sharing a client id share the memory; a publish re-sent with a new packet id
-/// (against the MQTT spec) is not recognised. A payload identical to an earlier one under
-/// the same packet id and with DUP set is, by the spec, the same publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet {
-    /// The packet identifier.
-    pub pkid: u16,
-    /// The DUP flag: the device says it may have sent this publish before.
-    pub dup: bool,
-}
-
-/// How many of a client's latest journaled publishes are remembered (see [`Packet`]): more
-/// than a device may keep in flight under tidegate's default receive maximum
-/// (`mqtt.max_inflight` = 1000). A client that cycles through few packet ids (most keep
-/// fewer than 100 in flight) is remembered in as many entries of 6 bytes.
-pub const SESSION_PACKETS: usize = 1024;
-
-/// How long a client's memory of journaled publishes (see [`Packet`]) outlives its last
-/// journaled publish. A device re-sends an unacknowledged publish when it reconnects,
-/// within seconds or hours of the lost PUBACK; a week covers a site offline over a long
-/// weekend. Without an end, every client id ever seen (devices replaced, ids made up by
-/// misconfigured or hostile clients) would keep its row for the journal's lifetime.
-pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
-/// How often the writer looks for memories older than [`SESSION_TTL`] (inside an
-/// ordinary commit; one pass over the `sessions` database).
-pub const SESSION_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Keeps one input's readings in order across refusals.
 ///
@@ -238,6 +204,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether the environment is open (it is closed only between a failed commit and a
+    /// successful reopen).
+    pub(crate) fn is_open(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// The open environment's map size.
+    pub(crate) fn map_size(&self) -> Option<usize> {
+        let guard = self.store.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(Store::map_size)
+    }
+
+    /// Publishes the journal's position as `meta` and the first sequence held say (at open
+    /// and after a reopen).
+    pub(crate) fn set_position(&self, meta: &store::Meta, first: Option<u64>) {
+        let c = &self.counters;
+        c.next_seq.store(meta.next_seq, Ordering::Relaxed);
+        c.bytes_held.store(meta.bytes_held, Ordering::Relaxed);
+        c.first_seq.store(first.unwrap_or(0), Ordering::Relaxed);
+    }
+
     fn refusing(&self) -> Option<String> {
         self.refusing
             .lock()

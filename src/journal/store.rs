@@ -67,7 +67,7 @@ pub struct Store {
     pub cursors: CursorsDb,
     pub meta: MetaDb,
     /// Per MQTT client id, the packet ids and fingerprints of its latest journaled QoS 1/2
-    /// publishes (see `writer::Sessions`). Absent in a read-only store: only the writer
+    /// publishes (see `sessions::Sessions`). Absent in a read-only store: only the writer
     /// uses it. Journals of earlier releases gain it at their first read-write open; those
     /// releases ignore it.
     pub sessions: Option<SessionsDb>,

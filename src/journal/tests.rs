@@ -533,7 +533,7 @@ async fn a_new_journal_is_private_to_the_service_user() {
     files.sort();
     assert!(
         files.contains(&"data.mdb".to_owned())
-            && files.contains(&crate::journal::writer::RESERVE_FILE.to_owned()),
+            && files.contains(&crate::journal::RESERVE_FILE.to_owned()),
         "{files:?}"
     );
     drop(j);
@@ -568,7 +568,7 @@ async fn re_send_memories_past_their_ttl_are_pruned_and_rows_of_older_builds_sta
         db.put(&mut txn, "gone-quiet", &row(Some(old))).unwrap();
         db.put(&mut txn, "recent", &row(Some(now - 60))).unwrap();
         db.put(&mut txn, "older-build", &row(None)).unwrap();
-        let pruned = super::writer::prune_sessions(&store, &mut txn, now, ttl).unwrap();
+        let pruned = super::sessions::prune_sessions(&store, &mut txn, now, ttl).unwrap();
         assert_eq!(pruned, 1);
         txn.commit().unwrap();
     }
@@ -596,7 +596,7 @@ async fn re_send_memories_past_their_ttl_are_pruned_and_rows_of_older_builds_sta
     // from its first prune, so it goes one TTL after that.
     let later = now + u32::try_from(ttl).unwrap() + 120;
     let mut txn = store.write_txn().unwrap();
-    let pruned = super::writer::prune_sessions(&store, &mut txn, later, ttl).unwrap();
+    let pruned = super::sessions::prune_sessions(&store, &mut txn, later, ttl).unwrap();
     assert_eq!(pruned, 3, "live, recent and older-build");
     txn.commit().unwrap();
 }
