@@ -1,9 +1,17 @@
 //! The journal: tidegate's durable local log, in LMDB.
 //!
 //! Every reading is appended here before anything else happens to it, and everything
-//! downstream — forwarders, `tidegate status` — reads from here. It owns the LMDB
-//! environment ([`store`]), the one thread that writes to it ([`writer`]) and the rules for
-//! what is kept ([`retention`]).
+//! downstream — forwarders, `tidegate status` — reads from here. It is the only user of
+//! heed.
+//!
+//! # Layout
+//!
+//! * [`store`]: the LMDB environment and its databases;
+//! * [`writer`]: the one thread that writes to it, grouping requests into shared commits;
+//! * `commit`: what one group's write transaction does (cursor moves, size policy, appends);
+//! * `trouble`: the refusing state after a failed write (reopen, reserve file, recovery);
+//! * `sessions`: the per-client re-send memory ([`Packet`]) and its pruning;
+//! * [`retention`]: the rules for what is kept (size cap, map size, drop summaries).
 //!
 //! # Invariants
 //!
@@ -25,10 +33,11 @@
 //!    is never retried on the same environment: the writer refuses the readings it held
 //!    (they are not acknowledged, so devices keep them), closes the environment and opens
 //!    it again, and refuses new readings until a later commit on the fresh environment
-//!    succeeds; readers keep forwarding what is stored meanwhile ([`Journal::refusing`]
+//!    succeeds; readers keep forwarding what is stored meanwhile ([`JournalWatch::refusing`]
 //!    says why). Any other LMDB error fails closed: the writer answers every later request
 //!    with [`JournalError::Failed`] and the daemon stops for systemd to restart it.
 
+mod commit;
 pub mod retention;
 mod sessions;
 pub mod store;
@@ -237,9 +246,12 @@ impl Shared {
 }
 
 /// A cheap, clonable handle to the journal.
+///
+/// It dereferences to its [`JournalWatch`], so the writer's state ([`JournalWatch::is_failed`],
+/// [`JournalWatch::counters`], [`JournalWatch::refusing`]) is read the same way from both.
 #[derive(Clone)]
 pub struct Journal {
-    shared: Arc<Shared>,
+    watch: JournalWatch,
     requests: mpsc::Sender<Request>,
     committed: watch::Receiver<u64>,
 }
@@ -288,7 +300,7 @@ impl Journal {
         )?;
         Ok((
             Journal {
-                shared,
+                watch: JournalWatch { shared },
                 requests: tx,
                 committed: committed_rx,
             },
@@ -422,6 +434,52 @@ impl Journal {
         self.committed.clone()
     }
 
+    /// A view of the writer's state for health checks. Unlike a [`Journal`] clone it holds
+    /// no request sender, so keeping it does not keep the writer thread from exiting.
+    pub fn watch(&self) -> JournalWatch {
+        self.watch.clone()
+    }
+
+    /// Snapshot of what the journal holds, for status and logs.
+    pub fn summary(&self) -> Result<Summary, JournalError> {
+        self.reading(summarize)
+    }
+
+    /// Runs a read of the store while holding its lock shared, so that the writer never
+    /// grows the map or closes the environment under an open read transaction of this
+    /// process. Every read goes through here.
+    fn reading<T>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let guard = self
+            .watch
+            .shared
+            .store
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(store) => read(store),
+            None => Err(JournalError::Reopening),
+        }
+    }
+}
+
+impl std::ops::Deref for Journal {
+    type Target = JournalWatch;
+
+    fn deref(&self) -> &JournalWatch {
+        &self.watch
+    }
+}
+
+/// The writer's state, without the power to send it work; see [`Journal::watch`].
+#[derive(Clone)]
+pub struct JournalWatch {
+    shared: Arc<Shared>,
+}
+
+impl JournalWatch {
     /// Whether the writer has stopped after an error; the daemon must then restart.
     pub fn is_failed(&self) -> bool {
         self.shared
@@ -437,58 +495,6 @@ impl Journal {
     /// Why new readings are refused now after a failed write (disk full, I/O error), or
     /// `None` while the journal takes them. Cleared by the writer's first successful
     /// commit after the trouble.
-    pub fn refusing(&self) -> Option<String> {
-        self.shared.refusing()
-    }
-
-    /// A view of the writer's state for health checks. Unlike a [`Journal`] clone it holds
-    /// no request sender, so keeping it does not keep the writer thread from exiting.
-    pub fn watch(&self) -> JournalWatch {
-        JournalWatch {
-            shared: self.shared.clone(),
-        }
-    }
-
-    /// Snapshot of what the journal holds, for status and logs.
-    pub fn summary(&self) -> Result<Summary, JournalError> {
-        self.reading(summarize)
-    }
-
-    /// Runs a read of the store while holding its lock shared, so that the writer never
-    /// grows the map or closes the environment under an open read transaction of this
-    /// process. Every read goes through here.
-    fn reading<T>(
-        &self,
-        read: impl FnOnce(&Store) -> Result<T, JournalError>,
-    ) -> Result<T, JournalError> {
-        let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
-        match guard.as_ref() {
-            Some(store) => read(store),
-            None => Err(JournalError::Reopening),
-        }
-    }
-}
-
-/// See [`Journal::watch`].
-#[derive(Clone)]
-pub struct JournalWatch {
-    shared: Arc<Shared>,
-}
-
-impl JournalWatch {
-    /// Whether the writer has stopped after an error; see [`Journal::is_failed`].
-    pub fn is_failed(&self) -> bool {
-        self.shared
-            .failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Live counters.
-    pub fn counters(&self) -> &JournalCounters {
-        &self.shared.counters
-    }
-
-    /// Why new readings are refused now; see [`Journal::refusing`].
     pub fn refusing(&self) -> Option<String> {
         self.shared.refusing()
     }

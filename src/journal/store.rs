@@ -156,12 +156,12 @@ impl Store {
                 let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
                 let opened = env
                     .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
-                        let records =
-                            dbo.open_database::<U64<BigEndian>, Bytes>(rtxn, Some("records"))?;
-                        let cursors =
-                            dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("cursors"))?;
-                        let meta = dbo.open_database::<Str, U64<BigEndian>>(rtxn, Some("meta"))?;
-                        Ok(CommitOrAbort::<_, ()>::Commit((records, cursors, meta)))
+                        // Not `sessions`: only the writer uses it (see [`Store::sessions`]).
+                        Ok(CommitOrAbort::<_, ()>::Commit((
+                            dbo.open_database(rtxn, Some("records"))?,
+                            dbo.open_database(rtxn, Some("cursors"))?,
+                            dbo.open_database(rtxn, Some("meta"))?,
+                        )))
                     })
                     .map_err(|e| JournalError::lmdb("open", e))?;
                 match opened {

@@ -42,6 +42,45 @@ fn read_all(j: &Journal, from: u64) -> Vec<Record> {
         .collect()
 }
 
+/// Opens a journal in `dir` with the test [`config`] changed by `edit`.
+fn open_with(
+    dir: &Path,
+    upstreams: &[String],
+    edit: impl FnOnce(&mut JournalConfig),
+) -> (Journal, WriterHandle) {
+    let mut cfg = config(dir);
+    edit(&mut cfg);
+    Journal::open(&cfg, upstreams).expect("the journal opens")
+}
+
+/// Opens a 1 MiB journal under `on_full = "reject"` with the one upstream "k", which
+/// refuses readings after about a thousand of 1 kB.
+fn open_small_rejecting(dir: &Path) -> (Journal, WriterHandle) {
+    open_with(dir, &upstreams(&["k"]), |c| {
+        c.max_size = ByteSize::mib(1);
+        c.on_full = OnFull::Reject;
+    })
+}
+
+/// Opens a journal with `cfg` and journals readings 1..=`count` of device "a".
+async fn open_holding(
+    cfg: &JournalConfig,
+    upstreams: &[String],
+    count: u64,
+) -> (Journal, WriterHandle) {
+    let (j, w) = Journal::open(cfg, upstreams).expect("the journal opens");
+    j.append((1..=count).map(|n| reading("a", n, 10)).collect())
+        .await
+        .expect("the readings are journaled");
+    (j, w)
+}
+
+/// Drops the last handle and waits for the writer, which commits everything queued first.
+fn close(j: Journal, w: WriterHandle) {
+    drop(j);
+    w.join();
+}
+
 fn upstreams(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -73,16 +112,15 @@ async fn appended_readings_get_increasing_sequence_numbers_and_read_back_intact(
     assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(all[1].reading, reading("a", 2, 10));
     assert_eq!(*j.committed().borrow(), 3);
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
 async fn concurrent_appends_share_commits_and_each_caller_keeps_its_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.commit_interval = Duration::from_millis(5);
-    let (j, w) = Journal::open(&cfg, &[]).unwrap();
+    let (j, w) = open_with(dir.path(), &[], |c| {
+        c.commit_interval = Duration::from_millis(5)
+    });
     let mut tasks = Vec::new();
     for d in 0..20 {
         let j = j.clone();
@@ -112,8 +150,7 @@ async fn concurrent_appends_share_commits_and_each_caller_keeps_its_order() {
         commits < 1000,
         "group commit must share syncs, got {commits} commits for 1000 appends"
     );
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -121,13 +158,9 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     {
-        let (j, w) = Journal::open(&cfg, &upstreams(&["k1", "k2"])).unwrap();
-        j.append((1..=10).map(|n| reading("a", n, 10)).collect())
-            .await
-            .unwrap();
+        let (j, w) = open_holding(&cfg, &upstreams(&["k1", "k2"]), 10).await;
         j.set_cursor("k1", 4).await.unwrap();
-        drop(j);
-        w.join();
+        close(j, w);
     }
     let (j, w) = Journal::open(&cfg, &upstreams(&["k1", "k2"])).unwrap();
     assert_eq!(j.cursor("k1").unwrap(), Some(4));
@@ -139,8 +172,7 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
     );
     let next = j.append(vec![reading("a", 11, 10)]).await.unwrap();
     assert_eq!(next.first_seq, 11, "sequence numbers continue after reopen");
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -167,8 +199,7 @@ async fn records_are_removed_once_every_upstream_has_them() {
     let k2 = s.upstreams.iter().find(|u| u.name == "k2").unwrap();
     assert_eq!(k2.backlog, 6);
     assert_eq!(k2.oldest_unsent_ms, Some(1_700_000_000_005));
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -176,26 +207,21 @@ async fn cursors_of_removed_upstreams_stop_holding_readings_and_new_ones_start_a
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     {
-        let (j, w) = Journal::open(&cfg, &upstreams(&["old"])).unwrap();
-        j.append((1..=5).map(|n| reading("a", n, 10)).collect())
-            .await
-            .unwrap();
-        drop(j);
-        w.join();
+        let (j, w) = open_holding(&cfg, &upstreams(&["old"]), 5).await;
+        close(j, w);
     }
     let (j, w) = Journal::open(&cfg, &upstreams(&["new"])).unwrap();
     assert_eq!(j.cursor("old").unwrap(), None);
     assert_eq!(j.cursor("new").unwrap(), Some(1));
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
 async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_size = ByteSize::mib(1);
-    let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
+    let (j, w) = open_with(dir.path(), &upstreams(&["k"]), |c| {
+        c.max_size = ByteSize::mib(1)
+    });
     let total = 3000u64;
     for chunk in (1..=total).collect::<Vec<_>>().chunks(100) {
         let a = j
@@ -223,17 +249,13 @@ async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
         held.windows(2).all(|w| w[1].seq == w[0].seq + 1),
         "what is held stays contiguous"
     );
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
 async fn reject_refuses_what_does_not_fit_and_accepts_again_once_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_size = ByteSize::mib(1);
-    cfg.on_full = OnFull::Reject;
-    let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
+    let (j, w) = open_small_rejecting(dir.path());
     let mut accepted = 0u64;
     let mut refused = 0u64;
     for n in 1..=2000 {
@@ -258,17 +280,23 @@ async fn reject_refuses_what_does_not_fit_and_accepts_again_once_delivered() {
     j.set_cursor("k", accepted + 1).await.unwrap();
     let a = j.append(vec![reading("a", 9999, 1000)]).await.unwrap();
     assert_eq!(a.accepted, 1);
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
 async fn the_map_grows_instead_of_failing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_size = ByteSize::mib(400);
-    let (j, w) = Journal::open(&cfg, &[]).unwrap();
-    let map_size = |j: &Journal| j.shared.store.read().unwrap().as_ref().unwrap().map_size();
+    let (j, w) = open_with(dir.path(), &[], |c| c.max_size = ByteSize::mib(400));
+    let map_size = |j: &Journal| {
+        j.watch
+            .shared
+            .store
+            .read()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .map_size()
+    };
     let before = map_size(&j);
     // 100 MB of readings into a 64 MiB initial map.
     for chunk in 0..100u64 {
@@ -285,8 +313,7 @@ async fn the_map_grows_instead_of_failing() {
     assert!(map_size(&j) > before, "map grew from {before}");
     assert_eq!(j.counters().dropped_full.load(Ordering::Relaxed), 0);
     assert_eq!(read_all(&j, 0).len(), 10_000);
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -295,7 +322,7 @@ async fn a_journal_of_a_newer_layout_is_refused_with_a_clear_error() {
     let cfg = config(dir.path());
     {
         let (j, w) = Journal::open(&cfg, &[]).unwrap();
-        let guard = j.shared.store.read().unwrap();
+        let guard = j.watch.shared.store.read().unwrap();
         let open = guard.as_ref().unwrap();
         let mut txn = open.write_txn().unwrap();
         open.meta
@@ -303,8 +330,7 @@ async fn a_journal_of_a_newer_layout_is_refused_with_a_clear_error() {
             .unwrap();
         txn.commit().unwrap();
         drop(guard);
-        drop(j);
-        w.join();
+        close(j, w);
     }
     let err = Journal::open(&cfg, &[]).err().expect("must refuse");
     assert!(matches!(err, JournalError::FutureFormat { .. }));
@@ -318,7 +344,7 @@ async fn a_record_of_a_newer_format_is_refused_at_open() {
     {
         let (j, w) = Journal::open(&cfg, &[]).unwrap();
         j.append(vec![reading("a", 1, 10)]).await.unwrap();
-        let guard = j.shared.store.read().unwrap();
+        let guard = j.watch.shared.store.read().unwrap();
         let store = guard.as_ref().unwrap();
         let mut txn = store.write_txn().unwrap();
         let mut value = record::encode(2, &reading("a", 2, 10));
@@ -326,8 +352,7 @@ async fn a_record_of_a_newer_format_is_refused_at_open() {
         store.append(&mut txn, 2, &value).unwrap();
         txn.commit().unwrap();
         drop(guard);
-        drop(j);
-        w.join();
+        close(j, w);
     }
     let err = Journal::open(&cfg, &[]).err().expect("must refuse");
     assert!(
@@ -344,13 +369,9 @@ async fn a_read_only_summary_sees_what_the_writer_committed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     {
-        let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
-        j.append((1..=7).map(|n| reading("a", n, 10)).collect())
-            .await
-            .unwrap();
+        let (j, w) = open_holding(&cfg, &upstreams(&["k"]), 7).await;
         j.set_cursor("k", 3).await.unwrap();
-        drop(j);
-        w.join();
+        close(j, w);
     }
     let s = summary_read_only(dir.path()).unwrap();
     assert_eq!(
@@ -365,10 +386,7 @@ async fn a_read_only_summary_sees_what_the_writer_committed() {
 #[tokio::test]
 async fn after_a_refusal_a_fenced_input_gets_nothing_in_even_once_room_is_freed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.max_size = ByteSize::mib(1);
-    cfg.on_full = OnFull::Reject;
-    let (j, w) = Journal::open(&cfg, &upstreams(&["k"])).unwrap();
+    let (j, w) = open_small_rejecting(dir.path());
     let fence = Fence::new();
     let other = Fence::new();
     let mut n = 0;
@@ -404,8 +422,7 @@ async fn after_a_refusal_a_fenced_input_gets_nothing_in_even_once_room_is_freed(
         "other inputs are not affected"
     );
     assert!(!other.is_closed());
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 /// Submits `readings` with their packets and waits for the commit.
@@ -442,8 +459,7 @@ async fn a_resent_publish_already_journaled_is_acknowledged_but_not_journaled_ag
     )
     .await;
     assert_eq!(a.accepted, 3);
-    drop(j);
-    w.join();
+    close(j, w);
 
     // Reopened, as after a crash: the device re-sends 2 (DUP, same packet id).
     let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
@@ -505,8 +521,7 @@ async fn a_resent_publish_already_journaled_is_acknowledged_but_not_journaled_ag
     // Without packets (serial, QoS 0) nothing is ever taken for a re-send.
     submit_with_packets(&j, vec![reading("a", 3, 10)], vec![]).await;
     assert_eq!(read_all(&j, 1).len(), 7);
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -536,8 +551,7 @@ async fn a_new_journal_is_private_to_the_service_user() {
             && files.contains(&crate::journal::RESERVE_FILE.to_owned()),
         "{files:?}"
     );
-    drop(j);
-    w.join();
+    close(j, w);
 }
 
 #[tokio::test]
@@ -546,8 +560,7 @@ async fn re_send_memories_past_their_ttl_are_pruned_and_rows_of_older_builds_sta
     // Written by the journal: the row carries the time of its latest publish.
     let (j, w) = Journal::open(&config(dir.path()), &[]).unwrap();
     submit_with_packets(&j, vec![reading("live", 1, 10)], vec![packet(5, false)]).await;
-    drop(j);
-    w.join();
+    close(j, w);
 
     let store = super::store::Store::open(dir.path(), 1 << 24).unwrap();
     let db = store.sessions.expect("sessions database");

@@ -308,6 +308,7 @@ impl DiskTrouble {
             .unwrap_or_else(|p| p.into_inner()) = Some(reason);
     }
 
+    /// Leaves the refusing state after a commit succeeded on the reopened environment.
     fn leave(&mut self, t: Trouble) {
         *self
             .shared
@@ -329,8 +330,6 @@ impl DiskTrouble {
             "Journal accepting readings again: a commit succeeded on the reopened environment."
         );
     }
-
-    /// Opens the environment if a reopen failed earlier; false (and the next attempt
 
     /// Opens the environment if a reopen failed earlier; false (and the next attempt
     /// scheduled) if it still cannot be opened.

@@ -1,10 +1,11 @@
-//! The `journal-writer` thread: the only place LMDB write transactions happen.
+//! The `journal-writer` thread and its group commit: the only place LMDB write
+//! transactions happen, and what keeps *durable before acknowledged*.
 //!
 //! It takes requests from a bounded channel, gathers everything queued (up to
 //! `commit_max_records`, lingering at most `commit_interval` for more), and commits the lot
-//! in one synced transaction: appends, cursor moves, trimming and the size policy together.
-//! Only after the commit returns does it answer each request, in the order they arrived,
-//! which is what lets ingest acknowledge a reading knowing it is on disk.
+//! in one synced transaction ([`super::commit`]): appends, cursor moves, trimming and the
+//! size policy together. Only after the commit returns does it answer each request, in the
+//! order they arrived, which is what lets ingest acknowledge a reading knowing it is on disk.
 //!
 //! An I/O error in a commit puts the writer in the refusing state of [`super::trouble`]
 //! (nothing of the failed commit acknowledged, the environment reopened, never an fsync
@@ -19,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::commit::{self, Outcome};
 use super::retention::{self, Summarizer};
-use super::sessions::{self, PruneSchedule, Sessions};
-use super::store::{accounted_size, Meta, Store};
+use super::sessions::PruneSchedule;
 use super::trouble::{self, DiskTrouble};
 use super::{Appended, Fence, JournalError, Request, Shared};
 use crate::config::{JournalConfig, OnFull};
-use crate::record::{self, Reading};
+use crate::record::Reading;
 
 /// Journal position at open.
 pub(crate) struct Start {
@@ -152,7 +153,7 @@ struct Writer {
 pub(super) struct PendingAppend {
     pub(super) readings: Vec<Reading>,
     /// Empty, or the MQTT packet of each reading (re-send recognition, see [`Sessions`]).
-    packets: Vec<Option<super::Packet>>,
+    pub(super) packets: Vec<Option<super::Packet>>,
     pub(super) fence: Option<Fence>,
     pub(super) reply: oneshot::Sender<Result<Appended, JournalError>>,
 }
@@ -162,37 +163,6 @@ pub(super) struct PendingCursor {
     pub(super) upstream: String,
     pub(super) next_seq: u64,
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
-}
-
-/// What one committed transaction did.
-#[derive(Default)]
-struct Outcome {
-    /// Per append request: (first seq, accepted count). Accepted counts the re-sends
-    /// recognised as already journaled too (acknowledged, not appended).
-    appended: Vec<(u64, usize)>,
-    /// Re-sent publishes recognised as already journaled.
-    duplicates: u64,
-    rejected: u64,
-    dropped: u64,
-    dropped_last: Option<u64>,
-    dropped_first: Option<u64>,
-    trimmed: u64,
-    meta: Meta,
-    first_seq: Option<u64>,
-    /// Cursors below the last dropped record, i.e. upstreams that lost readings.
-    behind: Vec<String>,
-    /// From opening the write transaction to the end of its commit and sync (`/metrics`).
-    took: Duration,
-    /// Clients whose re-send memory this commit removed (past [`super::SESSION_TTL`]).
-    sessions_pruned: Option<usize>,
-}
-
-/// What a commit does beyond its requests.
-struct Extras {
-    /// Apply `on_full` as if the journal were full (the disk is).
-    force_full: bool,
-    /// Also prune re-send memories, as of this Unix time in seconds.
-    prune_sessions_at: Option<u32>,
 }
 
 enum Attempt {
@@ -415,14 +385,14 @@ impl Writer {
             )));
         };
         let prune_sessions_at = self.prune.due();
-        let result = Self::try_commit(
+        let result = commit::commit(
             store,
             &self.config,
             &self.upstreams,
             &mut self.buf,
             appends,
             cursors,
-            Extras {
+            commit::Extras {
                 force_full,
                 prune_sessions_at,
             },
@@ -444,155 +414,6 @@ impl Writer {
             }
             Err(e) => Attempt::Failed(e),
         }
-    }
-
-    fn try_commit(
-        store: &Store,
-        config: &JournalConfig,
-        upstreams: &[String],
-        buf: &mut Vec<u8>,
-        appends: &[PendingAppend],
-        cursors: &[(String, u64)],
-        extras: Extras,
-    ) -> Result<Outcome, heed::Error> {
-        let Extras {
-            force_full,
-            prune_sessions_at,
-        } = extras;
-        let started = Instant::now();
-        let mut txn = store.write_txn()?;
-        let mut meta = store.meta(&txn)?;
-        let mut out = Outcome::default();
-
-        // Cursor moves first: what they free is available to this commit's readings.
-        for (upstream, next_seq) in cursors {
-            let old = store.cursors.get(&txn, upstream)?.unwrap_or(0);
-            if *next_seq > old {
-                store
-                    .cursors
-                    .put(&mut txn, upstream, &(*next_seq).min(meta.next_seq))?;
-            }
-        }
-        if !upstreams.is_empty() && !cursors.is_empty() {
-            let mut min = u64::MAX;
-            for name in upstreams {
-                min = min.min(store.cursors.get(&txn, name)?.unwrap_or(0));
-            }
-            let (n, bytes) = store.delete_range(&mut txn, ..min)?;
-            out.trimmed = n;
-            meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
-        }
-
-        // Size policy.
-        let limit = config.journal_max();
-        let sizes: Vec<u64> = appends
-            .iter()
-            .flat_map(|a| a.readings.iter().map(|r| accounted_size(r.encoded_len())))
-            .collect();
-        let incoming: u64 = sizes.iter().sum();
-        let mut budget = u64::MAX; // bytes of readings this commit may accept
-        match config.on_full {
-            OnFull::DropOldest => {
-                let mut need = (meta.bytes_held + incoming).saturating_sub(limit);
-                if force_full {
-                    need = need.max(meta.bytes_held / 8 + incoming);
-                }
-                if need > 0 {
-                    let (n, bytes, last) = store.delete_oldest(&mut txn, need)?;
-                    if n > 0 {
-                        out.dropped = n;
-                        out.dropped_last = last;
-                        out.dropped_first = last.map(|l| l + 1 - n);
-                        meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
-                        meta.dropped_total += n;
-                        for name in upstreams {
-                            if store.cursors.get(&txn, name)?.unwrap_or(0) <= last.unwrap_or(0) {
-                                out.behind.push(name.clone());
-                            }
-                        }
-                    }
-                    budget = limit.saturating_sub(meta.bytes_held);
-                }
-            }
-            OnFull::Reject => {
-                budget = if force_full {
-                    0
-                } else {
-                    limit.saturating_sub(meta.bytes_held)
-                };
-            }
-        }
-
-        // Appends, in arrival order; once one reading does not fit, none after it is taken,
-        // so a device never has a later reading accepted after an earlier one was refused.
-        // A fenced input that had a reading refused (now or in an earlier commit) gets
-        // nothing more in, so its order survives the refusal.
-        let mut sizes = sizes.into_iter();
-        let mut full = false;
-        let mut fenced_now: HashSet<usize> = HashSet::new();
-        let mut sessions = Sessions::default();
-        for a in appends {
-            let first = meta.next_seq;
-            let mut accepted = 0;
-            let fenced = a
-                .fence
-                .as_ref()
-                .is_some_and(|f| f.is_closed() || fenced_now.contains(&f.id()));
-            for (i, r) in a.readings.iter().enumerate() {
-                let size = sizes.next().unwrap_or(0);
-                let packet = a.packets.get(i).copied().flatten();
-                if let Some(p) = packet.filter(|p| p.dup && !fenced && !full) {
-                    if sessions.holds(store, &txn, r, p.pkid)? {
-                        // Journaled before; its PUBACK was lost. Acknowledge it again.
-                        out.duplicates += 1;
-                        accepted += 1;
-                        continue;
-                    }
-                }
-                if fenced {
-                    out.rejected += 1;
-                    continue;
-                }
-                if full || size > budget {
-                    full = true;
-                    out.rejected += 1;
-                    if let Some(f) = &a.fence {
-                        fenced_now.insert(f.id());
-                    }
-                    continue;
-                }
-                budget -= size;
-                buf.clear();
-                record::encode_into(meta.next_seq, r, buf);
-                store.append(&mut txn, meta.next_seq, buf)?;
-                meta.next_seq += 1;
-                meta.bytes_held += size;
-                accepted += 1;
-                if let Some(p) = packet {
-                    sessions.remember(store, &txn, r, p.pkid)?;
-                }
-            }
-            out.appended.push((first, accepted));
-        }
-        sessions.store(
-            store,
-            &mut txn,
-            prune_sessions_at.unwrap_or_else(sessions::now_secs),
-        )?;
-        if let Some(now) = prune_sessions_at {
-            out.sessions_pruned = Some(sessions::prune_sessions(
-                store,
-                &mut txn,
-                now,
-                super::SESSION_TTL.as_secs(),
-            )?);
-        }
-        store.put_meta(&mut txn, meta)?;
-        out.first_seq = store.bounds(&txn)?.map(|b| b.0);
-        out.meta = meta;
-        txn.commit()?;
-        out.took = started.elapsed();
-        Ok(out)
     }
 
     fn finish(&mut self, appends: Vec<PendingAppend>, cursors: Vec<PendingCursor>, o: Outcome) {
@@ -698,9 +519,6 @@ impl Writer {
             }
         }
     }
-
-    /// Whether a failed write means the filesystem is full: `ENOSPC`/`EDQUOT`, or an EIO
-    /// with almost no space left — LMDB reports a short `pwrite` (what a nearly full
 
     /// Current map size (the one to reopen with when the environment is closed).
     fn map_size(&self) -> usize {
