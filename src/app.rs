@@ -208,9 +208,9 @@ pub async fn run_from(config: Config, config_path: Option<PathBuf>) -> Result<()
     let mut subscribe_counters = Vec::new();
     for (index, sub) in config.mqtt_subscribe.iter().enumerate() {
         let counters = Arc::new(MqttSubscribeCounters::default());
-        subscribe_counters.push((sub.url.clone(), counters.clone()));
+        subscribe_counters.push((sub.client.url.clone(), counters.clone()));
         ingest_tasks.spawn(supervise(
-            health.register(&format!("mqtt_subscribe:{}", sub.url), false),
+            health.register(&format!("mqtt_subscribe:{}", sub.client.url), false),
             ingest_stop.clone(),
             mqtt_subscribe::run(
                 mqtt_subscribe::Subscription {

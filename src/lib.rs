@@ -38,6 +38,7 @@
 //! * [`app`] — wiring and the shutdown order; [`status`] — the `status` view.
 
 pub mod app;
+pub mod backoff;
 pub mod config;
 pub mod forward;
 pub mod health;
@@ -45,8 +46,11 @@ pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod journal_cli;
+pub mod mqtt_client;
 pub mod record;
 pub mod service;
 pub mod sinks;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
+pub mod validate;

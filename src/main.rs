@@ -101,7 +101,7 @@ enum JournalAction {
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
-        Some(p) => Ok(Config::load(p)?),
+        Some(p) => Ok(tidegate::validate::load(p)?),
         None => Ok(Config::default()),
     }
 }

@@ -15,7 +15,7 @@ use firmware_sim::modbus::{ModbusBus, ModbusOptions, PATTERN_F32, PATTERN_I32, P
 use firmware_sim::telemetry::{Turbine, TurbineState};
 use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions, Qos};
 use serde_json::Value;
-use tidegate::config::{Config, JournalConfig};
+use tidegate::config::JournalConfig;
 use tidegate::ingest::modbus::{self, ModbusConfig};
 use tidegate::journal::{Journal, WriterHandle};
 use tidegate::record::{Reading, Record, SourceKind};
@@ -130,7 +130,7 @@ impl Rig {
     /// Parses and validates `toml` like the daemon does and starts polling its first
     /// `[[modbus]]`.
     fn start(toml: &str) -> Rig {
-        let config = Config::from_toml(toml, Path::new("test.toml"))
+        let config = tidegate::validate::from_toml(toml, Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let bus: ModbusConfig = config.modbus[0].clone();
         let dir = tempfile::tempdir().expect("temp dir");

@@ -32,20 +32,19 @@ impl Config {
     /// Every secret file the configuration names, with its key, for [`exposure_warning`].
     pub fn secret_files(&self) -> Vec<(String, &Path)> {
         let mut files = Vec::new();
-        for (i, u) in self.upstream.iter().enumerate() {
-            if let Some(p) = &u.password_file {
-                files.push((format!("upstream[{i}].password_file"), p.as_path()));
+        // Both sections that hold MQTT client keys name their secrets the same way.
+        let clients = (self.upstream.iter().map(|u| &u.client).enumerate())
+            .map(|(i, c)| (format!("upstream[{i}]"), c))
+            .chain(
+                (self.mqtt_subscribe.iter().map(|s| &s.client).enumerate())
+                    .map(|(i, c)| (format!("mqtt_subscribe[{i}]"), c)),
+            );
+        for (section, c) in clients {
+            if let Some(p) = &c.password_file {
+                files.push((format!("{section}.password_file"), p.as_path()));
             }
-            if let Some(p) = &u.client_key {
-                files.push((format!("upstream[{i}].client_key"), p.as_path()));
-            }
-        }
-        for (i, s) in self.mqtt_subscribe.iter().enumerate() {
-            if let Some(p) = &s.password_file {
-                files.push((format!("mqtt_subscribe[{i}].password_file"), p.as_path()));
-            }
-            if let Some(p) = &s.client_key {
-                files.push((format!("mqtt_subscribe[{i}].client_key"), p.as_path()));
+            if let Some(p) = &c.client_key {
+                files.push((format!("{section}.client_key"), p.as_path()));
             }
         }
         if let Some(p) = &self.mqtt.auth.credentials_file {
@@ -91,7 +90,8 @@ mod tests {
             private.display(),
             group.display()
         );
-        let config = Config::from_toml(&text, Path::new("t.toml")).expect("valid config");
+        let config = Config::from_toml_with(&text, Path::new("t.toml"), |_| Vec::new())
+            .expect("valid config");
         let warnings = config.secret_warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(

@@ -16,19 +16,17 @@
 //! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
 //! business (the Kafka sink sends a record with the `tidegate-gap` header).
 
-pub mod retry;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::UpstreamConfig;
 use crate::journal::Journal;
 use crate::record::{Gap, Item};
 use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
-use retry::Backoff;
 
 /// Bytes of record values read into one batch at most; sinks split further as their
 /// protocol requires.

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
@@ -46,11 +45,17 @@ impl Acceptor {
             return Ok(None);
         };
         let chain = certs("mqtt.tls_cert", cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
-            key: "mqtt.tls_key",
-            path: key.clone(),
-            reason: e.to_string(),
-            hint: "a PEM private key (PKCS#8, PKCS#1 or SEC1) readable by the service",
+        let hint = "a PEM private key (PKCS#8, PKCS#1 or SEC1) readable by the service";
+        let key = crate::tls::private_key(&read_pem("mqtt.tls_key", key, hint)?).map_err(|e| {
+            TlsError::Pem {
+                key: "mqtt.tls_key",
+                path: key.clone(),
+                reason: match e {
+                    crate::tls::PemError::Missing => "no private key in the file".to_owned(),
+                    e => e.to_string(),
+                },
+                hint,
+            }
         })?;
         let builder = ServerConfig::builder();
         let builder = match &m.tls_client_ca {
@@ -107,21 +112,27 @@ impl Acceptor {
     }
 }
 
-fn certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Pem {
+/// The PEM file at `path`, read for `key` (errors name the key, the path and `hint`).
+fn read_pem(key: &'static str, path: &Path, hint: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Pem {
         key,
         path: path.to_owned(),
-        reason,
-        hint: "PEM `CERTIFICATE` blocks readable by the service",
-    };
-    let list = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if list.is_empty() {
-        return Err(err("no certificate in the file".into()));
-    }
-    Ok(list)
+        reason: e.to_string(),
+        hint,
+    })
+}
+
+fn certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let hint = "PEM `CERTIFICATE` blocks readable by the service";
+    crate::tls::certificates(&read_pem(key, path, hint)?).map_err(|e| TlsError::Pem {
+        key,
+        path: path.to_owned(),
+        reason: match e {
+            crate::tls::PemError::Missing => "no certificate in the file".to_owned(),
+            e => e.to_string(),
+        },
+        hint,
+    })
 }
 
 /// The device a certificate names: its subject CN, else its first DNS SAN.

@@ -276,7 +276,7 @@ pub async fn reload(
         return Ok(Outcome::Refused("no configuration file".into()));
     };
     tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration.");
-    let new = match Config::load(path) {
+    let new = match crate::validate::load(path) {
         Ok(c) => c,
         Err(e) => {
             let message = format!("{e}");
@@ -306,7 +306,7 @@ pub async fn reload(
     }
     let mut changes = Vec::new();
     if new.log != current.log {
-        // Validated by Config::load, so this cannot fail on the filter's syntax.
+        // Validated by crate::validate::load, so this cannot fail on the filter's syntax.
         if let Err(e) = crate::telemetry::set_log_filter(new.log.level.as_deref()) {
             tracing::error!(error = %e, "Reload: log level not changed.");
         } else {

@@ -66,7 +66,7 @@ use config::{Parity, RegisterKind};
 use decode::{decode_registers, to_json, Raw};
 use plan::Span;
 
-use crate::forward::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::journal::{now_ms, Journal, JournalError};
 use crate::record::{Reading, SourceKind};
 use crate::telemetry::{add, ModbusCounters, ModbusSlaveCounters};

@@ -15,7 +15,7 @@
 //!    the commits in submit order, as the listener's writer half does). A crash at any
 //!    instant leaves every unacknowledged message with the broker, which redelivers it.
 //! 2. **Acknowledgements stay on their connection.** A connection's client and event loop
-//!    are used once ([`crate::sinks::mqtt::client`]): after any failure both are dropped,
+//!    are used once ([`crate::mqtt_client`]): after any failure both are dropped,
 //!    so an acknowledgement still queued for a lost connection can never acknowledge a
 //!    different message (same packet id) on the next one.
 //! 3. **A full journal is never acknowledged away.** Under `on_full = "reject"` a refused
@@ -42,10 +42,10 @@ use tracing::Instrument;
 
 pub use config::MqttSubscribeConfig;
 
-use crate::forward::retry::Backoff;
+use crate::backoff::Backoff;
 use crate::journal::{now_ms, Appended, Fence, Journal, JournalError};
+use crate::mqtt_client::{Delivery, Endpoint, Event, EventLoop, Requests};
 use crate::record::{Reading, SourceKind};
-use crate::sinks::mqtt::client::{Delivery, Endpoint, Event, EventLoop, Requests};
 use crate::telemetry::{add, MqttSubscribeCounters};
 
 /// Messages waiting between the event loop and the journal. With the commits in flight it
@@ -87,10 +87,7 @@ enum Ended {
 
 /// Runs one `[[mqtt_subscribe]]` until `stop`.
 pub async fn run(sub: Subscription, stop: CancellationToken) {
-    let endpoint = match sub
-        .config
-        .endpoint(sub.index, &sub.gateway_id, sub.max_packet)
-    {
+    let endpoint = match config::endpoint(&sub.config, sub.index, &sub.gateway_id, sub.max_packet) {
         Ok(e) => e,
         Err(e) => {
             // Validation refuses such a url; this only guards a hand-built config.

@@ -19,43 +19,18 @@ use std::time::Duration;
 
 use rskafka::client::{Credentials, SaslConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::SaslMechanism;
 use crate::config::UpstreamConfig;
-use crate::sinks::mqtt::client::SYSTEM_CA_BUNDLES;
-
-/// `sasl_mechanism` of a Kafka upstream: the SASL mechanisms rskafka implements with a
-/// user name and password.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SaslMechanism {
-    /// SASL/PLAIN: the password goes to the broker as is; use it with `tls = true`.
-    Plain,
-    /// SASL/SCRAM-SHA-256 (RFC 7677): the password never crosses the wire.
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// SASL/SCRAM-SHA-512.
-    #[serde(rename = "scram-sha-512")]
-    ScramSha512,
-}
-
-impl std::fmt::Display for SaslMechanism {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        })
-    }
-}
+use crate::tls::SYSTEM_CA_BUNDLES;
 
 /// Checks the TLS and SASL keys of an `[[upstream]]` with `kind = "kafka"`, pushing every
 /// problem keyed `{key}.field` with what to do about it.
 pub fn validate(u: &UpstreamConfig, key: &str, p: &mut Vec<String>) {
-    let password = u.password_file.is_some() || u.password_env.is_some();
+    let password = u.client.password_file.is_some() || u.client.password_env.is_some();
     match u.sasl_mechanism {
         Some(m) => {
-            if u.username.as_deref().is_none_or(str::is_empty) {
+            if u.client.username.as_deref().is_none_or(str::is_empty) {
                 p.push(format!(
                     "{key}.username: sasl_mechanism = \"{}\" needs the SASL user name",
                     mechanism_key(m)
@@ -70,9 +45,9 @@ pub fn validate(u: &UpstreamConfig, key: &str, p: &mut Vec<String>) {
         }
         None => {
             for (name, set) in [
-                ("username", u.username.is_some()),
-                ("password_file", u.password_file.is_some()),
-                ("password_env", u.password_env.is_some()),
+                ("username", u.client.username.is_some()),
+                ("password_file", u.client.password_file.is_some()),
+                ("password_env", u.client.password_env.is_some()),
             ] {
                 if set {
                     p.push(format!(
@@ -82,15 +57,15 @@ pub fn validate(u: &UpstreamConfig, key: &str, p: &mut Vec<String>) {
             }
         }
     }
-    if u.password_file.is_some() && u.password_env.is_some() {
+    if u.client.password_file.is_some() && u.client.password_env.is_some() {
         p.push(format!(
             "{key}.password_file: set password_file or password_env, not both"
         ));
     }
-    if u.password_env.as_deref().is_some_and(str::is_empty) {
+    if u.client.password_env.as_deref().is_some_and(str::is_empty) {
         p.push(format!("{key}.password_env: must name a variable"));
     }
-    match (&u.client_cert, &u.client_key) {
+    match (&u.client.client_cert, &u.client.client_key) {
         (Some(_), None) => p.push(format!(
             "{key}.client_key: client_cert is set, so client_key (its PEM private key) is needed too"
         )),
@@ -101,9 +76,9 @@ pub fn validate(u: &UpstreamConfig, key: &str, p: &mut Vec<String>) {
     }
     if !u.tls {
         for (name, set) in [
-            ("ca_file", u.ca_file.is_some()),
-            ("client_cert", u.client_cert.is_some()),
-            ("client_key", u.client_key.is_some()),
+            ("ca_file", u.client.ca_file.is_some()),
+            ("client_cert", u.client.client_cert.is_some()),
+            ("client_key", u.client.client_key.is_some()),
         ] {
             if set {
                 p.push(format!(
@@ -192,16 +167,20 @@ impl Security {
     /// The TLS and SASL settings of a validated `kind = "kafka"` upstream.
     pub fn from_config(u: &UpstreamConfig) -> Security {
         let tls = u.tls.then(|| TlsFiles {
-            ca_file: u.ca_file.clone(),
-            client_cert: u.client_cert.clone().zip(u.client_key.clone()),
+            ca_file: u.client.ca_file.clone(),
+            client_cert: u
+                .client
+                .client_cert
+                .clone()
+                .zip(u.client.client_key.clone()),
         });
-        let password = match (&u.password_file, &u.password_env) {
+        let password = match (&u.client.password_file, &u.client.password_env) {
             (Some(f), _) => Some(PasswordSource::File(f.clone())),
             (None, Some(v)) => Some(PasswordSource::Env(v.clone())),
             (None, None) => None,
         };
         // Validation makes mechanism, user name and password come together.
-        let sasl = match (u.sasl_mechanism, &u.username, password) {
+        let sasl = match (u.sasl_mechanism, &u.client.username, password) {
             (Some(mechanism), Some(username), Some(password)) => Some(SaslSettings {
                 mechanism,
                 username: username.clone(),
@@ -275,20 +254,12 @@ fn certificates(
     key: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, SecurityError> {
-    let pem = read_file(key, path)?;
-    let no_pem = |detail: Option<String>| SecurityError::NoPem {
+    crate::tls::certificates(&read_file(key, path)?).map_err(|e| SecurityError::NoPem {
         key,
         path: path.to_owned(),
         what: "certificate",
-        detail,
-    };
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| no_pem(Some(e.to_string())))?;
-    if certs.is_empty() {
-        return Err(no_pem(None));
-    }
-    Ok(certs)
+        detail: e.detail(),
+    })
 }
 
 impl TlsFiles {
@@ -303,20 +274,7 @@ impl TlsFiles {
                     })?;
                 }
             }
-            None => {
-                let pem = SYSTEM_CA_BUNDLES
-                    .iter()
-                    .find_map(|p| std::fs::read(p).ok())
-                    .ok_or(SecurityError::NoSystemCa)?;
-                // A system bundle may hold a certificate webpki cannot use; skip it rather
-                // than refuse the whole bundle.
-                let mut reader = pem.as_slice();
-                let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
-                roots.add_parsable_certificates(certs);
-                if roots.is_empty() {
-                    return Err(SecurityError::NoSystemCa);
-                }
-            }
+            None => roots = crate::tls::system_roots().ok_or(SecurityError::NoSystemCa)?,
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let config = match &self.client_cert {
@@ -334,16 +292,12 @@ impl TlsFiles {
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, SecurityError> {
-    let pem = read_file("client_key", path)?;
-    let no_pem = |detail: Option<String>| SecurityError::NoPem {
+    crate::tls::private_key(&read_file("client_key", path)?).map_err(|e| SecurityError::NoPem {
         key: "client_key",
         path: path.to_owned(),
         what: "private key (PKCS#8, PKCS#1 or SEC1)",
-        detail,
-    };
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| no_pem(Some(e.to_string())))?
-        .ok_or_else(|| no_pem(None))
+        detail: e.detail(),
+    })
 }
 
 /// Why a TLS handshake with `broker` fails, if it does: a fresh connection and handshake,
@@ -381,7 +335,7 @@ pub async fn handshake_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, UpstreamKind};
+    use crate::config::{Config, ConfigError, MqttClientConfig, UpstreamKind};
 
     fn kafka() -> UpstreamConfig {
         UpstreamConfig {
@@ -389,6 +343,19 @@ mod tests {
             topic: "t".into(),
             ..UpstreamConfig::new("cloud", UpstreamKind::Kafka)
         }
+    }
+
+    /// Parses with config's own checks and this module's (`crate::validate` runs all).
+    fn checked(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with(text, Path::new("t.toml"), |c| {
+            let mut p = Vec::new();
+            for (i, u) in c.upstream.iter().enumerate() {
+                if u.kind == UpstreamKind::Kafka {
+                    validate(u, &format!("upstream[{i}]"), &mut p);
+                }
+            }
+            p
+        })
     }
 
     fn problems(u: &UpstreamConfig) -> Vec<String> {
@@ -402,16 +369,22 @@ mod tests {
         assert!(problems(&kafka()).is_empty());
         let tls = UpstreamConfig {
             tls: true,
-            ca_file: Some("/etc/tidegate/ca.pem".into()),
-            client_cert: Some("/etc/tidegate/gw.pem".into()),
-            client_key: Some("/etc/tidegate/gw.key".into()),
+            client: MqttClientConfig {
+                ca_file: Some("/etc/tidegate/ca.pem".into()),
+                client_cert: Some("/etc/tidegate/gw.pem".into()),
+                client_key: Some("/etc/tidegate/gw.key".into()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         assert!(problems(&tls).is_empty(), "{:?}", problems(&tls));
         let sasl = UpstreamConfig {
             sasl_mechanism: Some(SaslMechanism::ScramSha512),
-            username: Some("gw".into()),
-            password_env: Some("TIDEGATE_KAFKA_PASSWORD".into()),
+            client: MqttClientConfig {
+                username: Some("gw".into()),
+                password_env: Some("TIDEGATE_KAFKA_PASSWORD".into()),
+                ..tls.client.clone()
+            },
             ..tls
         };
         assert!(problems(&sasl).is_empty(), "{:?}", problems(&sasl));
@@ -436,8 +409,11 @@ mod tests {
     #[test]
     fn credentials_without_a_mechanism_say_to_set_one() {
         let u = UpstreamConfig {
-            username: Some("gw".into()),
-            password_file: Some("/run/secret".into()),
+            client: MqttClientConfig {
+                username: Some("gw".into()),
+                password_file: Some("/run/secret".into()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         let p = problems(&u);
@@ -456,9 +432,12 @@ mod tests {
     fn both_password_sources_or_an_empty_variable_are_refused() {
         let u = UpstreamConfig {
             sasl_mechanism: Some(SaslMechanism::ScramSha256),
-            username: Some("gw".into()),
-            password_file: Some("/run/secret".into()),
-            password_env: Some(String::new()),
+            client: MqttClientConfig {
+                username: Some("gw".into()),
+                password_file: Some("/run/secret".into()),
+                password_env: Some(String::new()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         let p = problems(&u);
@@ -479,7 +458,10 @@ mod tests {
     fn a_client_cert_needs_its_key_and_tls_files_need_tls() {
         let u = UpstreamConfig {
             tls: true,
-            client_cert: Some("/c.pem".into()),
+            client: MqttClientConfig {
+                client_cert: Some("/c.pem".into()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         assert_eq!(
@@ -487,7 +469,10 @@ mod tests {
             ["upstream[0].client_key: client_cert is set, so client_key (its PEM private key) is needed too"]
         );
         let u = UpstreamConfig {
-            ca_file: Some("/ca.pem".into()),
+            client: MqttClientConfig {
+                ca_file: Some("/ca.pem".into()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         assert_eq!(
@@ -498,9 +483,8 @@ mod tests {
 
     #[test]
     fn the_config_file_reports_kafka_security_problems_with_their_keys() {
-        let err = Config::from_toml(
+        let err = checked(
             "[[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"k:9093\"]\ntopic = \"t\"\nsasl_mechanism = \"scram-sha-512\"\nca_file = \"/ca.pem\"\n",
-            Path::new("t.toml"),
         )
         .expect_err("invalid");
         let text = err.to_string();
@@ -511,9 +495,8 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
-        let err = Config::from_toml(
+        let err = checked(
             "[[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"k:9093\"]\ntopic = \"t\"\nsasl_mechanism = \"gssapi\"\n",
-            Path::new("t.toml"),
         )
         .expect_err("unknown mechanism");
         assert!(err.to_string().contains("sasl_mechanism"), "{err}");
@@ -521,9 +504,8 @@ mod tests {
 
     #[test]
     fn kafka_only_keys_are_refused_on_an_mqtt_upstream() {
-        let err = Config::from_toml(
+        let err = checked(
             "[[upstream]]\nname = \"m\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:1883\"\ntls = true\nsasl_mechanism = \"plain\"\n",
-            Path::new("t.toml"),
         )
         .expect_err("invalid");
         let text = err.to_string();
@@ -601,10 +583,13 @@ mod tests {
     fn from_config_carries_files_and_credentials() {
         let u = UpstreamConfig {
             tls: true,
-            ca_file: Some("/ca.pem".into()),
             sasl_mechanism: Some(SaslMechanism::Plain),
-            username: Some("gw".into()),
-            password_file: Some("/run/pw".into()),
+            client: MqttClientConfig {
+                ca_file: Some("/ca.pem".into()),
+                username: Some("gw".into()),
+                password_file: Some("/run/pw".into()),
+                ..MqttClientConfig::default()
+            },
             ..kafka()
         };
         let s = Security::from_config(&u);

@@ -3,7 +3,7 @@
 //!
 //! # What it owns
 //!
-//! [`MqttSink`] owns one client connection to the upstream broker ([`client`]), the mapping
+//! [`MqttSink`] owns one client connection to the upstream broker ([`crate::mqtt_client`]), the mapping
 //! of a [`Record`] to an MQTT publish, and the memory of how much of a failed batch the
 //! broker already acknowledged. Backoff and retry are the forwarder's
 //! ([`crate::forward`]); the sink makes one attempt per [`Sink::send`].
@@ -52,7 +52,6 @@
 //! device's readings out of order (the sequence property shows it); not-authorized and bad
 //! topic refusals are fatal (logged at ERROR, retried slowly) since they need an operator.
 
-pub mod client;
 pub mod config;
 
 use std::collections::{HashMap, VecDeque};
@@ -63,48 +62,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::config::UpstreamConfig;
+use crate::mqtt_client::topics::TopicMap;
+use crate::mqtt_client::{BrokerUrlError, Endpoint, Event, EventLoop, Failure, Requests};
 use crate::record::{Item, Record};
 use crate::sinks::{Sink, SinkError};
-use client::{Endpoint, Event, EventLoop, Failure, Requests};
-
-/// How a record's topic becomes the upstream topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicMap {
-    /// `prefix` + the record's topic.
-    Prefix(String),
-    /// The template with `{topic}` and `{gateway}` replaced.
-    Template(String),
-}
-
-impl TopicMap {
-    /// The map an upstream's config asks for.
-    pub fn from_config(config: &UpstreamConfig) -> TopicMap {
-        match &config.topic_template {
-            Some(t) => TopicMap::Template(t.clone()),
-            None => TopicMap::Prefix(config.topic_prefix.clone()),
-        }
-    }
-
-    /// The upstream topic of a record with `topic`.
-    pub fn apply(&self, topic: &str, gateway: &str) -> String {
-        match self {
-            TopicMap::Prefix(p) => format!("{p}{topic}"),
-            TopicMap::Template(t) => t.replace("{gateway}", gateway).replace("{topic}", topic),
-        }
-    }
-
-    /// The fixed start of every topic this map produces (for the loop check of the
-    /// config): the prefix, or the template up to its first `{topic}`.
-    pub fn fixed_prefix(&self, gateway: &str) -> String {
-        match self {
-            TopicMap::Prefix(p) => p.clone(),
-            TopicMap::Template(t) => {
-                let head = t.split("{topic}").next().unwrap_or("");
-                head.replace("{gateway}", gateway)
-            }
-        }
-    }
-}
 
 /// Delivers batches to one upstream MQTT broker. See the [module docs](self).
 pub struct MqttSink {
@@ -174,11 +135,11 @@ async fn drive(mut events: EventLoop, out: mpsc::Sender<Result<Event, Failure>>)
 impl MqttSink {
     /// A sink for `config`'s broker (`kind = "mqtt"`), stamping publishes with
     /// `gateway_id`. Does no I/O: the first [`Sink::send`] connects.
-    pub fn new(config: &UpstreamConfig, gateway_id: &str) -> Result<MqttSink, String> {
+    pub fn new(config: &UpstreamConfig, gateway_id: &str) -> Result<MqttSink, BrokerUrlError> {
         Ok(MqttSink {
             ctx: Ctx {
                 upstream: config.name.clone(),
-                endpoint: config.mqtt_endpoint(gateway_id)?,
+                endpoint: config::endpoint(config, gateway_id)?,
                 topics: TopicMap::from_config(config),
                 gateway: Arc::from(gateway_id),
                 request_timeout: config.request_timeout,

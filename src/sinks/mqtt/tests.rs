@@ -10,17 +10,19 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
 
 use super::*;
-use crate::config::{UpstreamConfig, UpstreamKind};
+use crate::config::{MqttClientConfig, UpstreamConfig, UpstreamKind};
 use crate::record::{Gap, Item, Reading, SourceKind};
 
 const GATEWAY: &str = "gw-test-01";
 
 fn upstream(url: String) -> UpstreamConfig {
     UpstreamConfig {
-        url,
         topic_prefix: "site-7/".into(),
         request_timeout: Duration::from_secs(5),
-        max_inflight: 10,
+        client: MqttClientConfig {
+            max_inflight: 10,
+            ..MqttClientConfig::with_url(url)
+        },
         ..UpstreamConfig::new("test-cloud", UpstreamKind::Mqtt)
     }
 }
@@ -104,8 +106,11 @@ async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_p
         assert_eq!(
             props,
             vec![
-                (client::PROP_GATEWAY.to_owned(), GATEWAY.to_owned()),
-                (client::PROP_SEQ.to_owned(), r.seq.to_string()),
+                (
+                    crate::mqtt_client::PROP_GATEWAY.to_owned(),
+                    GATEWAY.to_owned()
+                ),
+                (crate::mqtt_client::PROP_SEQ.to_owned(), r.seq.to_string()),
             ]
         );
     }
@@ -137,7 +142,7 @@ async fn a_gap_in_a_batch_publishes_nothing_and_the_readings_around_it_arrive_in
                 let props = p.properties.expect("properties").user_properties;
                 let seq = props
                     .iter()
-                    .find(|(k, _)| k == client::PROP_SEQ)
+                    .find(|(k, _)| k == crate::mqtt_client::PROP_SEQ)
                     .map(|(_, v)| v.clone())
                     .expect("tidegate-seq");
                 seqs.push(seq.parse::<u64>().expect("decimal"));
@@ -177,21 +182,21 @@ async fn refused_credentials_and_a_missing_password_file_are_fatal() {
     std::fs::write(&right, "right\n").expect("write");
     for protocol in [4, 5] {
         let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
-        config.protocol = protocol;
-        config.username = Some("tidegate".into());
-        config.password_file = Some(wrong.clone());
+        config.client.protocol = protocol;
+        config.client.username = Some("tidegate".into());
+        config.client.password_file = Some(wrong.clone());
         let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
         let err = sink.send(&batch(1, 3)).await.expect_err("wrong password");
         assert!(!err.is_retryable(), "protocol {protocol}: {err}");
 
-        config.password_file = Some(dir.path().join("missing"));
+        config.client.password_file = Some(dir.path().join("missing"));
         let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
         let err = sink.send(&batch(1, 3)).await.expect_err("no file");
         assert!(!err.is_retryable(), "{err}");
         assert!(err.to_string().contains("password_file"), "{err}");
 
         // The trailing newline of the file is not part of the password.
-        config.password_file = Some(right.clone());
+        config.client.password_file = Some(right.clone());
         let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
         sink.send(&batch(1, 3)).await.expect("right password");
     }
@@ -201,7 +206,7 @@ async fn refused_credentials_and_a_missing_password_file_are_fatal() {
 async fn an_idle_connection_is_kept_alive_and_one_lost_while_idle_is_replaced_without_a_failure() {
     let mut broker = Mosquitto::start().expect("mosquitto");
     let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
-    config.keep_alive = Duration::from_secs(5);
+    config.client.keep_alive = Duration::from_secs(5);
     let mut sink = MqttSink::new(&config, GATEWAY).expect("sink");
     sink.send(&batch(1, 5)).await.expect("first batch");
     // Idle for three keep-alive periods: the broker closes a silent client after 1.5.

@@ -1,4 +1,5 @@
-//! Backoff with jitter between attempts to reach an upstream.
+//! Exponential backoff with jitter between attempts to reach something (an upstream, a
+//! broker, a serial port); shared by the forwarders and the sources, knows none of them.
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
-//! One MQTT client connection, MQTT 3.1.1 or 5, as both directions of the bridge use it.
+//! One MQTT client connection, MQTT 3.1.1 or 5, as both directions of the bridge use it;
+//! shared by the MQTT sink and the subscriber source, and knowing neither.
 //!
-//! The upstream sink ([`super::MqttSink`]) and the subscriber
-//! ([`crate::ingest::mqtt_subscribe`]) differ in what they do with a connection, not in how
+//! The upstream sink (`crate::sinks::mqtt`) and the subscriber
+//! (`crate::ingest::mqtt_subscribe`) differ in what they do with a connection, not in how
 //! they open one: broker URL, client id, credentials, TLS, keep-alive and session are
 //! described once by an [`Endpoint`], and [`Endpoint::open`] turns it into a fresh rumqttc
 //! client and event loop of the configured protocol version, hidden behind one
@@ -16,6 +17,12 @@
 //! the subscriber a queued PUBACK could acknowledge a *different* message on the new
 //! connection. So [`EventLoop::poll`] reports the first error and the caller drops the
 //! pair; the next attempt opens a new one with empty state.
+//!
+//! # Beside the connection
+//!
+//! [`keys`] checks the client keys both sections share ([`crate::config::MqttClientConfig`])
+//! and builds an [`Endpoint`] from them; [`topics`] maps reading topics to upstream topics
+//! and holds the topic-filter logic of the bridge's loop rule.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,18 +33,15 @@ use rumqttc::v5::mqttbytes::v5 as v5b;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{QoS as QoS4, TlsConfiguration, Transport};
 
+use crate::tls::SYSTEM_CA_BUNDLES;
+
+pub mod keys;
+pub mod topics;
+
 /// User property (MQTT 5) carrying the gateway id, as the Kafka header of the same name.
 pub const PROP_GATEWAY: &str = "tidegate-gateway";
 /// User property (MQTT 5) carrying the journal sequence number, decimal.
 pub const PROP_SEQ: &str = "tidegate-seq";
-
-/// Where CA bundles usually are, for `mqtts://` without `ca_file` (Debian/Ubuntu, RHEL,
-/// Alpine/BSD). rumqttc parses the PEM, so no extra dependency is needed for system roots.
-pub(crate) const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
 
 /// Shortest keep-alive rumqttc accepts for both protocol versions (its MQTT 5 client
 /// panics below 5 s, and cannot turn keep-alive off).
@@ -57,32 +61,32 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// Parses `mqtt://host[:port]` / `mqtts://host[:port]` (a trailing `/` is allowed,
     /// IPv6 hosts in brackets). The error says what is wrong, without the key.
-    pub fn parse(url: &str) -> Result<BrokerUrl, String> {
+    pub fn parse(url: &str) -> Result<BrokerUrl, BrokerUrlError> {
+        let bad = |problem| BrokerUrlError {
+            url: url.to_owned(),
+            problem,
+        };
         let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("mqtts://") {
             (true, r)
         } else {
-            return Err(format!(
-                "{url:?} is not \"mqtt://host:port\" or \"mqtts://host:port\""
-            ));
+            return Err(bad(UrlProblem::Scheme));
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "{url:?} has a path, query or user part; give only \"mqtt://host:port\" (credentials go in username / password_file)"
-            ));
+            return Err(bad(UrlProblem::Extra));
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed '[' in the host"))?;
+                .ok_or_else(|| bad(UrlProblem::UnclosedBracket))?;
             let port = match after {
                 "" => None,
                 p => Some(
                     p.strip_prefix(':')
-                        .ok_or_else(|| format!("{url:?}: expected ':port' after ']'"))?,
+                        .ok_or_else(|| bad(UrlProblem::AfterBracket))?,
                 ),
             };
             (host.to_owned(), port)
@@ -93,7 +97,7 @@ impl BrokerUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
+            return Err(bad(UrlProblem::NoHost));
         }
         let port = match port {
             None => default_port,
@@ -101,7 +105,7 @@ impl BrokerUrl {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{url:?}: port {p:?} is not 1 ..= 65535"))?,
+                .ok_or_else(|| bad(UrlProblem::Port(p.to_owned())))?,
         };
         Ok(BrokerUrl {
             tls,
@@ -124,6 +128,53 @@ impl std::fmt::Display for BrokerUrl {
             write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A broker url that is not `mqtt://host[:port]` or `mqtts://host[:port]`; the text says
+/// what is wrong, without the key (the caller adds it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct BrokerUrlError {
+    /// The url as configured.
+    pub url: String,
+    /// What is wrong with it.
+    pub problem: UrlProblem,
+}
+
+/// What is wrong with a broker url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UrlProblem {
+    /// Neither `mqtt://` nor `mqtts://`.
+    Scheme,
+    /// A path, query or user part.
+    Extra,
+    /// `[` without `]` around an IPv6 host.
+    UnclosedBracket,
+    /// Something other than `:port` after `]`.
+    AfterBracket,
+    /// No host.
+    NoHost,
+    /// A port that is not 1 ..= 65535.
+    Port(String),
+}
+
+impl BrokerUrlError {
+    fn describe(&self) -> String {
+        let url = &self.url;
+        match &self.problem {
+            UrlProblem::Scheme => {
+                format!("{url:?} is not \"mqtt://host:port\" or \"mqtts://host:port\"")
+            }
+            UrlProblem::Extra => format!(
+                "{url:?} has a path, query or user part; give only \"mqtt://host:port\" (credentials go in username / password_file)"
+            ),
+            UrlProblem::UnclosedBracket => format!("{url:?}: unclosed '[' in the host"),
+            UrlProblem::AfterBracket => format!("{url:?}: expected ':port' after ']'"),
+            UrlProblem::NoHost => format!("{url:?} has no host"),
+            UrlProblem::Port(p) => format!("{url:?}: port {p:?} is not 1 ..= 65535"),
         }
     }
 }
@@ -214,10 +265,8 @@ impl Endpoint {
         };
         let ca = match &self.ca_file {
             Some(p) => read("ca_file", p)?,
-            None => SYSTEM_CA_BUNDLES
-                .iter()
-                .find_map(|p| std::fs::read(p).ok())
-                .ok_or(EndpointError::NoSystemCa)?,
+            // rumqttc parses the PEM itself.
+            None => crate::tls::system_ca_bundle().ok_or(EndpointError::NoSystemCa)?,
         };
         let client_auth = match &self.client_cert {
             Some((cert, key)) => Some((read("client_cert", cert)?, read("client_key", key)?)),

@@ -1,0 +1,106 @@
+//! The MQTT client keys, declared once: `[[upstream]] kind = "mqtt"` and
+//! `[[mqtt_subscribe]]` both flatten [`MqttClientConfig`], so the two sections take the
+//! same keys with the same defaults.
+//!
+//! Plain data: the checks that need the client's logic (url parsing, keep-alive bounds)
+//! are `crate::mqtt_client::validate`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How tidegate connects to an MQTT broker as a client.
+///
+/// Flattened into [`super::UpstreamConfig`] and [`super::MqttSubscribeConfig`]. serde
+/// refuses `deny_unknown_fields` on a flattened struct itself, so this one has none; the
+/// sections that flatten it keep theirs, and serde then refuses any key that neither the
+/// section nor this struct takes, naming it ("unknown field `x`"). The tests in
+/// `config/mod.rs` hold that for both sections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MqttClientConfig {
+    /// The broker, `mqtt://host:port` or `mqtts://host:port` (TLS). Required for an MQTT
+    /// client (checked with the other keys, so a missing url is reported with the rest).
+    #[serde(default)]
+    pub url: String,
+    /// MQTT version, 4 (3.1.1) or 5. Only 5 carries the `tidegate-gateway` /
+    /// `tidegate-seq` user properties.
+    #[serde(default = "default_protocol")]
+    pub protocol: u8,
+    /// Client id; it names the persistent session on the broker, so keep it stable.
+    /// Default: `tidegate-<gateway id>-<name>` for an upstream, `tidegate-<gateway
+    /// id>-sub-<n>` for the n-th `[[mqtt_subscribe]]` (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// User name, if the broker wants credentials (`kind = "kafka"`: the SASL user, with
+    /// `sasl_mechanism`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS (`mqtts://`, or `tls = true` for Kafka): PEM file of the CA(s) to trust; the
+    /// system's bundle when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: PEM client certificate, for brokers that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// TLS: PEM private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
+    /// MQTT keep-alive, at least 5s: tidegate pings this often, even when idle, and the
+    /// broker drops a connection silent for 1.5 times as long.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Start a new session on every connection (messages meant for tidegate while it is
+    /// away are then lost). Default `false`: a persistent session.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Most publishes awaiting their acknowledgement at once, each way (MQTT 5 receive
+    /// maximum for deliveries; order is kept whatever the window).
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+}
+
+impl Default for MqttClientConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            protocol: default_protocol(),
+            client_id: None,
+            username: None,
+            password_file: None,
+            password_env: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            keep_alive: default_keep_alive(),
+            clean_session: false,
+            max_inflight: default_max_inflight(),
+        }
+    }
+}
+
+impl MqttClientConfig {
+    /// These keys with `url` set and every other at its default.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+pub(super) fn default_protocol() -> u8 {
+    5
+}
+pub(super) fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+pub(super) fn default_max_inflight() -> u16 {
+    100
+}
