@@ -119,7 +119,7 @@ impl Config {
         path: &Path,
         stage_checks: impl FnOnce(&Config) -> Vec<String>,
     ) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config = Self::parse(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
@@ -133,6 +133,30 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// The TOML text as a configuration, with no check of the values. The sections that
+    /// flatten [`MqttClientConfig`] have their keys checked first (see there why).
+    fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for (section, own) in [
+                ("upstream", upstream::OWN_KEYS),
+                ("mqtt_subscribe", mqtt_subscribe::OWN_KEYS),
+            ] {
+                let tables = (table.get(section).and_then(toml::Value::as_array))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(toml::Value::as_table);
+                for (i, t) in tables.enumerate() {
+                    if let Some(message) = mqtt_client::unknown_key(t, own) {
+                        return Err(serde::de::Error::custom(format!(
+                            "{section}[{i}]: {message}"
+                        )));
+                    }
+                }
+            }
+        }
+        toml::from_str(text)
     }
 
     /// Every problem the values alone show, each naming its key. Empty means these
@@ -282,6 +306,54 @@ mod tests {
             let err = parse(text).expect_err("must fail").to_string();
             assert!(err.contains("unknown field `keep_alvie`"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_key_lists_of_the_sections_with_client_keys_are_their_keys() {
+        // Every Option set, so that every key is printed.
+        let client = MqttClientConfig {
+            client_id: Some("c".into()),
+            username: Some("u".into()),
+            password_file: Some("/p".into()),
+            password_env: Some("P".into()),
+            ca_file: Some("/ca".into()),
+            client_cert: Some("/c".into()),
+            client_key: Some("/k".into()),
+            ..MqttClientConfig::with_url("mqtt://h")
+        };
+        let upstream = UpstreamConfig {
+            topic_template: Some("{topic}".into()),
+            sasl_mechanism: Some(SaslMechanism::Plain),
+            client: client.clone(),
+            ..UpstreamConfig::new("u", UpstreamKind::Mqtt)
+        };
+        let subscribe = MqttSubscribeConfig {
+            client,
+            ..MqttSubscribeConfig::new("mqtt://h", vec!["a".into()])
+        };
+        let keys = |v: toml::Table| v.keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        let listed = |own: &[&str]| {
+            (own.iter().chain(mqtt_client::KEYS))
+                .map(|k| k.to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let printed = toml::Table::try_from(&upstream).expect("serialize");
+        assert_eq!(keys(printed), listed(upstream::OWN_KEYS));
+        let printed = toml::Table::try_from(&subscribe).expect("serialize");
+        assert_eq!(keys(printed), listed(mqtt_subscribe::OWN_KEYS));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_before_a_missing_one_and_the_known_keys_listed() {
+        let err = parse("[[upstream]]\nprobe = 0\n").expect_err("must fail");
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown field `probe`, expected one of `name`, `kind`"),
+            "{text}"
+        );
+        assert!(text.contains("`keep_alive`"), "{text}");
+        let err = parse("mqtt_subscribe = [{ probe = 0 }]\n").expect_err("must fail");
+        assert!(err.to_string().contains("unknown field `probe`"), "{err}");
     }
 
     #[test]

@@ -12,11 +12,14 @@ use serde::{Deserialize, Serialize};
 
 /// How tidegate connects to an MQTT broker as a client.
 ///
-/// Flattened into [`super::UpstreamConfig`] and [`super::MqttSubscribeConfig`]. serde
-/// refuses `deny_unknown_fields` on a flattened struct itself, so this one has none; the
-/// sections that flatten it keep theirs, and serde then refuses any key that neither the
-/// section nor this struct takes, naming it ("unknown field `x`"). The tests in
-/// `config/mod.rs` hold that for both sections.
+/// Flattened into [`super::UpstreamConfig`] and [`super::MqttSubscribeConfig`]. serde does
+/// not support `deny_unknown_fields` together with `flatten` well: it only refuses a
+/// leftover key after the section's required keys are in, and without listing the keys it
+/// takes. So the loader checks the keys of those sections itself, from the parsed TOML,
+/// before serde sees them ([`unknown_key`], with [`KEYS`] and each section's own list), and
+/// refuses an unknown key first and in serde's words ("unknown field `x`, expected one of
+/// …"), as for every other section. A test in `config/mod.rs` holds the lists to the
+/// structs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MqttClientConfig {
     /// The broker, `mqtt://host:port` or `mqtts://host:port` (TLS). Required for an MQTT
@@ -64,6 +67,34 @@ pub struct MqttClientConfig {
     /// maximum for deliveries; order is kept whatever the window).
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+}
+
+/// The keys of [`MqttClientConfig`], as they appear in the sections that flatten it.
+pub(super) const KEYS: &[&str] = &[
+    "url",
+    "protocol",
+    "client_id",
+    "username",
+    "password_file",
+    "password_env",
+    "ca_file",
+    "client_cert",
+    "client_key",
+    "keep_alive",
+    "clean_session",
+    "max_inflight",
+];
+
+/// serde's message for the first key of `table` that neither the section (its `own` keys)
+/// nor [`MqttClientConfig`] takes; `None` when every key is known.
+pub(super) fn unknown_key(table: &toml::Table, own: &[&str]) -> Option<String> {
+    let known = |k: &str| own.contains(&k) || KEYS.contains(&k);
+    let key = table.keys().find(|k| !known(k))?;
+    let expected: Vec<String> = own.iter().chain(KEYS).map(|k| format!("`{k}`")).collect();
+    Some(format!(
+        "unknown field `{key}`, expected one of {}",
+        expected.join(", ")
+    ))
 }
 
 impl Default for MqttClientConfig {

@@ -37,6 +37,16 @@ pub struct MqttSubscribeConfig {
     pub client: MqttClientConfig,
 }
 
+/// The keys of `[[mqtt_subscribe]]` besides the flattened [`MqttClientConfig`] ones (see
+/// there why they are listed).
+pub(super) const OWN_KEYS: &[&str] = &[
+    "topics",
+    "qos",
+    "connect_timeout",
+    "backoff_initial",
+    "backoff_max",
+];
+
 impl MqttSubscribeConfig {
     /// A subscription to `topics` on the broker at `url`, every other key at its default.
     pub fn new(url: impl Into<String>, topics: Vec<String>) -> Self {

@@ -119,6 +119,28 @@ pub struct UpstreamConfig {
     pub client: MqttClientConfig,
 }
 
+/// The keys of `[[upstream]]` besides the flattened [`MqttClientConfig`] ones (see there
+/// why they are listed).
+pub(super) const OWN_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "brokers",
+    "topic",
+    "max_batch",
+    "linger",
+    "compression",
+    "create_topic",
+    "partitions",
+    "replication_factor",
+    "request_timeout",
+    "backoff_initial",
+    "backoff_max",
+    "topic_prefix",
+    "topic_template",
+    "tls",
+    "sasl_mechanism",
+];
+
 impl UpstreamConfig {
     /// An upstream named `name` of `kind` with every other key at its default (for code
     /// and tests that build one by hand: `UpstreamConfig { brokers, ..UpstreamConfig::new(…) }`).
