@@ -82,7 +82,7 @@ fn start_tidegate(
 fn load(mqtt: u16, duration: Duration, kafka: Option<(u16, &str)>) -> LoadOptions {
     let mut opts = LoadOptions::default();
     opts.fleet.broker = format!("127.0.0.1:{mqtt}");
-    opts.fleet.duration = Some(duration);
+    opts.fleet.workload.duration = Some(duration);
     opts.kafka = kafka.map(|(port, topic)| KafkaTarget {
         brokers: vec![format!("127.0.0.1:{port}")],
         topic: topic.into(),
@@ -292,14 +292,14 @@ fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, rate: f64) {
         let mqtt = free_port().expect("a free port");
         let gw = start_tidegate(dir.path(), mqtt, None, "");
         let mut opts = load(mqtt, Duration::from_secs(secs), None);
-        opts.fleet.rate = rate;
+        opts.fleet.workload.rate = rate;
         measure(rt, gw.pid().expect("tidegate is running"), opts)
     };
     let run_mosquitto = |rate: Option<f64>| {
         let broker = Mosquitto::start().expect("Mosquitto starts");
         rt.block_on(park_offline_subscriber(broker.port()));
         let mut opts = load(broker.port(), Duration::from_secs(secs), None);
-        opts.fleet.rate = rate;
+        opts.fleet.workload.rate = rate;
         let side = measure(rt, broker.pid().expect("Mosquitto is running"), opts);
         // Killed (SIGKILL) when `broker` drops, as by a power cut: what it had written by
         // then is all that would survive.
@@ -426,8 +426,8 @@ fn fleet_of_devices(rt: &tokio::runtime::Runtime, devices: usize, secs: u64, fd_
     let pid = gw.pid().expect("tidegate is running");
 
     let mut opts = load(mqtt, Duration::from_secs(secs), None).fleet;
-    opts.devices = devices;
-    opts.rate = Some(1.0);
+    opts.workload.devices = devices;
+    opts.workload.rate = Some(1.0);
     // At one reading a second a window of 10 is never the limit; 100 would only cost memory.
     opts.window = 10;
     opts.ramp_up = ramp;
@@ -616,7 +616,7 @@ fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, phases: &[u32]
 
     if phases.contains(&2) {
         let mut opts = load(mqtt, Duration::from_secs(secs), Some((kafka, "bench")));
-        opts.fleet.rate = Some(rate);
+        opts.fleet.workload.rate = Some(rate);
         let r = rt
             .block_on(run_load(opts, CancellationToken::new()))
             .expect("load run");

@@ -55,12 +55,12 @@ async fn sigkill_at_random_moments_delivers_every_acknowledged_reading_once_and_
 
     let mut opts = FleetOptions::default();
     opts.broker = gw.mqtt_addr();
-    opts.devices = 20;
+    opts.workload.devices = 20;
     opts.qos = Qos::AtLeastOnce;
     opts.window = 10;
     // 2,000 readings/s for about 35 s: the kills land mid-stream.
-    opts.rate = Some(100.0);
-    opts.count = Some(3_500);
+    opts.workload.rate = Some(100.0);
+    opts.workload.count = Some(3_500);
     opts.reconnect_min = Duration::from_millis(20);
     opts.reconnect_max = Duration::from_millis(300);
     opts.drain_timeout = Duration::from_secs(60);

@@ -838,12 +838,12 @@ async fn an_authenticated_fleet_within_its_rights_is_acknowledged_and_journaled_
     });
     let mut opts = firmware_sim::FleetOptions::default();
     opts.broker = gw.mqtt_addr();
-    opts.devices = 20;
+    opts.workload.devices = 20;
     opts.qos = firmware_sim::Qos::AtLeastOnce;
     opts.protocol = firmware_sim::Protocol::V5;
     opts.window = 20;
-    opts.rate = None;
-    opts.count = Some(200);
+    opts.workload.rate = None;
+    opts.workload.count = Some(200);
     opts.drain_timeout = Duration::from_secs(60);
     opts.credentials = Some(("fleet".into(), "fleet-pw".into()));
     let report = firmware_sim::run_fleet(opts, firmware_sim::CancellationToken::new())

@@ -65,13 +65,13 @@ async fn a_full_disk_refuses_readings_without_acknowledging_them_and_recovers_wh
     let fleet = |first: usize, protocol: Protocol| {
         let mut o = FleetOptions::default();
         o.broker = gw.mqtt_addr();
-        o.devices = 4;
-        o.first_device = first;
+        o.workload.devices = 4;
+        o.workload.first_device = first;
         o.protocol = protocol;
         o.window = 20;
-        o.rate = None;
-        o.count = Some(1000);
-        o.payload_size = Some(1000);
+        o.workload.rate = None;
+        o.workload.count = Some(1000);
+        o.workload.payload_size = Some(1000);
         o.reconnect_max = Duration::from_millis(500);
         o.drain_timeout = Duration::from_secs(120);
         o
@@ -196,11 +196,11 @@ async fn a_disk_filled_by_the_journal_itself_recovers_once_the_backlog_is_forwar
     });
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = 4;
+    o.workload.devices = 4;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(3000);
-    o.payload_size = Some(1000);
+    o.workload.rate = None;
+    o.workload.count = Some(3000);
+    o.workload.payload_size = Some(1000);
     o.reconnect_max = Duration::from_millis(500);
     o.drain_timeout = Duration::from_secs(120);
     // 12 MB of readings for an 8 MiB disk.

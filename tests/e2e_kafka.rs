@@ -54,11 +54,11 @@ fn start_gateway(journal_extra: &str, upstreams: &[Upstream<'_>]) -> Gateway {
 fn fleet(gw: &Gateway, devices: usize, count: u64) -> FleetOptions {
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = devices;
+    o.workload.devices = devices;
     o.qos = Qos::AtLeastOnce;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(count);
+    o.workload.rate = None;
+    o.workload.count = Some(count);
     o.drain_timeout = Duration::from_secs(60);
     o
 }
@@ -124,7 +124,7 @@ async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sig
     // MQTT 3.1.1 and MQTT 5 turbines side by side.
     let v4 = run_fleet(fleet(&gw, 6, 300), CancellationToken::new());
     let mut o5 = fleet(&gw, 6, 300);
-    o5.first_device = 7;
+    o5.workload.first_device = 7;
     o5.protocol = Protocol::V5;
     let v5 = run_fleet(o5, CancellationToken::new());
     let (v4, v5) = tokio::join!(v4, v5);
@@ -198,7 +198,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_reading() {
     let tansu = Tansu::start();
     let mut gw = start_gateway("", &[Upstream::cluster(tansu.port(), "crash")]);
     let mut opts = fleet(&gw, 20, 1500);
-    opts.rate = Some(200.0); // ~4000 readings/s for ~7.5 s: the kills land mid-stream
+    opts.workload.rate = Some(200.0); // ~4000 readings/s for ~7.5 s: the kills land mid-stream
     opts.reconnect_max = Duration::from_millis(500);
     let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
     for _ in 0..3 {
@@ -229,7 +229,7 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
         &[Upstream::cluster(kafka_port, "dropped")],
     );
     let mut opts = fleet(&gw, 10, 600);
-    opts.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
+    opts.workload.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
     let report = run_fleet(opts, CancellationToken::new())
         .await
         .expect("fleet");
@@ -311,7 +311,7 @@ async fn reject_then_deliver(protocol: Protocol, topic: &str) {
     );
     let mut opts = fleet(&gw, 10, 600);
     opts.protocol = protocol;
-    opts.payload_size = Some(400);
+    opts.workload.payload_size = Some(400);
     opts.reconnect_max = Duration::from_millis(500);
     opts.drain_timeout = Duration::from_secs(120);
     let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
@@ -415,13 +415,13 @@ async fn rebooting_and_flapping_devices_in_both_payload_forms_lose_nothing_and_k
         ..FaultPlan::default()
     };
     let mut json = fleet(&gw, 4, 400);
-    json.rate = Some(400.0);
-    json.faults = plan.clone();
+    json.workload.rate = Some(400.0);
+    json.workload.faults = plan.clone();
     json.reconnect_min = Duration::from_millis(20);
     let mut binary = json.clone();
-    binary.first_device = 5;
+    binary.workload.first_device = 5;
     binary.protocol = Protocol::V5;
-    binary.payload_format = PayloadFormat::Binary;
+    binary.workload.payload_format = PayloadFormat::Binary;
     let (json, binary) = tokio::join!(
         run_fleet(json, CancellationToken::new()),
         run_fleet(binary, CancellationToken::new())

@@ -182,11 +182,11 @@ fn start_gateway(brokers: &[String], topic: &str, security: &str) -> Gateway {
 async fn publish(gw: &Gateway, devices: usize, count: u64) -> FleetReport {
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = devices;
+    o.workload.devices = devices;
     o.qos = Qos::AtLeastOnce;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(count);
+    o.workload.rate = None;
+    o.workload.count = Some(count);
     o.drain_timeout = Duration::from_secs(60);
     let report = run_fleet(o, CancellationToken::new())
         .await

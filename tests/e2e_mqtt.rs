@@ -35,11 +35,11 @@ const PREFIX: &str = "site-7/";
 fn fleet(broker: String, devices: usize, count: u64) -> FleetOptions {
     let mut o = FleetOptions::default();
     o.broker = broker;
-    o.devices = devices;
+    o.workload.devices = devices;
     o.qos = Qos::AtLeastOnce;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(count);
+    o.workload.rate = None;
+    o.workload.count = Some(count);
     o.drain_timeout = Duration::from_secs(60);
     o.reconnect_max = Duration::from_millis(500);
     o
@@ -257,7 +257,7 @@ async fn every_reading_reaches_the_upstream_broker_in_order_with_gateway_and_seq
     });
     let v4 = run_fleet(fleet(gw.mqtt_addr(), 6, 300), CancellationToken::new());
     let mut o5 = fleet(gw.mqtt_addr(), 6, 300);
-    o5.first_device = 7;
+    o5.workload.first_device = 7;
     o5.protocol = Protocol::V5;
     let v5 = run_fleet(o5, CancellationToken::new());
     let (v4, v5) = tokio::join!(v4, v5);
@@ -297,7 +297,7 @@ async fn the_upstream_broker_restarting_mid_stream_loses_nothing() {
         gateway_section(port, dir) + &mqtt_upstream("cloud", &url, "protocol = 4")
     });
     let mut opts = fleet(gw.mqtt_addr(), 10, 1000);
-    opts.rate = Some(250.0); // ~4 s of readings: the restarts land mid-stream
+    opts.workload.rate = Some(250.0); // ~4 s of readings: the restarts land mid-stream
     let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -349,7 +349,7 @@ async fn a_local_broker_is_journaled_through_a_subscription_and_reaches_kafka() 
     wait_for_log(&gw, "MQTT subscription active").await;
     let v4 = run_fleet(fleet(local.addr(), 5, 300), CancellationToken::new());
     let mut o5 = fleet(local.addr(), 5, 300);
-    o5.first_device = 6;
+    o5.workload.first_device = 6;
     o5.protocol = Protocol::V5;
     let v5 = run_fleet(o5, CancellationToken::new());
     let (v4, v5) = tokio::join!(v4, v5);
@@ -382,7 +382,7 @@ async fn tidegate_restarting_while_the_local_broker_keeps_receiving_loses_nothin
     });
     wait_for_log(&gw, "MQTT subscription active").await;
     let mut opts = fleet(local.addr(), 10, 1000);
-    opts.rate = Some(250.0); // ~4 s of readings: tidegate is down for part of them
+    opts.workload.rate = Some(250.0); // ~4 s of readings: tidegate is down for part of them
     let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -425,7 +425,7 @@ async fn a_full_journal_under_reject_leaves_the_messages_with_the_broker_until_t
     wait_for_log(&gw, "MQTT subscription active").await;
     // ~2.4 MB of readings into a 1 MiB journal while the cluster is down.
     let mut opts = fleet(local.addr(), 10, 600);
-    opts.payload_size = Some(400);
+    opts.workload.payload_size = Some(400);
     let report = run_fleet(opts, CancellationToken::new())
         .await
         .expect("fleet");

@@ -36,11 +36,11 @@ fn config(mqtt_port: u16, dir: &Path, kafka_port: u16, topic: &str, journal: &st
 fn fleet(gw: &Gateway, devices: usize, count: u64) -> FleetOptions {
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = devices;
+    o.workload.devices = devices;
     o.qos = Qos::AtLeastOnce;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(count);
+    o.workload.rate = None;
+    o.workload.count = Some(count);
     o.drain_timeout = Duration::from_secs(60);
     o
 }
@@ -137,7 +137,7 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
         )
     });
     let mut opts = fleet(&gw, 10, 600);
-    opts.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
+    opts.workload.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
     let report = run_fleet(opts, CancellationToken::new())
         .await
         .expect("fleet");

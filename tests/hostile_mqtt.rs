@@ -262,10 +262,10 @@ async fn malformed_packets_close_only_their_own_connection_with_the_right_reason
 
     let mut o = FleetOptions::default();
     o.broker = addr.clone();
-    o.devices = 6;
+    o.workload.devices = 6;
     o.window = 10;
-    o.rate = Some(200.0);
-    o.count = Some(600);
+    o.workload.rate = Some(200.0);
+    o.workload.count = Some(600);
     let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
 
     let mut good_acked = 0u64;

@@ -39,12 +39,12 @@ fn config(mqtt: u16, dir: &Path, extra: &str, kafka_port: Option<u16>) -> String
 fn fleet(gw: &Gateway, devices: usize, count: u64, first_device: usize) -> FleetOptions {
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = devices;
-    o.first_device = first_device;
+    o.workload.devices = devices;
+    o.workload.first_device = first_device;
     o.qos = Qos::AtLeastOnce;
     o.window = 20;
-    o.rate = None;
-    o.count = Some(count);
+    o.workload.rate = None;
+    o.workload.count = Some(count);
     o.drain_timeout = Duration::from_secs(60);
     o
 }

@@ -35,13 +35,13 @@ fn text(bytes: &[u8]) -> String {
 async fn publish(gw: &Gateway, devices: usize, count: u64, format: PayloadFormat, first: usize) {
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = devices;
-    o.first_device = first;
+    o.workload.devices = devices;
+    o.workload.first_device = first;
     o.qos = Qos::AtLeastOnce;
     o.window = 10;
-    o.rate = None;
-    o.count = Some(count);
-    o.payload_format = format;
+    o.workload.rate = None;
+    o.workload.count = Some(count);
+    o.workload.payload_format = format;
     o.drain_timeout = Duration::from_secs(30);
     let report = run_fleet(o, CancellationToken::new()).await.expect("fleet");
     assert!(report.all_acked());

@@ -590,11 +590,11 @@ async fn modbus_readings_reach_kafka_and_a_port_that_never_exists_does_not_stop_
 
     let mut opts = FleetOptions::default();
     opts.broker = gw.mqtt_addr();
-    opts.devices = 3;
-    opts.first_device = 100;
+    opts.workload.devices = 3;
+    opts.workload.first_device = 100;
     opts.qos = Qos::AtLeastOnce;
-    opts.rate = None;
-    opts.count = Some(50);
+    opts.workload.rate = None;
+    opts.workload.count = Some(50);
     opts.drain_timeout = Duration::from_secs(30);
     let report = run_fleet(opts, CancellationToken::new())
         .await

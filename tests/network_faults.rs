@@ -74,10 +74,10 @@ async fn through_refused_slow_lossy_and_hung_connections_nothing_is_lost_or_reor
 
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = 6;
+    o.workload.devices = 6;
     o.window = 10;
-    o.rate = Some(40.0);
-    o.count = Some(1400);
+    o.workload.rate = Some(40.0);
+    o.workload.count = Some(1400);
     let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
 
     // Each fault for a few seconds, with normal traffic in between, while the fleet runs.

@@ -48,10 +48,10 @@ async fn after_power_cuts_at_random_moments_every_acknowledged_reading_is_delive
     for cut in 0..=CUTS {
         let mut o = FleetOptions::default();
         o.broker = gw.mqtt_addr();
-        o.devices = 4;
+        o.workload.devices = 4;
         o.window = 10;
-        o.rate = None;
-        o.count = Some(if cut == CUTS { 300 } else { 1_000_000 });
+        o.workload.rate = None;
+        o.workload.count = Some(if cut == CUTS { 300 } else { 1_000_000 });
         o.reconnect_max = Duration::from_millis(200);
         o.drain_timeout = Duration::from_secs(2);
         let stop = CancellationToken::new();
@@ -183,10 +183,10 @@ async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_re
     });
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = 4;
+    o.workload.devices = 4;
     o.window = 10;
-    o.rate = Some(100.0);
-    o.count = Some(1000);
+    o.workload.rate = Some(100.0);
+    o.workload.count = Some(1000);
     o.reconnect_max = Duration::from_millis(200);
     o.drain_timeout = Duration::from_secs(60);
     let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));

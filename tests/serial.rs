@@ -16,6 +16,7 @@ use common::{Gateway, Tansu};
 use firmware_sim::{
     run_fleet, run_serial, wait_until_complete, CancellationToken, FaultCounts, FaultPlan,
     FleetOptions, Framing, Qos, ReadingId, SerialLine, SerialOptions, SerialReport, SerialTarget,
+    Workload,
 };
 use tidegate::config::{JournalConfig, OnFull};
 use tidegate::ingest::serial::{run_port, SerialConfig};
@@ -135,11 +136,13 @@ fn port_config(path: &Path, framing: Framing) -> SerialConfig {
 fn sim(framing: Framing, devices: usize, count: u64, boot: u64) -> SerialOptions {
     SerialOptions {
         framing,
-        devices,
-        count: Some(count),
-        rate: None,
-        boot: Some(boot),
-        ..SerialOptions::default()
+        workload: Workload {
+            devices,
+            count: Some(count),
+            rate: None,
+            boot: Some(boot),
+            ..Workload::default()
+        },
     }
 }
 
@@ -254,8 +257,8 @@ async fn noise_bad_crcs_truncated_and_oversized_frames_are_rejected_exactly_and_
         let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
         let port = PortTask::start(port_config(line.path(), framing), &tj.journal);
         let mut opts = sim(framing, devices, count, 3);
-        opts.seed = seed;
-        opts.faults = plan.clone();
+        opts.workload.seed = seed;
+        opts.workload.faults = plan.clone();
         let report = write_all(&mut line, opts).await;
         // The simulator injected exactly what the plan says for this seed.
         let mut want = FaultCounts::default();
@@ -386,7 +389,7 @@ async fn frames_a_full_journal_refuses_under_reject_are_counted_and_the_rest_kee
     let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
     let port = PortTask::start(port_config(line.path(), Framing::Cobs), &tj.journal);
     let mut opts = sim(Framing::Cobs, 1, 1000, 9);
-    opts.payload_size = Some(2000); // about 2 MB in all
+    opts.workload.payload_size = Some(2000); // about 2 MB in all
     let report = write_all(&mut line, opts).await;
     port.wait_for("every frame accounted for", |c| {
         get(&c.frames_accepted) + get(&c.rejected_full) == 1000
@@ -486,8 +489,8 @@ async fn serial_readings_of_both_framings_reach_kafka_in_order_keyed_by_port_top
     let mut gw =
         Gateway::start_fresh(|mqtt, dir| gateway_config(mqtt, dir, tansu.port(), "serial", &ports));
     let mut faulty = sim(Framing::Cobs, 2, 300, 5);
-    faulty.first_device = 3;
-    faulty.faults = FaultPlan {
+    faulty.workload.first_device = 3;
+    faulty.workload.faults = FaultPlan {
         noise_rate: 0.05,
         bad_crc_rate: 0.05,
         truncated_rate: 0.05,
@@ -547,10 +550,10 @@ async fn a_serial_port_that_never_exists_does_not_stop_the_mqtt_side() {
     let started = tokio::time::Instant::now();
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = 5;
+    o.workload.devices = 5;
     o.qos = Qos::AtLeastOnce;
-    o.rate = None;
-    o.count = Some(200);
+    o.workload.rate = None;
+    o.workload.count = Some(200);
     o.drain_timeout = Duration::from_secs(60);
     let report = run_fleet(o, CancellationToken::new()).await.expect("fleet");
     assert!(report.all_acked());

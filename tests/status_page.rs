@@ -109,10 +109,10 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
     // Traffic all along: 5 turbines, 20 readings/s each, until the test stops them.
     let mut o = FleetOptions::default();
     o.broker = gw.mqtt_addr();
-    o.devices = 5;
+    o.workload.devices = 5;
     o.qos = Qos::AtLeastOnce;
-    o.rate = Some(20.0);
-    o.duration = Some(Duration::from_secs(300));
+    o.workload.rate = Some(20.0);
+    o.workload.duration = Some(Duration::from_secs(300));
     o.drain_timeout = Duration::from_secs(10);
     let traffic = CancellationToken::new();
     let fleet = tokio::spawn(run_fleet(o, traffic.clone()));

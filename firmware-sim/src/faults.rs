@@ -48,32 +48,89 @@ use crate::telemetry::Reading;
 pub const DEFAULT_OVERSIZED_BYTES: usize = 1024 * 1024;
 
 /// Which faults to inject, and how often. `Default` injects nothing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// It is also the command line's "Fault injection" flags, shared by `fleet`, `load` and
+/// `serial`: the field docs are their help.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default)]
+#[command(next_help_heading = "Fault injection")]
 pub struct FaultPlan {
-    /// Probability per reading of an extra, malformed JSON payload.
+    /// Probability per reading of an extra, malformed JSON payload (a cut-off reading).
+    #[arg(long = "malformed-rate", value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub malformed_json_rate: f64,
-    /// Probability per reading of an extra payload of `oversized_bytes` bytes.
+    /// Probability per reading of an extra payload of --oversized-bytes.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub oversized_rate: f64,
     /// Size of an oversized payload.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_OVERSIZED_BYTES)]
     pub oversized_bytes: usize,
     /// Probability per reading that it is sent twice.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub duplicate_rate: f64,
-    /// Reboot after every this many readings: the counter restarts at 1 with a new boot id.
+    /// Reboot every N readings: the counter restarts at 1 under boot id + 1, + 2, …; over
+    /// MQTT the device first waits for its PUBACKs, then drops the connection and reconnects.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub reboot_every: Option<u64>,
-    /// MQTT: drop the connection (no DISCONNECT) before every this many readings.
+    /// MQTT only: drop the connection (no DISCONNECT) before every N-th reading; the device
+    /// reconnects with backoff and re-sends what was not acknowledged.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub flap_every: Option<u64>,
-    /// Added to every reading's `ts` (ms; negative: the device's clock is behind).
+    /// Add this many ms to every reading's timestamp (negative: the device clock is behind).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub clock_skew_ms: i64,
-    /// `(count, every)`: every `every` readings, send `count` readings back-to-back,
-    /// ignoring the rate.
+    /// Every EVERY readings, send COUNT readings back-to-back, ignoring the rate (the
+    /// value is `(count, every)`).
+    #[arg(long, value_name = "COUNT/EVERY", value_parser = parse_burst)]
     pub burst: Option<(u64, u64)>,
-    /// Serial: probability per reading of a frame of line noise.
+    /// Serial only: probability per reading of a frame of line noise.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub noise_rate: f64,
-    /// Serial: probability per reading of an extra copy of its frame with a bad CRC.
+    /// Serial only: probability per reading of an extra copy of its frame with a bad CRC
+    /// (lines: with a byte that is not UTF-8).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub bad_crc_rate: f64,
-    /// Serial: probability per reading of an extra copy of its frame cut short.
+    /// Serial only: probability per reading of an extra copy of its frame cut short.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub truncated_rate: f64,
+}
+
+/// A command-line value that is not what its flag takes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
+
+impl BadValue {
+    /// `why` the value is refused, as clap shows it.
+    pub(crate) fn new(why: String) -> BadValue {
+        BadValue(why)
+    }
+}
+
+/// `--*-rate`: a probability.
+fn parse_probability(s: &str) -> Result<f64, BadValue> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(BadValue::new(format!(
+            "{s:?} is not a probability between 0 and 1"
+        ))),
+    }
+}
+
+/// `--burst COUNT/EVERY`.
+fn parse_burst(s: &str) -> Result<(u64, u64), BadValue> {
+    let bad = || BadValue::new(format!("{s:?} is not COUNT/EVERY, e.g. 10/100"));
+    let (count, every) = s.split_once('/').ok_or_else(bad)?;
+    let count: u64 = count.trim().parse().map_err(|_| bad())?;
+    let every: u64 = every.trim().parse().map_err(|_| bad())?;
+    if count == 0 || every == 0 {
+        return Err(bad());
+    }
+    Ok((count, every))
 }
 
 impl Default for FaultPlan {

@@ -1,6 +1,8 @@
 //! Simulated wind-turbine fleets for tidegate: the test bed, load generator and verifier.
 //!
 //! # Layout
+//! - [`workload`]: what the simulated devices do whatever their transport — which turbines,
+//!   how many readings, how fast, which payloads and faults ([`Workload`]);
 //! - [`telemetry`]: the deterministic turbine model and its payloads, JSON or compact binary;
 //! - [`faults`]: fault injection on demand — malformed and oversized payloads, duplicates,
 //!   reboots, clock skew, bursts, line noise, bad CRCs, truncated frames — decided per reading
@@ -22,7 +24,9 @@
 //!   exceptions and corrupted answers on demand ([`ModbusBus`]);
 //! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
 //! - [`testbed`]: real brokers (Tansu, Mosquitto) and other child processes on loopback
-//!   ports, for the tests of tidegate and of this crate and for the benchmark.
+//!   ports, for the tests of tidegate and of this crate and for the benchmark;
+//! - [`cli`]: the flag groups of the `firmware-sim` binary, which is a thin shell over this
+//!   library.
 //!
 //! ```text
 //!  Turbine ─▶ publisher ─▶ rumqttc ─MQTT─▶ gateway ─▶ Kafka ─▶ verify::check
@@ -30,6 +34,7 @@
 //!                 └─ window ◀──┴─▶ AckTracker ─▶ FleetReport ─────┘
 //! ```
 
+pub mod cli;
 pub mod faults;
 pub mod fleet;
 pub use tidegate_framing as framing;
@@ -41,6 +46,7 @@ pub mod serial;
 pub mod telemetry;
 pub mod testbed;
 pub mod verify;
+pub mod workload;
 
 pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng};
 pub use fleet::{
@@ -56,3 +62,4 @@ pub use serial::{run_serial, SerialError, SerialLine, SerialOptions, SerialRepor
 pub use telemetry::{device_id, topic_for, PayloadFormat, Reading, ReadingId, Turbine};
 pub use tokio_util::sync::CancellationToken;
 pub use verify::{check, wait_until_complete, KafkaReading, VerifyReport};
+pub use workload::Workload;

@@ -15,10 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{
-    now_ms, run_fleet_with_progress, FleetError, FleetOptions, FleetProgress, FleetReport, Qos,
+    run_fleet_with_progress, FleetError, FleetOptions, FleetProgress, FleetReport, Qos,
 };
 use crate::latency::{ms, Histogram, LatencySummary};
+use crate::telemetry::now_ms;
 use crate::verify::{Checker, KafkaReading, StartAt, TopicReader, VerifyError, VerifyReport};
+use crate::workload::Workload;
 
 /// The Kafka side of a load run.
 #[derive(Debug, Clone)]
@@ -48,12 +50,15 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> LoadOptions {
         let fleet = FleetOptions {
-            devices: 100,
+            workload: Workload {
+                devices: 100,
+                payload_size: Some(100),
+                rate: None,
+                duration: Some(Duration::from_secs(10)),
+                ..FleetOptions::default().workload
+            },
             qos: Qos::AtLeastOnce,
-            payload_size: Some(100),
             window: 100,
-            rate: None,
-            duration: Some(Duration::from_secs(10)),
             ramp_up: Duration::from_millis(500),
             ..FleetOptions::default()
         };
@@ -344,7 +349,7 @@ async fn consume(
 /// and reports).
 pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<LoadReport, LoadError> {
     let mut fleet_opts = opts.fleet.clone();
-    let boot = *fleet_opts.boot.get_or_insert_with(now_ms);
+    let boot = *fleet_opts.workload.boot.get_or_insert_with(now_ms);
     let progress = Arc::new(FleetProgress::default());
     let forwarded = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = watch::channel(None);

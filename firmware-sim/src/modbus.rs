@@ -46,7 +46,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -56,7 +56,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_serial::{SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::{Turbine, TurbineState};
+use crate::telemetry::{now_ms, Turbine, TurbineState};
 
 /// The u32 test pattern of the holding registers.
 pub const PATTERN_U32: u32 = 3_000_000_000;
@@ -255,12 +255,6 @@ fn pattern_registers() -> BTreeMap<u16, u16> {
         );
     }
     h
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// State shared by the service, the stepping task and the relay.

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::sys::termios::{self, BaudRate, SetArg};
@@ -26,9 +26,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::faults::{Fault, FaultCounts, FaultPlan, FaultRng};
+use crate::faults::{Fault, FaultCounts, FaultRng};
 use crate::framing::{EncodeError, Framing};
-use crate::telemetry::{PayloadFormat, Turbine};
+use crate::telemetry::{now_ms, PayloadFormat, Turbine};
+use crate::workload::Workload;
 
 /// Where a serial simulation writes its frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,52 +258,25 @@ fn set_nonblocking(fd: impl AsFd) -> nix::Result<()> {
     fcntl(&fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-/// What a serial simulation does.
+/// What a serial simulation does: the [`Workload`] of the turbines sharing the line, and how
+/// their readings are framed on it. Start from [`SerialOptions::default`] and set what
+/// differs.
 #[derive(Debug, Clone)]
 pub struct SerialOptions {
     /// How readings are framed on the line.
     pub framing: Framing,
-    /// Number of turbines sharing the line.
-    pub devices: usize,
-    /// Number of the first turbine (1 → `wt-0001`).
-    pub first_device: usize,
-    /// Readings per second per device; `None` (or a rate that is not a positive number)
-    /// writes as fast as the line takes them.
-    pub rate: Option<f64>,
-    /// Readings per device; the run ends when all are written.
-    pub count: Option<u64>,
-    /// How long to write; `None` runs until `count` or the stop token.
-    pub duration: Option<Duration>,
-    /// Pad each payload to this many bytes (see [`crate::Reading::encode_json`]).
-    pub payload_size: Option<usize>,
-    /// JSON (default) or the compact binary form; binary needs the `cobs` framing (a binary
-    /// reading may contain a line feed).
-    pub payload_format: PayloadFormat,
-    /// Seed of the turbine model.
-    pub seed: u64,
-    /// Boot id stamped on every reading; `None` uses the current time in ms.
-    pub boot: Option<u64>,
-    /// Simulated time per reading.
-    pub sim_step: Duration,
-    /// Faults to inject (see [`crate::faults`]); the default injects none.
-    pub faults: FaultPlan,
+    /// The turbines sharing the line and what they write. A rate that is not a positive
+    /// number writes as fast as the line takes them, like `None`; binary payloads need the
+    /// `cobs` framing; flaps are refused (a serial line has no connection).
+    pub workload: Workload,
 }
 
 impl Default for SerialOptions {
+    /// One turbine writing a JSON line a second, until stopped.
     fn default() -> SerialOptions {
         SerialOptions {
             framing: Framing::Lines,
-            devices: 1,
-            first_device: 1,
-            rate: Some(1.0),
-            count: None,
-            duration: None,
-            payload_size: None,
-            payload_format: PayloadFormat::Json,
-            seed: 1,
-            boot: None,
-            sim_step: Duration::from_secs(1),
-            faults: FaultPlan::default(),
+            workload: Workload::default(),
         }
     }
 }
@@ -346,14 +320,8 @@ impl SerialReport {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Writes the readings of `opts.devices` turbines to `line` until `opts.count` readings per
-/// device are written, `opts.duration` has passed, or `stop` is cancelled. A failed write
+/// Writes the readings of the workload's turbines to `line` until `count` readings per
+/// device are written, `duration` has passed, or `stop` is cancelled. A failed write
 /// ends the run with [`SerialError::Write`]. A stop or the deadline may cut the frames of
 /// the tick being written (as a device losing power does); they are not counted. The line
 /// stays open: [`SerialLine::drain`] it
@@ -363,31 +331,24 @@ pub async fn run_serial(
     opts: SerialOptions,
     stop: CancellationToken,
 ) -> Result<SerialReport, SerialError> {
-    opts.faults
+    let work = &opts.workload;
+    work.faults
         .validate_for_serial()
         .map_err(SerialError::Faults)?;
-    if opts.payload_format == PayloadFormat::Binary && opts.framing == Framing::Lines {
+    if work.payload_format == PayloadFormat::Binary && opts.framing == Framing::Lines {
         return Err(SerialError::InvalidOptions(
             "binary payloads need the cobs framing: a binary reading may contain a line feed"
                 .into(),
         ));
     }
     let started = Instant::now();
-    let boot = opts.boot.unwrap_or_else(now_ms);
-    let plan = &opts.faults;
-    let mut fault_rngs: Vec<FaultRng> = (0..opts.devices)
-        .map(|i| FaultRng::new(opts.seed, opts.first_device + i))
-        .collect();
-    let mut reboots = vec![0u64; opts.devices];
-    let mut turbines: Vec<Turbine> = (0..opts.devices)
-        .map(|i| {
-            Turbine::new(
-                opts.seed,
-                opts.first_device + i,
-                boot,
-                opts.sim_step.as_secs_f64(),
-            )
-        })
+    let boot = work.boot_id();
+    let plan = &work.faults;
+    let mut fault_rngs: Vec<FaultRng> = work.device_numbers().map(|n| work.fault_rng(n)).collect();
+    let mut reboots = vec![0u64; work.devices];
+    let mut turbines: Vec<Turbine> = work
+        .device_numbers()
+        .map(|n| work.turbine(n, boot))
         .collect();
     let mut report = SerialReport {
         path: line.path().to_path_buf(),
@@ -404,11 +365,11 @@ pub async fn run_serial(
         bytes: 0,
         elapsed: Duration::ZERO,
     };
-    let mut tick_faults = vec![FaultCounts::default(); opts.devices];
-    let deadline = opts
+    let mut tick_faults = vec![FaultCounts::default(); work.devices];
+    let deadline = work
         .duration
         .map(|d| tokio::time::Instant::from_std(started + d));
-    let mut ticks = opts.rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
+    let mut ticks = work.rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         // A line that stalled does not get a burst to catch up; readings keep their pace.
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -416,7 +377,7 @@ pub async fn run_serial(
     });
     let (mut payload, mut batch) = (Vec::new(), Vec::new());
     let mut written = 0u64;
-    while opts.count.is_none_or(|c| written < c) && !turbines.is_empty() {
+    while work.count.is_none_or(|c| written < c) && !turbines.is_empty() {
         let sleep_until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -448,7 +409,7 @@ pub async fn run_serial(
                 t.reboot(boot.wrapping_add(reboots[i]));
             }
             let reading = t.step(ts);
-            reading.encode(opts.payload_format, opts.payload_size, &mut payload);
+            reading.encode(work.payload_format, work.payload_size, &mut payload);
             plan.encode_serial(
                 opts.framing,
                 &faults,
@@ -488,6 +449,7 @@ pub async fn run_serial(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::FaultPlan;
     use crate::framing::Decoder;
     use crate::telemetry::ReadingId;
     use std::io::Read;
@@ -542,12 +504,14 @@ mod tests {
         });
         let opts = SerialOptions {
             framing,
-            devices,
-            count: Some(count),
-            rate: None,
-            boot: Some(7),
-            payload_format,
-            ..SerialOptions::default()
+            workload: Workload {
+                devices,
+                count: Some(count),
+                rate: None,
+                boot: Some(7),
+                payload_format,
+                ..Workload::default()
+            },
         };
         let report = tokio::time::timeout(
             Duration::from_secs(20),
@@ -591,9 +555,11 @@ mod tests {
         let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
         let opts = SerialOptions {
             framing: Framing::Lines,
-            payload_format: PayloadFormat::Binary,
-            count: Some(1),
-            ..SerialOptions::default()
+            workload: Workload {
+                payload_format: PayloadFormat::Binary,
+                count: Some(1),
+                ..Workload::default()
+            },
         };
         let err = run_serial(&mut line, opts, CancellationToken::new())
             .await
@@ -609,12 +575,14 @@ mod tests {
         let mut line = SerialLine::open(&SerialTarget::Path(path.clone()), 9600).expect("open");
         let opts = SerialOptions {
             framing: Framing::Cobs,
-            devices: 2,
-            count: Some(5),
-            rate: Some(1000.0),
-            payload_size: Some(100),
-            boot: Some(1),
-            ..SerialOptions::default()
+            workload: Workload {
+                devices: 2,
+                count: Some(5),
+                rate: Some(1000.0),
+                payload_size: Some(100),
+                boot: Some(1),
+                ..Workload::default()
+            },
         };
         let report = run_serial(&mut line, opts, CancellationToken::new())
             .await
@@ -650,13 +618,15 @@ mod tests {
             let (devices, count) = (3usize, 400u64);
             let opts = SerialOptions {
                 framing,
-                devices,
-                count: Some(count),
-                rate: None,
-                boot: Some(100),
-                seed: 5,
-                faults: faults.clone(),
-                ..SerialOptions::default()
+                workload: Workload {
+                    devices,
+                    count: Some(count),
+                    rate: None,
+                    boot: Some(100),
+                    seed: 5,
+                    faults: faults.clone(),
+                    ..Workload::default()
+                },
             };
             let before = now_ms();
             let report = run_serial(&mut line, opts, CancellationToken::new())
@@ -714,8 +684,11 @@ mod tests {
         let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
         let stop = CancellationToken::new();
         let opts = SerialOptions {
-            rate: None,
-            payload_size: Some(4000),
+            workload: Workload {
+                rate: None,
+                payload_size: Some(4000),
+                ..Workload::default()
+            },
             ..SerialOptions::default()
         };
         let run = tokio::spawn({

@@ -128,6 +128,14 @@ pub fn topic_for(device: &str) -> String {
     format!("turbines/{device}/telemetry")
 }
 
+/// Wall-clock time since the Unix epoch in ms: the `ts` devices stamp on readings and the
+/// default boot id.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What the turbine controller is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -115,14 +115,14 @@ async fn faults_are_reported_exactly(protocol: Protocol) {
     let mut o = FleetOptions::default();
     o.broker = broker.addr();
     o.protocol = protocol;
-    o.devices = devices;
-    o.count = Some(count);
+    o.workload.devices = devices;
+    o.workload.count = Some(count);
     // Paced, so a QoS 0 extra never outruns the subscriber's queue at the broker.
-    o.rate = Some(500.0);
+    o.workload.rate = Some(500.0);
     o.window = 16;
-    o.seed = seed;
+    o.workload.seed = seed;
     o.drain_timeout = Duration::from_secs(20);
-    o.faults = plan.clone();
+    o.workload.faults = plan.clone();
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
 
     // The readings' accounting is untouched by the extra publishes.
@@ -194,16 +194,16 @@ async fn reboots_and_flaps_keep_every_boot_exact(protocol: Protocol, format: Pay
     let mut o = FleetOptions::default();
     o.broker = broker.addr();
     o.protocol = protocol;
-    o.payload_format = format;
-    o.devices = devices;
-    o.count = Some(count);
-    o.rate = Some(400.0);
+    o.workload.payload_format = format;
+    o.workload.devices = devices;
+    o.workload.count = Some(count);
+    o.workload.rate = Some(400.0);
     o.window = 16;
-    o.seed = seed;
-    o.boot = Some(boot);
+    o.workload.seed = seed;
+    o.workload.boot = Some(boot);
     o.reconnect_min = Duration::from_millis(20);
     o.drain_timeout = Duration::from_secs(20);
-    o.faults = plan.clone();
+    o.workload.faults = plan.clone();
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
 
     assert_eq!(r.anomalies(), 0, "{r:#?}");
@@ -284,7 +284,7 @@ async fn serial_only_faults_are_refused_by_the_fleet() {
         },
     ] {
         let mut o = FleetOptions::default();
-        o.faults = plan;
+        o.workload.faults = plan;
         let err = run_fleet(o, CancellationToken::new()).await.unwrap_err();
         assert!(err.to_string().contains("invalid fleet options"), "{err}");
     }

@@ -93,11 +93,11 @@ async fn accounting_is_exact(protocol: Protocol) {
     ready_rx.await.expect("subscribed");
 
     let mut o = options(broker.addr(), protocol);
-    o.devices = devices;
-    o.count = Some(per_device);
-    o.rate = None;
+    o.workload.devices = devices;
+    o.workload.count = Some(per_device);
+    o.workload.rate = None;
     o.window = 16;
-    o.payload_size = Some(100);
+    o.workload.payload_size = Some(100);
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
     assert_exactly_acked(&r, devices, Some(per_device));
     assert_eq!(r.retransmits(), 0);
@@ -144,10 +144,10 @@ async fn survives_broker_kills(protocol: Protocol) {
         .try_init();
     let mut broker = Mosquitto::start().expect("mosquitto starts");
     let mut o = options(broker.addr(), protocol);
-    o.devices = 10;
-    o.rate = Some(300.0);
+    o.workload.devices = 10;
+    o.workload.rate = Some(300.0);
     o.window = 50;
-    o.duration = Some(Duration::from_secs(4));
+    o.workload.duration = Some(Duration::from_secs(4));
     let stop = CancellationToken::new();
     let fleet = tokio::spawn(run_fleet(o, stop));
 
@@ -187,9 +187,9 @@ async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_5
 async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let mut o = options(broker.addr(), Protocol::V4);
-    o.devices = 3;
-    o.count = Some(50);
-    o.rate = None;
+    o.workload.devices = 3;
+    o.workload.count = Some(50);
+    o.workload.rate = None;
     o.qos = Qos::AtMostOnce;
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
     for d in r.devices.values() {
@@ -203,8 +203,8 @@ async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
 async fn stop_token_ends_an_open_ended_run_and_drains() {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let mut o = options(broker.addr(), Protocol::V4);
-    o.devices = 4;
-    o.rate = Some(100.0);
+    o.workload.devices = 4;
+    o.workload.rate = Some(100.0);
     let stop = CancellationToken::new();
     let fleet = tokio::spawn(run_fleet(o, stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -91,9 +91,9 @@ fn options(broker: &Mosquitto, protocol: Protocol, tls: Option<TlsOptions>) -> F
     let mut o = FleetOptions::default();
     o.broker = broker.addr();
     o.protocol = protocol;
-    o.devices = 3;
-    o.count = Some(20);
-    o.rate = None;
+    o.workload.devices = 3;
+    o.workload.count = Some(20);
+    o.workload.rate = None;
     o.tls = tls;
     o.drain_timeout = Duration::from_secs(20);
     o.reconnect_max = Duration::from_millis(500);
@@ -102,7 +102,7 @@ fn options(broker: &Mosquitto, protocol: Protocol, tls: Option<TlsOptions>) -> F
 
 /// Options for a fleet that is expected never to connect: it gives up quickly.
 fn doomed(mut o: FleetOptions) -> FleetOptions {
-    o.count = Some(2);
+    o.workload.count = Some(2);
     o.drain_timeout = Duration::from_secs(2);
     o.reconnect_max = Duration::from_millis(200);
     o

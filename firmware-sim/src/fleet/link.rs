@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::options::Qos;
 use super::tls::TlsOptions;
 use crate::telemetry::parse_seq;
 
@@ -122,36 +123,55 @@ fn plan_requeue(
     (r, keep.into_iter().map(|(_, i, _)| i).collect())
 }
 
-pub(crate) mod v4 {
-    use super::*;
-    use rumqttc::{
-        AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, Request,
-    };
+/// The MQTT client handle of either protocol version.
+pub(crate) enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
 
-    pub(crate) struct V4Link(pub EventLoop);
-
-    pub(crate) fn connect(s: &LinkSettings) -> (AsyncClient, V4Link) {
-        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-        o.set_clean_session(s.clean_session)
-            .set_keep_alive(s.keep_alive)
-            .set_inflight(s.window)
-            .set_max_packet_size(s.max_packet_size, s.max_packet_size);
-        if let Some((u, p)) = &s.credentials {
-            o.set_credentials(u.clone(), p.clone());
+impl Client {
+    /// Hands a publish to the event loop; `false` if the client is closed.
+    pub(crate) async fn publish(&self, topic: &str, qos: Qos, payload: Bytes) -> bool {
+        match self {
+            Client::V4(c) => {
+                let q = match qos {
+                    Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+                    Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+                };
+                c.publish_bytes(topic, q, false, payload).await.is_ok()
+            }
+            Client::V5(c) => {
+                let q = match qos {
+                    Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                };
+                c.publish_bytes(topic, q, false, payload).await.is_ok()
+            }
         }
-        if let Some(tls) = &s.tls {
-            o.set_transport(tls.transport());
-        }
-        let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
-        (client, V4Link(eventloop))
     }
 
-    impl Link for V4Link {
+    /// Asks the event loop to write DISCONNECT.
+    pub(crate) async fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.disconnect().await.is_ok(),
+            Client::V5(c) => c.disconnect().await.is_ok(),
+        };
+    }
+}
+
+/// The [`Link`] methods whose code is the same for both protocol versions: rumqttc's v4 and
+/// v5 event loops have the same fields (`pending`, `state.collision`, `state.events`) but no
+/// common trait. `Request`, `Event`, `Packet` and `Outgoing` are the version's own types, in
+/// scope where the macro is used; `$disconnect` is the pattern of its DISCONNECT request,
+/// `$receive_max` reads the Receive Maximum off a CONNACK and `$rejected` tells whether a
+/// connection error is the broker refusing a publish.
+macro_rules! shared_link_methods {
+    ($disconnect:pat, $receive_max:expr, $rejected:expr) => {
         async fn poll(&mut self) -> Result<LinkEvent, LinkError> {
             match self.0.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => Ok(LinkEvent::ConnAck {
                     session_present: c.session_present,
-                    receive_max: None,
+                    receive_max: $receive_max(c),
                 }),
                 Ok(Event::Incoming(Packet::PubAck(a))) => Ok(LinkEvent::PubAck(a.pkid)),
                 Ok(Event::Outgoing(Outgoing::Publish(p))) => Ok(LinkEvent::PublishWritten(p)),
@@ -159,8 +179,8 @@ pub(crate) mod v4 {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => Ok(LinkEvent::DisconnectWritten),
                 Ok(_) => Ok(LinkEvent::Other),
                 Err(e) => Err(LinkError {
+                    rejected: $rejected(&e),
                     message: e.to_string(),
-                    rejected: false,
                 }),
             }
         }
@@ -175,7 +195,7 @@ pub(crate) mod v4 {
                 .iter()
                 .map(|r| match r {
                     Request::Publish(p) => Some((p.pkid, parse_seq(&p.payload))),
-                    Request::Disconnect(_) => None,
+                    $disconnect => None,
                     _ => Some((0, None)),
                 })
                 .collect();
@@ -194,17 +214,6 @@ pub(crate) mod v4 {
                 .as_ref()
                 .and_then(|p| Some((p.pkid, parse_seq(&p.payload)?)));
             r
-        }
-
-        fn push_resend(&mut self, topic: &str, payload: Bytes, dup: bool) {
-            self.0.pending.push_back(Request::Publish(Publish {
-                dup,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: topic.to_owned(),
-                pkid: 0,
-                payload,
-            }));
         }
 
         fn collision_clear(&self) -> bool {
@@ -234,14 +243,61 @@ pub(crate) mod v4 {
                 })
                 .collect()
         }
+    };
+}
+
+pub(crate) mod v4 {
+    use super::*;
+    use rumqttc::{
+        AsyncClient, ConnAck, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet,
+        Publish, QoS, Request,
+    };
+
+    pub(crate) struct V4Link(pub EventLoop);
+
+    pub(crate) fn connect(s: &LinkSettings) -> (AsyncClient, V4Link) {
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_clean_session(s.clean_session)
+            .set_keep_alive(s.keep_alive)
+            .set_inflight(s.window)
+            .set_max_packet_size(s.max_packet_size, s.max_packet_size);
+        if let Some((u, p)) = &s.credentials {
+            o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &s.tls {
+            o.set_transport(tls.transport());
+        }
+        let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
+        (client, V4Link(eventloop))
+    }
+
+    impl Link for V4Link {
+        shared_link_methods!(
+            Request::Disconnect(_),
+            |_: ConnAck| None,
+            |_: &ConnectionError| false
+        );
+
+        fn push_resend(&mut self, topic: &str, payload: Bytes, dup: bool) {
+            self.0.pending.push_back(Request::Publish(Publish {
+                dup,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: topic.to_owned(),
+                pkid: 0,
+                payload,
+            }));
+        }
     }
 }
 
 pub(crate) mod v5 {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, Publish};
+    use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnectProperties, Packet, Publish};
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
+    use rumqttc::v5::{
+        AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Request, StateError,
+    };
     use rumqttc::Outgoing;
 
     pub(crate) struct V5Link(pub EventLoop);
@@ -270,91 +326,19 @@ pub(crate) mod v5 {
     }
 
     impl Link for V5Link {
-        async fn poll(&mut self) -> Result<LinkEvent, LinkError> {
-            match self.0.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(c))) => Ok(LinkEvent::ConnAck {
-                    session_present: c.session_present,
-                    receive_max: c.properties.and_then(|p| p.receive_max),
-                }),
-                Ok(Event::Incoming(Packet::PubAck(a))) => Ok(LinkEvent::PubAck(a.pkid)),
-                Ok(Event::Outgoing(Outgoing::Publish(p))) => Ok(LinkEvent::PublishWritten(p)),
-                Ok(Event::Outgoing(Outgoing::AwaitAck(p))) => Ok(LinkEvent::AwaitAck(p)),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => Ok(LinkEvent::DisconnectWritten),
-                Ok(_) => Ok(LinkEvent::Other),
-                Err(e) => Err(LinkError {
-                    rejected: matches!(
-                        e,
-                        ConnectionError::MqttState(StateError::PubAckFail { .. })
-                    ),
-                    message: e.to_string(),
-                }),
-            }
-        }
-
-        fn pending_len(&self) -> usize {
-            self.0.pending.len()
-        }
-
-        fn rewrite_pending(&mut self, keep_written: bool) -> Requeued {
-            use rumqttc::v5::Request;
-            let requests: Vec<Request> = self.0.pending.drain(..).collect();
-            let items: Vec<Option<(u16, Option<u64>)>> = requests
-                .iter()
-                .map(|r| match r {
-                    Request::Publish(p) => Some((p.pkid, parse_seq(&p.payload))),
-                    Request::Disconnect => None,
-                    _ => Some((0, None)),
-                })
-                .collect();
-            let (mut r, keep) = plan_requeue(&items, keep_written);
-            let mut slots: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
-            for i in keep {
-                if let Some(Request::Publish(mut p)) = slots[i].take() {
-                    p.dup = true;
-                    self.0.pending.push_back(Request::Publish(p));
-                }
-            }
-            r.parked = self
-                .0
-                .state
-                .collision
-                .as_ref()
-                .and_then(|p| Some((p.pkid, parse_seq(&p.payload)?)));
-            r
-        }
+        shared_link_methods!(
+            Request::Disconnect,
+            |c: ConnAck| c.properties.and_then(|p| p.receive_max),
+            |e: &ConnectionError| matches!(
+                e,
+                ConnectionError::MqttState(StateError::PubAckFail { .. })
+            )
+        );
 
         fn push_resend(&mut self, topic: &str, payload: Bytes, dup: bool) {
             let mut p = Publish::new(topic, QoS::AtLeastOnce, payload, None);
             p.dup = dup;
-            self.0.pending.push_back(rumqttc::v5::Request::Publish(p));
-        }
-
-        fn collision_clear(&self) -> bool {
-            self.0.state.collision.is_none()
-        }
-
-        fn inflight(&self) -> usize {
-            usize::from(self.0.state.inflight())
-        }
-
-        fn buffered_events(&self) -> usize {
-            self.0.state.events.len()
-        }
-
-        fn drop_connection(&mut self) {
-            self.0.clean();
-        }
-
-        fn drain_buffered_acks(&mut self) -> Vec<u16> {
-            self.0
-                .state
-                .events
-                .drain(..)
-                .filter_map(|e| match e {
-                    Event::Incoming(Packet::PubAck(a)) => Some(a.pkid),
-                    _ => None,
-                })
-                .collect()
+            self.0.pending.push_back(Request::Publish(p));
         }
     }
 }
