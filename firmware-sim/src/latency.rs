@@ -159,6 +159,18 @@ pub fn ms(us: u64) -> String {
     format!("{:.3} ms", us as f64 / 1000.0)
 }
 
+impl LatencySummary {
+    /// The short form of the load report: `p50 …  p99 …  max …`.
+    pub fn short(&self) -> String {
+        format!(
+            "p50 {}  p99 {}  max {}",
+            ms(self.p50_us),
+            ms(self.p99_us),
+            ms(self.max_us)
+        )
+    }
+}
+
 impl fmt::Display for LatencySummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -48,7 +48,7 @@ pub mod testbed;
 pub mod verify;
 pub mod workload;
 
-pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng};
+pub use faults::{Fault, FaultCounts, FaultPlan, FaultRng, InvalidPlan};
 pub use fleet::{
     run_fleet, run_fleet_with_progress, BootReport, DeviceReport, FleetError, FleetOptions,
     FleetProgress, FleetReport, Protocol, Qos,

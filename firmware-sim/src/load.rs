@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::fleet::{
     run_fleet_with_progress, FleetError, FleetOptions, FleetProgress, FleetReport, Qos,
 };
-use crate::latency::{ms, Histogram, LatencySummary};
+use crate::latency::{Histogram, LatencySummary};
 use crate::telemetry::now_ms;
 use crate::verify::{Checker, KafkaReading, StartAt, TopicReader, VerifyError, VerifyReport};
 use crate::workload::Workload;
@@ -137,13 +137,7 @@ impl fmt::Display for LoadReport {
             "acked rate       {:>12.0} readings/s   (published {:.0}/s)",
             self.acked_per_sec, self.published_per_sec
         )?;
-        write!(
-            f,
-            "publish→PUBACK   p50 {}  p99 {}  max {}",
-            ms(self.puback.p50_us),
-            ms(self.puback.p99_us),
-            ms(self.puback.max_us)
-        )?;
+        write!(f, "publish→PUBACK   {}", self.puback.short())?;
         let injected = fl.injected();
         if injected.total() > 0 {
             write!(f, "\ninjected faults  {injected}")?;
@@ -165,13 +159,7 @@ impl fmt::Display for LoadReport {
                 "forwarded rate   {:>12.0} readings/s",
                 k.forwarded_per_sec
             )?;
-            write!(
-                f,
-                "publish→Kafka    p50 {}  p99 {}  max {}",
-                ms(k.end_to_end.p50_us),
-                ms(k.end_to_end.p99_us),
-                ms(k.end_to_end.max_us)
-            )?;
+            write!(f, "publish→Kafka    {}", k.end_to_end.short())?;
         }
         Ok(())
     }

@@ -8,101 +8,22 @@
 //! Needs the `mosquitto` binary: `scripts/test.sh` installs it (or set
 //! `TIDEGATE_MOSQUITTO_BIN`).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Duration;
+
+use common::{Subscriber, Until};
 
 use firmware_sim::faults::FaultPlan;
 use firmware_sim::fleet::{FleetOptions, Protocol};
 use firmware_sim::telemetry::PayloadFormat;
 use firmware_sim::testbed::Mosquitto;
-use firmware_sim::{device_id, run_fleet, CancellationToken, FaultCounts, ReadingId};
-
-/// What a subscriber to every turbine topic received.
-#[derive(Debug, Default)]
-struct Seen {
-    /// Copies of each (device, boot, counter).
-    copies: BTreeMap<(String, u64, u64), u64>,
-    /// Payloads that are not readings.
-    garbage: u64,
-}
-
-impl Seen {
-    fn messages(&self) -> u64 {
-        self.copies.values().sum::<u64>() + self.garbage
-    }
-}
-
-/// When the subscriber stops: at `want` messages in all, or at `want` distinct readings
-/// (when re-sends make the number of copies unknowable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Until {
-    Messages,
-    Distinct,
-}
-
-async fn subscriber(
-    broker: &str,
-    ready: tokio::sync::oneshot::Sender<()>,
-    mut want: tokio::sync::watch::Receiver<u64>,
-    until: Until,
-    stop: CancellationToken,
-) -> Seen {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let (host, port) = broker.rsplit_once(':').expect("host:port");
-    let mut o = MqttOptions::new("fault-verifier", host, port.parse().expect("port"));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 100);
-    client
-        .subscribe("turbines/+/telemetry", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let mut ready = Some(ready);
-    let mut seen = Seen::default();
-    loop {
-        let w = *want.borrow();
-        let got = match until {
-            Until::Messages => seen.messages(),
-            Until::Distinct => seen.copies.len() as u64,
-        };
-        if w > 0 && got >= w {
-            break;
-        }
-        let ev = tokio::select! {
-            _ = stop.cancelled() => break,
-            changed = want.changed() => match changed {
-                Ok(()) => continue,
-                Err(_) => break,
-            },
-            ev = eventloop.poll() => ev,
-        };
-        match ev.expect("verifier connection") {
-            Event::Incoming(Packet::SubAck(_)) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-            }
-            Event::Incoming(Packet::Publish(p)) => match ReadingId::parse(&p.payload) {
-                Some(id) => *seen.copies.entry((id.device, id.boot, id.seq)).or_default() += 1,
-                None => seen.garbage += 1,
-            },
-            _ => {}
-        }
-    }
-    seen
-}
+use firmware_sim::{device_id, run_fleet, CancellationToken, FaultCounts};
 
 async fn faults_are_reported_exactly(protocol: Protocol) {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let (devices, count, seed) = (4usize, 300u64, 11u64);
-    let stop_sub = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (want_tx, want_rx) = tokio::sync::watch::channel(0u64);
-    let sub = tokio::spawn({
-        let b = broker.addr();
-        let s = stop_sub.clone();
-        async move { subscriber(&b, ready_tx, want_rx, Until::Messages, s).await }
-    });
-    ready_rx.await.expect("subscribed");
+    let sub = Subscriber::start(&broker.addr(), "fault-verifier", Until::Messages).await;
 
     let plan = FaultPlan {
         duplicate_rate: 0.1,
@@ -146,12 +67,8 @@ async fn faults_are_reported_exactly(protocol: Protocol) {
 
     // The broker passed on every good reading, each duplicate once more, and the garbage.
     let total = devices as u64 * count + want.duplicate + want.garbage();
-    want_tx.send(total).expect("subscriber alive");
-    let seen = tokio::time::timeout(Duration::from_secs(20), sub)
-        .await
-        .expect("the subscriber receives everything")
-        .expect("subscriber task");
-    stop_sub.cancel();
+    let seen = sub.wait_for(total, Duration::from_secs(20)).await;
+    assert_eq!(seen.messages(), total, "the subscriber receives everything");
     assert_eq!(seen.garbage, want.garbage());
     assert_eq!(seen.copies.len() as u64, devices as u64 * count);
     let twice = seen.copies.values().filter(|&&c| c == 2).count() as u64;
@@ -174,15 +91,7 @@ async fn mqtt_v5_fleet_reports_the_faults_it_injected() {
 async fn reboots_and_flaps_keep_every_boot_exact(protocol: Protocol, format: PayloadFormat) {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let (devices, count, seed, boot) = (3usize, 200u64, 5u64, 1_000u64);
-    let stop_sub = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (want_tx, want_rx) = tokio::sync::watch::channel(0u64);
-    let sub = tokio::spawn({
-        let b = broker.addr();
-        let s = stop_sub.clone();
-        async move { subscriber(&b, ready_tx, want_rx, Until::Distinct, s).await }
-    });
-    ready_rx.await.expect("subscribed");
+    let sub = Subscriber::start(&broker.addr(), "fault-verifier", Until::Distinct).await;
 
     let plan = FaultPlan {
         reboot_every: Some(70),
@@ -224,19 +133,9 @@ async fn reboots_and_flaps_keep_every_boot_exact(protocol: Protocol, format: Pay
     }
 
     // Every reading of every boot reaches the subscriber (flaps may add copies).
-    want_tx
-        .send(devices as u64 * count)
-        .expect("subscriber alive");
-    let mut sub = sub;
-    let seen = match tokio::time::timeout(Duration::from_secs(20), &mut sub).await {
-        Ok(seen) => seen.expect("subscriber task"),
-        Err(_) => {
-            // Stop waiting and say what is missing.
-            stop_sub.cancel();
-            sub.await.expect("subscriber task")
-        }
-    };
-    stop_sub.cancel();
+    let seen = sub
+        .wait_for(devices as u64 * count, Duration::from_secs(20))
+        .await;
     for (device, d) in &r.devices {
         for b in d.boots() {
             for seq in 1..=b.published {

@@ -5,12 +5,15 @@
 //! Needs the `mosquitto` binary: `scripts/test.sh` installs it (or set
 //! `TIDEGATE_MOSQUITTO_BIN`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Subscriber, Until};
 use firmware_sim::fleet::{FleetOptions, FleetReport, Protocol, Qos};
 use firmware_sim::testbed::Mosquitto;
-use firmware_sim::{run_fleet, CancellationToken, ReadingId};
+use firmware_sim::{run_fleet, CancellationToken};
 
 fn options(broker: String, protocol: Protocol) -> FleetOptions {
     let mut o = FleetOptions::default();
@@ -41,56 +44,10 @@ fn assert_exactly_acked(r: &FleetReport, devices: usize, per_device: Option<u64>
     assert_eq!(r.puback_latency.count, r.acked());
 }
 
-/// Subscribes to every turbine topic and collects the counters the broker delivered.
-async fn subscriber(
-    broker: &str,
-    ready: tokio::sync::oneshot::Sender<()>,
-    stop: CancellationToken,
-) -> BTreeMap<String, BTreeSet<u64>> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let (host, port) = broker.rsplit_once(':').expect("host:port");
-    let mut o = MqttOptions::new("verifier", host, port.parse().expect("port"));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(o, 100);
-    client
-        .subscribe("turbines/+/telemetry", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    let mut ready = Some(ready);
-    let mut seen: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    loop {
-        let ev = tokio::select! {
-            _ = stop.cancelled() => break,
-            ev = eventloop.poll() => ev,
-        };
-        match ev.expect("verifier connection") {
-            Event::Incoming(Packet::SubAck(_)) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(());
-                }
-            }
-            Event::Incoming(Packet::Publish(p)) => {
-                let id = ReadingId::parse(&p.payload).expect("a reading");
-                assert_eq!(p.topic, format!("turbines/{}/telemetry", id.device));
-                seen.entry(id.device).or_default().insert(id.seq);
-            }
-            _ => {}
-        }
-    }
-    seen
-}
-
 async fn accounting_is_exact(protocol: Protocol) {
     let broker = Mosquitto::start().expect("mosquitto starts");
     let (devices, per_device) = (12, 400);
-    let stop_sub = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let sub = tokio::spawn({
-        let b = broker.addr();
-        let s = stop_sub.clone();
-        async move { subscriber(&b, ready_tx, s).await }
-    });
-    ready_rx.await.expect("subscribed");
+    let sub = Subscriber::start(&broker.addr(), "verifier", Until::Messages).await;
 
     let mut o = options(broker.addr(), protocol);
     o.workload.devices = devices;
@@ -103,20 +60,12 @@ async fn accounting_is_exact(protocol: Protocol) {
     assert_eq!(r.retransmits(), 0);
     assert_eq!(r.connection_errors(), 0);
 
-    // What the broker passed on is exactly what the fleet says was acknowledged.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if sub.is_finished() {
-            break;
-        }
-        // The subscriber keeps going; stop it once it has had a moment to catch up.
-        if Instant::now() + Duration::from_secs(9) > deadline {
-            stop_sub.cancel();
-        }
-    }
-    stop_sub.cancel();
-    let seen = sub.await.expect("subscriber task");
+    // What the broker passed on is exactly what the fleet says was acknowledged: every
+    // reading once (no re-sends), nothing else.
+    let seen = sub.wait_for(r.acked(), Duration::from_secs(10)).await;
+    assert_eq!(seen.garbage, 0);
+    assert_eq!(seen.messages(), r.acked());
+    let seen = seen.counters();
     for (id, d) in &r.devices {
         let got = seen.get(id).cloned().unwrap_or_default();
         assert_eq!(

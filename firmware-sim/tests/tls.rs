@@ -141,20 +141,21 @@ fn assert_never_connected(r: &FleetReport, why: &str) {
     }
 }
 
-#[tokio::test]
-async fn every_reading_is_acknowledged_over_tls_with_mqtt_3_1_1() {
+async fn every_reading_is_acknowledged_over_tls(protocol: Protocol) {
     let ca = Ca::new("test CA");
     let broker = tls_broker(ca.listener(&["127.0.0.1", "localhost"]));
     let tls = load(TlsFiles::new(&ca.cert));
-    assert_all_acked(&run(options(&broker, Protocol::V4, Some(tls))).await);
+    assert_all_acked(&run(options(&broker, protocol, Some(tls))).await);
+}
+
+#[tokio::test]
+async fn every_reading_is_acknowledged_over_tls_with_mqtt_3_1_1() {
+    every_reading_is_acknowledged_over_tls(Protocol::V4).await;
 }
 
 #[tokio::test]
 async fn every_reading_is_acknowledged_over_tls_with_mqtt_5() {
-    let ca = Ca::new("test CA");
-    let broker = tls_broker(ca.listener(&["127.0.0.1", "localhost"]));
-    let tls = load(TlsFiles::new(&ca.cert));
-    assert_all_acked(&run(options(&broker, Protocol::V5, Some(tls))).await);
+    every_reading_is_acknowledged_over_tls(Protocol::V5).await;
 }
 
 #[tokio::test]

@@ -111,7 +111,7 @@ pub async fn run_fleet_with_progress(
     }
     work.faults
         .validate_for_mqtt()
-        .map_err(FleetError::InvalidOptions)?;
+        .map_err(FleetError::Faults)?;
     if let Some(r) = work.rate {
         if !(r.is_finite() && r > 0.0) {
             return Err(FleetError::InvalidOptions(format!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::tls::TlsOptions;
+use crate::faults::InvalidPlan;
 use crate::workload::Workload;
 
 /// MQTT quality of service used for every reading.
@@ -114,6 +115,9 @@ pub enum FleetError {
     /// The options cannot work.
     #[error("invalid fleet options: {0}")]
     InvalidOptions(String),
+    /// The fault plan asks for what an MQTT device cannot do.
+    #[error("invalid fleet options: {0}")]
+    Faults(InvalidPlan),
     /// A device task panicked (a bug in the simulator).
     #[error("device task failed: {0}")]
     DeviceTask(#[from] tokio::task::JoinError),

@@ -37,12 +37,13 @@
 //! unsent is lost with the connection ([`FaultCounts`] counts what was handed to the
 //! client).
 
+mod frames;
+#[cfg(test)]
+mod tests;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-
-use crate::framing::{self, crc16, Framing};
-use crate::telemetry::Reading;
 
 /// Default size of an oversized payload: 1 MiB.
 pub const DEFAULT_OVERSIZED_BYTES: usize = 1024 * 1024;
@@ -97,6 +98,32 @@ pub struct FaultPlan {
     /// Serial only: probability per reading of an extra copy of its frame cut short.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
     pub truncated_rate: f64,
+}
+
+/// Why a [`FaultPlan`] cannot work (for a transport).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidPlan {
+    /// A rate that is not a probability.
+    #[error("{name} {rate} is not between 0 and 1")]
+    Rate {
+        /// The field.
+        name: &'static str,
+        /// Its value.
+        rate: f64,
+    },
+    /// A period (or burst size) of 0.
+    #[error("{0} must be at least 1")]
+    ZeroPeriod(&'static str),
+    /// Oversized payloads too small to be told from a reading.
+    #[error("oversized_bytes must be at least 32")]
+    TinyOversized,
+    /// Serial-only faults asked of an MQTT device.
+    #[error("noise, bad CRC and truncated frames are serial faults")]
+    SerialOnly,
+    /// A flap asked of a serial device.
+    #[error("flap_every is an MQTT fault; a serial line has no connection")]
+    MqttOnly,
 }
 
 /// A command-line value that is not what its flag takes.
@@ -174,6 +201,18 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Every kind of fault.
+    pub const ALL: [Fault; 8] = [
+        Fault::Reboot,
+        Fault::Flap,
+        Fault::Noise,
+        Fault::MalformedJson,
+        Fault::Oversized,
+        Fault::BadCrc,
+        Fault::Truncated,
+        Fault::Duplicate,
+    ];
+
     /// Whether the fault is an extra payload or frame a consumer must reject.
     pub fn is_garbage(self) -> bool {
         !matches!(self, Fault::Reboot | Fault::Flap | Fault::Duplicate)
@@ -210,14 +249,9 @@ impl FaultCounts {
 
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: &FaultCounts) {
-        self.reboot += other.reboot;
-        self.flap += other.flap;
-        self.noise += other.noise;
-        self.malformed_json += other.malformed_json;
-        self.oversized += other.oversized;
-        self.bad_crc += other.bad_crc;
-        self.truncated += other.truncated;
-        self.duplicate += other.duplicate;
+        for fault in Fault::ALL {
+            *self.slot(fault) += other.get(fault);
+        }
     }
 
     /// The count of one kind of fault.
@@ -305,45 +339,45 @@ impl FaultPlan {
     }
 
     /// Checks that every rate is a probability and the counts are sensible.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidPlan> {
         for (name, rate) in self.rates() {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("{name} {rate} is not between 0 and 1"));
+                return Err(InvalidPlan::Rate { name, rate });
             }
         }
         if self.reboot_every == Some(0) {
-            return Err("reboot_every must be at least 1".into());
+            return Err(InvalidPlan::ZeroPeriod("reboot_every"));
         }
         if self.flap_every == Some(0) {
-            return Err("flap_every must be at least 1".into());
+            return Err(InvalidPlan::ZeroPeriod("flap_every"));
         }
         if let Some((count, every)) = self.burst {
             if count == 0 || every == 0 {
-                return Err("burst count and every must be at least 1".into());
+                return Err(InvalidPlan::ZeroPeriod("burst count and every"));
             }
         }
         if self.oversized_rate > 0.0 && self.oversized_bytes < 32 {
-            return Err("oversized_bytes must be at least 32".into());
+            return Err(InvalidPlan::TinyOversized);
         }
         Ok(())
     }
 
     /// Checks that the plan only asks for faults an MQTT device can inject (no serial-only
     /// faults).
-    pub fn validate_for_mqtt(&self) -> Result<(), String> {
+    pub fn validate_for_mqtt(&self) -> Result<(), InvalidPlan> {
         self.validate()?;
         if self.noise_rate > 0.0 || self.bad_crc_rate > 0.0 || self.truncated_rate > 0.0 {
-            return Err("noise, bad CRC and truncated frames are serial faults".into());
+            return Err(InvalidPlan::SerialOnly);
         }
         Ok(())
     }
 
     /// Checks that the plan only asks for faults a serial device can inject (a serial line
     /// has no connection to flap).
-    pub fn validate_for_serial(&self) -> Result<(), String> {
+    pub fn validate_for_serial(&self) -> Result<(), InvalidPlan> {
         self.validate()?;
         if self.flap_every.is_some() {
-            return Err("flap_every is an MQTT fault; a serial line has no connection".into());
+            return Err(InvalidPlan::MqttOnly);
         }
         Ok(())
     }
@@ -423,339 +457,5 @@ impl FaultPlan {
     /// `ts` with the clock skew applied.
     pub fn skew(&self, ts: u64) -> u64 {
         ts.saturating_add_signed(self.clock_skew_ms)
-    }
-
-    /// The payload of a garbage fault (`MalformedJson` or `Oversized`) sent with `reading`,
-    /// whose JSON is `json`. `None` for the other faults.
-    pub fn garbage_payload(&self, fault: Fault, reading: &Reading, json: &[u8]) -> Option<Vec<u8>> {
-        match fault {
-            // A strict prefix of a JSON object is never valid JSON.
-            Fault::MalformedJson => {
-                Some(json[..(json.len() * 2 / 3).max(1).min(json.len())].to_vec())
-            }
-            Fault::Oversized => {
-                let mut s = format!("{{\"device\":\"{}\",\"oversized\":\"", reading.device);
-                let fill = self.oversized_bytes.saturating_sub(s.len() + 2);
-                s.extend(std::iter::repeat_n('x', fill));
-                s.push_str("\"}");
-                Some(s.into_bytes())
-            }
-            _ => None,
-        }
-    }
-
-    /// Appends the frames of `reading` (JSON `json`) and its faults to `out`, in order:
-    /// garbage frames first, then the reading, then its duplicate. `Reboot` is ignored here
-    /// (the caller restarts the turbine before sampling the reading).
-    pub fn encode_serial(
-        &self,
-        framing: Framing,
-        faults: &[Fault],
-        reading: &Reading,
-        json: &[u8],
-        rng: &mut FaultRng,
-        out: &mut Vec<u8>,
-    ) -> Result<(), framing::EncodeError> {
-        for &f in faults {
-            match f {
-                Fault::Reboot | Fault::Flap | Fault::Duplicate => {}
-                Fault::MalformedJson | Fault::Oversized => {
-                    if let Some(p) = self.garbage_payload(f, reading, json) {
-                        framing::encode(framing, &p, out)?;
-                    }
-                }
-                Fault::Noise => noise_frame(framing, rng, out),
-                Fault::BadCrc => bad_crc_frame(framing, json, out),
-                Fault::Truncated => truncated_frame(framing, json, out),
-            }
-        }
-        framing::encode(framing, json, out)?;
-        if faults.contains(&Fault::Duplicate) {
-            framing::encode(framing, json, out)?;
-        }
-        Ok(())
-    }
-}
-
-/// Random bytes without the delimiter, then the delimiter; never a valid reading.
-fn noise_frame(framing: Framing, rng: &mut FaultRng, out: &mut Vec<u8>) {
-    let delimiter = framing.delimiter();
-    let mut frame = Vec::with_capacity(40);
-    loop {
-        frame.clear();
-        // 0xFF first: never UTF-8, so never JSON; never a delimiter or a CR.
-        frame.push(0xFF);
-        rng.bytes(&mut frame, 23);
-        for b in &mut frame {
-            if *b == delimiter || *b == b'\r' {
-                *b = 0xFF;
-            }
-        }
-        frame.push(delimiter);
-        // A random COBS body can pass its CRC by chance (1 in 65536); draw again then. A
-        // line starting with 0xFF is never JSON.
-        if framing == Framing::Lines || !decodes_ok(framing, &frame) {
-            break;
-        }
-    }
-    out.extend_from_slice(&frame);
-}
-
-/// Whether `frame` (delimiter included) decodes as a frame at all.
-fn decodes_ok(framing: Framing, frame: &[u8]) -> bool {
-    let mut d = framing::Decoder::new(framing, usize::MAX / 4);
-    d.push(frame).into_iter().any(|r| r.is_ok())
-}
-
-/// The reading's frame with a bad CRC (`cobs`), or with a byte that is not UTF-8 (`lines`).
-fn bad_crc_frame(framing: Framing, json: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        Framing::Cobs => {
-            let mut body = Vec::with_capacity(json.len() + 2);
-            body.extend_from_slice(json);
-            body.extend_from_slice(&(crc16(json) ^ 0xFFFF).to_be_bytes());
-            let start = out.len();
-            out.resize(start + cobs::max_encoding_length(body.len()), 0);
-            let n = cobs::encode(&body, &mut out[start..]);
-            out.truncate(start + n);
-            out.push(0x00);
-        }
-        Framing::Lines => {
-            let mut line = json.to_vec();
-            let mid = line.len() / 2;
-            if let Some(b) = line.get_mut(mid) {
-                *b = 0xFF;
-            }
-            out.extend_from_slice(&line);
-            out.push(b'\n');
-        }
-    }
-}
-
-/// The reading's frame cut short, then the delimiter.
-fn truncated_frame(framing: Framing, json: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        Framing::Cobs => {
-            let mut full = Vec::new();
-            framing::encode_cobs(json, &mut full);
-            full.pop(); // the delimiter
-            let mut cut = (full.len() / 2).max(1);
-            // A cut frame may pass its CRC by chance; cut further then.
-            while cut > 1 && decodes_ok(framing, &[&full[..cut], &[0x00][..]].concat()) {
-                cut -= 1;
-            }
-            out.extend_from_slice(&full[..cut]);
-            out.push(0x00);
-        }
-        Framing::Lines => {
-            // A strict prefix of a JSON object is never valid JSON.
-            out.extend_from_slice(&json[..(json.len() / 2).max(1).min(json.len())]);
-            out.push(b'\n');
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::framing::Decoder;
-    use crate::telemetry::{ReadingId, Turbine};
-
-    fn plan() -> FaultPlan {
-        FaultPlan {
-            malformed_json_rate: 0.1,
-            oversized_rate: 0.02,
-            oversized_bytes: 2000,
-            duplicate_rate: 0.05,
-            noise_rate: 0.03,
-            bad_crc_rate: 0.04,
-            truncated_rate: 0.06,
-            ..FaultPlan::default()
-        }
-    }
-
-    #[test]
-    fn the_default_plan_injects_nothing() {
-        let p = FaultPlan::default();
-        assert!(p.is_empty());
-        assert_eq!(p.expected(1, 1, 10_000), FaultCounts::default());
-        assert!(!plan().is_empty());
-    }
-
-    #[test]
-    fn decisions_are_exactly_what_the_seeded_rng_draws() {
-        let p = FaultPlan {
-            malformed_json_rate: 0.1,
-            ..FaultPlan::default()
-        };
-        let got = p.expected(42, 3, 10_000);
-        // The same draws, made by hand: six per reading, malformed JSON second.
-        let mut rng = FaultRng::new(42, 3);
-        let mut want = 0;
-        for _ in 0..10_000 {
-            let draws: Vec<f64> = (0..6).map(|_| rng.0.random()).collect();
-            want += u64::from(draws[1] < 0.1);
-        }
-        assert_eq!(got.malformed_json, want);
-        assert_eq!(got.total(), want);
-        // Within a sane band of 10% of 10 000 (± ~3.5 σ).
-        assert!((900..=1100).contains(&want), "{want}");
-    }
-
-    #[test]
-    fn decisions_are_deterministic_per_seed_and_device() {
-        let p = plan();
-        assert_eq!(p.expected(7, 1, 5_000), p.expected(7, 1, 5_000));
-        assert_ne!(p.expected(7, 1, 5_000), p.expected(8, 1, 5_000));
-        assert_ne!(p.expected(7, 1, 5_000), p.expected(7, 2, 5_000));
-        let mut a = FaultRng::new(7, 1);
-        let mut b = FaultRng::new(7, 1);
-        for i in 1..=1000 {
-            assert_eq!(p.decide(i, &mut a), p.decide(i, &mut b));
-        }
-    }
-
-    #[test]
-    fn raising_one_rate_does_not_move_the_others() {
-        let a = plan().expected(5, 1, 5_000);
-        let b = FaultPlan {
-            duplicate_rate: 0.5,
-            ..plan()
-        }
-        .expected(5, 1, 5_000);
-        assert_eq!(a.malformed_json, b.malformed_json);
-        assert_eq!(a.truncated, b.truncated);
-        assert!(b.duplicate > a.duplicate);
-    }
-
-    #[test]
-    fn rates_of_zero_and_one_are_never_and_always() {
-        let p = FaultPlan {
-            duplicate_rate: 1.0,
-            ..FaultPlan::default()
-        };
-        let c = p.expected(1, 1, 1000);
-        assert_eq!(c.duplicate, 1000);
-        assert_eq!(c.total(), 1000);
-    }
-
-    #[test]
-    fn reboots_flaps_and_bursts_follow_their_period() {
-        let p = FaultPlan {
-            reboot_every: Some(100),
-            flap_every: Some(50),
-            burst: Some((3, 10)),
-            ..FaultPlan::default()
-        };
-        let expected = p.expected(1, 1, 1000);
-        assert_eq!((expected.reboot, expected.flap), (9, 19));
-        let mut rng = FaultRng::new(1, 1);
-        assert!(p.decide(1, &mut rng).is_empty());
-        assert_eq!(p.decide(51, &mut rng), vec![Fault::Flap]);
-        assert_eq!(p.decide(101, &mut rng), vec![Fault::Reboot, Fault::Flap]);
-        assert!(p.reboot_due(201) && !p.reboot_due(200) && !p.reboot_due(1));
-        assert!(!Fault::Flap.is_garbage());
-        let burst: Vec<u64> = (1..=25).filter(|&i| p.in_burst(i)).collect();
-        assert_eq!(burst, vec![1, 2, 3, 11, 12, 13, 21, 22, 23]);
-    }
-
-    #[test]
-    fn bad_plans_are_refused() {
-        let bad = [
-            FaultPlan {
-                noise_rate: 1.5,
-                ..FaultPlan::default()
-            },
-            FaultPlan {
-                duplicate_rate: -0.1,
-                ..FaultPlan::default()
-            },
-            FaultPlan {
-                reboot_every: Some(0),
-                ..FaultPlan::default()
-            },
-            FaultPlan {
-                flap_every: Some(0),
-                ..FaultPlan::default()
-            },
-            FaultPlan {
-                burst: Some((0, 5)),
-                ..FaultPlan::default()
-            },
-        ];
-        for p in bad {
-            assert!(p.validate().is_err(), "{p:?}");
-        }
-        assert!(plan().validate().is_ok());
-        assert!(plan().validate_for_mqtt().is_err());
-        let flapping = FaultPlan {
-            flap_every: Some(5),
-            reboot_every: Some(7),
-            ..FaultPlan::default()
-        };
-        assert!(flapping.validate_for_mqtt().is_ok());
-        assert!(flapping.validate_for_serial().is_err());
-    }
-
-    #[test]
-    fn clock_skew_moves_ts_both_ways() {
-        let p = FaultPlan {
-            clock_skew_ms: -500,
-            ..FaultPlan::default()
-        };
-        assert_eq!(p.skew(1_000), 500);
-        assert_eq!(p.skew(100), 0);
-        let p = FaultPlan {
-            clock_skew_ms: 250,
-            ..FaultPlan::default()
-        };
-        assert_eq!(p.skew(1_000), 1_250);
-    }
-
-    /// A stream of faulty frames decodes to exactly the good readings (plus duplicates) and
-    /// one rejected frame or unparseable payload per garbage fault.
-    fn stream_decodes_exactly(framing: Framing) {
-        let p = plan();
-        let (readings, max_frame) = (3_000u64, 1024);
-        let mut turbine = Turbine::new(9, 1, 1, 1.0);
-        let mut rng = FaultRng::new(9, 1);
-        let (mut stream, mut json) = (Vec::new(), Vec::new());
-        let mut injected = FaultCounts::default();
-        for i in 1..=readings {
-            let faults = p.decide(i, &mut rng);
-            faults.iter().for_each(|&f| injected.add(f));
-            let r = turbine.step(1_000 + i);
-            r.encode_json(None, &mut json);
-            p.encode_serial(framing, &faults, &r, &json, &mut rng, &mut stream)
-                .expect("encodes");
-        }
-        assert_eq!(injected, p.expected(9, 1, readings));
-        // Feed it in odd chunks, as a serial line does.
-        let mut d = Decoder::new(framing, max_frame);
-        let (mut good, mut rejected) = (Vec::new(), 0u64);
-        for chunk in stream.chunks(37) {
-            for r in d.push(chunk) {
-                match r.ok().and_then(|p| ReadingId::parse(&p)) {
-                    Some(id) => good.push(id.seq),
-                    None => rejected += 1,
-                }
-            }
-        }
-        assert_eq!(d.finish(), None);
-        assert_eq!(rejected, injected.garbage());
-        assert_eq!(good.len() as u64, readings + injected.duplicate);
-        good.dedup();
-        assert_eq!(good, (1..=readings).collect::<Vec<_>>());
-        assert!(injected.garbage() > 500, "{injected}");
-    }
-
-    #[test]
-    fn a_faulty_lines_stream_gives_back_exactly_the_good_readings() {
-        stream_decodes_exactly(Framing::Lines);
-    }
-
-    #[test]
-    fn a_faulty_cobs_stream_gives_back_exactly_the_good_readings() {
-        stream_decodes_exactly(Framing::Cobs);
     }
 }

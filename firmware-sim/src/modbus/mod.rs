@@ -257,6 +257,18 @@ fn pattern_registers() -> BTreeMap<u16, u16> {
     h
 }
 
+/// `n` registers (or coils, or inputs) of `map` from address `at`; an address the map does
+/// not hold is an illegal data address, as a real slave answers.
+fn registers<T: Copy>(map: &BTreeMap<u16, T>, at: u16, n: u16) -> Result<Vec<T>, ExceptionCode> {
+    (0..n)
+        .map(|i| {
+            at.checked_add(i)
+                .and_then(|a| map.get(&a).copied())
+                .ok_or(ExceptionCode::IllegalDataAddress)
+        })
+        .collect()
+}
+
 /// State shared by the service, the stepping task and the relay.
 struct Shared {
     units: Mutex<BTreeMap<u8, Unit>>,
@@ -289,36 +301,16 @@ impl TurbineService {
             return Ok(None);
         };
         let image = &unit.image;
-        let words =
-            |map: &BTreeMap<u16, u16>, at: u16, n: u16| -> Result<Vec<u16>, ExceptionCode> {
-                (0..n)
-                    .map(|i| {
-                        at.checked_add(i)
-                            .and_then(|a| map.get(&a).copied())
-                            .ok_or(ExceptionCode::IllegalDataAddress)
-                    })
-                    .collect()
-            };
-        let bits =
-            |map: &BTreeMap<u16, bool>, at: u16, n: u16| -> Result<Vec<bool>, ExceptionCode> {
-                (0..n)
-                    .map(|i| {
-                        at.checked_add(i)
-                            .and_then(|a| map.get(&a).copied())
-                            .ok_or(ExceptionCode::IllegalDataAddress)
-                    })
-                    .collect()
-            };
         let result = match req.request {
             Request::ReadInputRegisters(at, n) => {
-                words(&image.input, at, n).map(Response::ReadInputRegisters)
+                registers(&image.input, at, n).map(Response::ReadInputRegisters)
             }
             Request::ReadHoldingRegisters(at, n) => {
-                words(&image.holding, at, n).map(Response::ReadHoldingRegisters)
+                registers(&image.holding, at, n).map(Response::ReadHoldingRegisters)
             }
-            Request::ReadCoils(at, n) => bits(&image.coils, at, n).map(Response::ReadCoils),
+            Request::ReadCoils(at, n) => registers(&image.coils, at, n).map(Response::ReadCoils),
             Request::ReadDiscreteInputs(at, n) => {
-                bits(&image.discrete, at, n).map(Response::ReadDiscreteInputs)
+                registers(&image.discrete, at, n).map(Response::ReadDiscreteInputs)
             }
             _ => Err(ExceptionCode::IllegalFunction),
         };
@@ -562,71 +554,4 @@ pub async fn run_cli(args: ModbusSlaveArgs, stop: CancellationToken) -> Result<(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pattern_registers_hold_the_documented_values() {
-        let h = pattern_registers();
-        assert_eq!(h[&100], 2000);
-        assert_eq!(h[&101] as i16, -200);
-        assert_eq!(h[&102], 0x38FF);
-        // big: 3e9 = 0xB2D05E00
-        assert_eq!((h[&110], h[&111]), (0xB2D0, 0x5E00));
-        // little
-        assert_eq!((h[&112], h[&113]), (0x005E, 0xD0B2));
-        // big-swap
-        assert_eq!((h[&114], h[&115]), (0x5E00, 0xB2D0));
-        // little-swap
-        assert_eq!((h[&116], h[&117]), (0xD0B2, 0x005E));
-        assert_eq!(
-            f32::from_be_bytes(
-                [h[&130].to_be_bytes(), h[&131].to_be_bytes()]
-                    .concat()
-                    .try_into()
-                    .unwrap()
-            ),
-            PATTERN_F32
-        );
-    }
-
-    #[test]
-    fn unknown_addresses_and_writes_are_exceptions_and_other_ids_are_ignored() {
-        let opts = ModbusOptions {
-            slaves: vec![3],
-            ..ModbusOptions::default()
-        };
-        let shared = Arc::new(Shared {
-            units: Mutex::new(BTreeMap::from([(3, Unit::new(&opts, 3))])),
-            stats: ModbusStats::default(),
-            corrupt_every: Some(2),
-            corrupt_next: AtomicBool::new(false),
-        });
-        let s = TurbineService(shared.clone());
-        let req = |slave, request| SlaveRequest { slave, request };
-        assert!(matches!(
-            s.answer(req(3, Request::ReadInputRegisters(0, 11))),
-            Ok(Some(Response::ReadInputRegisters(w))) if w.len() == 11
-        ));
-        assert!(!shared.corrupt_next.load(Ordering::Relaxed));
-        assert_eq!(
-            s.answer(req(3, Request::ReadInputRegisters(10, 2))),
-            Err(ExceptionCode::IllegalDataAddress)
-        );
-        // The second answer is marked for corruption.
-        assert!(shared.corrupt_next.load(Ordering::Relaxed));
-        assert_eq!(
-            s.answer(req(3, Request::WriteSingleRegister(100, 1))),
-            Err(ExceptionCode::IllegalFunction)
-        );
-        assert!(matches!(
-            s.answer(req(4, Request::ReadCoils(0, 1))),
-            Ok(None)
-        ));
-        assert_eq!(shared.stats.ignored.load(Ordering::Relaxed), 1);
-        assert!(matches!(
-            s.answer(req(3, Request::ReadCoils(0, 1))),
-            Ok(Some(Response::ReadCoils(b))) if b == vec![true]
-        ));
-    }
-}
+mod tests;

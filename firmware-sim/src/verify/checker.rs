@@ -1,0 +1,392 @@
+//! The rules of verification applied to a stream of records ([`Checker`]), and what they
+//! found per device ([`DeviceVerify`]) and over the topic ([`VerifyReport`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use crate::fleet::FleetReport;
+use crate::seqset::{fmt_ranges, SeqSet};
+use crate::telemetry::{topic_for, ReadingId};
+
+use super::{KafkaReading, EPOCH_HEADER, GAP_HEADER, GATEWAY_HEADER, MAX_EXAMPLES, SEQ_HEADER};
+
+/// The checks of one device's stream (one boot).
+#[derive(Debug, Clone, Default)]
+struct Stream {
+    seen: SeqSet,
+    /// Highest counter seen that was not a duplicate.
+    last_new: u64,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    reorder_examples: Vec<(u64, u64)>,
+    missing_gateway_header: u64,
+    missing_seq_header: u64,
+    bad_seq_header: u64,
+    wrong_key: u64,
+    partitions: BTreeSet<i32>,
+}
+
+/// Incremental checker: feed it records in offset order (per partition) with
+/// [`Checker::add`], ask for a [`VerifyReport`] whenever.
+#[derive(Debug, Default)]
+pub struct Checker {
+    streams: HashMap<(String, u64), Stream>,
+    readings: u64,
+    unparseable: u64,
+    gap_markers: u64,
+    gap_readings: u64,
+    /// (gateway, epoch, seq) header values seen, to count replays.
+    journal_ids: std::collections::HashSet<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    replays: u64,
+}
+
+impl Checker {
+    /// An empty checker.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Checks one record; returns its parsed identity (`None` if the payload is not a reading).
+    pub fn add(&mut self, r: &KafkaReading) -> Option<ReadingId> {
+        self.readings += 1;
+        if let Some(gap) = r.header(GAP_HEADER) {
+            let range = std::str::from_utf8(gap).ok().and_then(|g| {
+                let (a, b) = g.split_once("..")?;
+                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+            });
+            match range {
+                Some((first, last)) if first <= last => {
+                    self.gap_markers += 1;
+                    self.gap_readings += last - first + 1;
+                }
+                _ => self.unparseable += 1,
+            }
+            return None;
+        }
+        if let (Some(g), Some(s)) = (r.header(GATEWAY_HEADER), r.header(SEQ_HEADER)) {
+            let e = r.header(EPOCH_HEADER).unwrap_or_default();
+            if !self
+                .journal_ids
+                .insert((g.to_vec(), e.to_vec(), s.to_vec()))
+            {
+                self.replays += 1;
+            }
+        }
+        let Some(id) = ReadingId::parse(&r.payload) else {
+            self.unparseable += 1;
+            return None;
+        };
+        let s = self
+            .streams
+            .entry((id.device.clone(), id.boot))
+            .or_default();
+        s.received += 1;
+        s.partitions.insert(r.partition);
+        match r.header(GATEWAY_HEADER) {
+            Some(v) if !v.is_empty() => {}
+            _ => s.missing_gateway_header += 1,
+        }
+        match r.header(SEQ_HEADER) {
+            None => s.missing_seq_header += 1,
+            Some(v) => {
+                let decimal =
+                    !v.is_empty() && std::str::from_utf8(v).is_ok_and(|t| t.parse::<u64>().is_ok());
+                if !decimal {
+                    s.bad_seq_header += 1;
+                }
+            }
+        }
+        if r.key.as_deref() != Some(topic_for(&id.device).as_bytes()) {
+            s.wrong_key += 1;
+        }
+        if !s.seen.insert(id.seq) {
+            s.duplicates += 1;
+        } else {
+            if id.seq < s.last_new {
+                s.out_of_order += 1;
+                if s.reorder_examples.len() < MAX_EXAMPLES {
+                    s.reorder_examples.push((s.last_new, id.seq));
+                }
+            }
+            s.last_new = s.last_new.max(id.seq);
+        }
+        Some(id)
+    }
+
+    fn device_verify(s: &Stream, boot: u64, expected: &SeqSet) -> DeviceVerify {
+        let missing = expected.difference_ranges(&s.seen);
+        DeviceVerify {
+            boot,
+            received: s.received,
+            distinct: s.seen.len(),
+            expected: expected.len(),
+            missing_count: missing.iter().map(|(a, b)| b - a + 1).sum(),
+            missing,
+            duplicates: s.duplicates,
+            out_of_order: s.out_of_order,
+            reorder_examples: s.reorder_examples.clone(),
+            missing_gateway_header: s.missing_gateway_header,
+            missing_seq_header: s.missing_seq_header,
+            bad_seq_header: s.bad_seq_header,
+            wrong_key: s.wrong_key,
+            partitions: s.partitions.clone(),
+            unacked_received: 0,
+        }
+    }
+
+    /// The report so far. With `expected`, every boot of every device in the fleet report
+    /// is checked (the last under the device id, earlier ones under `device@boot`) and
+    /// "missing" means acknowledged but absent; readings of other devices or boots are
+    /// counted as foreign. Without, each device's stream is its highest boot id (the
+    /// latest run) and "missing" means a hole in `1..=highest counter seen`.
+    pub fn report(&self, expected: Option<&FleetReport>) -> VerifyReport {
+        let mut devices = BTreeMap::new();
+        let mut counted = 0u64;
+        let empty = Stream::default();
+        match expected {
+            Some(fleet) => {
+                for (device, d) in &fleet.devices {
+                    for b in d.boots() {
+                        let s = self
+                            .streams
+                            .get(&(device.clone(), b.boot))
+                            .unwrap_or(&empty);
+                        counted += s.received;
+                        let mut v = Checker::device_verify(s, b.boot, &b.acked);
+                        v.unacked_received = s.seen.difference_len(&b.acked);
+                        // The last boot under the device id, earlier ones (a device the
+                        // fault plan rebooted) under `device@boot`.
+                        let key = if b.boot == d.boot {
+                            device.clone()
+                        } else {
+                            format!("{device}@{}", b.boot)
+                        };
+                        devices.insert(key, v);
+                    }
+                }
+            }
+            None => {
+                let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
+                for (device, boot) in self.streams.keys() {
+                    let b = latest.entry(device.as_str()).or_insert(*boot);
+                    *b = (*b).max(*boot);
+                }
+                for (device, boot) in latest {
+                    let key = (device.to_owned(), boot);
+                    let s = self.streams.get(&key).unwrap_or(&empty);
+                    counted += s.received;
+                    let mut expected = SeqSet::new();
+                    if let Some(max) = s.seen.last() {
+                        expected.insert_range(1, max);
+                    }
+                    devices.insert(
+                        device.to_owned(),
+                        Checker::device_verify(s, boot, &expected),
+                    );
+                }
+            }
+        }
+        VerifyReport {
+            devices,
+            readings: self.readings,
+            unparseable: self.unparseable,
+            foreign: self.readings - self.unparseable - self.gap_markers - counted,
+            gap_markers: self.gap_markers,
+            gap_readings: self.gap_readings,
+            replays: self.replays,
+        }
+    }
+}
+
+/// The verdict for one device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceVerify {
+    /// Boot id checked.
+    pub boot: u64,
+    /// Records of this device and boot.
+    pub received: u64,
+    /// Distinct counters among them.
+    pub distinct: u64,
+    /// Counters that had to be there (acknowledged ones, or `1..=max` without a fleet report).
+    pub expected: u64,
+    /// Expected counters not found, as inclusive ranges.
+    pub missing: Vec<(u64, u64)>,
+    /// Number of expected counters not found.
+    pub missing_count: u64,
+    /// Records whose counter had been seen before.
+    pub duplicates: u64,
+    /// New counters lower than one seen before.
+    pub out_of_order: u64,
+    /// Up to five `(highest so far, counter)` pairs of reordering.
+    pub reorder_examples: Vec<(u64, u64)>,
+    /// Records without a `tidegate-gateway` header.
+    pub missing_gateway_header: u64,
+    /// Records without a `tidegate-seq` header.
+    pub missing_seq_header: u64,
+    /// `tidegate-seq` headers that are not a decimal number.
+    pub bad_seq_header: u64,
+    /// Records whose key is not `turbines/<device>/telemetry`.
+    pub wrong_key: u64,
+    /// Partitions the device's records were found in (must be one).
+    pub partitions: BTreeSet<i32>,
+    /// Distinct counters delivered that the fleet never saw acknowledged (allowed:
+    /// at-least-once).
+    pub unacked_received: u64,
+}
+
+impl DeviceVerify {
+    /// Whether the device's stream broke no rule.
+    pub fn is_ok(&self) -> bool {
+        self.missing_count == 0
+            && self.out_of_order == 0
+            && self.missing_gateway_header == 0
+            && self.missing_seq_header == 0
+            && self.bad_seq_header == 0
+            && self.wrong_key == 0
+            && self.partitions.len() <= 1
+    }
+
+    /// The broken rules, as sentences.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.missing_count > 0 {
+            p.push(format!(
+                "{} missing {}",
+                self.missing_count,
+                fmt_ranges(&self.missing, 10)
+            ));
+        }
+        if self.out_of_order > 0 {
+            p.push(format!(
+                "{} out of order, e.g. (after, got) {:?}",
+                self.out_of_order, self.reorder_examples
+            ));
+        }
+        for (n, what) in [
+            (
+                self.missing_gateway_header,
+                "without tidegate-gateway header",
+            ),
+            (self.missing_seq_header, "without tidegate-seq header"),
+            (
+                self.bad_seq_header,
+                "with a non-decimal tidegate-seq header",
+            ),
+            (self.wrong_key, "with the wrong key"),
+        ] {
+            if n > 0 {
+                p.push(format!("{n} records {what}"));
+            }
+        }
+        if self.partitions.len() > 1 {
+            p.push(format!("split over partitions {:?}", self.partitions));
+        }
+        p
+    }
+}
+
+/// The verdict for a topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Per device id (with a fleet report, a device's earlier boots as `device@boot`).
+    pub devices: BTreeMap<String, DeviceVerify>,
+    /// Records read.
+    pub readings: u64,
+    /// Records whose payload is not a reading.
+    pub unparseable: u64,
+    /// Readings of devices or boots not checked (other runs sharing the topic).
+    pub foreign: u64,
+    /// Gap markers (`tidegate-gap` header): not readings, counted apart.
+    pub gap_markers: u64,
+    /// Readings the gap markers say were dropped before they were forwarded.
+    pub gap_readings: u64,
+    /// Records whose (gateway, epoch, journal sequence) was seen before: the gateway sent a
+    /// journal record twice (a device's own re-send has a new journal sequence).
+    pub replays: u64,
+}
+
+impl VerifyReport {
+    /// Whether every expected counter was found.
+    pub fn is_complete(&self) -> bool {
+        self.devices.values().all(|d| d.missing_count == 0)
+    }
+
+    /// Whether no rule was broken anywhere.
+    pub fn is_ok(&self) -> bool {
+        self.unparseable == 0 && self.devices.values().all(DeviceVerify::is_ok)
+    }
+
+    /// Expected counters missing, all devices.
+    pub fn missing(&self) -> u64 {
+        self.devices.values().map(|d| d.missing_count).sum()
+    }
+
+    /// Duplicate records, all devices.
+    pub fn duplicates(&self) -> u64 {
+        self.devices.values().map(|d| d.duplicates).sum()
+    }
+
+    /// Reordered counters, all devices.
+    pub fn out_of_order(&self) -> u64 {
+        self.devices.values().map(|d| d.out_of_order).sum()
+    }
+
+    /// Records of the checked devices.
+    pub fn received(&self) -> u64 {
+        self.devices.values().map(|d| d.received).sum()
+    }
+
+    /// Every broken rule, one line per device (for assertion messages).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| !d.is_ok())
+            .map(|(id, d)| format!("{id}: {}", d.problems().join("; ")))
+            .collect();
+        if self.unparseable > 0 {
+            out.push(format!("{} records are not readings", self.unparseable));
+        }
+        out
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  problems",
+            "device", "received", "expected", "missing", "dups", "reorder", "parts"
+        )?;
+        for (id, d) in &self.devices {
+            writeln!(
+                f,
+                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  {}",
+                id,
+                d.received,
+                d.expected,
+                d.missing_count,
+                d.duplicates,
+                d.out_of_order,
+                d.partitions.len(),
+                d.problems().join("; ")
+            )?;
+        }
+        write!(
+            f,
+            "{} records: {} of {} devices, {} missing, {} duplicates ({} replayed by the gateway), {} out of order, {} unparseable, {} foreign, {} gap markers for {} dropped readings",
+            self.readings,
+            self.received(),
+            self.devices.len(),
+            self.missing(),
+            self.duplicates(),
+            self.replays,
+            self.out_of_order(),
+            self.unparseable,
+            self.foreign,
+            self.gap_markers,
+            self.gap_readings
+        )
+    }
+}

@@ -1,0 +1,171 @@
+//! Reading a Kafka topic back and checking it against what a fleet was told was stored.
+//!
+//! The rules, per device (and boot):
+//! - **missing**: a counter the broker acknowledged with PUBACK that is not in the topic —
+//!   the one thing a gateway must never do;
+//! - **duplicates**: a counter seen before. At-least-once delivery replays a contiguous
+//!   range after a crash; that is duplicates only, never reordering;
+//! - **out of order**: after dropping the duplicates, the counters must strictly increase in
+//!   offset order;
+//! - every record must carry the `tidegate-gateway` and `tidegate-seq` (decimal) headers, have
+//!   key `turbines/<device>/telemetry`, and all of a device's records must sit in one partition
+//!   (otherwise Kafka cannot keep them in order).
+//!
+//! Two more things are counted over the whole topic:
+//! - **gap markers**: records with a `tidegate-gap` header (`first..last`), which tidegate
+//!   sends where `drop-oldest` removed readings before they were forwarded; they are not
+//!   readings and are counted apart, with the readings they stand for;
+//! - **replays**: records whose (`tidegate-gateway`, `tidegate-epoch`, `tidegate-seq`) was
+//!   seen before — the gateway sent one journal record twice. A device that re-sends a
+//!   reading whose PUBACK it never got makes a duplicate with a *new* journal sequence,
+//!   which is not a replay.
+//!
+//! `reader` reads the topic, `checker` applies the rules; this module ties them to a fleet's
+//! report.
+
+mod checker;
+mod reader;
+#[cfg(test)]
+mod tests;
+
+pub use checker::{Checker, DeviceVerify, VerifyReport};
+pub use reader::{read_topic, ClientOptions, PartitionReader, StartAt, TopicReader};
+
+use std::time::Duration;
+
+use crate::fleet::FleetReport;
+
+/// Header carrying the gateway id.
+pub const GATEWAY_HEADER: &str = "tidegate-gateway";
+/// Header carrying the journal sequence number (decimal ASCII).
+pub const SEQ_HEADER: &str = "tidegate-seq";
+/// Header carrying the journal's epoch (decimal ASCII).
+pub const EPOCH_HEADER: &str = "tidegate-epoch";
+/// Header of a gap marker: `first..last`, the journal sequences dropped unsent.
+pub const GAP_HEADER: &str = "tidegate-gap";
+
+/// How many reordering examples a report keeps per device.
+const MAX_EXAMPLES: usize = 5;
+
+/// One record read from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaReading {
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Vec<u8>,
+    /// Record headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Record timestamp, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+}
+
+impl KafkaReading {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Errors of reading Kafka.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rskafka::client::error::Error),
+    /// The topic does not exist (yet).
+    #[error("topic {0:?} does not exist")]
+    TopicNotFound(String),
+}
+
+fn sorted(readings: &[KafkaReading]) -> Vec<&KafkaReading> {
+    let mut v: Vec<&KafkaReading> = readings.iter().collect();
+    v.sort_by_key(|r| (r.partition, r.offset));
+    v
+}
+
+/// Checks records (any order; they are sorted by partition and offset) against a fleet run.
+pub fn check(readings: &[KafkaReading], report: &FleetReport) -> VerifyReport {
+    let mut c = Checker::new();
+    for r in sorted(readings) {
+        c.add(r);
+    }
+    c.report(Some(report))
+}
+
+/// Checks records without a fleet report: per device (latest boot), holes in the counters,
+/// duplicates, reordering, headers and keys.
+pub fn check_stream(readings: &[KafkaReading]) -> VerifyReport {
+    let mut c = Checker::new();
+    for r in sorted(readings) {
+        c.add(r);
+    }
+    c.report(None)
+}
+
+/// Reads `topic` until every reading `report` says was acknowledged is there, or `timeout`
+/// passes; returns the last report either way. Connection errors (the topic not existing
+/// yet, the cluster restarting) are retried until the timeout.
+pub async fn wait_until_complete(
+    brokers: &[String],
+    topic: &str,
+    report: &FleetReport,
+    timeout: Duration,
+) -> Result<VerifyReport, VerifyError> {
+    wait_until_complete_with(brokers, topic, report, timeout, &|b| b).await
+}
+
+/// [`wait_until_complete`], with the client builder passed through `client` (TLS, SASL).
+pub async fn wait_until_complete_with(
+    brokers: &[String],
+    topic: &str,
+    report: &FleetReport,
+    timeout: Duration,
+    client: &ClientOptions,
+) -> Result<VerifyReport, VerifyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut checker = Checker::new();
+    let mut reader: Option<TopicReader> = None;
+    loop {
+        let result = async {
+            if reader.is_none() {
+                reader = Some(
+                    TopicReader::connect_with(brokers, topic, StartAt::Earliest, client).await?,
+                );
+            }
+            if let Some(r) = reader.as_mut() {
+                for rec in r.poll().await? {
+                    checker.add(&rec);
+                }
+            }
+            Ok::<(), VerifyError>(())
+        }
+        .await;
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(()) => {
+                let v = checker.report(Some(report));
+                if v.is_complete() || now >= deadline {
+                    return Ok(v);
+                }
+            }
+            Err(e) => {
+                if now >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, "reading Kafka failed; retrying");
+                // Keep the cursor if we had one: a transient fetch error must not make us
+                // read (and count) everything twice.
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
