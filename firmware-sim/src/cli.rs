@@ -147,20 +147,12 @@ pub struct MqttArgs {
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate every device presents, for brokers that require one (with
     /// --client-key).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires_all = ["ca_file", "client_key"],
-        help_heading = "TLS"
-    )]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    #[arg(requires_all = ["ca_file", "client_key"])]
     pub client_cert: Option<PathBuf>,
     /// PEM private key of --client-cert.
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires_all = ["ca_file", "client_cert"],
-        help_heading = "TLS"
-    )]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    #[arg(requires_all = ["ca_file", "client_cert"])]
     pub client_key: Option<PathBuf>,
     /// Check the broker's certificate against this name instead of the --broker host (for
     /// a broker reached by IP whose certificate names its host name).

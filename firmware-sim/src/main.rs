@@ -43,12 +43,8 @@ enum Command {
     /// unacknowledged or, with --kafka, acknowledged readings never arrived.
     Load {
         /// Kafka bootstrap brokers (comma-separated host:port) to check forwarding against.
-        #[arg(
-            long,
-            value_name = "BROKERS",
-            value_delimiter = ',',
-            requires = "topic"
-        )]
+        #[arg(long, value_name = "BROKERS", value_delimiter = ',')]
+        #[arg(requires = "topic")]
         kafka: Vec<String>,
         /// Kafka topic the gateway forwards to (with --kafka).
         #[arg(long, value_name = "TOPIC")]
@@ -70,12 +66,8 @@ enum Command {
     /// 1 if any rule is broken (duplicates alone are allowed).
     Verify {
         /// Kafka bootstrap brokers, comma-separated host:port.
-        #[arg(
-            long,
-            value_name = "BROKERS",
-            value_delimiter = ',',
-            default_value = "127.0.0.1:9092"
-        )]
+        #[arg(long, value_name = "BROKERS", value_delimiter = ',')]
+        #[arg(default_value = "127.0.0.1:9092")]
         brokers: Vec<String>,
         /// Topic to read.
         #[arg(long)]

@@ -8,6 +8,7 @@
 //! Needs the `mosquitto` binary: `scripts/test.sh` installs it (or set
 //! `TIDEGATE_MOSQUITTO_BIN`).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -33,16 +34,13 @@ async fn faults_are_reported_exactly(protocol: Protocol) {
         clock_skew_ms: 3_600_000,
         ..FaultPlan::default()
     };
-    let mut o = FleetOptions::default();
-    o.broker = broker.addr();
-    o.protocol = protocol;
+    let mut o = common::options(broker.addr(), protocol);
     o.workload.devices = devices;
     o.workload.count = Some(count);
     // Paced, so a QoS 0 extra never outruns the subscriber's queue at the broker.
     o.workload.rate = Some(500.0);
     o.window = 16;
     o.workload.seed = seed;
-    o.drain_timeout = Duration::from_secs(20);
     o.workload.faults = plan.clone();
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
 
@@ -76,15 +74,11 @@ async fn faults_are_reported_exactly(protocol: Protocol) {
     assert!(seen.copies.values().all(|&c| c == 1 || c == 2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_v4_fleet_reports_the_faults_it_injected() {
-    faults_are_reported_exactly(Protocol::V4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_v5_fleet_reports_the_faults_it_injected() {
-    faults_are_reported_exactly(Protocol::V5).await;
-}
+test_both_versions!(
+    faults_are_reported_exactly,
+    mqtt_v4_fleet_reports_the_faults_it_injected,
+    mqtt_v5_fleet_reports_the_faults_it_injected
+);
 
 /// Reboots (every 70 readings) and flapping connections (before every 25th reading), with
 /// duplicates and malformed payloads, in the given payload format.
@@ -100,9 +94,7 @@ async fn reboots_and_flaps_keep_every_boot_exact(protocol: Protocol, format: Pay
         malformed_json_rate: 0.03,
         ..FaultPlan::default()
     };
-    let mut o = FleetOptions::default();
-    o.broker = broker.addr();
-    o.protocol = protocol;
+    let mut o = common::options(broker.addr(), protocol);
     o.workload.payload_format = format;
     o.workload.devices = devices;
     o.workload.count = Some(count);
@@ -111,7 +103,6 @@ async fn reboots_and_flaps_keep_every_boot_exact(protocol: Protocol, format: Pay
     o.workload.seed = seed;
     o.workload.boot = Some(boot);
     o.reconnect_min = Duration::from_millis(20);
-    o.drain_timeout = Duration::from_secs(20);
     o.workload.faults = plan.clone();
     let r = run_fleet(o, CancellationToken::new()).await.expect("fleet");
 

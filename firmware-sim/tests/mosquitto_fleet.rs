@@ -5,6 +5,7 @@
 //! Needs the `mosquitto` binary: `scripts/test.sh` installs it (or set
 //! `TIDEGATE_MOSQUITTO_BIN`).
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -16,10 +17,7 @@ use firmware_sim::testbed::Mosquitto;
 use firmware_sim::{run_fleet, CancellationToken};
 
 fn options(broker: String, protocol: Protocol) -> FleetOptions {
-    let mut o = FleetOptions::default();
-    o.broker = broker;
-    o.protocol = protocol;
-    o.drain_timeout = Duration::from_secs(20);
+    let mut o = common::options(broker, protocol);
     o.reconnect_max = Duration::from_millis(500);
     o
 }
@@ -76,15 +74,11 @@ async fn accounting_is_exact(protocol: Protocol) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn puback_accounting_is_exact_for_every_device_mqtt_3_1_1() {
-    accounting_is_exact(Protocol::V4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn puback_accounting_is_exact_for_every_device_mqtt_5() {
-    accounting_is_exact(Protocol::V5).await;
-}
+test_both_versions!(
+    accounting_is_exact,
+    puback_accounting_is_exact_for_every_device_mqtt_3_1_1,
+    puback_accounting_is_exact_for_every_device_mqtt_5
+);
 
 async fn survives_broker_kills(protocol: Protocol) {
     let _ = tracing_subscriber::fmt()
@@ -122,15 +116,11 @@ async fn survives_broker_kills(protocol: Protocol) {
     drop(broker);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_3_1_1() {
-    survives_broker_kills(Protocol::V4).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_5() {
-    survives_broker_kills(Protocol::V5).await;
-}
+test_both_versions!(
+    survives_broker_kills,
+    fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_3_1_1,
+    fleet_reconnects_after_broker_sigkill_and_every_reading_is_acked_mqtt_5
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {

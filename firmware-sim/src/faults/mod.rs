@@ -406,15 +406,9 @@ impl FaultPlan {
                 faults.push(Fault::Flap);
             }
         }
-        const KINDS: [Fault; 6] = [
-            Fault::Noise,
-            Fault::MalformedJson,
-            Fault::Oversized,
-            Fault::BadCrc,
-            Fault::Truncated,
-            Fault::Duplicate,
-        ];
-        for (kind, (_, rate)) in KINDS.into_iter().zip(self.rates()) {
+        // The kinds drawn for, in the order of `rates`: every one after reboots and flaps.
+        let drawn = &Fault::ALL[2..];
+        for (&kind, (_, rate)) in drawn.iter().zip(self.rates()) {
             let draw: f64 = rng.0.random();
             if draw < rate {
                 faults.push(kind);

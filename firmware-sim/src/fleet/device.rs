@@ -194,12 +194,9 @@ async fn run_boot(
         0
     };
     let settings = LinkSettings {
-        client_id: device.clone(),
-        host: cfg.host.clone(),
+        client_id: &device,
+        host: &cfg.host,
         port: cfg.port,
-        clean_session: opts.clean_session,
-        keep_alive: opts.keep_alive,
-        window: opts.window,
         max_packet_size: opts
             .workload
             .payload_size
@@ -207,8 +204,7 @@ async fn run_boot(
             .max(64 * 1024)
             .max(oversized)
             + 1024,
-        credentials: opts.credentials.clone(),
-        tls: opts.tls.clone(),
+        fleet: opts,
     };
     let abort = CancellationToken::new();
     let span = tracing::info_span!("boot", boot);

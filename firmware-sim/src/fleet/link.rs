@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::options::Qos;
-use super::tls::TlsOptions;
+use super::options::{FleetOptions, Qos};
 use crate::telemetry::parse_seq;
 
 /// What the driver needs to know about an event-loop event.
@@ -82,20 +81,30 @@ pub(crate) trait Link: Send {
     fn drop_connection(&mut self);
 }
 
-/// Settings shared by both protocol versions.
-#[derive(Debug, Clone)]
-pub(crate) struct LinkSettings {
-    pub client_id: String,
-    pub host: String,
+/// What one device's connection is made from, either protocol version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinkSettings<'a> {
+    pub client_id: &'a str,
+    pub host: &'a str,
     pub port: u16,
-    pub clean_session: bool,
-    pub keep_alive: Duration,
-    /// In-flight limit (and request channel capacity).
-    pub window: u16,
+    /// Room for the largest payload the device sends.
     pub max_packet_size: usize,
-    pub credentials: Option<(String, String)>,
-    /// TLS instead of plain TCP; the config inside is shared by every device.
-    pub tls: Option<TlsOptions>,
+    /// Session, keep-alive, window (the in-flight limit and the request channel's capacity),
+    /// credentials and TLS (whose config every device shares).
+    pub fleet: &'a FleetOptions,
+}
+
+/// Sets the credentials and the TLS transport of `$s` on `$o`, an `MqttOptions` of either
+/// protocol version (the two have the same setters but no common trait).
+macro_rules! set_credentials_and_tls {
+    ($o:ident, $s:ident) => {
+        if let Some((u, p)) = &$s.fleet.credentials {
+            $o.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(tls) = &$s.fleet.tls {
+            $o.set_transport(tls.transport());
+        }
+    };
 }
 
 /// The shared part of [`Link::rewrite_pending`]: `items` are rumqttc's pending requests
@@ -256,18 +265,14 @@ pub(crate) mod v4 {
     pub(crate) struct V4Link(pub EventLoop);
 
     pub(crate) fn connect(s: &LinkSettings) -> (AsyncClient, V4Link) {
-        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-        o.set_clean_session(s.clean_session)
-            .set_keep_alive(s.keep_alive)
-            .set_inflight(s.window)
+        let f = s.fleet;
+        let mut o = MqttOptions::new(s.client_id, s.host, s.port);
+        o.set_clean_session(f.clean_session)
+            .set_keep_alive(f.keep_alive)
+            .set_inflight(f.window)
             .set_max_packet_size(s.max_packet_size, s.max_packet_size);
-        if let Some((u, p)) = &s.credentials {
-            o.set_credentials(u.clone(), p.clone());
-        }
-        if let Some(tls) = &s.tls {
-            o.set_transport(tls.transport());
-        }
-        let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
+        set_credentials_and_tls!(o, s);
+        let (client, eventloop) = AsyncClient::new(o, usize::from(f.window));
         (client, V4Link(eventloop))
     }
 
@@ -307,21 +312,17 @@ pub(crate) mod v5 {
     const SESSION_EXPIRY_S: u32 = 3600;
 
     pub(crate) fn connect(s: &LinkSettings) -> (AsyncClient, V5Link) {
-        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        let f = s.fleet;
+        let mut o = MqttOptions::new(s.client_id, s.host, s.port);
         let mut props = ConnectProperties::new();
-        props.session_expiry_interval = (!s.clean_session).then_some(SESSION_EXPIRY_S);
+        props.session_expiry_interval = (!f.clean_session).then_some(SESSION_EXPIRY_S);
         props.max_packet_size = u32::try_from(s.max_packet_size).ok();
-        o.set_clean_start(s.clean_session)
-            .set_keep_alive(s.keep_alive.max(Duration::from_secs(5)))
+        o.set_clean_start(f.clean_session)
+            .set_keep_alive(f.keep_alive.max(Duration::from_secs(5)))
             .set_connect_properties(props)
-            .set_outgoing_inflight_upper_limit(s.window);
-        if let Some((u, p)) = &s.credentials {
-            o.set_credentials(u.clone(), p.clone());
-        }
-        if let Some(tls) = &s.tls {
-            o.set_transport(tls.transport());
-        }
-        let (client, eventloop) = AsyncClient::new(o, usize::from(s.window));
+            .set_outgoing_inflight_upper_limit(f.window);
+        set_credentials_and_tls!(o, s);
+        let (client, eventloop) = AsyncClient::new(o, usize::from(f.window));
         (client, V5Link(eventloop))
     }
 

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_modbus::server::rtu::Server;
 use tokio_modbus::server::Service;
@@ -456,37 +456,40 @@ async fn until(stop: CancellationToken, f: impl std::future::Future<Output = ()>
     }
 }
 
+/// Copies `from` to `to` chunk by chunk until end of file, letting `touch` change each chunk
+/// before it is written.
+async fn copy(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    mut touch: impl FnMut(&mut [u8]),
+) -> io::Result<()> {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        touch(&mut buf[..n]);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
 /// Copies requests from the gateway's pty to the server's and answers back, corrupting
 /// the answers the service marked.
 async fn relay(outer: SerialStream, inner: SerialStream, shared: Arc<Shared>) {
     let (mut outer_rd, mut outer_wr) = tokio::io::split(outer);
     let (mut inner_rd, mut inner_wr) = tokio::io::split(inner);
-    let requests = async {
-        let mut buf = [0u8; 512];
-        loop {
-            let n = outer_rd.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), io::Error>(());
+    let requests = copy(&mut outer_rd, &mut inner_wr, |_| {});
+    let answers = copy(&mut inner_rd, &mut outer_wr, |chunk| {
+        if shared.corrupt_next.swap(false, Ordering::Relaxed) {
+            // The last byte of the chunk: the CRC when the answer came in one piece, a data
+            // byte otherwise — the CRC no longer matches either way.
+            if let Some(last) = chunk.last_mut() {
+                *last ^= 0xA5;
             }
-            inner_wr.write_all(&buf[..n]).await?;
+            shared.stats.corrupted.fetch_add(1, Ordering::Relaxed);
         }
-    };
-    let answers = async {
-        let mut buf = [0u8; 512];
-        loop {
-            let n = inner_rd.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), io::Error>(());
-            }
-            if shared.corrupt_next.swap(false, Ordering::Relaxed) {
-                // The last byte of the chunk: the CRC when the answer came in one piece,
-                // a data byte otherwise — the CRC no longer matches either way.
-                buf[n - 1] ^= 0xA5;
-                shared.stats.corrupted.fetch_add(1, Ordering::Relaxed);
-            }
-            outer_wr.write_all(&buf[..n]).await?;
-        }
-    };
+    });
     let r = tokio::select! {
         r = requests => r,
         r = answers => r,

@@ -51,6 +51,18 @@ fn check_order(got: &[ReadingId], devices: usize, count: u64, boot: u64) {
     assert!(next.values().all(|&n| n == count + 1), "{next:?}");
 }
 
+/// `devices` turbines writing `count` readings each, as fast as the line takes them, as
+/// `boot`.
+fn fast(devices: usize, count: u64, boot: u64) -> Workload {
+    Workload {
+        devices,
+        count: Some(count),
+        rate: None,
+        boot: Some(boot),
+        ..Workload::default()
+    }
+}
+
 async fn over_a_pty(framing: Framing, payload_format: PayloadFormat) {
     let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");
     let path = line.path().to_path_buf();
@@ -63,12 +75,8 @@ async fn over_a_pty(framing: Framing, payload_format: PayloadFormat) {
     let opts = SerialOptions {
         framing,
         workload: Workload {
-            devices,
-            count: Some(count),
-            rate: None,
-            boot: Some(7),
             payload_format,
-            ..Workload::default()
+            ..fast(devices, count, 7)
         },
     };
     let report = tokio::time::timeout(
@@ -177,13 +185,9 @@ async fn injected_faults_are_counted_and_the_good_readings_all_decode() {
         let opts = SerialOptions {
             framing,
             workload: Workload {
-                devices,
-                count: Some(count),
-                rate: None,
-                boot: Some(100),
                 seed: 5,
                 faults: faults.clone(),
-                ..Workload::default()
+                ..fast(devices, count, 100)
             },
         };
         let before = now_ms();

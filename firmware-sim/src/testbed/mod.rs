@@ -221,13 +221,7 @@ pub fn mosquitto_bin() -> Result<PathBuf, TestbedError> {
     if let Some(path) = from_env("TIDEGATE_MOSQUITTO_BIN") {
         return path.map_err(not_installed);
     }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mosquitto"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut candidates = on_path("mosquitto");
     candidates.push("/usr/sbin/mosquitto".into());
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         not_installed("TIDEGATE_MOSQUITTO_BIN is not set, none on PATH or in /usr/sbin".into())
@@ -237,13 +231,7 @@ pub fn mosquitto_bin() -> Result<PathBuf, TestbedError> {
 /// The `mosquitto_passwd` binary (hashes a password file): on `PATH`, in `/usr/bin`, or
 /// beside [`mosquitto_bin`].
 pub fn mosquitto_passwd_bin() -> Result<PathBuf, TestbedError> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("mosquitto_passwd"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut candidates = on_path("mosquitto_passwd");
     candidates.push("/usr/bin/mosquitto_passwd".into());
     if let Some(dir) = mosquitto_bin().ok().as_deref().and_then(Path::parent) {
         candidates.push(dir.join("mosquitto_passwd"));
@@ -255,6 +243,13 @@ pub fn mosquitto_passwd_bin() -> Result<PathBuf, TestbedError> {
             program: "mosquitto_passwd",
             detail: "none on PATH, in /usr/bin or beside mosquitto".into(),
         })
+}
+
+/// Where `program` would be in each directory of `PATH`, in order.
+fn on_path(program: &str) -> Vec<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+        .unwrap_or_default()
 }
 
 /// The file environment variable `var` names: `None` when unset or empty, an error

@@ -1,13 +1,40 @@
-//! What the broker passed on: a subscriber to every turbine topic, shared by the tests that
-//! run a fleet against the test bed's Mosquitto.
+//! What the tests that run a fleet against the test bed's Mosquitto share: the fleet's
+//! options, one test per MQTT version, and a subscriber to every turbine topic that says
+//! what the broker passed on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use firmware_sim::fleet::{FleetOptions, Protocol};
 use firmware_sim::{topic_for, CancellationToken, ReadingId};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// A fleet of `protocol` against `broker` that waits up to 20 s for its last PUBACKs.
+pub fn options(broker: String, protocol: Protocol) -> FleetOptions {
+    let mut o = FleetOptions::default();
+    o.broker = broker;
+    o.protocol = protocol;
+    o.drain_timeout = Duration::from_secs(20);
+    o
+}
+
+/// Two tests running `$check(protocol)`, one per MQTT version: `$v4` for 3.1.1 and `$v5`
+/// for 5.
+macro_rules! test_both_versions {
+    ($check:ident, $v4:ident, $v5:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v4() {
+            $check(firmware_sim::fleet::Protocol::V4).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $v5() {
+            $check(firmware_sim::fleet::Protocol::V5).await;
+        }
+    };
+}
 
 /// What a subscriber to every turbine topic received.
 #[derive(Debug, Default)]
