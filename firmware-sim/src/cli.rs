@@ -1,6 +1,7 @@
 //! The flag groups of the `firmware-sim` command line and how they become the library's
 //! options: one [`WorkloadArgs`] flattened into `fleet`, `load` and `serial`, the MQTT
-//! connection of `fleet` and `load` ([`MqttArgs`]) and the serial line ([`SerialArgs`]).
+//! connection of `fleet` and `load` ([`MqttArgs`], with the workload in [`FleetArgs`]) and
+//! the serial line ([`SerialArgs`]).
 //!
 //! Flags left out keep the defaults of the options they are applied to, so `fleet` (10
 //! devices, 1 reading/s), `load` (100 devices, as fast as possible, 100-byte payloads, 10 s)
@@ -102,6 +103,24 @@ fn parse_rate(s: &str) -> Result<Rate, BadValue> {
         _ => Err(BadValue::new(format!(
             "{s:?} is neither a positive number nor \"max\""
         ))),
+    }
+}
+
+/// The flags of `fleet` and `load`: the workload and the MQTT connection.
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+}
+
+impl FleetArgs {
+    /// Sets `o` from the flags given; the others keep `o`'s values. Fails if the TLS files
+    /// cannot be loaded.
+    pub fn apply(&self, o: &mut FleetOptions) -> Result<(), FleetError> {
+        self.workload.apply(&mut o.workload);
+        self.mqtt.apply(o)
     }
 }
 

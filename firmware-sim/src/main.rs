@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use firmware_sim::cli::{MqttArgs, SerialArgs, WorkloadArgs};
+use firmware_sim::cli::{FleetArgs, SerialArgs, WorkloadArgs};
 use firmware_sim::fleet::{FleetOptions, Qos};
 use firmware_sim::load::{KafkaTarget, LoadOptions};
 use firmware_sim::serial::{SerialLine, SerialOptions, SerialTarget};
@@ -33,9 +33,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
         #[command(flatten)]
-        mqtt: MqttArgs,
-        #[command(flatten)]
-        workload: WorkloadArgs,
+        fleet: FleetArgs,
     },
     /// Benchmark: drive a fleet as fast as possible, print a progress line per second and
     /// the acknowledged rate and publish→PUBACK latency; with --kafka, also forwarding
@@ -57,9 +55,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
         #[command(flatten)]
-        mqtt: MqttArgs,
-        #[command(flatten)]
-        workload: WorkloadArgs,
+        fleet: FleetArgs,
     },
     /// Read a Kafka topic (all partitions, earliest to high watermark) and report, per
     /// device, missing, duplicated and out-of-order readings and header/key problems. Exits
@@ -197,14 +193,9 @@ fn print_fleet(report: &FleetReport) {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Fleet {
-            workload,
-            mqtt,
-            report,
-        } => {
+        Command::Fleet { fleet, report } => {
             let mut o = FleetOptions::default();
-            workload.apply(&mut o.workload);
-            mqtt.apply(&mut o)?;
+            fleet.apply(&mut o)?;
             let stop = stop_on_ctrl_c();
             let r = firmware_sim::run_fleet(o, stop).await?;
             print_fleet(&r);
@@ -219,16 +210,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Load {
-            workload,
-            mqtt,
+            fleet,
             kafka,
             topic,
             kafka_timeout,
             report,
         } => {
             let mut o = LoadOptions::default();
-            workload.apply(&mut o.fleet.workload);
-            mqtt.apply(&mut o.fleet)?;
+            fleet.apply(&mut o.fleet)?;
             if let Some(topic) = topic {
                 if kafka.is_empty() {
                     bail!("--topic needs --kafka BROKERS");

