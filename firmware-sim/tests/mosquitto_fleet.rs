@@ -16,10 +16,13 @@ use firmware_sim::fleet::{FleetOptions, FleetReport, Protocol, Qos};
 use firmware_sim::testbed::Mosquitto;
 use firmware_sim::{run_fleet, CancellationToken};
 
-fn options(broker: String, protocol: Protocol) -> FleetOptions {
-    let mut o = common::options(broker, protocol);
+/// A Mosquitto, and the options of a fleet of `protocol` against it that reconnects
+/// within 500 ms.
+fn broker_and_fleet(protocol: Protocol) -> (Mosquitto, FleetOptions) {
+    let broker = Mosquitto::start().expect("mosquitto starts");
+    let mut o = common::options(broker.addr(), protocol);
     o.reconnect_max = Duration::from_millis(500);
-    o
+    (broker, o)
 }
 
 fn assert_exactly_acked(r: &FleetReport, devices: usize, per_device: Option<u64>) {
@@ -43,11 +46,10 @@ fn assert_exactly_acked(r: &FleetReport, devices: usize, per_device: Option<u64>
 }
 
 async fn accounting_is_exact(protocol: Protocol) {
-    let broker = Mosquitto::start().expect("mosquitto starts");
+    let (broker, mut o) = broker_and_fleet(protocol);
     let (devices, per_device) = (12, 400);
     let sub = Subscriber::start(&broker.addr(), "verifier", Until::Messages).await;
 
-    let mut o = options(broker.addr(), protocol);
     o.workload.devices = devices;
     o.workload.count = Some(per_device);
     o.workload.rate = None;
@@ -85,8 +87,7 @@ async fn survives_broker_kills(protocol: Protocol) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut broker = Mosquitto::start().expect("mosquitto starts");
-    let mut o = options(broker.addr(), protocol);
+    let (mut broker, mut o) = broker_and_fleet(protocol);
     o.workload.devices = 10;
     o.workload.rate = Some(300.0);
     o.window = 50;
@@ -124,8 +125,7 @@ test_both_versions!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
-    let broker = Mosquitto::start().expect("mosquitto starts");
-    let mut o = options(broker.addr(), Protocol::V4);
+    let (_broker, mut o) = broker_and_fleet(Protocol::V4);
     o.workload.devices = 3;
     o.workload.count = Some(50);
     o.workload.rate = None;
@@ -140,8 +140,7 @@ async fn qos0_fleet_publishes_its_count_and_expects_no_acks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_token_ends_an_open_ended_run_and_drains() {
-    let broker = Mosquitto::start().expect("mosquitto starts");
-    let mut o = options(broker.addr(), Protocol::V4);
+    let (_broker, mut o) = broker_and_fleet(Protocol::V4);
     o.workload.devices = 4;
     o.workload.rate = Some(100.0);
     let stop = CancellationToken::new();

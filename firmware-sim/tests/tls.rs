@@ -186,6 +186,20 @@ async fn a_server_name_reaches_by_address_a_broker_whose_certificate_names_only_
     assert_never_connected(&r, "NotValidForName");
 }
 
+/// A fleet with `tls` never connects to `broker`, whose log says why (`broker_says`): the
+/// devices only see the connection end.
+async fn refused_by_the_broker(
+    broker: &Mosquitto,
+    protocol: Protocol,
+    tls: TlsOptions,
+    broker_says: &str,
+) {
+    let r = run(doomed(options(broker, protocol, Some(tls)))).await;
+    assert_never_connected(&r, "");
+    let log = broker.log();
+    assert!(log.contains(broker_says), "{log}");
+}
+
 #[tokio::test]
 async fn a_listener_requiring_client_certificates_accepts_a_fleet_with_one_and_refuses_one_without()
 {
@@ -199,10 +213,13 @@ async fn a_listener_requiring_client_certificates_accepts_a_fleet_with_one_and_r
     // Without one the broker ends the handshake (with TLS 1.3, just after it from the
     // client's point of view): no device ever gets a CONNACK.
     let without = load(TlsFiles::new(&ca.cert));
-    let r = run(doomed(options(&broker, Protocol::V4, Some(without)))).await;
-    assert_never_connected(&r, "");
-    let log = broker.log();
-    assert!(log.contains("peer did not return a certificate"), "{log}");
+    refused_by_the_broker(
+        &broker,
+        Protocol::V4,
+        without,
+        "peer did not return a certificate",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -212,11 +229,7 @@ async fn a_client_certificate_from_another_ca_is_refused_by_the_broker() {
     let stranger = Ca::new("another CA");
     let (cert, key) = stranger.device();
     let tls = load(TlsFiles::new(&ca.cert).with_client_cert(&cert, &key));
-    let r = run(doomed(options(&broker, Protocol::V5, Some(tls)))).await;
-    // The device sees the connection reset; the broker says why.
-    assert_never_connected(&r, "");
-    let log = broker.log();
-    assert!(log.contains("certificate verify failed"), "{log}");
+    refused_by_the_broker(&broker, Protocol::V5, tls, "certificate verify failed").await;
 }
 
 #[tokio::test]

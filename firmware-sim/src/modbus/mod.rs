@@ -40,6 +40,9 @@
 //! Any other address, or a range that reaches one, is answered with exception 0x02
 //! (illegal data address); writes with 0x01 (illegal function): the turbines are read-only.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::future::{ready, Ready};
 use std::io;
@@ -555,6 +558,3 @@ pub async fn run_cli(args: ModbusSlaveArgs, stop: CancellationToken) -> Result<(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;
