@@ -144,53 +144,64 @@ fn documented_section(path: &str, arrays: &BTreeSet<String>) -> String {
     documented
 }
 
-/// The TOML header lines that open `section` (documented form) in a snippet.
-fn headers_for(section: &str) -> String {
-    let mut raw = String::new();
-    let mut out = String::new();
-    for seg in section.split('.') {
-        let (name, array) = match seg.strip_suffix("[]") {
-            Some(name) => (name, true),
-            None => (seg, false),
-        };
-        raw = join(&raw, name);
-        if array {
-            out.push_str(&format!("[[{raw}]]\n"));
-        } else {
-            out.push_str(&format!("[{raw}]\n"));
+/// [`EVERY_SECTION`], a valid configuration, with `key = 0` added to `section` (documented
+/// form; the first table of an array of tables). Every required key is there, so what
+/// `check-config` says is about `key` alone.
+fn every_section_with(section: &str, key: &str) -> String {
+    let mut config: toml::Table = EVERY_SECTION.parse().expect("EVERY_SECTION is TOML");
+    let mut table = &mut config;
+    if !section.is_empty() {
+        for seg in section.split('.') {
+            table = match seg.strip_suffix("[]") {
+                Some(name) => {
+                    let items = table
+                        .entry(name)
+                        .or_insert_with(|| toml::Value::Array(vec![toml::Table::new().into()]));
+                    match items {
+                        toml::Value::Array(items) => match items.first_mut() {
+                            Some(toml::Value::Table(t)) => t,
+                            _ => panic!("{section}: {name} holds no table"),
+                        },
+                        _ => panic!("{section}: {name} is not an array of tables"),
+                    }
+                }
+                None => match table
+                    .entry(seg)
+                    .or_insert_with(|| toml::Table::new().into())
+                {
+                    toml::Value::Table(t) => t,
+                    _ => panic!("{section}: {seg} is not a table"),
+                },
+            };
         }
     }
-    out
+    table.insert(key.to_string(), toml::Value::Integer(0));
+    toml::to_string(&config).expect("a TOML table serialises")
 }
 
 /// The keys `check-config` says a section accepts when it refuses an unknown one
 /// (serde's "unknown field `x`, expected one of `a`, `b`"); empty when the message does not
 /// list them. Also asserts that an unknown key is refused naming it.
 fn keys_the_code_lists(section: &str) -> BTreeSet<KeyName> {
-    let snippet = if section.is_empty() {
-        format!("{PROBE_KEY} = 0\n")
-    } else {
-        format!("{}{PROBE_KEY} = 0\n", headers_for(section))
-    };
-    let out = check_config(&snippet);
+    let out = check_config(&every_section_with(section, PROBE_KEY));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains(PROBE_KEY),
         "check-config must refuse the unknown key {} naming it; it said:\n{stderr}",
         join(section, PROBE_KEY),
     );
-    let Some(list) = stderr.split("expected one of").nth(1) else {
+    // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+    let Some(list) = stderr
+        .lines()
+        .find(|l| l.contains(PROBE_KEY) && l.contains("expected"))
+        .and_then(|l| l.split("expected").nth(1))
+    else {
         return BTreeSet::new();
     };
-    let list = list.lines().next().unwrap_or("");
-    list.split(',')
-        .filter_map(|s| {
-            s.trim()
-                .strip_prefix('`')?
-                .strip_suffix('`')
-                .map(str::to_string)
-        })
-        .map(|k| join(section, &k))
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| join(section, k))
         .collect()
 }
 
@@ -225,10 +236,22 @@ fn effective_values() -> BTreeMap<KeyName, toml::Value> {
     values
 }
 
+/// Whether `check-config` refuses `key` in `section` as unknown (in any wording that names it).
+fn refused_as_unknown(section: &str, key: &str) -> bool {
+    let stderr = String::from_utf8_lossy(&check_config(&every_section_with(section, key)).stderr)
+        .to_string();
+    stderr.to_lowercase().contains("unknown") && stderr.contains(key)
+}
+
 /// Every key the code accepts, as far as `check-config` shows them: the keys of the
 /// effective configuration (those with a default), plus, per section, the keys an
-/// unknown-key error lists (optional keys too).
-fn code_keys(effective: &BTreeMap<KeyName, toml::Value>) -> BTreeSet<KeyName> {
+/// unknown-key error lists (optional keys too). A section whose error lists none (serde
+/// cannot list them for a section that flattens another struct) is asked about each name in
+/// `candidates` instead: a name it does not refuse as unknown is one of its keys.
+fn code_keys(
+    effective: &BTreeMap<KeyName, toml::Value>,
+    candidates: &BTreeSet<String>,
+) -> BTreeSet<KeyName> {
     let mut keys: BTreeSet<KeyName> = effective.keys().cloned().collect();
     let mut sections: BTreeSet<String> = keys
         .iter()
@@ -240,9 +263,17 @@ fn code_keys(effective: &BTreeMap<KeyName, toml::Value>) -> BTreeSet<KeyName> {
             .filter_map(|k| k.rsplit_once('.').map(|(s, _)| s.to_string())),
     );
     for section in &sections {
+        let mut listed = keys_the_code_lists(section);
+        if listed.is_empty() {
+            listed = candidates
+                .iter()
+                .filter(|name| !refused_as_unknown(section, name))
+                .map(|name| join(section, name))
+                .collect();
+        }
         // A section's list names its subsections too (`mqtt` lists `auth`): not keys.
         keys.extend(
-            keys_the_code_lists(section)
+            listed
                 .into_iter()
                 .filter(|k| !sections.contains(k) && !sections.contains(&format!("{k}[]"))),
         );
@@ -257,6 +288,38 @@ fn code_keys(effective: &BTreeMap<KeyName, toml::Value>) -> BTreeSet<KeyName> {
         assert!(known, "configuration section `{top}` is neither printed by check-config nor in deploy/tidegate.toml: add it to the example");
     }
     keys
+}
+
+/// The names of the `pub` fields declared in the configuration's source files (those with
+/// `config` in their path): candidates for keys that nothing else names.
+fn config_field_names(dir: &Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).expect("src/ is readable") {
+        let path = entry.expect("a readable src/ entry").path();
+        if path.is_dir() {
+            names.extend(config_field_names(&path));
+        } else if path.to_string_lossy().contains("config")
+            && path.extension().is_some_and(|x| x == "rs")
+        {
+            for line in read(&path).lines() {
+                let Some(field) = line.trim().strip_prefix("pub ") else {
+                    continue;
+                };
+                let Some((name, _)) = field.split_once(':') else {
+                    continue;
+                };
+                let name = name.trim().trim_start_matches("r#");
+                if !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    names
 }
 
 /// A row of the key table: its line in docs/configuration.md and its "default" cell.
@@ -312,7 +375,16 @@ fn every_configuration_key_is_documented_and_every_documented_key_exists() {
     let text = read(&root().join("docs/configuration.md"));
     let documented = documented_keys(&text);
     let effective = effective_values();
-    let mut needed = code_keys(&effective);
+    // Every bare key name the docs, the example or the effective configuration use, and
+    // every field name of the configuration structs.
+    let mut candidates: BTreeSet<String> = documented
+        .keys()
+        .chain(effective.keys())
+        .chain(example_keys().iter())
+        .map(|k| k.rsplit('.').next().unwrap_or(k).to_string())
+        .collect();
+    candidates.extend(config_field_names(&root().join("src")));
+    let mut needed = code_keys(&effective, &candidates);
     needed.extend(example_keys());
 
     let missing: Vec<&KeyName> = needed
@@ -331,17 +403,7 @@ fn every_configuration_key_is_documented_and_every_documented_key_exists() {
             continue;
         }
         let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
-        let snippet = format!(
-            "{}{name} = 0\n",
-            if section.is_empty() {
-                String::new()
-            } else {
-                headers_for(section)
-            }
-        );
-        let stderr = String::from_utf8_lossy(&check_config(&snippet).stderr).to_string();
-        // As for the probe key: refused as unknown, naming the key (any wording).
-        if stderr.to_lowercase().contains("unknown") && stderr.contains(name) {
+        if refused_as_unknown(section, name) {
             stale.push(format!("{key} (docs/configuration.md:{line})"));
         }
     }
