@@ -1,24 +1,29 @@
 //! The command line: `check-config` and `status` as an operator runs them.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
-fn tidegate(args: &[&str]) -> std::process::Output {
+fn tidegate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(args)
         .output()
         .expect("run tidegate")
 }
 
+/// Runs `tidegate <args…> --config FILE`, FILE holding `config(dir)` in a fresh temp dir.
+fn tidegate_on(args: &[&str], config: impl FnOnce(&Path) -> String) -> Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, config(dir.path())).expect("write config");
+    let path = path.to_str().expect("a UTF-8 temp path");
+    tidegate(&[args, &["--config", path]].concat())
+}
+
 #[test]
 fn check_config_prints_the_effective_configuration_of_a_valid_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    std::fs::write(
-        &path,
-        "[gateway]\nid = \"gw-7\"\n[journal]\nmax_size = \"64MiB\"\n",
-    )
-    .unwrap();
-    let out = tidegate(&["check-config", "--config", path.to_str().unwrap()]);
+    let out = tidegate_on(&["check-config"], |_| {
+        "[gateway]\nid = \"gw-7\"\n[journal]\nmax_size = \"64MiB\"\n".into()
+    });
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("id = \"gw-7\""), "{text}");
@@ -31,14 +36,9 @@ fn check_config_prints_the_effective_configuration_of_a_valid_file() {
 
 #[test]
 fn check_config_names_every_bad_key_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    std::fs::write(
-        &path,
-        "[journal]\nmax_size = \"100KiB\"\n[[upstream]]\nname = \"a\"\nkind = \"kafka\"\nbrokers = [\"nohost\"]\n",
-    )
-    .unwrap();
-    let out = tidegate(&["check-config", "--config", path.to_str().unwrap()]);
+    let out = tidegate_on(&["check-config"], |_| {
+        "[journal]\nmax_size = \"100KiB\"\n[[upstream]]\nname = \"a\"\nkind = \"kafka\"\nbrokers = [\"nohost\"]\n".into()
+    });
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stderr);
     for key in [
@@ -55,17 +55,9 @@ fn check_config_names_every_bad_key_and_exits_1() {
 
 #[test]
 fn status_without_a_journal_says_where_it_looked() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[journal]\ndir = \"{}\"\n",
-            dir.path().join("none").display()
-        ),
-    )
-    .unwrap();
-    let out = tidegate(&["status", "--config", path.to_str().unwrap()]);
+    let out = tidegate_on(&["status"], |dir| {
+        format!("[journal]\ndir = \"{}\"\n", dir.join("none").display())
+    });
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -19,8 +19,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Tansu};
-use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions, Qos};
+use common::{Fleet, Gateway, Tansu};
+use firmware_sim::wait_until_complete;
 use rand::{Rng, SeedableRng};
 
 fn config(mqtt_port: u16, dir: &Path, kafka_port: u16) -> String {
@@ -53,18 +53,13 @@ async fn sigkill_at_random_moments_delivers_every_acknowledged_reading_once_and_
     let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, tansu.port()));
     let started = Instant::now();
 
-    let mut opts = FleetOptions::default();
-    opts.broker = gw.mqtt_addr();
-    opts.workload.devices = 20;
-    opts.qos = Qos::AtLeastOnce;
-    opts.window = 10;
     // 2,000 readings/s for about 35 s: the kills land mid-stream.
-    opts.workload.rate = Some(100.0);
-    opts.workload.count = Some(3_500);
-    opts.reconnect_min = Duration::from_millis(20);
-    opts.reconnect_max = Duration::from_millis(300);
-    opts.drain_timeout = Duration::from_secs(60);
-    let fleet = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    let fleet = Fleet::new(gw.mqtt_addr(), 20)
+        .window(10)
+        .rate(100.0)
+        .count(3_500)
+        .reconnect(Duration::from_millis(20), Duration::from_millis(300))
+        .spawn();
 
     for i in 0..kills {
         // Anywhere from just after a start (forwarder still waiting to read the tails, which

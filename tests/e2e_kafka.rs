@@ -7,10 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{free_port, Gateway, Tansu};
-use firmware_sim::{
-    run_fleet, wait_until_complete, CancellationToken, FleetOptions, FleetReport, Protocol, Qos,
-};
+use common::metrics::scrape;
+use common::status::{backlog, wait_for_backlog};
+use common::status::{eventually, SETTLE};
+use common::{free_port, status_json, Fleet, Gateway, Tansu};
+use firmware_sim::{wait_until_complete, FleetReport, Protocol};
 
 /// Time allowed for every acknowledged reading to become readable in Kafka.
 const ARRIVAL: Duration = Duration::from_secs(90);
@@ -47,20 +48,13 @@ fn config(mqtt_port: u16, dir: &Path, journal_extra: &str, upstreams: &[Upstream
 }
 
 /// The gateway under test, on a free MQTT port with its journal in a fresh temp dir.
-fn start_gateway(journal_extra: &str, upstreams: &[Upstream<'_>]) -> Gateway {
-    Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, journal_extra, upstreams))
+/// The usual test fleet ([`Fleet`]) of `devices` turbines sending `count` readings each.
+fn fleet(gw: &Gateway, devices: usize, count: u64) -> Fleet {
+    Fleet::new(gw.mqtt_addr(), devices).count(count)
 }
 
-fn fleet(gw: &Gateway, devices: usize, count: u64) -> FleetOptions {
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = devices;
-    o.qos = Qos::AtLeastOnce;
-    o.window = 20;
-    o.workload.rate = None;
-    o.workload.count = Some(count);
-    o.drain_timeout = Duration::from_secs(60);
-    o
+fn start_gateway(journal_extra: &str, upstreams: &[Upstream<'_>]) -> Gateway {
+    Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, journal_extra, upstreams))
 }
 
 async fn assert_all_arrived(
@@ -82,53 +76,18 @@ async fn assert_all_arrived(
     v
 }
 
-fn status_json(gw: &Gateway) -> serde_json::Value {
-    let out = gw.command(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-}
-
-fn backlog(status: &serde_json::Value, upstream: &str) -> u64 {
-    status["upstreams"]
-        .as_array()
-        .and_then(|a| a.iter().find(|u| u["name"] == upstream))
-        .and_then(|u| u["backlog"].as_u64())
-        .unwrap_or_else(|| panic!("no upstream {upstream} in {status}"))
-}
-
-async fn wait_for_backlog(gw: &Gateway, upstream: &str, want: u64) {
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    loop {
-        let b = backlog(&status_json(gw), upstream);
-        if b == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog of {upstream} stuck at {b}, want {want}\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sigterm_exits_cleanly()
 {
     let tansu = Tansu::start();
     let mut gw = start_gateway("", &[Upstream::cluster(tansu.port(), "up")]);
     // MQTT 3.1.1 and MQTT 5 turbines side by side.
-    let v4 = run_fleet(fleet(&gw, 6, 300), CancellationToken::new());
-    let mut o5 = fleet(&gw, 6, 300);
-    o5.workload.first_device = 7;
-    o5.protocol = Protocol::V5;
-    let v5 = run_fleet(o5, CancellationToken::new());
+    let v4 = fleet(&gw, 6, 300).run();
+    let v5 = fleet(&gw, 6, 300)
+        .first_device(7)
+        .protocol(Protocol::V5)
+        .run();
     let (v4, v5) = tokio::join!(v4, v5);
-    let (v4, v5) = (v4.expect("v4 fleet"), v5.expect("v5 fleet"));
     assert!(
         v4.all_acked() && v5.all_acked(),
         "every reading acknowledged"
@@ -181,9 +140,7 @@ async fn with_the_cluster_up_every_acknowledged_reading_arrives_in_order_and_sig
 async fn readings_taken_while_the_cluster_is_down_are_held_and_arrive_when_it_comes_up() {
     let kafka_port = free_port();
     let gw = start_gateway("", &[Upstream::cluster(kafka_port, "outage")]);
-    let report = run_fleet(fleet(&gw, 10, 200), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(&gw, 10, 200).run().await;
     assert!(report.all_acked());
     // Nothing could be sent: the whole run is the backlog.
     assert_eq!(backlog(&status_json(&gw), "cluster"), report.acked());
@@ -197,10 +154,11 @@ async fn readings_taken_while_the_cluster_is_down_are_held_and_arrive_when_it_co
 async fn sigkill_mid_stream_loses_no_acknowledged_reading() {
     let tansu = Tansu::start();
     let mut gw = start_gateway("", &[Upstream::cluster(tansu.port(), "crash")]);
-    let mut opts = fleet(&gw, 20, 1500);
-    opts.workload.rate = Some(200.0); // ~4000 readings/s for ~7.5 s: the kills land mid-stream
-    opts.reconnect_max = Duration::from_millis(500);
-    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    // ~4000 readings/s for ~7.5 s: the kills land mid-stream.
+    let run = fleet(&gw, 20, 1500)
+        .rate(200.0)
+        .reconnect(Duration::from_millis(50), Duration::from_millis(500))
+        .spawn();
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         gw.kill();
@@ -228,11 +186,8 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
         "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
         &[Upstream::cluster(kafka_port, "dropped")],
     );
-    let mut opts = fleet(&gw, 10, 600);
-    opts.workload.payload_size = Some(400); // ~2.4 MB into a 1 MiB journal with the cluster down
-    let report = run_fleet(opts, CancellationToken::new())
-        .await
-        .expect("fleet");
+    // ~2.4 MB into a 1 MiB journal with the cluster down.
+    let report = fleet(&gw, 10, 600).payload_size(400).run().await;
     assert!(report.all_acked(), "drop-oldest accepts every reading");
     let status = status_json(&gw);
     let dropped = status["dropped_total"].as_u64().expect("dropped_total");
@@ -243,10 +198,12 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
         report.acked(),
         "every reading is held or counted as dropped: {status}"
     );
-    assert!(
-        gw.log().contains("dropped the oldest readings"),
-        "drops are logged:\n{}",
-        gw.log()
+    assert_eq!(
+        scrape(&gw)
+            .await
+            .count("tidegate_journal_dropped_full_total", &[]),
+        dropped,
+        "the metric counts what the status counts"
     );
 
     let tansu = Tansu::start_on(kafka_port);
@@ -257,16 +214,10 @@ async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_u
     let v = firmware_sim::check(&v, &report);
     // What this upstream lost is what its forwarder reported as skipped; a batch it had
     // already read before the drop is still delivered, so that can be less than dropped.
-    let lost: u64 = gw
-        .log()
-        .lines()
-        .filter(|l| l.contains("dropped by on_full"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("lost=")?.parse::<u64>().ok())
-        })
-        .sum();
-    assert!(lost > 0, "the forwarder reports its loss:\n{}", gw.log());
+    let lost = scrape(&gw)
+        .await
+        .count("tidegate_upstream_lost_total", &[("upstream", "cluster")]);
+    assert!(lost > 0, "the forwarder counts its loss:\n{}", gw.log());
     assert_eq!(
         v.missing(),
         lost,
@@ -309,26 +260,39 @@ async fn reject_then_deliver(protocol: Protocol, topic: &str) {
         "max_size = \"1MiB\"\non_full = \"reject\"",
         &[Upstream::cluster(kafka_port, topic)],
     );
-    let mut opts = fleet(&gw, 10, 600);
-    opts.protocol = protocol;
-    opts.workload.payload_size = Some(400);
-    opts.reconnect_max = Duration::from_millis(500);
-    opts.drain_timeout = Duration::from_secs(120);
-    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
-    // While the cluster is down the journal fills and stays full.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !gw.log().contains("refused new readings") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "journal never filled:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let held_while_full = status_json(&gw)["records"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = fleet(&gw, 10, 600)
+        .protocol(protocol)
+        .payload_size(400)
+        .reconnect(Duration::from_millis(50), Duration::from_millis(500))
+        .drain_timeout(Duration::from_secs(120))
+        .spawn();
+    // While the cluster is down the journal fills and stays full: once it refuses, what
+    // it holds does not grow while the devices' retries are refused again and again.
+    let rejected = async || {
+        scrape(&gw)
+            .await
+            .count("tidegate_journal_rejected_full_total", &[])
+    };
+    let first = eventually(
+        &gw,
+        "the full journal to refuse readings",
+        SETTLE,
+        async || match rejected().await {
+            0 => Err("no refusal".into()),
+            n => Ok(n),
+        },
+    )
+    .await;
+    let held_while_full = status_json(&gw)["records"].as_u64();
+    eventually(&gw, "more refusals", SETTLE, async || {
+        match rejected().await {
+            n if n >= first + 50 => Ok(()),
+            n => Err(format!("{n} refusals")),
+        }
+    })
+    .await;
     assert_eq!(
-        status_json(&gw)["records"].as_u64().unwrap(),
+        status_json(&gw)["records"].as_u64(),
         held_while_full,
         "nothing more is taken in while full"
     );
@@ -374,9 +338,7 @@ async fn a_dead_upstream_does_not_hold_back_a_live_one_and_drains_when_it_return
             },
         ],
     );
-    let report = run_fleet(fleet(&gw, 8, 250), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(&gw, 8, 250).run().await;
     assert!(report.all_acked());
     assert_all_arrived(&live, "both", &report, &gw).await;
     wait_for_backlog(&gw, "live", 0).await;
@@ -414,19 +376,17 @@ async fn rebooting_and_flapping_devices_in_both_payload_forms_lose_nothing_and_k
         flap_every: Some(40),
         ..FaultPlan::default()
     };
-    let mut json = fleet(&gw, 4, 400);
-    json.workload.rate = Some(400.0);
-    json.workload.faults = plan.clone();
-    json.reconnect_min = Duration::from_millis(20);
-    let mut binary = json.clone();
-    binary.workload.first_device = 5;
-    binary.protocol = Protocol::V5;
-    binary.workload.payload_format = PayloadFormat::Binary;
-    let (json, binary) = tokio::join!(
-        run_fleet(json, CancellationToken::new()),
-        run_fleet(binary, CancellationToken::new())
-    );
-    for r in [json.expect("json fleet"), binary.expect("binary fleet")] {
+    let json = fleet(&gw, 4, 400)
+        .rate(400.0)
+        .faults(plan)
+        .reconnect(Duration::from_millis(20), Duration::from_secs(2));
+    let binary = json
+        .clone()
+        .first_device(5)
+        .protocol(Protocol::V5)
+        .payload_format(PayloadFormat::Binary);
+    let (json, binary) = tokio::join!(json.run(), binary.run());
+    for r in [json, binary] {
         assert!(r.all_acked() && r.anomalies() == 0, "{r:#?}");
         assert_eq!(r.acked(), 4 * 400);
         for d in r.devices.values() {

@@ -15,11 +15,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, Gateway, Mosquitto, Tansu};
+use common::metrics::scrape;
+use common::pki::TestPki;
+use common::status::{backlog, eventually, wait_for_log};
+use common::{free_port, status_json, wait_for_backlog, Fleet, Gateway, Mosquitto, Tansu};
 use firmware_sim::testbed::MosquittoSetup;
 use firmware_sim::{
-    run_fleet, wait_until_complete, CancellationToken, FleetOptions, FleetReport, KafkaReading,
-    Protocol, Qos, VerifyReport,
+    wait_until_complete, CancellationToken, FleetReport, KafkaReading, Protocol, VerifyReport,
 };
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -32,17 +34,18 @@ const ARRIVAL: Duration = Duration::from_secs(90);
 
 const PREFIX: &str = "site-7/";
 
-fn fleet(broker: String, devices: usize, count: u64) -> FleetOptions {
-    let mut o = FleetOptions::default();
-    o.broker = broker;
-    o.workload.devices = devices;
-    o.qos = Qos::AtLeastOnce;
-    o.window = 20;
-    o.workload.rate = None;
-    o.workload.count = Some(count);
-    o.drain_timeout = Duration::from_secs(60);
-    o.reconnect_max = Duration::from_millis(500);
-    o
+/// The usual test fleet ([`Fleet`]) of `devices` turbines sending `count` readings each
+/// to `broker`, reconnecting quickly after a restart.
+fn fleet(broker: String, devices: usize, count: u64) -> Fleet {
+    Fleet::new(broker, devices)
+        .count(count)
+        .reconnect(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+/// Waits until the gateway's subscription has every topic filter confirmed (no figure
+/// tells a connected subscription from an active one, so the log line does).
+async fn wait_for_subscription(gw: &Gateway) {
+    wait_for_log(gw, &["MQTT subscription active"]).await;
 }
 
 fn gateway_section(mqtt_port: u16, dir: &Path) -> String {
@@ -160,79 +163,28 @@ impl Collector {
 
     /// Waits until every reading `report` says was acknowledged has arrived.
     async fn wait_until_complete(&self, report: &FleetReport, gw: &Gateway) -> VerifyReport {
-        let deadline = tokio::time::Instant::now() + ARRIVAL;
-        loop {
+        let v = eventually(gw, "every reading upstream", ARRIVAL, async || {
             let v = firmware_sim::check(&self.snapshot(), report);
             if v.is_complete() {
-                assert!(
-                    v.is_ok(),
-                    "{v}\nproblems: {:?}\ngateway log:\n{}",
-                    v.problems(),
-                    gw.log()
-                );
-                return v;
+                Ok(v)
+            } else {
+                Err(format!("{v}\nproblems: {:?}", v.problems()))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not everything arrived upstream: {v}\nproblems: {:?}\ngateway log:\n{}",
-                v.problems(),
-                gw.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
+        assert!(
+            v.is_ok(),
+            "{v}\nproblems: {:?}\ngateway log:\n{}",
+            v.problems(),
+            gw.log()
+        );
+        v
     }
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-fn status_json(gw: &Gateway) -> serde_json::Value {
-    let out = gw.command(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-}
-
-fn backlog(status: &serde_json::Value, upstream: &str) -> u64 {
-    status["upstreams"]
-        .as_array()
-        .and_then(|a| a.iter().find(|u| u["name"] == upstream))
-        .and_then(|u| u["backlog"].as_u64())
-        .unwrap_or_else(|| panic!("no upstream {upstream} in {status}"))
-}
-
-async fn wait_for_backlog(gw: &Gateway, upstream: &str, want: u64) {
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    loop {
-        let b = backlog(&status_json(gw), upstream);
-        if b == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog of {upstream} stuck at {b}, want {want}\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the gateway's log says `needle` (e.g. that a subscription is active).
-async fn wait_for_log(gw: &Gateway, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !gw.log().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log never said {needle:?}:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -255,13 +207,12 @@ async fn every_reading_reaches_the_upstream_broker_in_order_with_gateway_and_seq
     let gw = Gateway::start_fresh(|port, dir| {
         gateway_section(port, dir) + &mqtt_upstream("cloud", &url, "")
     });
-    let v4 = run_fleet(fleet(gw.mqtt_addr(), 6, 300), CancellationToken::new());
-    let mut o5 = fleet(gw.mqtt_addr(), 6, 300);
-    o5.workload.first_device = 7;
-    o5.protocol = Protocol::V5;
-    let v5 = run_fleet(o5, CancellationToken::new());
+    let v4 = fleet(gw.mqtt_addr(), 6, 300).run();
+    let v5 = fleet(gw.mqtt_addr(), 6, 300)
+        .first_device(7)
+        .protocol(Protocol::V5)
+        .run();
     let (v4, v5) = tokio::join!(v4, v5);
-    let (v4, v5) = (v4.expect("v4 fleet"), v5.expect("v5 fleet"));
     assert!(v4.all_acked() && v5.all_acked());
     let a = collector.wait_until_complete(&v4, &gw).await;
     let b = collector.wait_until_complete(&v5, &gw).await;
@@ -296,20 +247,17 @@ async fn the_upstream_broker_restarting_mid_stream_loses_nothing() {
     let gw = Gateway::start_fresh(|port, dir| {
         gateway_section(port, dir) + &mqtt_upstream("cloud", &url, "protocol = 4")
     });
-    let mut opts = fleet(gw.mqtt_addr(), 10, 1000);
-    opts.workload.rate = Some(250.0); // ~4 s of readings: the restarts land mid-stream
-    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    // ~4 s of readings: the restarts land mid-stream.
+    let run = fleet(gw.mqtt_addr(), 10, 1000).rate(250.0).spawn();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         restart_gracefully(&mut upstream);
     }
     let report = run.await.expect("join").expect("fleet");
     assert!(report.all_acked());
-    let mut received = collector.snapshot();
     // 3.1.1 carries no properties: stand in the gateway's headers for the checker.
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    let v = loop {
-        received.clone_from(&collector.snapshot());
+    let v = eventually(&gw, "every reading upstream", ARRIVAL, async || {
+        let mut received = collector.snapshot();
         for r in &mut received {
             r.headers = vec![
                 ("tidegate-gateway".into(), b"gw-e2e".to_vec()),
@@ -317,19 +265,24 @@ async fn the_upstream_broker_restarting_mid_stream_loses_nothing() {
             ];
         }
         let v = firmware_sim::check(&received, &report);
-        if v.is_complete() || tokio::time::Instant::now() >= deadline {
-            break v;
+        if v.is_complete() {
+            Ok(v)
+        } else {
+            Err(format!("{v}\nproblems: {:?}", v.problems()))
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert!(
-        v.is_complete() && v.is_ok(),
+        v.is_ok(),
         "{v}\nproblems: {:?}\ngateway log:\n{}",
         v.problems(),
         gw.log()
     );
     assert!(
-        gw.log().contains("Upstream unreachable"),
+        scrape(&gw).await.count(
+            "tidegate_upstream_send_failures_total",
+            &[("upstream", "cloud")]
+        ) > 0,
         "the forwarder saw the outage:\n{}",
         gw.log()
     );
@@ -346,14 +299,14 @@ async fn a_local_broker_is_journaled_through_a_subscription_and_reaches_kafka() 
             + &subscription(&url, "")
             + &kafka_upstream("cluster", tansu.port(), "bridged")
     });
-    wait_for_log(&gw, "MQTT subscription active").await;
-    let v4 = run_fleet(fleet(local.addr(), 5, 300), CancellationToken::new());
-    let mut o5 = fleet(local.addr(), 5, 300);
-    o5.workload.first_device = 6;
-    o5.protocol = Protocol::V5;
-    let v5 = run_fleet(o5, CancellationToken::new());
+    wait_for_subscription(&gw).await;
+    let v4 = fleet(local.addr(), 5, 300).run();
+    let v5 = fleet(local.addr(), 5, 300)
+        .first_device(6)
+        .protocol(Protocol::V5)
+        .run();
     let (v4, v5) = tokio::join!(v4, v5);
-    for report in [v4.expect("v4 fleet"), v5.expect("v5 fleet")] {
+    for report in [v4, v5] {
         assert!(report.all_acked());
         let v = wait_until_complete(&tansu.brokers(), "bridged", &report, ARRIVAL)
             .await
@@ -380,10 +333,9 @@ async fn tidegate_restarting_while_the_local_broker_keeps_receiving_loses_nothin
             + &subscription(&url, "protocol = 4")
             + &kafka_upstream("cluster", tansu.port(), "restarts")
     });
-    wait_for_log(&gw, "MQTT subscription active").await;
-    let mut opts = fleet(local.addr(), 10, 1000);
-    opts.workload.rate = Some(250.0); // ~4 s of readings: tidegate is down for part of them
-    let run = tokio::spawn(run_fleet(opts, CancellationToken::new()));
+    wait_for_subscription(&gw).await;
+    // ~4 s of readings: tidegate is down for part of them.
+    let run = fleet(local.addr(), 10, 1000).rate(250.0).spawn();
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         // SIGKILL: the broker queues what arrives meanwhile in tidegate's session and
@@ -422,15 +374,15 @@ async fn a_full_journal_under_reject_leaves_the_messages_with_the_broker_until_t
             + &subscription(&url, "")
             + &kafka_upstream("cluster", kafka_port, "full")
     });
-    wait_for_log(&gw, "MQTT subscription active").await;
+    wait_for_subscription(&gw).await;
     // ~2.4 MB of readings into a 1 MiB journal while the cluster is down.
-    let mut opts = fleet(local.addr(), 10, 600);
-    opts.workload.payload_size = Some(400);
-    let report = run_fleet(opts, CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(local.addr(), 10, 600).payload_size(400).run().await;
     assert!(report.all_acked(), "the local broker took every reading");
-    wait_for_log(&gw, "not acknowledging, disconnecting from the broker").await;
+    let full = [("source", "mqtt_subscribe"), ("reason", "full")];
+    common::metrics::scrape_until(&gw, "a refusal of the full journal", ARRIVAL, |m| {
+        m.find("tidegate_readings_rejected_total", &full) > Some(0.0)
+    })
+    .await;
     let held = status_json(&gw)["records"].as_u64().expect("records");
     assert!(held < report.acked(), "the journal is full at {held}");
     // The cluster comes up: the journal drains, the subscription reconnects and the broker
@@ -460,9 +412,7 @@ async fn a_dead_kafka_does_not_hold_back_the_mqtt_upstream() {
             + &kafka_upstream("cluster", kafka_port, "later")
             + &mqtt_upstream("cloud", &url, "")
     });
-    let report = run_fleet(fleet(gw.mqtt_addr(), 8, 250), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(gw.mqtt_addr(), 8, 250).run().await;
     assert!(report.all_acked());
     collector.wait_until_complete(&report, &gw).await;
     wait_for_backlog(&gw, "cloud", 0).await;
@@ -482,12 +432,11 @@ async fn readings_tidegate_forwarded_itself_are_never_journaled_again() {
     // One broker is both the subscription's and the upstream's: named differently
     // (localhost / 127.0.0.1) so the config check cannot see it, and without a prefix, so
     // every forward matches the subscription. The MQTT 5 gateway property breaks the loop.
-    let broker = firmware_sim::testbed::Mosquitto::start_with(&{
+    let broker = Mosquitto::start_with(&{
         let mut s = MosquittoSetup::default();
         s.users = vec![("tidegate".into(), "s3cret".into())];
         s
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    });
     let port = broker.port();
     let gw = Gateway::start_fresh(|mqtt_port, dir| {
         std::fs::write(dir.join("password"), "s3cret\n").expect("write password");
@@ -504,12 +453,11 @@ async fn readings_tidegate_forwarded_itself_are_never_journaled_again() {
             ),
         )
     });
-    wait_for_log(&gw, "MQTT subscription active").await;
-    let mut opts = fleet(broker.addr(), 4, 200);
-    opts.credentials = Some(("tidegate".into(), "s3cret".into()));
-    let report = run_fleet(opts, CancellationToken::new())
-        .await
-        .expect("fleet");
+    wait_for_subscription(&gw).await;
+    let report = fleet(broker.addr(), 4, 200)
+        .credentials("tidegate", "s3cret")
+        .run()
+        .await;
     assert!(report.all_acked());
     // Each reading is journaled once (from the subscription), forwarded once, seen again
     // on the subscription and dropped there.
@@ -531,27 +479,21 @@ async fn readings_tidegate_forwarded_itself_are_never_journaled_again() {
 
 /// Waits until the journal's next sequence is `want`, failing if it passes it.
 async fn wait_for_next_seq(gw: &Gateway, want: u64) {
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    loop {
+    eventually(gw, format_args!("next_seq {want}"), ARRIVAL, async || {
         let status = status_json(gw);
         let next = status["next_seq"].as_u64().expect("next_seq");
         assert!(
             next <= want,
-            "journal went past {want}: {status}
-{}",
+            "journal went past {want}: {status}\n{}",
             gw.log()
         );
         if next == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("next_seq {next}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "journal stuck at next_seq {next}, want {want}
-{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Publishes one QoS 1 message to `turbines/marker` (no tidegate property) and waits for
@@ -574,29 +516,11 @@ async fn publish_marker(port: u16) {
     }
 }
 
-/// Test certificates ([`common::pki`]): the broker's `server.pem` for 127.0.0.1 and a
-/// `client` certificate.
-struct Certs(common::pki::TestPki);
-
-impl Certs {
-    fn new() -> Certs {
-        Certs(common::pki::TestPki::new(&[common::pki::Client {
-            name: "client",
-            cn: "client",
-            other_ca: false,
-        }]))
-    }
-
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.0.path(name)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password() {
     use firmware_sim::fleet::{TlsFiles, TlsOptions};
     use firmware_sim::testbed::MosquittoTls;
-    let certs = Certs::new();
+    let certs = TestPki::with_client("client");
     let mut setup = MosquittoSetup::default();
     setup.tls = Some(
         MosquittoTls::new(
@@ -607,8 +531,7 @@ async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password(
         .require_client_cert(),
     );
     setup.users = vec![("tidegate".into(), "s3cret".into())];
-    let broker =
-        firmware_sim::testbed::Mosquitto::start_with(&setup).unwrap_or_else(|e| panic!("{e}"));
+    let broker = Mosquitto::start_with(&setup);
     let tansu = Tansu::start();
     let url = format!("mqtts://127.0.0.1:{}", broker.port());
     let tls_keys = format!(
@@ -630,20 +553,18 @@ async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password(
             + &kafka_upstream("cluster", tansu.port(), "secure")
             + &mqtt_upstream("cloud", &url, &auth)
     });
-    wait_for_log(&gw, "MQTT subscription active").await;
-    let mut opts = fleet(broker.addr(), 4, 200);
-    opts.protocol = Protocol::V5;
-    opts.credentials = Some(("tidegate".into(), "s3cret".into()));
-    opts.tls = Some(
-        TlsOptions::load(
-            TlsFiles::new(certs.path("ca.pem"))
-                .with_client_cert(certs.path("client.pem"), certs.path("client.key")),
-        )
-        .expect("fleet TLS"),
-    );
-    let report = run_fleet(opts, CancellationToken::new())
-        .await
-        .expect("fleet");
+    wait_for_subscription(&gw).await;
+    let tls = TlsOptions::load(
+        TlsFiles::new(certs.path("ca.pem"))
+            .with_client_cert(certs.path("client.pem"), certs.path("client.key")),
+    )
+    .expect("fleet TLS");
+    let report = fleet(broker.addr(), 4, 200)
+        .protocol(Protocol::V5)
+        .credentials("tidegate", "s3cret")
+        .with(|o| o.tls = Some(tls))
+        .run()
+        .await;
     assert!(report.all_acked(), "{report:#?}");
     let v = wait_until_complete(&tansu.brokers(), "secure", &report, ARRIVAL)
         .await

@@ -11,8 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, Gateway};
-use firmware_sim::{run_fleet, CancellationToken, FleetOptions};
+use common::metrics::scrape;
+use common::{Fleet, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -235,16 +235,21 @@ fn cases() -> Vec<Case> {
 
 /// Sum of the counters that count hostile packets and refused connections.
 async fn hostile_counted(gw: &Gateway) -> u64 {
-    let (status, body) = http_get(gw.http_addr(), "/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| {
-            (l.starts_with("tidegate_readings_rejected_total{") && l.contains("source=\"mqtt\""))
-                || l.starts_with("tidegate_mqtt_connections_refused_total")
+    let label = |s: &prometheus_parse::Sample, k: &str| s.labels.get(k).map(str::to_owned);
+    scrape(gw)
+        .await
+        .samples
+        .iter()
+        .filter(|s| {
+            (s.metric == "tidegate_readings_rejected_total"
+                && label(s, "source").as_deref() == Some("mqtt")
+                && label(s, "reason").as_deref() != Some("full"))
+                || s.metric == "tidegate_mqtt_connections_refused_total"
         })
-        .filter(|l| !l.contains("reason=\"full\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v as u64,
+            _ => 0,
+        })
         .sum()
 }
 
@@ -260,13 +265,11 @@ async fn malformed_packets_close_only_their_own_connection_with_the_right_reason
     let addr = gw.mqtt_addr();
     let counted_before = hostile_counted(&gw).await;
 
-    let mut o = FleetOptions::default();
-    o.broker = addr.clone();
-    o.workload.devices = 6;
-    o.window = 10;
-    o.workload.rate = Some(200.0);
-    o.workload.count = Some(600);
-    let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
+    let fleet = Fleet::new(addr.clone(), 6)
+        .window(10)
+        .rate(200.0)
+        .count(600)
+        .spawn();
 
     let mut good_acked = 0u64;
     let mut failures = Vec::new();

@@ -17,8 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{free_port, http_get, Gateway, Tansu};
-use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
+use common::metrics::{self, scrape, Metrics};
+use common::status::wait_for_health;
+use common::{free_port, http_get, status_json, Fleet, Gateway, Tansu};
+use firmware_sim::CancellationToken;
 
 /// Longest any figure may take to reach the value a test waits for.
 const SETTLE: Duration = Duration::from_secs(90);
@@ -36,81 +38,17 @@ fn config(mqtt: u16, dir: &Path, extra: &str, kafka_port: Option<u16>) -> String
     c
 }
 
-fn fleet(gw: &Gateway, devices: usize, count: u64, first_device: usize) -> FleetOptions {
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = devices;
-    o.workload.first_device = first_device;
-    o.qos = Qos::AtLeastOnce;
-    o.window = 20;
-    o.workload.rate = None;
-    o.workload.count = Some(count);
-    o.drain_timeout = Duration::from_secs(60);
-    o
+/// The usual test fleet ([`Fleet`]): `devices` turbines from `first_device`, `count`
+/// readings each.
+fn fleet(gw: &Gateway, devices: usize, count: u64, first_device: usize) -> Fleet {
+    Fleet::new(gw.mqtt_addr(), devices)
+        .count(count)
+        .first_device(first_device)
 }
 
-/// One scrape, parsed.
-struct Metrics {
-    samples: Vec<prometheus_parse::Sample>,
-    text: String,
-}
-
-impl Metrics {
-    /// The value of `name` whose labels include every pair of `labels`; panics if absent.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels)
-            .unwrap_or_else(|| panic!("no {name}{labels:?} in /metrics:\n{}", self.text))
-    }
-
-    fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.samples
-            .iter()
-            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match &s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => *v,
-                prometheus_parse::Value::Histogram(h) => {
-                    h.iter().map(|b| b.count).fold(0.0, f64::max)
-                }
-                prometheus_parse::Value::Summary(_) => f64::NAN,
-            })
-    }
-}
-
-async fn scrape(gw: &Gateway) -> Metrics {
-    let (code, text) = http_get(gw.http_addr(), "/metrics").await;
-    assert_eq!(code, 200, "/metrics answered {code}: {text}");
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines)
-        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{text}"));
-    // Every family has HELP and TYPE lines (the parser keeps the HELP texts).
-    assert!(
-        scrape.docs.contains_key("tidegate_readings_received_total"),
-        "HELP lines missing:\n{text}"
-    );
-    Metrics {
-        samples: scrape.samples,
-        text,
-    }
-}
-
-/// Scrapes until `ok` holds, or fails with the last scrape and the log after [`SETTLE`].
+/// Scrapes until `ok` holds, for at most [`SETTLE`].
 async fn scrape_until(gw: &Gateway, what: &str, ok: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    loop {
-        let m = scrape(gw).await;
-        if ok(&m) {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waited {SETTLE:?} for {what}; last scrape:\n{}\ngateway log:\n{}",
-            m.text,
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    metrics::scrape_until(gw, what, SETTLE, ok).await
 }
 
 const MQTT: [(&str, &str); 1] = [("source", "mqtt")];
@@ -136,9 +74,7 @@ async fn metrics_parse_as_prometheus_text_and_follow_a_fleet_through_an_outage_o
     );
 
     // 1. Cluster up: a fleet's readings are journaled and forwarded.
-    let report = run_fleet(fleet(&gw, 8, 250, 1), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(&gw, 8, 250, 1).run().await;
     assert!(report.all_acked());
     let n = report.acked() as f64;
     assert_eq!(
@@ -181,9 +117,7 @@ async fn metrics_parse_as_prometheus_text_and_follow_a_fleet_through_an_outage_o
     // 2. Cluster down: the next readings pile up as backlog, sends fail and are retried.
     let mut tansu = tansu;
     tansu.kill();
-    let down = run_fleet(fleet(&gw, 4, 100, 101), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let down = fleet(&gw, 4, 100, 101).run().await;
     assert!(down.all_acked());
     let held = down.acked() as f64;
     let m = scrape_until(&gw, "the outage to show", |m| {
@@ -213,19 +147,11 @@ async fn status_json_matches_the_journal_and_carries_the_daemons_live_figures() 
     // No upstream reachable: everything stays in the journal as backlog.
     let kafka_port = free_port();
     let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, "", Some(kafka_port)));
-    let report = run_fleet(fleet(&gw, 5, 120, 1), CancellationToken::new())
-        .await
-        .expect("fleet");
+    let report = fleet(&gw, 5, 120, 1).run().await;
     assert!(report.all_acked());
     let n = report.acked();
 
-    let out = gw.command(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let status = status_json(&gw);
     // The journal's own figures, at the top level as before.
     assert_eq!(status["records"].as_u64(), Some(n), "{status}");
     assert_eq!(status["next_seq"].as_u64(), Some(n + 1), "{status}");
@@ -292,26 +218,13 @@ async fn health_turns_503_with_the_reason_while_a_full_journal_refuses_readings(
     let (code, body) = http_get(gw.http_addr(), "/health").await;
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 
-    let mut o = fleet(&gw, 4, 3000, 1);
-    // The devices keep what is refused; the fleet gives up on it after this.
-    o.drain_timeout = Duration::from_secs(3);
     let stop = CancellationToken::new();
-    let flood = tokio::spawn(run_fleet(o, stop.clone()));
-    let deadline = tokio::time::Instant::now() + SETTLE;
-    let body = loop {
-        let (code, body) = http_get(gw.http_addr(), "/health").await;
-        if code == 503 {
-            break body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health stayed {code} ({body}) while the journal filled\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // The devices keep what is refused; the fleet gives up on it after the drain timeout.
+    let flood = fleet(&gw, 4, 3000, 1)
+        .drain_timeout(Duration::from_secs(3))
+        .spawn_until(stop.clone());
+    let body = wait_for_health(&gw, 503, "journal full", SETTLE).await;
     assert!(body.starts_with("unhealthy\n"), "{body}");
-    assert!(body.contains("journal full"), "{body}");
     let m = scrape(&gw).await;
     assert!(m.value("tidegate_journal_rejected_full_total", &[]) >= 1.0);
     assert_eq!(m.value("tidegate_healthy", &[]), 0.0);

@@ -8,9 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::Gateway;
+use common::{Fleet, Gateway};
 use firmware_sim::telemetry::PayloadFormat;
-use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
 
 fn config(mqtt_port: u16, dir: &Path) -> String {
     format!(
@@ -33,17 +32,14 @@ fn text(bytes: &[u8]) -> String {
 }
 
 async fn publish(gw: &Gateway, devices: usize, count: u64, format: PayloadFormat, first: usize) {
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = devices;
-    o.workload.first_device = first;
-    o.qos = Qos::AtLeastOnce;
-    o.window = 10;
-    o.workload.rate = None;
-    o.workload.count = Some(count);
-    o.workload.payload_format = format;
-    o.drain_timeout = Duration::from_secs(30);
-    let report = run_fleet(o, CancellationToken::new()).await.expect("fleet");
+    let report = Fleet::new(gw.mqtt_addr(), devices)
+        .first_device(first)
+        .window(10)
+        .count(count)
+        .payload_format(format)
+        .drain_timeout(Duration::from_secs(30))
+        .run()
+        .await;
     assert!(report.all_acked());
 }
 

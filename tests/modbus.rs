@@ -11,9 +11,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::status::{eventually, poll};
+use common::Fleet;
 use firmware_sim::modbus::{ModbusBus, ModbusOptions, PATTERN_F32, PATTERN_I32, PATTERN_U32};
 use firmware_sim::telemetry::{Turbine, TurbineState};
-use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions, Qos};
+use firmware_sim::{wait_until_complete, CancellationToken};
 use serde_json::Value;
 use tidegate::config::JournalConfig;
 use tidegate::ingest::modbus::{self, ModbusConfig};
@@ -182,15 +184,15 @@ impl Rig {
 
     /// Waits until `cond` holds, or fails with `what`.
     async fn wait_for(&self, what: &str, mut cond: impl FnMut(&Rig) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !cond(self) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; counters: {}",
-                self.counters
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(WAIT, async || {
+            if cond(self) {
+                Ok(())
+            } else {
+                Err(self.counters.to_string())
+            }
+        })
+        .await
+        .unwrap_or_else(|last| panic!("timed out waiting for {what}; counters: {last}"));
     }
 
     /// Counters of the slave at `index` (config order).
@@ -485,7 +487,13 @@ async fn a_missing_port_is_retried_and_polling_resumes_when_it_comes_and_after_i
     rig.wait_for("the port to be closed", |r| get(&r.counters.port_open) == 0)
         .await;
     let before = rig.readings().len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two failed attempts to open it again: any reading journaled while it is gone would
+    // have been by then.
+    let failures = get(&rig.counters.port_failures);
+    rig.wait_for("two failed attempts to reopen it", |r| {
+        get(&r.counters.port_failures) >= failures + 2
+    })
+    .await;
     assert_eq!(
         rig.readings().len(),
         before,
@@ -588,17 +596,13 @@ async fn modbus_readings_reach_kafka_and_a_port_that_never_exists_does_not_stop_
         )
     });
 
-    let mut opts = FleetOptions::default();
-    opts.broker = gw.mqtt_addr();
-    opts.workload.devices = 3;
-    opts.workload.first_device = 100;
-    opts.qos = Qos::AtLeastOnce;
-    opts.workload.rate = None;
-    opts.workload.count = Some(50);
-    opts.drain_timeout = Duration::from_secs(30);
-    let report = run_fleet(opts, CancellationToken::new())
-        .await
-        .expect("the MQTT fleet runs");
+    let report = Fleet::new(gw.mqtt_addr(), 3)
+        .window(10)
+        .first_device(100)
+        .count(50)
+        .drain_timeout(Duration::from_secs(30))
+        .run()
+        .await;
     assert!(
         report.all_acked(),
         "MQTT keeps working beside a missing Modbus port"
@@ -608,8 +612,7 @@ async fn modbus_readings_reach_kafka_and_a_port_that_never_exists_does_not_stop_
         .unwrap_or_else(|e| panic!("reading Kafka: {e}\n{}", gw.log()));
     assert!(v.is_complete(), "{v}\n{}", gw.log());
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let modbus_records = loop {
+    let modbus_records = eventually(&gw, "3 Modbus readings in Kafka", WAIT, async || {
         let records = firmware_sim::verify::read_topic(&tansu.brokers(), "mb")
             .await
             .expect("read topic");
@@ -618,15 +621,12 @@ async fn modbus_readings_reach_kafka_and_a_port_that_never_exists_does_not_stop_
             .filter(|r| r.key.as_deref() == Some(&b"modbus/wt-0001"[..]))
             .collect();
         if mb.len() >= 3 {
-            break mb;
+            Ok(mb)
+        } else {
+            Err(format!("{} Modbus readings", mb.len()))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no Modbus readings in Kafka\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     for r in &modbus_records {
         let v: Value = serde_json::from_slice(&r.payload).expect("JSON payload");
         assert_eq!(v["values"]["u32_little"], PATTERN_U32, "{v}");

@@ -15,9 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, Gateway};
+use common::status::{backlog, eventually};
+use common::{free_port, status_json, Fleet, Gateway};
 use firmware_sim::testbed::{self, Process};
-use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions};
+use firmware_sim::wait_until_complete;
 use support::proxy::{FaultProxy, Mode};
 
 const TOPIC: &str = "faults";
@@ -44,14 +45,6 @@ fn tansu_behind(port: u16, advertised: u16, dir: &Path) -> Process {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn backlog(gw: &Gateway) -> u64 {
-    let out = gw.command(&["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    status["upstreams"][0]["backlog"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no backlog in {status}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_refused_slow_lossy_and_hung_connections_nothing_is_lost_or_reordered() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -72,13 +65,11 @@ async fn through_refused_slow_lossy_and_hung_connections_nothing_is_lost_or_reor
         )
     });
 
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = 6;
-    o.window = 10;
-    o.workload.rate = Some(40.0);
-    o.workload.count = Some(1400);
-    let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
+    let fleet = Fleet::new(gw.mqtt_addr(), 6)
+        .window(10)
+        .rate(40.0)
+        .count(1400)
+        .spawn();
 
     // Each fault for a few seconds, with normal traffic in between, while the fleet runs.
     let plan = [
@@ -105,16 +96,16 @@ async fn through_refused_slow_lossy_and_hung_connections_nothing_is_lost_or_reor
     );
 
     // The backlog drains once the network is healthy again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while backlog(&gw) > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "backlog never drained ({} left)\n{}",
-            backlog(&gw),
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        &gw,
+        "the backlog to drain",
+        Duration::from_secs(120),
+        async || match backlog(&status_json(&gw), "cluster") {
+            0 => Ok(()),
+            left => Err(format!("{left} left")),
+        },
+    )
+    .await;
     let v = wait_until_complete(
         &[format!("127.0.0.1:{proxy_port}")],
         TOPIC,

@@ -7,55 +7,57 @@
 //! The claim checked: every reading a device saw acknowledged, in any run, reaches Kafka
 //! (acknowledged ⊆ delivered), in order per device and boot; duplicates (cursors not yet
 //! stored at the cut) are counted. Needs /dev/fuse and the right to mount (root here and
-//! in CI); skipped with a message otherwise.
+//! in CI); skipped with a message otherwise, and failed under `CI=true`.
 
 mod common;
 mod support;
 
 use std::time::Duration;
 
-use common::{http_get, Gateway, Tansu};
-use firmware_sim::{run_fleet, wait_until_complete, CancellationToken, FleetOptions};
+use common::faults::{gateway_on, or_skip};
+use common::metrics::scrape;
+use common::status::{health, poll};
+use common::{Fleet, Gateway, Tansu};
+use firmware_sim::{wait_until_complete, CancellationToken};
 use support::forgetful_fs::ForgetfulFs;
+
+/// What the tests need of the machine to mount the forgetful filesystem.
+const NEEDS: &str = "a FUSE mount (/dev/fuse and the right to mount)";
+
+/// Times the journal environment was reopened after a failed write.
+async fn reopens(gw: &Gateway) -> u64 {
+    scrape(gw)
+        .await
+        .count("tidegate_journal_reopens_total", &[])
+}
+
+/// The fleet of a power-cut run: 4 turbines, 10 in flight each, reconnecting quickly.
+fn fleet(gw: &Gateway) -> Fleet {
+    Fleet::new(gw.mqtt_addr(), 4)
+        .window(10)
+        .reconnect(Duration::from_millis(50), Duration::from_millis(200))
+}
 
 const TOPIC: &str = "power";
 const CUTS: u64 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_power_cuts_at_random_moments_every_acknowledged_reading_is_delivered() {
-    let mut fs = match ForgetfulFs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: the power-cut test needs a FUSE mount and {why}");
-            return;
-        }
+    let Some(mut fs) = or_skip(ForgetfulFs::mount(), NEEDS) else {
+        return;
     };
     let tansu = Tansu::start();
-    let journal = fs.path().to_owned();
-    let kafka = tansu.port();
-    let mut gw = Gateway::start_fresh(|mqtt, _dir| {
-        format!(
-            "[gateway]\nid = \"gw-power\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
-             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"{TOPIC}\"\npartitions = 3\n\
-             max_batch = 200\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n",
-            journal.display()
-        )
-    });
+    let mut gw = gateway_on(fs.path(), "gw-power", "", tansu.port(), TOPIC);
 
     let mut reports = Vec::new();
     let mut lost_pages = 0;
     let mut kept_pages = 0;
     for cut in 0..=CUTS {
-        let mut o = FleetOptions::default();
-        o.broker = gw.mqtt_addr();
-        o.workload.devices = 4;
-        o.window = 10;
-        o.workload.rate = None;
-        o.workload.count = Some(if cut == CUTS { 300 } else { 1_000_000 });
-        o.reconnect_max = Duration::from_millis(200);
-        o.drain_timeout = Duration::from_secs(2);
         let stop = CancellationToken::new();
-        let fleet = tokio::spawn(run_fleet(o, stop.clone()));
+        let fleet = fleet(&gw)
+            .count(if cut == CUTS { 300 } else { 1_000_000 })
+            .drain_timeout(Duration::from_secs(2))
+            .spawn_until(stop.clone());
         if cut < CUTS {
             // A moment from "just started" to "well into the run", different every cut.
             let wait = 300 + (cut * 7919 + 1733) % 2200;
@@ -120,12 +122,8 @@ async fn after_power_cuts_at_random_moments_every_acknowledged_reading_is_delive
 fn the_filesystem_forgets_unsynced_writes_and_keeps_synced_ones() {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut fs = match ForgetfulFs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: needs a FUSE mount and {why}");
-            return;
-        }
+    let Some(mut fs) = or_skip(ForgetfulFs::mount(), NEEDS) else {
+        return;
     };
     let mnt = fs.path().to_owned();
     let path = |name: &str| mnt.join(name);
@@ -163,46 +161,37 @@ fn the_filesystem_forgets_unsynced_writes_and_keeps_synced_ones() {
 /// again by itself, and after a final power cut every acknowledged reading is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_reopening() {
-    let mut fs = match ForgetfulFs::mount() {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("SKIPPED: the fsync-failure test needs a FUSE mount and {why}");
-            return;
-        }
+    let Some(mut fs) = or_skip(ForgetfulFs::mount(), NEEDS) else {
+        return;
     };
     let tansu = Tansu::start();
-    let journal = fs.path().to_owned();
-    let kafka = tansu.port();
-    let mut gw = Gateway::start_fresh(|mqtt, _dir| {
-        format!(
-            "[gateway]\nid = \"gw-eio\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
-             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"eio\"\npartitions = 3\n\
-             max_batch = 200\nlinger = \"5ms\"\nrequest_timeout = \"5s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n",
-            journal.display()
-        )
-    });
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = 4;
-    o.window = 10;
-    o.workload.rate = Some(100.0);
-    o.workload.count = Some(1000);
-    o.reconnect_max = Duration::from_millis(200);
-    o.drain_timeout = Duration::from_secs(60);
-    let fleet = tokio::spawn(run_fleet(o, CancellationToken::new()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut gw = gateway_on(fs.path(), "gw-eio", "", tansu.port(), "eio");
+    let fleet = fleet(&gw).rate(100.0).count(1000).spawn();
+    // Fail syncs once readings are flowing through the journal.
+    let syncs = fs.syncs();
+    poll(Duration::from_secs(30), async || match fs.syncs() {
+        n if n >= syncs + 20 => Ok(()),
+        n => Err(format!("{n} syncs")),
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the journal never synced: {last}\n{}", gw.log()));
+    let reopens_before = reopens(&gw).await;
     fs.fail_syncs(3);
     // The refusing state is short (the writer tries again after 250 ms, 500 ms, 1 s):
-    // look for it on /health while it lasts, and in the log in any case.
+    // look for it on /health while it lasts, and in the counters in any case.
     let mut seen_on_health = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline && fs.failed_syncs() < 3 {
-        let (status, body) = http_get(gw.http_addr(), "/health").await;
+    let _ = poll(Duration::from_secs(20), async || {
+        let (status, body) = health(&gw).await;
         if status == 503 && body.contains("journal not accepting writes") {
             seen_on_health = Some(body);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if fs.failed_syncs() < 3 {
+            Err(String::new())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(
         fs.failed_syncs(),
         3,
@@ -215,16 +204,21 @@ async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_re
         report.unacked(),
         gw.log()
     );
-    let log = gw.log();
-    for line in [
-        "Journal write failed",
-        "Input/output error",
-        "Journal environment reopened",
-        "Journal accepting readings again",
-    ] {
-        assert!(log.contains(line), "log has {line:?}:\n{log}");
-    }
-    assert!(gw.is_running(), "no exit, no restart needed:\n{log}");
+    let m = scrape(&gw).await;
+    assert!(
+        m.count("tidegate_journal_reopens_total", &[]) >= reopens_before + 1,
+        "the failed syncs reopened the environment:\n{}",
+        gw.log()
+    );
+    assert!(
+        m.count("tidegate_journal_refused_unwritable_total", &[]) > 0,
+        "readings of the failed commits were refused:\n{}",
+        gw.log()
+    );
+    assert_eq!(m.value("tidegate_healthy", &[]), 1.0, "accepting again");
+    // The operator reads the cause in the log.
+    assert!(gw.log().contains("Input/output error"), "{}", gw.log());
+    assert!(gw.is_running(), "no exit, no restart needed:\n{}", gw.log());
     // The proof that nothing was acknowledged on the strength of a failed sync: cut the
     // power now, and every acknowledged reading is still there.
     gw.kill();

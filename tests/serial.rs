@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Gateway, Tansu};
+use common::metrics::scrape;
+use common::status::{eventually, poll};
+use common::{Fleet, Gateway, Tansu};
 use firmware_sim::{
-    run_fleet, run_serial, wait_until_complete, CancellationToken, FaultCounts, FaultPlan,
-    FleetOptions, Framing, Qos, ReadingId, SerialLine, SerialOptions, SerialReport, SerialTarget,
-    Workload,
+    run_serial, wait_until_complete, CancellationToken, FaultCounts, FaultPlan, Framing, ReadingId,
+    SerialLine, SerialOptions, SerialReport, SerialTarget, Workload,
 };
 use tidegate::config::{JournalConfig, OnFull};
 use tidegate::ingest::serial::{run_port, SerialConfig};
@@ -103,15 +104,15 @@ impl PortTask {
 
     /// Waits until `what` of the counters holds.
     async fn wait_for(&self, what: &str, cond: impl Fn(&SerialCounters) -> bool) {
-        let deadline = tokio::time::Instant::now() + ARRIVAL;
-        while !cond(&self.counters) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {}",
-                self.counters.summary()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll(ARRIVAL, async || {
+            if cond(&self.counters) {
+                Ok(())
+            } else {
+                Err(self.counters.summary())
+            }
+        })
+        .await
+        .unwrap_or_else(|last| panic!("timed out waiting for {what}: {last}"));
     }
 
     async fn stop(self) {
@@ -459,22 +460,22 @@ async fn read_until(
     want: usize,
     gw: &Gateway,
 ) -> Vec<firmware_sim::KafkaReading> {
-    let deadline = tokio::time::Instant::now() + ARRIVAL;
-    loop {
-        let records = firmware_sim::verify::read_topic(&tansu.brokers(), topic)
-            .await
-            .unwrap_or_default();
-        if records.len() >= want {
-            return records;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {want} records in {topic}\n{}",
-            records.len(),
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        gw,
+        format_args!("{want} records in {topic}"),
+        ARRIVAL,
+        async || {
+            let records = firmware_sim::verify::read_topic(&tansu.brokers(), topic)
+                .await
+                .unwrap_or_default();
+            if records.len() >= want {
+                Ok(records)
+            } else {
+                Err(format!("{} records", records.len()))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -524,10 +525,23 @@ async fn serial_readings_of_both_framings_reach_kafka_in_order_keyed_by_port_top
     assert_in_order(&got, &b, 5);
     let f = b.total_faults();
     assert!(f.garbage() > 0);
-    // The daemon logs each rejected frame with its port (rate-limited).
-    let log = gw.log();
-    assert!(log.contains("Rejected a serial frame"), "{log}");
-    assert!(log.contains(&cobs.path().display().to_string()), "{log}");
+    // The daemon counts each rejected frame under its port.
+    let cobs_port = cobs.path().display().to_string();
+    let rejected: f64 = scrape(&gw)
+        .await
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "tidegate_readings_rejected_total"
+                && s.labels.get("source") == Some("serial")
+                && s.labels.get("input") == Some(cobs_port.as_str())
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert!(rejected > 0.0, "no rejection counted for {cobs_port}");
     // SIGTERM with ports open: they stop reading and the daemon exits 0.
     let status = gw.terminate();
     assert!(status.success(), "{status:?}\n{}", gw.log());
@@ -548,14 +562,11 @@ async fn a_serial_port_that_never_exists_does_not_stop_the_mqtt_side() {
         gateway_config(mqtt, dir, tansu.port(), "mqtt-beside", &ports)
     });
     let started = tokio::time::Instant::now();
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = 5;
-    o.qos = Qos::AtLeastOnce;
-    o.workload.rate = None;
-    o.workload.count = Some(200);
-    o.drain_timeout = Duration::from_secs(60);
-    let report = run_fleet(o, CancellationToken::new()).await.expect("fleet");
+    let report = Fleet::new(gw.mqtt_addr(), 5)
+        .window(10)
+        .count(200)
+        .run()
+        .await;
     assert!(report.all_acked());
     let v = wait_until_complete(&tansu.brokers(), "mqtt-beside", &report, ARRIVAL)
         .await

@@ -3,12 +3,15 @@
 //! configs, logs in journald's format under `JOURNAL_STREAM`; `deploy/install.sh` runs into
 //! a temp root; the unit passes `systemd-analyze verify` where that tool is installed.
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -108,13 +111,9 @@ impl Drop for Daemon {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    firmware_sim::testbed::free_port().expect("free port")
-}
-
-/// A config with its journal in `dir`, no HTTP port, and a Kafka upstream `a` that never
-/// answers (a port nothing listens on), plus `extra` TOML.
+/// A config with its journal in `dir`, no HTTP port, the MQTT listener on a port the
+/// daemon picks (port 0: no other process can take it first, and these tests never
+/// connect), plus `extra` TOML.
 fn config(dir: &Path, extra: &str) -> String {
     format!(
         r#"[gateway]
@@ -122,16 +121,16 @@ id = "gw-svc"
 [journal]
 dir = "{journal}"
 [mqtt]
-listen = "127.0.0.1:{mqtt}"
+listen = "127.0.0.1:0"
 [http]
 enabled = false
 {extra}
 "#,
         journal = dir.join("journal").display(),
-        mqtt = free_port(),
     )
 }
 
+/// A Kafka upstream `name` that never answers (a port nothing listens on).
 fn upstream(name: &str, topic: &str) -> String {
     format!(
         r#"[[upstream]]

@@ -21,14 +21,19 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::log::EventEntryAdded;
 use chromiumoxide::cdp::js_protocol::runtime::{EventConsoleApiCalled, EventExceptionThrown};
 use chromiumoxide::page::ScreenshotParams;
-use common::{Gateway, Tansu};
-use firmware_sim::{run_fleet, CancellationToken, FleetOptions, Qos};
+use common::status::eventually;
+use common::{Fleet, Gateway, Tansu};
+use firmware_sim::CancellationToken;
 use futures::StreamExt;
 
 /// Longest the page may take to show what a step waits for.
 const PAGE_SETTLE: Duration = Duration::from_secs(60);
 
+/// Logged on the page's console last: once it arrives, every earlier event has.
+const END_MARKER: &str = "tidegate-test-end";
+
 /// The Chromium binary: `TIDEGATE_CHROMIUM_BIN`, else `chromium` on the PATH.
+
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDEGATE_CHROMIUM_BIN") {
         return PathBuf::from(p);
@@ -63,26 +68,17 @@ async fn wait_for_number(
     what: &str,
     gw: &Gateway,
 ) -> f64 {
-    let deadline = tokio::time::Instant::now() + PAGE_SETTLE;
-    let mut last = None;
-    loop {
+    eventually(gw, what, PAGE_SETTLE, async || {
         let value = match page.evaluate(js).await {
             Ok(r) => r.into_value::<Option<f64>>().ok().flatten(),
             Err(_) => None,
         };
-        if let Some(v) = value {
-            if above.is_none_or(|a| v > a) {
-                return v;
-            }
+        match value {
+            Some(v) if above.is_none_or(|a| v > a) => Ok(v),
+            other => Err(format!("value {other:?}")),
         }
-        last = value.or(last);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waited {PAGE_SETTLE:?} for {what} (last value {last:?})\ngateway log:\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
 }
 
 /// The text of `selector` as a number ("1,234" → 1234), or null.
@@ -107,15 +103,13 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
     });
 
     // Traffic all along: 5 turbines, 20 readings/s each, until the test stops them.
-    let mut o = FleetOptions::default();
-    o.broker = gw.mqtt_addr();
-    o.workload.devices = 5;
-    o.qos = Qos::AtLeastOnce;
-    o.workload.rate = Some(20.0);
-    o.workload.duration = Some(Duration::from_secs(300));
-    o.drain_timeout = Duration::from_secs(10);
     let traffic = CancellationToken::new();
-    let fleet = tokio::spawn(run_fleet(o, traffic.clone()));
+    let fleet = Fleet::new(gw.mqtt_addr(), 5)
+        .window(10)
+        .rate(20.0)
+        .duration(Duration::from_secs(300))
+        .drain_timeout(Duration::from_secs(10))
+        .spawn_until(traffic.clone());
 
     let profile = tempfile::tempdir().expect("temp dir");
     let config = BrowserConfig::builder()
@@ -159,8 +153,13 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
             .await
             .expect("log events");
         let e = errors.clone();
+        let end_seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let end = end_seen.clone();
         let collect_console = tokio::spawn(async move {
             while let Some(ev) = console.next().await {
+                if format!("{:?}", ev.args).contains(END_MARKER) {
+                    end.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 let kind = format!("{:?}", ev.r#type).to_lowercase();
                 if kind.contains("error") || kind.contains("assert") {
                     e.lock()
@@ -274,8 +273,24 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", shot.display()));
         assert!(png.len() > 1000, "screenshot is {} bytes", png.len());
 
-        // Let events in flight arrive before judging.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Judge once the page's console has delivered a line logged after everything
+        // else: events in flight before it have arrived.
+        page.evaluate(format!("console.log({END_MARKER:?})"))
+            .await
+            .expect("log the end marker");
+        eventually(
+            &gw,
+            "the end marker on the console",
+            PAGE_SETTLE,
+            async || {
+                if end_seen.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("not yet".into())
+                }
+            },
+        )
+        .await;
         collect_console.abort();
         collect_exceptions.abort();
         collect_log.abort();

@@ -78,6 +78,16 @@ impl TestPki {
         TestPki { dir }
     }
 
+    /// The two CAs, the server certificate and one client certificate from the test CA,
+    /// `name.pem`/`name.key`, whose CN is `name`.
+    pub fn with_client(name: &str) -> TestPki {
+        TestPki::new(&[Client {
+            name,
+            cn: name,
+            other_ca: false,
+        }])
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
