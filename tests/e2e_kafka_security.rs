@@ -27,11 +27,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::brokers::retry_on_port_clash;
+use common::brokers::{retry_on_port_clash, tansu_behind};
 use common::pki::TestPki;
 use common::status::{eventually, wait_for_log};
 use common::{free_port, status_json, Fleet, Gateway};
-use firmware_sim::testbed::{tansu_bin, Process};
+use firmware_sim::testbed::Process;
 use firmware_sim::verify::wait_until_complete_with;
 use firmware_sim::FleetReport;
 use rskafka::client::ClientBuilder;
@@ -91,22 +91,7 @@ impl TlsKafka {
     ) -> Result<TlsKafka, firmware_sim::testbed::TestbedError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (plain_port, tls_port) = (free_port(), free_port());
-        let mut tansu = Command::new(tansu_bin().unwrap_or_else(|e| panic!("{e}")));
-        tansu
-            .arg("broker")
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain_port}")])
-            .args([
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{tls_port}"),
-            ])
-            .args(["--storage-engine", "memory://tansu/"]);
-        let tansu = Process::start(
-            "tansu",
-            tansu,
-            plain_port,
-            dir.path().join("tansu.log"),
-            START,
-        )?;
+        let tansu = tansu_behind(plain_port, tls_port, dir.path())?;
         let conf = dir.path().join("stunnel.conf");
         let mut text = format!(
             "foreground = yes\npid =\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{plain_port}\ncert = {}\nkey = {}\n",
@@ -211,6 +196,11 @@ async fn wait_for_last_error(gw: &Gateway, needles: &[&str]) -> serde_json::Valu
     .await
 }
 
+/// The upstream keys for TLS to the cluster, trusting the CA in `ca` of `certs`.
+fn tls_trusting(certs: &TestPki, ca: &str) -> String {
+    format!("tls = true\nca_file = \"{}\"\n", certs.path(ca).display())
+}
+
 /// Asserts that every reading of `report` is in `topic`, in order, read with `client`.
 async fn assert_all_arrived(
     brokers: &[String],
@@ -240,10 +230,7 @@ async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_t
     let over_tls = move |b: ClientBuilder| b.tls_config(tls.clone());
 
     // The right CA: everything arrives, in order per turbine.
-    let security = format!(
-        "tls = true\nca_file = \"{}\"\n",
-        certs.path("ca.pem").display()
-    );
+    let security = tls_trusting(&certs, "ca.pem");
     let gw = start_gateway(&brokers, "secured", &security);
     let report = publish(&gw, 4, 250).await;
     assert_all_arrived(&brokers, "secured", &report, &gw, &over_tls).await;
@@ -257,10 +244,7 @@ async fn readings_reach_kafka_over_tls_in_order_and_a_wrong_ca_is_refused_with_t
     drop(gw);
 
     // A CA that did not sign the broker's certificate: refused, said clearly, nothing sent.
-    let security = format!(
-        "tls = true\nca_file = \"{}\"\n",
-        certs.path("other-ca.pem").display()
-    );
+    let security = tls_trusting(&certs, "other-ca.pem");
     let gw = start_gateway(&brokers, "refused", &security);
     let report = publish(&gw, 2, 50).await;
     let tls_port = kafka.tls_port;
@@ -384,10 +368,7 @@ async fn a_broker_that_requires_a_client_certificate_gets_the_configured_one() {
     drop(gw);
 
     // Without it, the broker's side of the handshake refuses: nothing is delivered.
-    let security = format!(
-        "tls = true\nca_file = \"{}\"\n",
-        certs.path("ca.pem").display()
-    );
+    let security = tls_trusting(&certs, "ca.pem");
     let gw = start_gateway(&brokers, "no-cert", &security);
     let report = publish(&gw, 1, 20).await;
     // Two refused attempts, each a chance to have delivered something.

@@ -15,14 +15,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::fleet::assert_arrived;
 use common::metrics::scrape;
 use common::pki::TestPki;
 use common::status::{backlog, eventually, wait_for_log};
 use common::{free_port, status_json, wait_for_backlog, Fleet, Gateway, Mosquitto, Tansu};
 use firmware_sim::testbed::MosquittoSetup;
-use firmware_sim::{
-    wait_until_complete, CancellationToken, FleetReport, KafkaReading, Protocol, VerifyReport,
-};
+use firmware_sim::{CancellationToken, FleetReport, KafkaReading, Protocol, VerifyReport};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
@@ -163,8 +162,21 @@ impl Collector {
 
     /// Waits until every reading `report` says was acknowledged has arrived.
     async fn wait_until_complete(&self, report: &FleetReport, gw: &Gateway) -> VerifyReport {
+        self.wait_until_complete_as(report, gw, |_| {}).await
+    }
+
+    /// [`Collector::wait_until_complete`], with `stand_in` applied to what arrived before
+    /// it is checked.
+    async fn wait_until_complete_as(
+        &self,
+        report: &FleetReport,
+        gw: &Gateway,
+        stand_in: impl Fn(&mut Vec<KafkaReading>),
+    ) -> VerifyReport {
         let v = eventually(gw, "every reading upstream", ARRIVAL, async || {
-            let v = firmware_sim::check(&self.snapshot(), report);
+            let mut received = self.snapshot();
+            stand_in(&mut received);
+            let v = firmware_sim::check(&received, report);
             if v.is_complete() {
                 Ok(v)
             } else {
@@ -256,28 +268,16 @@ async fn the_upstream_broker_restarting_mid_stream_loses_nothing() {
     let report = run.await.expect("join").expect("fleet");
     assert!(report.all_acked());
     // 3.1.1 carries no properties: stand in the gateway's headers for the checker.
-    let v = eventually(&gw, "every reading upstream", ARRIVAL, async || {
-        let mut received = collector.snapshot();
-        for r in &mut received {
-            r.headers = vec![
-                ("tidegate-gateway".into(), b"gw-e2e".to_vec()),
-                ("tidegate-seq".into(), b"0".to_vec()),
-            ];
-        }
-        let v = firmware_sim::check(&received, &report);
-        if v.is_complete() {
-            Ok(v)
-        } else {
-            Err(format!("{v}\nproblems: {:?}", v.problems()))
-        }
-    })
-    .await;
-    assert!(
-        v.is_ok(),
-        "{v}\nproblems: {:?}\ngateway log:\n{}",
-        v.problems(),
-        gw.log()
-    );
+    collector
+        .wait_until_complete_as(&report, &gw, |received| {
+            for r in received {
+                r.headers = vec![
+                    ("tidegate-gateway".into(), b"gw-e2e".to_vec()),
+                    ("tidegate-seq".into(), b"0".to_vec()),
+                ];
+            }
+        })
+        .await;
     assert!(
         scrape(&gw).await.count(
             "tidegate_upstream_send_failures_total",
@@ -308,15 +308,8 @@ async fn a_local_broker_is_journaled_through_a_subscription_and_reaches_kafka() 
     let (v4, v5) = tokio::join!(v4, v5);
     for report in [v4, v5] {
         assert!(report.all_acked());
-        let v = wait_until_complete(&tansu.brokers(), "bridged", &report, ARRIVAL)
-            .await
-            .expect("read Kafka");
-        assert!(
-            v.is_complete() && v.is_ok() && v.duplicates() == 0,
-            "{v}\nproblems: {:?}\n{}",
-            v.problems(),
-            gw.log()
-        );
+        let v = assert_arrived(&tansu.brokers(), "bridged", &report, ARRIVAL, &gw).await;
+        assert_eq!(v.duplicates(), 0, "{v}");
     }
     wait_for_backlog(&gw, "cluster", 0).await;
 }
@@ -346,15 +339,7 @@ async fn tidegate_restarting_while_the_local_broker_keeps_receiving_loses_nothin
     }
     let report = run.await.expect("join").expect("fleet");
     assert!(report.all_acked(), "the local broker took every reading");
-    let v = wait_until_complete(&tansu.brokers(), "restarts", &report, ARRIVAL)
-        .await
-        .expect("read Kafka");
-    assert!(
-        v.is_complete() && v.is_ok(),
-        "{v}\nproblems: {:?}\n{}",
-        v.problems(),
-        gw.log()
-    );
+    let v = assert_arrived(&tansu.brokers(), "restarts", &report, ARRIVAL, &gw).await;
     assert_eq!(v.out_of_order(), 0);
     assert!(
         gw.log().contains("session_present=true"),
@@ -388,15 +373,7 @@ async fn a_full_journal_under_reject_leaves_the_messages_with_the_broker_until_t
     // The cluster comes up: the journal drains, the subscription reconnects and the broker
     // redelivers everything that was refused, in order.
     let tansu = Tansu::start_on(kafka_port);
-    let v = wait_until_complete(&tansu.brokers(), "full", &report, ARRIVAL)
-        .await
-        .expect("read Kafka");
-    assert!(
-        v.is_complete() && v.is_ok(),
-        "{v}\nproblems: {:?}\n{}",
-        v.problems(),
-        gw.log()
-    );
+    let v = assert_arrived(&tansu.brokers(), "full", &report, ARRIVAL, &gw).await;
     assert_eq!(v.out_of_order(), 0);
     assert_eq!(status_json(&gw)["dropped_total"].as_u64(), Some(0));
 }
@@ -419,10 +396,7 @@ async fn a_dead_kafka_does_not_hold_back_the_mqtt_upstream() {
     let status = status_json(&gw);
     assert_eq!(backlog(&status, "cluster"), report.acked(), "{status}");
     let tansu = Tansu::start_on(kafka_port);
-    let v = wait_until_complete(&tansu.brokers(), "later", &report, ARRIVAL)
-        .await
-        .expect("read Kafka");
-    assert!(v.is_complete() && v.is_ok(), "{v}\n{}", gw.log());
+    assert_arrived(&tansu.brokers(), "later", &report, ARRIVAL, &gw).await;
     wait_for_backlog(&gw, "cluster", 0).await;
     assert_eq!(status_json(&gw)["records"].as_u64(), Some(0));
 }
@@ -566,10 +540,7 @@ async fn both_directions_work_over_tls_with_a_client_certificate_and_a_password(
         .run()
         .await;
     assert!(report.all_acked(), "{report:#?}");
-    let v = wait_until_complete(&tansu.brokers(), "secure", &report, ARRIVAL)
-        .await
-        .expect("read Kafka");
-    assert!(v.is_complete() && v.is_ok(), "{v}\n{}", gw.log());
+    assert_arrived(&tansu.brokers(), "secure", &report, ARRIVAL, &gw).await;
     // Every reading was PUBACKed by the TLS broker on the upstream connection.
     wait_for_backlog(&gw, "cloud", 0).await;
     assert_eq!(

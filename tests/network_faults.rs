@@ -11,46 +11,23 @@
 mod common;
 mod support;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use common::brokers::{retry_on_port_clash, tansu_behind};
 use common::status::{backlog, eventually};
 use common::{free_port, status_json, Fleet, Gateway};
-use firmware_sim::testbed::{self, Process};
 use firmware_sim::wait_until_complete;
 use support::proxy::{FaultProxy, Mode};
 
 const TOPIC: &str = "faults";
 
-/// Tansu listening on its own port but advertising `advertised` (the proxy's).
-fn tansu_behind(port: u16, advertised: u16, dir: &Path) -> Process {
-    let bin = testbed::tansu_bin().unwrap_or_else(|e| panic!("{e}"));
-    let mut command = Command::new(bin);
-    command
-        .arg("broker")
-        .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
-        .args([
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{advertised}"),
-        ])
-        .args(["--storage-engine", "memory://tansu/"]);
-    Process::start(
-        "tansu",
-        command,
-        port,
-        dir.join("tansu.log"),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_refused_slow_lossy_and_hung_connections_nothing_is_lost_or_reordered() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let tansu_port = free_port();
-    let proxy_port = free_port();
-    let _tansu = tansu_behind(tansu_port, proxy_port, dir.path());
+    let (_tansu, tansu_port, proxy_port) = retry_on_port_clash(|| {
+        let (tansu_port, proxy_port) = (free_port(), free_port());
+        tansu_behind(tansu_port, proxy_port, dir.path()).map(|t| (t, tansu_port, proxy_port))
+    });
     let proxy = FaultProxy::start_on(
         proxy_port,
         format!("127.0.0.1:{tansu_port}").parse().unwrap(),

@@ -206,7 +206,7 @@ async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_re
     );
     let m = scrape(&gw).await;
     assert!(
-        m.count("tidegate_journal_reopens_total", &[]) >= reopens_before + 1,
+        m.count("tidegate_journal_reopens_total", &[]) > reopens_before,
         "the failed syncs reopened the environment:\n{}",
         gw.log()
     );

@@ -33,7 +33,6 @@ const PAGE_SETTLE: Duration = Duration::from_secs(60);
 const END_MARKER: &str = "tidegate-test-end";
 
 /// The Chromium binary: `TIDEGATE_CHROMIUM_BIN`, else `chromium` on the PATH.
-
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("TIDEGATE_CHROMIUM_BIN") {
         return PathBuf::from(p);

@@ -6,8 +6,11 @@
 //! live here.
 
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use firmware_sim::testbed::{self, BrokerKind, MosquittoKind, MosquittoSetup, TansuKind};
+use firmware_sim::testbed::{self, BrokerKind, MosquittoKind, MosquittoSetup, Process, TansuKind};
 pub use firmware_sim::testbed::{port_open, TestbedError};
 
 /// How many fresh ports a start may try before the clash fails the test.
@@ -56,6 +59,29 @@ pub fn retry_on_port_clash<T>(mut start: impl FnMut() -> Result<T, TestbedError>
         }
     }
     unreachable!("the loop returns or panics")
+}
+
+/// Tansu (in-memory storage) listening on `127.0.0.1:port` but advertising
+/// `127.0.0.1:advertised`, where something of the test's (a fault proxy, stunnel) stands
+/// in front of it; its log in `dir`. Clients that bootstrap through the advertised port
+/// make every later connection there too.
+pub fn tansu_behind(port: u16, advertised: u16, dir: &Path) -> Result<Process, TestbedError> {
+    let mut command = Command::new(testbed::tansu_bin()?);
+    command
+        .arg("broker")
+        .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised}"),
+        ])
+        .args(["--storage-engine", "memory://tansu/"]);
+    Process::start(
+        "tansu",
+        command,
+        port,
+        dir.join("tansu.log"),
+        Duration::from_secs(30),
+    )
 }
 
 /// A broker of the test bed ([`testbed::Broker`]) whose failures to start fail the test.

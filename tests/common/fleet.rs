@@ -1,12 +1,15 @@
 //! The firmware-sim fleet of the tests: QoS 1 turbines sending as fast as the in-flight
 //! window allows, built in this one place so that a change of firmware-sim's options
-//! touches one file of the suite.
+//! touches one file of the suite; and the check that what it saw acknowledged arrived.
 
 use std::time::Duration;
 
 use firmware_sim::{
-    run_fleet, CancellationToken, FleetError, FleetOptions, FleetReport, PayloadFormat, Protocol,
+    run_fleet, wait_until_complete, CancellationToken, FleetError, FleetOptions, FleetReport,
+    PayloadFormat, Protocol, VerifyReport,
 };
+
+use super::daemon::Gateway;
 
 /// A fleet to run against `broker`: [`Fleet::new`] and the setters say what differs from
 /// the usual test fleet, [`Fleet::run`] or [`Fleet::spawn`] run it.
@@ -129,4 +132,26 @@ impl Fleet {
     pub fn spawn(self) -> tokio::task::JoinHandle<Result<FleetReport, FleetError>> {
         self.spawn_until(CancellationToken::new())
     }
+}
+
+/// Waits (up to `within`) until every reading `report` saw acknowledged is in `topic` of
+/// the Kafka cluster at `brokers`, and asserts that they came in order with nothing
+/// unexpected; the gateway's log is printed if not. Returns the verifier's report.
+pub async fn assert_arrived(
+    brokers: &[String],
+    topic: &str,
+    report: &FleetReport,
+    within: Duration,
+    gw: &Gateway,
+) -> VerifyReport {
+    let v = wait_until_complete(brokers, topic, report, within)
+        .await
+        .unwrap_or_else(|e| panic!("reading topic {topic}: {e}\ngateway log:\n{}", gw.log()));
+    assert!(
+        v.is_complete() && v.is_ok(),
+        "topic {topic}: {v}\nproblems: {:?}\ngateway log:\n{}",
+        v.problems(),
+        gw.log()
+    );
+    v
 }

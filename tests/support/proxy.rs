@@ -54,16 +54,7 @@ impl FaultProxy {
     /// Starts a proxy to `upstream` on a free loopback port, passing everything.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
-        let (mode, modes) = watch::channel(Mode::Pass);
-        let stats = Arc::new(ProxyStats::default());
-        let task = tokio::spawn(accept_loop(listener, upstream, modes, stats.clone()));
-        FaultProxy {
-            port,
-            mode,
-            stats,
-            task,
-        }
+        FaultProxy::serve(listener, upstream)
     }
 
     /// Starts a proxy on `port` (already chosen, e.g. the one a broker advertises).
@@ -71,6 +62,12 @@ impl FaultProxy {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind proxy port");
+        FaultProxy::serve(listener, upstream)
+    }
+
+    /// Passes what `listener` accepts on to `upstream`, faults as set.
+    fn serve(listener: TcpListener, upstream: SocketAddr) -> FaultProxy {
+        let port = listener.local_addr().expect("proxy addr").port();
         let (mode, modes) = watch::channel(Mode::Pass);
         let stats = Arc::new(ProxyStats::default());
         let task = tokio::spawn(accept_loop(listener, upstream, modes, stats.clone()));
