@@ -94,6 +94,11 @@ async fn connect_v4(
         o.set_credentials(u, p);
     }
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    // rumqttc's own limit on connecting (5 s) is shorter than a CONNECT may take while
+    // the daemon hashes a storm of passwords on a loaded machine: the test's is the one.
+    let mut network = el.network_options();
+    network.set_connection_timeout(WAIT.as_secs());
+    el.set_network_options(network);
     let r = tokio::time::timeout(WAIT, async {
         loop {
             match el.poll().await {
@@ -124,6 +129,7 @@ async fn connect_v5(
     if let Some(t) = transport {
         o.set_transport(t);
     }
+    o.set_connection_timeout(WAIT.as_secs());
     let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 100);
     let r = tokio::time::timeout(WAIT, async {
         loop {

@@ -373,12 +373,13 @@ fn sighup_refuses_a_bad_config_and_applies_a_good_one() {
 #[test]
 fn logs_are_compact_lines_without_colours_or_timestamps_under_journald() {
     let dir = TempDir::new().expect("temp dir");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        &config(dir.path(), ""),
-        &[("JOURNAL_STREAM", "8:12345".to_owned())],
-    );
-    daemon.wait_for_log("tidegate started", 1);
+    let notify = NotifySocket::bind(dir.path());
+    let mut env = notify.env(None);
+    env.push(("JOURNAL_STREAM", "8:12345".to_owned()));
+    let mut daemon = Daemon::start(dir.path(), &config(dir.path(), ""), &env);
+    // READY=1 comes once SIGTERM is handled ("tidegate started" is logged a moment
+    // before): a SIGTERM sooner would kill it with the default action.
+    notify.until("READY=1");
     assert_eq!(daemon.terminate(), Some(0));
     let log = daemon.log();
     let line = log
