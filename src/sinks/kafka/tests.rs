@@ -7,9 +7,14 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::Utc;
 use firmware_sim::testbed::{self, Tansu};
+use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
 use rskafka::record::Record as KafkaRecord;
 
+use super::errors::*;
+use super::produce::*;
+use super::tail::*;
 use super::*;
 use crate::config::{Compression, UpstreamConfig, UpstreamKind};
 use crate::record::{Gap, Item, Reading, Record, SourceKind};
@@ -133,6 +138,31 @@ fn assert_records_match(read: &[KafkaRecord], sent: &HashMap<u64, &Record>) {
             "timestamp of seq {seq}"
         );
     }
+}
+
+/// Reads partitions `0..partitions` of `topic` and checks that together they hold every
+/// record of `sent` exactly once, mapped as the sink documents, each partition in journal
+/// order. Returns what each partition holds.
+async fn assert_each_sent_once_in_order(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    sent: &HashMap<u64, &Record>,
+) -> Vec<Vec<KafkaRecord>> {
+    let mut held = Vec::new();
+    for partition in 0..partitions {
+        let read = read_partition(broker, topic, partition).await;
+        assert_records_match(&read, sent);
+        let seqs = seqs_of(&read);
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "partition {partition}: no duplicates, journal order: {seqs:?}"
+        );
+        held.push(read);
+    }
+    let total: usize = held.iter().map(Vec::len).sum();
+    assert_eq!(total, sent.len(), "every record arrived exactly once");
+    held
 }
 
 fn seqs_of(read: &[KafkaRecord]) -> Vec<u64> {
@@ -298,33 +328,33 @@ fn broker_errors_are_sorted_into_retryable_and_fatal() {
             is_virtual: false,
         })
     };
-    for retryable in [
-        ProtocolError::LeaderNotAvailable,
-        ProtocolError::NotLeaderOrFollower,
-        ProtocolError::RequestTimedOut,
-        ProtocolError::NotEnoughReplicas,
-        ProtocolError::UnknownTopicOrPartition,
+    use ProtocolError as P;
+    use Severity::{Fatal, Retryable};
+    // (error, severity, whether the connection is rebuilt)
+    for (error, severity, reconnect) in [
+        (P::LeaderNotAvailable, Retryable, true),
+        (P::NotLeaderOrFollower, Retryable, true),
+        (P::UnknownTopicOrPartition, Retryable, true),
+        (P::RequestTimedOut, Retryable, false),
+        (P::NotEnoughReplicas, Retryable, false),
+        (P::TopicAuthorizationFailed, Fatal, false),
+        (P::MessageTooLarge, Fatal, false),
+        (P::RecordListTooLarge, Fatal, false),
+        (P::InvalidTopicException, Fatal, false),
+        (P::UnsupportedVersion, Fatal, false),
+        (P::UnsupportedCompressionType, Fatal, false),
     ] {
-        let v = server(retryable).verdict();
-        assert_eq!(v.severity, Severity::Retryable, "{retryable:?}");
-    }
-    for reconnect in [
-        ProtocolError::NotLeaderOrFollower,
-        ProtocolError::LeaderNotAvailable,
-    ] {
-        assert!(server(reconnect).verdict().reconnect, "{reconnect:?}");
-    }
-    for fatal in [
-        ProtocolError::TopicAuthorizationFailed,
-        ProtocolError::MessageTooLarge,
-        ProtocolError::RecordListTooLarge,
-        ProtocolError::InvalidTopicException,
-        ProtocolError::UnsupportedVersion,
-        ProtocolError::UnsupportedCompressionType,
-    ] {
-        let v = server(fatal).verdict();
-        assert_eq!(v.severity, Severity::Fatal, "{fatal:?}");
-        assert!(v.hint.is_some(), "{fatal:?} tells the operator what to do");
+        let v = server(error).verdict();
+        assert_eq!(
+            (v.severity, v.reconnect),
+            (severity, reconnect),
+            "{error:?}"
+        );
+        assert_eq!(
+            v.hint.is_some(),
+            severity == Fatal,
+            "{error:?}: a fatal error, and only that, tells the operator what to do"
+        );
     }
     let refused = Failure::Kafka(KafkaError::Request(RequestError::IO(std::io::Error::from(
         std::io::ErrorKind::ConnectionRefused,
@@ -382,27 +412,18 @@ async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_h
         .expect("second batch delivered over the same connection");
 
     let sent: HashMap<u64, &Record> = first.iter().chain(&second).map(|r| (r.seq, r)).collect();
-    let mut total = 0;
-    for partition in 0..3 {
-        let read = read_partition(&tansu.addr(), "readings", partition).await;
-        assert_records_match(&read, &sent);
-        let seqs = seqs_of(&read);
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "partition {partition} holds its records in journal order: {seqs:?}"
-        );
-        for r in &read {
+    let held = assert_each_sent_once_in_order(&tansu.addr(), "readings", 3, &sent).await;
+    for (partition, read) in held.iter().enumerate() {
+        for r in read {
             let key = r.key.as_deref().unwrap_or_default();
             assert_eq!(
                 partition_for_key(key, 3),
-                partition as usize,
+                partition,
                 "key {:?} is on the partition murmur2 chooses",
                 String::from_utf8_lossy(key)
             );
         }
-        total += read.len();
     }
-    assert_eq!(total, sent.len(), "every record arrived exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,18 +629,7 @@ async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged(
         .expect("the retry reconnects and delivers the rest");
 
     let sent: HashMap<u64, &Record> = warmup.iter().chain(&records).map(|r| (r.seq, r)).collect();
-    let mut total = 0;
-    for partition in 0..3 {
-        let read = read_partition(&healthy.addr(), "partial", partition).await;
-        assert_records_match(&read, &sent);
-        let seqs = seqs_of(&read);
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "partition {partition}: no duplicates, journal order: {seqs:?}"
-        );
-        total += seqs.len();
-    }
-    assert_eq!(total, sent.len(), "every record exactly once");
+    assert_each_sent_once_in_order(&healthy.addr(), "partial", 3, &sent).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -712,6 +722,20 @@ async fn ours_by_partition(
     out
 }
 
+/// Sends `batches` in order through a new sink of this gateway under [`EPOCH`], as after a
+/// restart, and returns how many readings it skipped as already in the topic.
+async fn send_from_a_new_sink<const N: usize>(
+    config: &UpstreamConfig,
+    batches: [Vec<Record>; N],
+) -> u64 {
+    let mut sink = KafkaSink::new(config, GATEWAY);
+    let counters = counters_of(&mut sink, EPOCH);
+    for b in batches {
+        sink.send(&items(&b)).await.expect("delivered");
+    }
+    crate::telemetry::get(&counters.duplicates_skipped)
+}
+
 fn counters_of(sink: &mut KafkaSink, epoch: u64) -> Arc<ForwardCounters> {
     let counters = Arc::new(ForwardCounters::default());
     sink.attach(Attachment {
@@ -743,16 +767,12 @@ async fn after_a_restart_records_already_in_the_topic_are_skipped_and_the_rest_a
     drop(before);
 
     // After the restart: a new sink, same gateway and epoch, resumes at cursor 101.
-    let mut after = KafkaSink::new(&config, GATEWAY);
-    let counters = counters_of(&mut after, EPOCH);
-    for b in [journal(101, 150, &keys), journal(251, 150, &keys)] {
-        after.send(&items(&b)).await.expect("delivered");
-    }
-    assert_eq!(
-        crate::telemetry::get(&counters.duplicates_skipped),
-        200,
-        "101..=300 were in the topic already"
-    );
+    let skipped = send_from_a_new_sink(
+        &config,
+        [journal(101, 150, &keys), journal(251, 150, &keys)],
+    )
+    .await;
+    assert_eq!(skipped, 200, "101..=300 were in the topic already");
     let per_partition = ours_by_partition(&tansu.addr(), "restart", 3, GATEWAY, EPOCH).await;
     let mut all: Vec<u64> = Vec::new();
     for (p, seqs) in per_partition.iter().enumerate() {
@@ -787,25 +807,20 @@ async fn records_of_other_gateways_and_other_epochs_are_not_taken_for_ours() {
         .expect("previous epoch");
 
     // The new journal starts at 1: nothing of it is there, so nothing is skipped.
-    let mut sink = KafkaSink::new(&config, GATEWAY);
-    let counters = counters_of(&mut sink, EPOCH);
-    sink.send(&items(&journal(1, 50, &keys)))
-        .await
-        .expect("delivered");
-    assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 0);
+    assert_eq!(
+        send_from_a_new_sink(&config, [journal(1, 50, &keys)]).await,
+        0
+    );
 
     // Others write after ours; a restart still finds ours behind them.
     other
         .send(&items(&journal(501, 300, &keys)))
         .await
         .expect("other gateway");
-    let mut restarted = KafkaSink::new(&config, GATEWAY);
-    let counters = counters_of(&mut restarted, EPOCH);
-    restarted
-        .send(&items(&journal(1, 80, &keys)))
-        .await
-        .expect("delivered");
-    assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 50);
+    assert_eq!(
+        send_from_a_new_sink(&config, [journal(1, 80, &keys)]).await,
+        50
+    );
 
     let ours = ours_by_partition(&tansu.addr(), "shared", 1, GATEWAY, EPOCH).await;
     assert_eq!(ours[0], (1..=80).collect::<Vec<_>>());
@@ -826,12 +841,10 @@ async fn an_empty_topic_skips_nothing() {
         .await
         .expect("topic created empty");
     let keys: Vec<String> = (0..6).map(|i| format!("dev/{i}")).collect();
-    let mut sink = KafkaSink::new(&config, GATEWAY);
-    let counters = counters_of(&mut sink, EPOCH);
-    sink.send(&items(&journal(7, 40, &keys)))
-        .await
-        .expect("delivered");
-    assert_eq!(crate::telemetry::get(&counters.duplicates_skipped), 0);
+    assert_eq!(
+        send_from_a_new_sink(&config, [journal(7, 40, &keys)]).await,
+        0
+    );
     let mut all: Vec<u64> = ours_by_partition(&tansu.addr(), "empty", 2, GATEWAY, EPOCH)
         .await
         .concat();
