@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::forward::Forwarders;
 use crate::health::{supervise, Health, JournalState, TaskGuard};
 use crate::ingest::listener;
 use crate::ingest::local_bus::{BusError, LocalBus};
@@ -35,7 +36,7 @@ use crate::ingest::modbus;
 use crate::ingest::mqtt_subscribe;
 use crate::ingest::serial;
 use crate::journal::{Journal, JournalError};
-use crate::service::reload::{reload, Forwarders, Outcome as ReloadOutcome};
+use crate::service::reload::{reload, Outcome as ReloadOutcome};
 use crate::service::Notifier;
 use crate::telemetry::{
     get, IngestCounters, ModbusCounters, MqttSubscribeCounters, SerialCounters,

@@ -20,22 +20,37 @@
 //!
 //! # Layout
 //!
-//! * [`config`] — the TOML configuration tree, defaults and validation.
-//! * [`record`] — [`record::Record`] and its versioned, checksummed encoding.
-//! * [`ingest`] — every way readings come in: the device-facing MQTT listener
-//!   ([`ingest::listener`]) on its codec, with device authentication and topic rights
-//!   ([`ingest::auth`]) and its TLS listener ([`ingest::tls`]), subscriptions to an existing broker
-//!   ([`ingest::mqtt_subscribe`]), serial ports ([`ingest::serial`], framings from the
-//!   `tidegate-framing` crate) and Modbus RTU polling ([`ingest::modbus`]).
-//! * [`journal`] — the LMDB store, the group-commit writer thread, retention;
-//!   [`journal_cli`] — `tidegate journal check|dump`, read-only.
-//! * [`forward`] — the per-upstream loop: cursor → batch → send → cursor.
-//! * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink.
-//! * [`telemetry`] — logging and counters.
-//! * [`health`] — which long-running tasks are alive; the daemon's health and watchdog verdicts.
-//! * [`service`] — systemd readiness/watchdog notifications and SIGHUP reload.
-//! * [`http`] — the monitoring listener: `/metrics`, `/health`, the status page.
-//! * [`app`] — wiring and the shutdown order; [`status`] — the `status` view.
+//! From the top down; a module imports only from the layers below it, and
+//! `tests/layers.rs` keeps it so (no import cycle among these modules either).
+//!
+//! * CLI shell (`main.rs`) and [`status`] — the `status` view.
+//! * [`app`] — wiring and the shutdown order; [`service`] — systemd readiness/watchdog
+//!   notifications and the SIGHUP reload; [`validate`] — the one full check of a
+//!   configuration (config's own rules plus every stage's), used by `run`,
+//!   `check-config` and the reload.
+//! * [`http`] — the monitoring listener: `/metrics`, `/health`, the status page;
+//!   [`health`] — which long-running tasks are alive, the health and watchdog verdicts.
+//! * The stages:
+//!   * [`ingest`] — every way readings come in, and it only appends: the device-facing
+//!     MQTT listener ([`ingest::listener`]) on its codec, with device authentication and
+//!     topic rights ([`ingest::auth`]) and its TLS listener ([`ingest::tls`]),
+//!     subscriptions to an existing broker ([`ingest::mqtt_subscribe`]), serial ports
+//!     ([`ingest::serial`], framings from the `tidegate-framing` crate) and Modbus RTU
+//!     polling ([`ingest::modbus`]). It imports no forwarder and no sink.
+//!   * [`forward`] — the per-upstream loop (cursor → batch → send → cursor) and the
+//!     [`forward::Forwarders`] supervisor that starts, restarts and stops them.
+//!   * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink;
+//!     they get batches, never cursors, and know no source.
+//!   * [`journal`] — the LMDB store, the group-commit writer thread, retention, and
+//!     `tidegate journal check|dump` ([`journal::cli`]); the only user of heed.
+//! * Shared by the stages, knowing none of them: [`mqtt_client`] — one MQTT client
+//!   connection and its keys, for the MQTT sink and the subscriber; [`backoff`]; [`tls`] —
+//!   CA bundles and PEM decoding; [`telemetry`] — logging and counters.
+//! * [`record`] — [`record::Record`], the typed markers and their versioned, checksummed
+//!   encoding; imports nothing of the crate.
+//! * [`config`] — the TOML configuration tree: plain serde data and defaults, one file per
+//!   section, with the checks that need nothing but the values; imports nothing of the
+//!   crate.
 
 pub mod app;
 pub mod backoff;
@@ -45,7 +60,6 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod journal;
-pub mod journal_cli;
 pub mod mqtt_client;
 pub mod record;
 pub mod service;

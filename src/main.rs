@@ -273,7 +273,7 @@ fn journal(action: JournalAction) -> anyhow::Result<ExitCode> {
             let config = load(config.as_deref())?;
             let dir = &config.journal.dir;
             let started = std::time::Instant::now();
-            let report = tidegate::journal_cli::check(dir, progress_every, |n| {
+            let report = tidegate::journal::cli::check(dir, progress_every, |n| {
                 eprintln!(
                     "checked {n} records ({:.1}s)",
                     started.elapsed().as_secs_f64()
@@ -296,14 +296,14 @@ fn journal(action: JournalAction) -> anyhow::Result<ExitCode> {
         } => {
             let config = load(config.as_deref())?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            match tidegate::journal_cli::dump(&config.journal.dir, from, limit, &mut out) {
+            match tidegate::journal::cli::dump(&config.journal.dir, from, limit, &mut out) {
                 Ok(report) if report.bad > 0 => {
                     eprintln!("{} of {} records do not decode", report.bad, report.records);
                     Ok(ExitCode::FAILURE)
                 }
                 Ok(_) => Ok(ExitCode::SUCCESS),
                 // `| head` closing the pipe is the reader's choice.
-                Err(tidegate::journal_cli::InspectError::Output(e))
+                Err(tidegate::journal::cli::InspectError::Output(e))
                     if e.kind() == std::io::ErrorKind::BrokenPipe =>
                 {
                     Ok(ExitCode::SUCCESS)

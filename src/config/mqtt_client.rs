@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// not support `deny_unknown_fields` together with `flatten` well: it only refuses a
 /// leftover key after the section's required keys are in, and without listing the keys it
 /// takes. So the loader checks the keys of those sections itself, from the parsed TOML,
-/// before serde sees them ([`unknown_key`], with [`KEYS`] and each section's own list), and
+/// before serde sees them (`unknown_key`, with `KEYS` and each section's own list), and
 /// refuses an unknown key first and in serde's words ("unknown field `x`, expected one of
 /// …"), as for every other section. A test in `config/mod.rs` holds the lists to the
 /// structs.

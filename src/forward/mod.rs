@@ -16,6 +16,8 @@
 //! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
 //! business (the Kafka sink sends a record with the `tidegate-gap` header).
 
+mod supervisor;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,8 @@ use crate::journal::Journal;
 use crate::record::{Gap, Item};
 use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
+
+pub use supervisor::Forwarders;
 
 /// Bytes of record values read into one batch at most; sinks split further as their
 /// protocol requires.

@@ -37,6 +37,7 @@
 //!    says why). Any other LMDB error fails closed: the writer answers every later request
 //!    with [`JournalError::Failed`] and the daemon stops for systemd to restart it.
 
+pub mod cli;
 mod commit;
 pub mod retention;
 mod sessions;

@@ -77,7 +77,7 @@ impl Notifier {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
-    /// How often the main loop should come round: at most [`MAX_TICK`], and at least twice
+    /// How often the main loop should come round: at most `MAX_TICK`, and at least twice
     /// per watchdog timeout, as sd_watchdog_enabled(3) advises.
     pub fn tick(&self) -> Duration {
         match self.watchdog {

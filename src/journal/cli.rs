@@ -20,8 +20,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::journal::store::{accounted_size, Store};
-use crate::journal::JournalError;
+use super::store::{accounted_size, Store};
+use super::JournalError;
 use crate::record::{self, Record};
 
 /// Why a command could not run (as opposed to finding a bad journal).
