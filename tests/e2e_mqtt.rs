@@ -104,14 +104,10 @@ impl Collector {
             .subscribe(format!("{PREFIX}#"), QoS::AtLeastOnce)
             .await
             .expect("queue subscribe");
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("collector cannot subscribe: {e}"),
-                Err(_) => panic!("collector: no SUBACK within 10s"),
-            }
-        }
+        wait_for_packet(&mut events, "the collector's SUBACK", |p| {
+            matches!(p, Packet::SubAck(_))
+        })
+        .await;
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let (sink, done) = (received.clone(), stop.clone());
@@ -197,6 +193,22 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Polls `events` until a packet `want` accepts comes in; fails on an error or after 10 s.
+async fn wait_for_packet(
+    events: &mut rumqttc::v5::EventLoop,
+    what: &str,
+    want: impl Fn(&Packet) -> bool,
+) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(p))) if want(&p) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("waiting for {what}: {e}"),
+            Err(_) => panic!("no {what} within 10 s"),
+        }
     }
 }
 
@@ -480,14 +492,10 @@ async fn publish_marker(port: u16) {
         .publish("turbines/marker", QoS::AtLeastOnce, false, "marker")
         .await
         .expect("queue publish");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("marker: {e}"),
-            Err(_) => panic!("marker: no PUBACK within 10s"),
-        }
-    }
+    wait_for_packet(&mut events, "the marker's PUBACK", |p| {
+        matches!(p, Packet::PubAck(_))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,10 +15,11 @@ mod support;
 use std::time::Duration;
 
 use common::faults::{gateway_on, or_skip};
+use common::fleet::assert_arrived;
 use common::metrics::scrape;
 use common::status::{health, poll};
 use common::{Fleet, Gateway, Tansu};
-use firmware_sim::{wait_until_complete, CancellationToken};
+use firmware_sim::CancellationToken;
 use support::forgetful_fs::ForgetfulFs;
 
 /// What the tests need of the machine to mount the forgetful filesystem.
@@ -40,6 +41,8 @@ fn fleet(gw: &Gateway) -> Fleet {
 
 const TOPIC: &str = "power";
 const CUTS: u64 = 6;
+/// Time allowed for every acknowledged reading to reach Kafka after the last restart.
+const ARRIVAL: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_power_cuts_at_random_moments_every_acknowledged_reading_is_delivered() {
@@ -96,15 +99,8 @@ async fn after_power_cuts_at_random_moments_every_acknowledged_reading_is_delive
     let mut delivered = 0;
     let mut duplicates = 0;
     for report in &reports {
-        let v = wait_until_complete(&tansu.brokers(), TOPIC, report, Duration::from_secs(120))
-            .await
-            .expect("read Kafka");
-        assert!(
-            v.is_complete() && v.missing() == 0 && v.is_ok(),
-            "every acknowledged reading delivered, in order: {v}\nproblems: {:?}\nlog:\n{}",
-            v.problems(),
-            gw.log()
-        );
+        // Every acknowledged reading delivered, in order.
+        let v = assert_arrived(&tansu.brokers(), TOPIC, report, ARRIVAL, &gw).await;
         acknowledged += report.acked();
         delivered += v.received() - v.duplicates();
         duplicates += v.duplicates();
@@ -224,15 +220,7 @@ async fn a_failed_fsync_is_never_retried_in_place_and_the_journal_recovers_by_re
     gw.kill();
     fs.power_cut(0xe10);
     gw.restart();
-    let v = wait_until_complete(&tansu.brokers(), "eio", &report, Duration::from_secs(120))
-        .await
-        .expect("read Kafka");
-    assert!(
-        v.is_complete() && v.missing() == 0 && v.is_ok(),
-        "{v}\nproblems: {:?}\nlog:\n{}",
-        v.problems(),
-        gw.log()
-    );
+    let v = assert_arrived(&tansu.brokers(), "eio", &report, ARRIVAL, &gw).await;
     eprintln!(
         "FAULT fsync-EIO x3 then power cut: acknowledged {} delivered {} lost 0 duplicated {} (/health while refusing: {:?})",
         report.acked(),
