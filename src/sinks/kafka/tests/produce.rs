@@ -1,0 +1,341 @@
+//! Producing: the record mapping, planning by partition, chunking, and ordered delivery
+//! to a real broker (every codec, large shares, a retry after a partial failure).
+
+use super::*;
+
+#[test]
+fn a_record_maps_to_key_value_timestamp_and_headers() {
+    let r = record(
+        42,
+        "turbines/wt-0001/telemetry",
+        &b"\x00{\"wind\":7.5}\xff"[..],
+    );
+    let k = to_kafka_record(&Item::Reading(r), GATEWAY, None);
+    assert_eq!(k.key.as_deref(), Some(&b"turbines/wt-0001/telemetry"[..]));
+    assert_eq!(k.value.as_deref(), Some(&b"\x00{\"wind\":7.5}\xff"[..]));
+    assert_eq!(k.timestamp.timestamp_millis(), 1_764_000_000_000 + 42 * 7);
+    assert_eq!(
+        k.headers.get(HEADER_GATEWAY).map(Vec::as_slice),
+        Some(GATEWAY.as_bytes())
+    );
+    assert_eq!(
+        k.headers.get(HEADER_SEQ).map(Vec::as_slice),
+        Some(&b"42"[..])
+    );
+}
+
+#[test]
+fn an_unrepresentable_ingest_time_becomes_now_instead_of_failing() {
+    let before = Utc::now().timestamp_millis();
+    let t = ingest_time(u64::MAX).timestamp_millis();
+    assert!(t >= before);
+    assert_eq!(ingest_time(0).timestamp_millis(), 0);
+}
+
+#[test]
+fn a_batch_is_split_by_partition_in_journal_order() {
+    let keys: Vec<String> = (0..10).map(|i| format!("dev/{i}")).collect();
+    let b = items(&batch(1, 100, &keys));
+    let plan = plan(&b, &HashSet::new(), 3);
+    assert_eq!(plan.len(), 3);
+    assert_eq!(plan.iter().map(Vec::len).sum::<usize>(), 100);
+    for (p, records) in plan.iter().enumerate() {
+        assert!(
+            records.windows(2).all(|w| w[0].seq() < w[1].seq()),
+            "partition {p} out of order"
+        );
+        for r in records {
+            assert_eq!(partition_for_key(key(r), 3), p);
+        }
+    }
+}
+
+#[test]
+fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
+    let keys: Vec<String> = (0..6).map(|i| format!("dev/{i}")).collect();
+    let b = items(&batch(500, 60, &keys));
+    let first = plan(&b, &HashSet::new(), 3);
+    // Partition 0 was acknowledged in full, partition 1 half of it, partition 2 not at all.
+    let mut acked: HashSet<u64> = first[0].iter().map(|r| r.seq()).collect();
+    acked.extend(first[1].iter().take(first[1].len() / 2).map(|r| r.seq()));
+
+    let retry = plan(&b, &acked, 3);
+    assert!(
+        retry[0].is_empty(),
+        "an acknowledged partition is not resent"
+    );
+    let expected_1: Vec<u64> = first[1]
+        .iter()
+        .skip(first[1].len() / 2)
+        .map(|r| r.seq())
+        .collect();
+    assert_eq!(
+        retry[1].iter().map(|r| r.seq()).collect::<Vec<_>>(),
+        expected_1
+    );
+    assert_eq!(
+        retry[2].iter().map(|r| r.seq()).collect::<Vec<_>>(),
+        first[2].iter().map(|r| r.seq()).collect::<Vec<_>>()
+    );
+    let resent: HashSet<u64> = retry.iter().flatten().map(|r| r.seq()).collect();
+    assert!(
+        resent.is_disjoint(&acked),
+        "nothing acknowledged is sent twice"
+    );
+}
+
+#[test]
+fn the_acknowledged_memory_is_forgotten_when_a_new_batch_arrives() {
+    let mut memory = AckedMemory::default();
+    memory.start_batch(10);
+    memory.seqs.extend([10, 11, 12]);
+    memory.start_batch(10);
+    assert_eq!(
+        memory.seqs.len(),
+        3,
+        "a retry of the same batch keeps the memory"
+    );
+    memory.start_batch(13);
+    assert!(
+        memory.seqs.is_empty(),
+        "a new batch starts with nothing acknowledged"
+    );
+    assert_eq!(memory.batch_first_seq, Some(13));
+}
+
+#[test]
+fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit() {
+    let payload = Bytes::from(vec![b'x'; 100 * 1024]);
+    let records: Vec<(u64, KafkaRecord)> = (0..25)
+        .map(|seq| {
+            (
+                seq,
+                to_kafka_record(
+                    &Item::Reading(record(seq, "k", payload.clone())),
+                    GATEWAY,
+                    None,
+                ),
+            )
+        })
+        .collect();
+    let chunks = chunk(records);
+    assert!(chunks.len() > 1);
+    let flattened: Vec<u64> = chunks.iter().flatten().map(|(s, _)| *s).collect();
+    assert_eq!(
+        flattened,
+        (0..25).collect::<Vec<_>>(),
+        "order is kept across chunks"
+    );
+    for c in &chunks {
+        let bytes: usize = c
+            .iter()
+            .map(|(_, r)| r.approximate_size() + RECORD_OVERHEAD_BYTES)
+            .sum();
+        assert!(bytes <= MAX_REQUEST_BYTES, "chunk of {bytes} bytes");
+    }
+    // A record above the limit still goes, alone.
+    let huge = vec![(
+        0,
+        to_kafka_record(
+            &Item::Reading(record(0, "k", vec![0u8; 2 << 20])),
+            GATEWAY,
+            None,
+        ),
+    )];
+    assert_eq!(chunk(huge).len(), 1);
+}
+
+#[test]
+fn a_gap_marker_maps_to_the_reserved_key_an_empty_value_and_the_gap_header() {
+    let marker = Item::Gap(Gap {
+        first: 17,
+        last: 40,
+        ingest_ms: 1_764_000_000_000,
+    });
+    let k = to_kafka_record(&marker, GATEWAY, Some(EPOCH));
+    assert_eq!(k.key.as_deref(), Some(&b"$tidegate/gap"[..]));
+    assert_eq!(k.value.as_deref(), Some(&b""[..]));
+    let header = |n: &str| {
+        k.headers
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header(HEADER_GAP).as_deref(), Some("17..40"));
+    assert_eq!(
+        header(HEADER_SEQ).as_deref(),
+        Some("40"),
+        "the last reading it stands for"
+    );
+    assert_eq!(header(HEADER_EPOCH).as_deref(), Some("4242"));
+    assert_eq!(header(HEADER_GATEWAY).as_deref(), Some(GATEWAY));
+    // A reading carries no gap header.
+    let plain = to_kafka_record(
+        &Item::Reading(record(3, "dev/1", "x")),
+        GATEWAY,
+        Some(EPOCH),
+    );
+    assert!(!plain.headers.contains_key(HEADER_GAP));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_headers() {
+    let tansu = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&tansu.addr(), "readings");
+    config.partitions = 3;
+    config.compression = Compression::Lz4;
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+
+    let keys: Vec<String> = (1..=9)
+        .map(|i| format!("turbines/wt-{i:04}/telemetry"))
+        .collect();
+    let used: BTreeSet<usize> = keys
+        .iter()
+        .map(|k| partition_for_key(k.as_bytes(), 3))
+        .collect();
+    assert_eq!(used.len(), 3, "the test keys must cover every partition");
+
+    let first = batch(1000, 90, &keys);
+    let second = batch(1090, 45, &keys);
+    sink.send(&items(&first))
+        .await
+        .expect("first batch delivered");
+    assert_eq!(
+        sink.partition_count(),
+        Some(3),
+        "the sink created 3 partitions"
+    );
+    sink.send(&items(&second))
+        .await
+        .expect("second batch delivered over the same connection");
+
+    let sent: HashMap<u64, &Record> = first.iter().chain(&second).map(|r| (r.seq, r)).collect();
+    let held = assert_each_sent_once_in_order(&tansu.addr(), "readings", 3, &sent).await;
+    for (partition, read) in held.iter().enumerate() {
+        for r in read {
+            let key = r.key.as_deref().unwrap_or_default();
+            assert_eq!(
+                partition_for_key(key, 3),
+                partition,
+                "key {:?} is on the partition murmur2 chooses",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_round_trips() {
+    let tansu = Tansu::start().expect("tansu starts");
+    let keys: Vec<String> = (0..4).map(|i| format!("plant/line-{i}/power")).collect();
+    for (i, codec) in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let topic = format!("codec-{codec:?}").to_lowercase();
+        let mut config = upstream(&tansu.addr(), &topic);
+        config.compression = codec;
+        let mut sink = KafkaSink::new(&config, GATEWAY);
+        let mut records = batch(1 + 100 * i as u64, 40, &keys);
+        // A highly compressible payload and an empty one, besides the small ones.
+        records[3].reading.payload = Bytes::from("wind=7.5;".repeat(2000));
+        records[7].reading.payload = Bytes::new();
+        sink.send(&items(&records))
+            .await
+            .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+
+        let read = read_partition(&tansu.addr(), &topic, 0).await;
+        let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
+        assert_records_match(&read, &sent);
+        assert_eq!(
+            seqs_of(&read),
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            "{codec:?}: all records, in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order() {
+    let tansu = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&tansu.addr(), "big-share");
+    config.compression = Compression::Zstd;
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    // 24 readings of 100 KiB each: about 2.4 MiB for one partition, over several requests.
+    let mut records = batch(1, 24, &["dev/camera".to_owned()]);
+    for (i, r) in records.iter_mut().enumerate() {
+        let mut payload = vec![0u8; 100 * 1024];
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b = (i * 31 + j * 7) as u8;
+        }
+        r.reading.payload = Bytes::from(payload);
+    }
+    sink.send(&items(&records)).await.expect("delivered");
+
+    let read = read_partition(&tansu.addr(), "big-share", 0).await;
+    let sent: HashMap<u64, &Record> = records.iter().map(|r| (r.seq, r)).collect();
+    assert_records_match(&read, &sent);
+    assert_eq!(seqs_of(&read), (1..=24).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_partial_failure_resends_only_what_was_not_acknowledged() {
+    let healthy = Tansu::start().expect("tansu starts");
+    let doomed = Tansu::start().expect("tansu starts");
+    let mut config = upstream(&healthy.addr(), "partial");
+    config.partitions = 3;
+    config.request_timeout = Duration::from_secs(2);
+    let mut sink = KafkaSink::new(&config, GATEWAY);
+    let keys: Vec<String> = (1..=9)
+        .map(|i| format!("turbines/wt-{i:04}/telemetry"))
+        .collect();
+    let warmup = batch(1, 9, &keys);
+    sink.send(&items(&warmup))
+        .await
+        .expect("connects and delivers");
+
+    // Point the sink's partition 2 at a second broker and stop that broker: in the next
+    // send partitions 0 and 1 succeed and partition 2 fails.
+    testbed::create_topic(&doomed.brokers(), "partial", 3)
+        .await
+        .expect("topic on the second broker");
+    let stray = testbed::partition_client(&doomed.brokers(), "partial", 2)
+        .await
+        .expect("partition 2 on the second broker");
+    sink.connection.as_mut().expect("connected").partitions[2] = Arc::new(stray);
+    drop(doomed);
+
+    let records = batch(100, 60, &keys);
+    let on_2 = records
+        .iter()
+        .filter(|r| partition_for_key(r.reading.topic.as_bytes(), 3) == 2)
+        .count();
+    assert!(on_2 > 0 && on_2 < records.len());
+    let err = sink
+        .send(&items(&records))
+        .await
+        .expect_err("partition 2's broker is gone");
+    assert!(err.is_retryable(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("partition 2"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} of the batch's 60 records are acknowledged",
+            60 - on_2
+        )),
+        "{text}"
+    );
+    assert_eq!(sink.partition_count(), None, "the connection was dropped");
+
+    sink.send(&items(&records))
+        .await
+        .expect("the retry reconnects and delivers the rest");
+
+    let sent: HashMap<u64, &Record> = warmup.iter().chain(&records).map(|r| (r.seq, r)).collect();
+    assert_each_sent_once_in_order(&healthy.addr(), "partial", 3, &sent).await;
+}
