@@ -2,8 +2,8 @@
 //! every key of the shipped example, `deploy/tidegate.toml`) is documented in
 //! `docs/configuration.md` with the default the code fills in, every key documented there is
 //! one the code accepts, every TOML example in README.md and docs/ passes
-//! `tidegate check-config`, and every relative link and anchor in them points at something
-//! that exists.
+//! `tidegate check-config`, every relative link and anchor in them points at something
+//! that exists, and so does every source path they name.
 //!
 //! The unit test in `src/config` keeps `deploy/tidegate.toml` in sync with the code's
 //! defaults; this test extends that to the documentation, through the built binary, as an
@@ -659,6 +659,40 @@ fn every_relative_link_and_anchor_in_the_docs_points_at_something() {
         }
     }
     assert!(bad.is_empty(), "broken links:\n{}", bad.join("\n"));
+}
+
+/// Where a backquoted path of the repository may start (`src/journal/trouble.rs`).
+const REPO_DIRS: &[&str] = &[
+    "src/",
+    "tests/",
+    "deploy/",
+    "scripts/",
+    "benches/",
+    "firmware-sim/",
+    "framing/",
+];
+
+#[test]
+fn every_source_path_the_docs_name_exists() {
+    let mut gone = Vec::new();
+    for (path, text) in markdown_files() {
+        for (n, line) in text.lines().enumerate() {
+            for code in line.split('`').skip(1).step_by(2) {
+                let named = code.trim_end_matches([',', '.', ')']);
+                if REPO_DIRS.iter().any(|d| named.starts_with(d))
+                    && !named.contains(['*', ' ', '<', '…'])
+                    && !root().join(named).exists()
+                {
+                    gone.push(format!("{}:{}: {named}", path.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        gone.is_empty(),
+        "the docs name files that do not exist (moved?):\n{}",
+        gone.join("\n")
+    );
 }
 
 #[test]
