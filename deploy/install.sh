@@ -83,6 +83,9 @@ install -m 0755 "$binary" "$bin_path.new"
 mv -f "$bin_path.new" "$bin_path"
 install -m 0644 "$here/tidegate.service" "$unit_path"
 install -m 0644 "$here/../README.md" "$doc_dir/README.md"
+# The README links into docs/: install the pages beside it so the links resolve.
+install -d -m 0755 "$doc_dir/docs"
+install -m 0644 "$here"/../docs/*.md "$doc_dir/docs/"
 
 # The dedicated user, declared for systemd-sysusers (which also creates it at boot if it is
 # ever missing) and in the dialout group for serial ports.
