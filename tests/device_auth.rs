@@ -56,6 +56,12 @@ fn passwd_ok(file: &Path, user: &str, password: &str, extra: &[&str]) {
 /// (the defaults: publish `turbines/%c/#`, subscribe `turbines/%c/#`), passwords `pw-1`
 /// and `pw-2`. `extra_mqtt` goes into `[mqtt]`.
 fn gateway(extra_mqtt: &str) -> (Gateway, PathBuf) {
+    gateway_with(|| extra_mqtt.to_owned())
+}
+
+/// [`gateway`] with `[mqtt]` keys made afresh at each start (a port of their own is then
+/// a fresh one after a port clash).
+fn gateway_with(extra_mqtt: impl Fn() -> String) -> (Gateway, PathBuf) {
     let creds_dir = tempfile::tempdir().expect("tempdir").keep();
     let creds = creds_dir.join("devices.toml");
     passwd_ok(
@@ -68,8 +74,9 @@ fn gateway(extra_mqtt: &str) -> (Gateway, PathBuf) {
     let creds_for_config = creds.clone();
     let gw = Gateway::start_fresh(move |port, dir| {
         format!(
-            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{extra_mqtt}\n\n[mqtt.auth]\ncredentials_file = \"{}\"\npublish = [\"turbines/%c/#\"]\nsubscribe = [\"turbines/%c/#\"]\n",
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{}\n\n[mqtt.auth]\ncredentials_file = \"{}\"\npublish = [\"turbines/%c/#\"]\nsubscribe = [\"turbines/%c/#\"]\n",
             dir.join("journal").display(),
+            extra_mqtt(),
             creds_for_config.display()
         )
     });
@@ -592,14 +599,25 @@ fn transport(certs: &TestPki, client: Option<&str>) -> rumqttc::Transport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refused() {
     let certs = certs("wt-1");
-    let tls_port = common::free_port();
-    let (gw, _) = gateway(&format!(
-        "tls_listen = \"127.0.0.1:{tls_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\ntls_require_client_cert = true\n",
-        certs.path("server.pem").display(),
-        certs.path("server.key").display(),
-        certs.path("ca.pem").display(),
-    ));
-    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let (gw, _) = gateway_with(|| {
+        format!(
+            "tls_listen = \"127.0.0.1:{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\ntls_require_client_cert = true\n",
+            common::free_port(),
+            certs.path("server.pem").display(),
+            certs.path("server.key").display(),
+            certs.path("ca.pem").display(),
+        )
+    });
+    // The TLS port the running gateway was given, from its config.
+    let config: toml::Table = std::fs::read_to_string(gw.config_path())
+        .expect("read config")
+        .parse()
+        .expect("TOML");
+    let tls_addr = config["mqtt"]["tls_listen"]
+        .as_str()
+        .expect("mqtt.tls_listen")
+        .to_owned();
+    let tls_port = port_of(&tls_addr);
     // The certificate's CN is the device: wt-1's rights apply, no password needed.
     let (c, mut el) = connect_v5(
         &tls_addr,

@@ -93,12 +93,13 @@ async fn a_journal_of_the_previous_release_opens_and_is_forwarded_in_order() {
         while got.len() < READINGS.len() {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    let toml = format!(
-                        "{}[[upstream]]\nname = \"cloud\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n",
-                        base_config(&journal, free_port()),
-                        broker.port()
-                    );
-                    gateway = Some(Gateway::start(&toml, dir.path()));
+                    gateway = Some(Gateway::start_fresh(|mqtt, _dir| {
+                        format!(
+                            "{}[[upstream]]\nname = \"cloud\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n",
+                            base_config(&journal, mqtt),
+                            broker.port()
+                        )
+                    }));
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => got.push((
                     p.topic.clone(),
@@ -196,15 +197,15 @@ fn records_from_a_newer_tidegate_are_refused_with_upgrade_tidegate() {
 async fn regenerate_the_fixture_journal() {
     let journal = fixture();
     let _ = std::fs::remove_dir_all(&journal);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mqtt = free_port();
     // `cloud` points at a port nothing listens on, so its cursor stays at the first reading.
-    let toml = format!(
-        "{}[[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\ntopic = \"t\"\n",
-        base_config(&journal, mqtt),
-        free_port()
-    );
-    let mut gateway = Gateway::start(&toml, dir.path());
+    let nothing = free_port();
+    let mut gateway = Gateway::start_fresh(|mqtt, _dir| {
+        format!(
+            "{}[[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{nothing}\"]\ntopic = \"t\"\n",
+            base_config(&journal, mqtt),
+        )
+    });
+    let mqtt = gateway.mqtt_port();
     let mut opts = MqttOptions::new("fixture-writer", "127.0.0.1", mqtt);
     opts.set_keep_alive(Duration::from_secs(5));
     let (client, mut events) = AsyncClient::new(opts, 100);

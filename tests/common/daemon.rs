@@ -137,6 +137,11 @@ impl Gateway {
         self.process.addr()
     }
 
+    /// The port of its MQTT listener.
+    pub fn mqtt_port(&self) -> u16 {
+        self.process.port()
+    }
+
     /// Path of the config file it runs with.
     pub fn config_path(&self) -> &Path {
         &self.config
