@@ -8,9 +8,65 @@
 //! the gateway can read is worth a warning (not an error: the daemon still starts, so a
 //! permission slip never takes a site offline), naming the key, the path and the fix.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::Config;
+use super::{Config, MqttClientConfig};
+
+/// Where a password comes from: `password_file` or `password_env` of a section with client
+/// keys. Never inline in the config file: a config is printed by `check-config` and often
+/// readable by more people than the credentials should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// A file; a trailing newline is not part of the password.
+    File(PathBuf),
+    /// An environment variable of the daemon.
+    Env(String),
+}
+
+/// A password that could not be read (at connect time, so a rotated secret is picked up).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasswordError {
+    #[error("cannot read password_file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("environment variable {0} (password_env) is not set, empty or not UTF-8")]
+    Env(String),
+}
+
+impl PasswordSource {
+    /// The password, read now.
+    pub fn read(&self) -> Result<String, PasswordError> {
+        match self {
+            PasswordSource::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| PasswordError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                // `echo secret > file` leaves a newline that is not part of the password.
+                Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            PasswordSource::Env(var) => std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| PasswordError::Env(var.clone())),
+        }
+    }
+}
+
+impl MqttClientConfig {
+    /// Where the password comes from, if one is configured (validation refuses both
+    /// `password_file` and `password_env`; the file would win).
+    pub fn password_source(&self) -> Option<PasswordSource> {
+        match (&self.password_file, &self.password_env) {
+            (Some(f), _) => Some(PasswordSource::File(f.clone())),
+            (None, Some(v)) => Some(PasswordSource::Env(v.clone())),
+            (None, None) => None,
+        }
+    }
+}
 
 /// The warning for one secret file, when its mode lets users other than its owner and
 /// group read it (`o+r`). `None` when it is private enough, or cannot be inspected (a

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{BrokerUrl, BrokerUrlError, Endpoint, PasswordSource, MIN_KEEP_ALIVE};
+use super::{BrokerUrl, BrokerUrlError, Endpoint, MIN_KEEP_ALIVE};
 use crate::config::MqttClientConfig;
 
 /// Pushes every problem of the client keys `c` of the section at `key`, keyed
@@ -84,17 +84,12 @@ pub fn endpoint(
     max_packet: usize,
     connect_timeout: Duration,
 ) -> Result<Endpoint, BrokerUrlError> {
-    let password = match (&c.password_file, &c.password_env) {
-        (Some(f), _) => Some(PasswordSource::File(f.clone())),
-        (None, Some(v)) => Some(PasswordSource::Env(v.clone())),
-        (None, None) => None,
-    };
     Ok(Endpoint {
         url: BrokerUrl::parse(&c.url)?,
         protocol: c.protocol,
         client_id: c.client_id.clone().unwrap_or(default_client_id),
         username: c.username.clone(),
-        password,
+        password: c.password_source(),
         ca_file: c.ca_file.clone(),
         client_cert: c.client_cert.clone().zip(c.client_key.clone()),
         keep_alive: c.keep_alive,

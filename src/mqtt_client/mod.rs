@@ -33,6 +33,7 @@ use rumqttc::v5::mqttbytes::v5 as v5b;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::{QoS as QoS4, TlsConfiguration, Transport};
 
+pub use crate::config::secret::{PasswordError, PasswordSource};
 use crate::tls::SYSTEM_CA_BUNDLES;
 
 pub mod keys;
@@ -179,16 +180,6 @@ impl BrokerUrlError {
     }
 }
 
-/// Where the password comes from. Never inline in the config file: a config is printed by
-/// `check-config` and often readable by more people than the credentials should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordSource {
-    /// The file's contents, without a trailing newline.
-    File(PathBuf),
-    /// The environment variable's value.
-    Env(String),
-}
-
 /// Everything needed to open one client connection.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -225,31 +216,19 @@ pub enum EndpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("environment variable {0} (password_env) is not set or not UTF-8")]
-    Env(String),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
     #[error("mqtts:// without ca_file, and no system CA bundle found (looked in {}); set ca_file", SYSTEM_CA_BUNDLES.join(", "))]
     NoSystemCa,
 }
 
 impl Endpoint {
     fn password(&self) -> Result<Option<String>, EndpointError> {
-        Ok(match &self.password {
-            None => None,
-            Some(PasswordSource::File(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|source| EndpointError::File {
-                    what: "password_file",
-                    path: path.clone(),
-                    source,
-                })?;
-                Some(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-            Some(PasswordSource::Env(var)) => Some(
-                std::env::var(var)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .ok_or_else(|| EndpointError::Env(var.clone()))?,
-            ),
-        })
+        Ok(self
+            .password
+            .as_ref()
+            .map(PasswordSource::read)
+            .transpose()?)
     }
 
     fn transport(&self) -> Result<Transport, EndpointError> {

@@ -20,6 +20,7 @@ use std::time::Duration;
 use rskafka::client::{Credentials, SaslConfig};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+pub use crate::config::secret::{PasswordError, PasswordSource};
 pub use crate::config::SaslMechanism;
 use crate::config::UpstreamConfig;
 use crate::tls::SYSTEM_CA_BUNDLES;
@@ -98,15 +99,6 @@ fn mechanism_key(m: SaslMechanism) -> &'static str {
     }
 }
 
-/// Where the SASL password comes from; never inline in the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordSource {
-    /// A file; a trailing newline is not part of the password.
-    File(PathBuf),
-    /// An environment variable of the daemon.
-    Env(String),
-}
-
 /// The TLS and SASL settings of one Kafka upstream, as validated config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Security {
@@ -157,8 +149,8 @@ pub enum SecurityError {
     },
     #[error("client_cert / client_key: {0} (is client_key the key of client_cert?)")]
     BadClientCert(rustls::Error),
-    #[error("environment variable {0} (password_env) is not set, empty or not UTF-8")]
-    Env(String),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
     #[error("tls = true without ca_file, and no system CA bundle found (looked in {}); set ca_file", SYSTEM_CA_BUNDLES.join(", "))]
     NoSystemCa,
 }
@@ -174,11 +166,7 @@ impl Security {
                 .clone()
                 .zip(u.client.client_key.clone()),
         });
-        let password = match (&u.client.password_file, &u.client.password_env) {
-            (Some(f), _) => Some(PasswordSource::File(f.clone())),
-            (None, Some(v)) => Some(PasswordSource::Env(v.clone())),
-            (None, None) => None,
-        };
+        let password = u.client.password_source();
         // Validation makes mechanism, user name and password come together.
         let sasl = match (u.sasl_mechanism, &u.client.username, password) {
             (Some(mechanism), Some(username), Some(password)) => Some(SaslSettings {
@@ -217,27 +205,6 @@ impl Security {
             SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(credentials),
             SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(credentials),
         }))
-    }
-}
-
-impl PasswordSource {
-    /// The password, read now.
-    pub fn read(&self) -> Result<String, SecurityError> {
-        match self {
-            PasswordSource::File(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SecurityError::File {
-                    key: "password_file",
-                    path: path.clone(),
-                    source,
-                })?;
-                // `echo secret > file` leaves a newline that is not part of the password.
-                Ok(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-            PasswordSource::Env(var) => std::env::var(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| SecurityError::Env(var.clone())),
-        }
     }
 }
 
