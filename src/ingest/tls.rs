@@ -29,7 +29,9 @@ pub enum TlsError {
         hint: &'static str,
     },
     #[error("mqtt.tls_cert / mqtt.tls_key: {0} (does the key belong to the certificate?)")]
-    Config(String),
+    Config(#[source] tokio_rustls::rustls::Error),
+    #[error("mqtt.tls_cert / mqtt.tls_key: {0} (does the key belong to the certificate?)")]
+    ClientVerifier(#[source] tokio_rustls::rustls::server::VerifierBuilderError),
 }
 
 /// Accepts TLS connections and names the device of a verified client certificate.
@@ -75,14 +77,14 @@ impl Acceptor {
                 } else {
                     v.allow_unauthenticated().build()
                 }
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+                .map_err(TlsError::ClientVerifier)?;
                 builder.with_client_cert_verifier(v)
             }
             None => builder.with_no_client_auth(),
         };
         let config = builder
             .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Config)?;
         Ok(Some(Acceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         }))
