@@ -169,6 +169,22 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Frame<ConnectInfo>
     }
 }
 
+/// An [`Inbound::Publish`] from either version's PUBLISH (their fields share names, not
+/// types), with the topic as bytes and the MQTT 5 topic alias, if any.
+macro_rules! inbound_publish {
+    ($p:ident, $topic:expr, $alias:expr) => {
+        Inbound::Publish(Publish {
+            topic: $topic,
+            payload: $p.payload,
+            qos: $p.qos as u8,
+            pkid: $p.pkid,
+            retain: $p.retain,
+            dup: $p.dup,
+            topic_alias: $alias,
+        })
+    };
+}
+
 /// Takes the next packet after CONNECT.
 pub fn read(
     version: Version,
@@ -181,24 +197,14 @@ pub fn read(
     let inbound = match version {
         Version::V4 => {
             match v4::read(buf, max).map_err(|e| CodecError::Malformed(e.to_string()))? {
-                v4::Packet::Publish(p) => Inbound::Publish(Publish {
-                    topic: Bytes::from(p.topic.into_bytes()),
-                    payload: p.payload,
-                    qos: p.qos as u8,
-                    pkid: p.pkid,
-                    retain: p.retain,
-                    dup: p.dup,
-                    topic_alias: None,
-                }),
+                v4::Packet::Publish(p) => {
+                    inbound_publish!(p, Bytes::from(p.topic.into_bytes()), None)
+                }
                 v4::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
-                v4::Packet::Subscribe(s) => Inbound::Subscribe {
-                    pkid: s.pkid,
-                    filters: s.filters.into_iter().map(|f| f.path).collect(),
-                },
-                v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
-                    pkid: u.pkid,
-                    filters: u.topics.len(),
-                },
+                v4::Packet::Subscribe(s) => {
+                    subscribe(s.pkid, s.filters.into_iter().map(|f| f.path))
+                }
+                v4::Packet::Unsubscribe(u) => unsubscribe(u.pkid, u.topics.len()),
                 v4::Packet::PingReq => Inbound::PingReq,
                 v4::Packet::Disconnect => Inbound::Disconnect,
                 v4::Packet::Connect(_) => Inbound::Unexpected("second CONNECT"),
@@ -211,24 +217,13 @@ pub fn read(
         Version::V5 => match v5::Packet::read(buf, Some(max))
             .map_err(|e| CodecError::Malformed(e.to_string()))?
         {
-            v5::Packet::Publish(p) => Inbound::Publish(Publish {
-                topic_alias: p.properties.as_ref().and_then(|pr| pr.topic_alias),
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos as u8,
-                pkid: p.pkid,
-                retain: p.retain,
-                dup: p.dup,
-            }),
+            v5::Packet::Publish(p) => {
+                let alias = p.properties.as_ref().and_then(|pr| pr.topic_alias);
+                inbound_publish!(p, p.topic, alias)
+            }
             v5::Packet::PubRel(r) => Inbound::PubRel { pkid: r.pkid },
-            v5::Packet::Subscribe(s) => Inbound::Subscribe {
-                pkid: s.pkid,
-                filters: s.filters.into_iter().map(|f| f.path).collect(),
-            },
-            v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
-                pkid: u.pkid,
-                filters: u.filters.len(),
-            },
+            v5::Packet::Subscribe(s) => subscribe(s.pkid, s.filters.into_iter().map(|f| f.path)),
+            v5::Packet::Unsubscribe(u) => unsubscribe(u.pkid, u.filters.len()),
             v5::Packet::PingReq(_) => Inbound::PingReq,
             v5::Packet::Disconnect(_) => Inbound::Disconnect,
             v5::Packet::Connect(..) => Inbound::Unexpected("second CONNECT"),
@@ -239,6 +234,17 @@ pub fn read(
         },
     };
     Ok(Frame::Packet(inbound))
+}
+
+/// A SUBSCRIBE: its packet id and topic filters, in packet order.
+fn subscribe(pkid: u16, filters: impl Iterator<Item = String>) -> Inbound {
+    let filters = filters.collect();
+    Inbound::Subscribe { pkid, filters }
+}
+
+/// An UNSUBSCRIBE: its packet id and how many filters it names.
+fn unsubscribe(pkid: u16, filters: usize) -> Inbound {
+    Inbound::Unsubscribe { pkid, filters }
 }
 
 /// Outcome of a publish, as told to the device.

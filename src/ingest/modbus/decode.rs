@@ -152,23 +152,18 @@ mod tests {
     #[test]
     fn the_byte_orders_are_the_documented_ones() {
         // 0x11223344 as the data sheets show it.
-        let dec = |w: [u16; 2], o| decode_registers(&w, DataType::U32, o);
-        assert_eq!(
-            dec([0x1122, 0x3344], ByteOrder::Big),
-            Ok(Raw::Unsigned(0x1122_3344))
-        );
-        assert_eq!(
-            dec([0x4433, 0x2211], ByteOrder::Little),
-            Ok(Raw::Unsigned(0x1122_3344))
-        );
-        assert_eq!(
-            dec([0x3344, 0x1122], ByteOrder::BigSwap),
-            Ok(Raw::Unsigned(0x1122_3344))
-        );
-        assert_eq!(
-            dec([0x2211, 0x4433], ByteOrder::LittleSwap),
-            Ok(Raw::Unsigned(0x1122_3344))
-        );
+        for (regs, order) in [
+            ([0x1122, 0x3344], ByteOrder::Big),
+            ([0x4433, 0x2211], ByteOrder::Little),
+            ([0x3344, 0x1122], ByteOrder::BigSwap),
+            ([0x2211, 0x4433], ByteOrder::LittleSwap),
+        ] {
+            assert_eq!(
+                decode_registers(&regs, DataType::U32, order),
+                Ok(Raw::Unsigned(0x1122_3344)),
+                "{order:?}"
+            );
+        }
     }
 
     #[test]
@@ -204,34 +199,27 @@ mod tests {
 
     #[test]
     fn scale_and_offset_give_clean_decimals() {
-        assert_eq!(
-            to_json(Raw::Unsigned(731), 0.01, 0.0),
-            Ok(serde_json::json!(7.31))
-        );
-        assert_eq!(
-            to_json(Raw::Signed(-200), 0.1, 0.0),
-            Ok(serde_json::json!(-20.0))
-        );
-        assert_eq!(
-            to_json(Raw::Signed(-200), 0.1, 273.15),
-            Ok(serde_json::json!(253.15))
-        );
-        assert_eq!(
-            to_json(Raw::Unsigned(65_535), 0.001, 0.0),
-            Ok(serde_json::json!(65.535))
-        );
-        assert_eq!(
-            to_json(Raw::Unsigned(4_294_967_295), 0.001, 0.0),
-            Ok(serde_json::json!(4_294_967.295))
-        );
-        assert_eq!(
-            to_json(Raw::Float(1.1), 1.0, 0.0),
-            Ok(serde_json::json!(1.1))
-        );
-        assert_eq!(
-            to_json(Raw::Float(1.1), 10.0, 0.0),
-            Ok(serde_json::json!(11.0))
-        );
+        use serde_json::json;
+        for (raw, scale, offset, want) in [
+            (Raw::Unsigned(731), 0.01, 0.0, json!(7.31)),
+            (Raw::Signed(-200), 0.1, 0.0, json!(-20.0)),
+            (Raw::Signed(-200), 0.1, 273.15, json!(253.15)),
+            (Raw::Unsigned(65_535), 0.001, 0.0, json!(65.535)),
+            (
+                Raw::Unsigned(4_294_967_295),
+                0.001,
+                0.0,
+                json!(4_294_967.295),
+            ),
+            (Raw::Float(1.1), 1.0, 0.0, json!(1.1)),
+            (Raw::Float(1.1), 10.0, 0.0, json!(11.0)),
+        ] {
+            assert_eq!(
+                to_json(raw, scale, offset),
+                Ok(want),
+                "{raw:?} * {scale} + {offset}"
+            );
+        }
     }
 
     #[test]
