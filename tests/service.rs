@@ -452,6 +452,8 @@ fn install_into_a_temp_root_is_idempotent_and_uninstall_keeps_the_journal() {
         "etc/systemd/system/tidegate.service",
         "etc/tidegate/tidegate.toml",
         "usr/lib/sysusers.d/tidegate.conf",
+        "usr/share/doc/tidegate/README.md",
+        "usr/share/doc/tidegate/docs/configuration.md",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
