@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, MqttConfig, UpstreamKind};
+use crate::config::{Config, ConfigError, UpstreamKind};
 
 /// Reads, parses and checks the file at `path` (every check, each problem with its key).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -23,7 +23,8 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
 /// Every problem the stages find in `config`, each naming its key; [`Config::validate`]
 /// holds the rest (the loaders above run both).
 pub fn check(config: &Config) -> Vec<String> {
-    let mut p = device_rights(&config.mqtt);
+    let mut p = Vec::new();
+    crate::ingest::auth::validate(&config.mqtt.auth, &mut p);
     if let Some(level) = &config.log.level {
         if let Err(e) = crate::telemetry::check_log_filter(level) {
             p.push(e.to_string());
@@ -41,22 +42,6 @@ pub fn check(config: &Config) -> Vec<String> {
     crate::ingest::serial::config::validate(&config.serial, &config.mqtt, &mut p);
     crate::ingest::modbus::config::validate(&config.modbus, &mut p);
     crate::ingest::mqtt_subscribe::config::validate(config, &mut p);
-    p
-}
-
-/// `[mqtt.auth]`'s publish and subscribe patterns, as the listener's ACL parses them.
-fn device_rights(m: &MqttConfig) -> Vec<String> {
-    let mut p = Vec::new();
-    for (key, list) in [
-        ("publish", &m.auth.publish),
-        ("subscribe", &m.auth.subscribe),
-    ] {
-        for (i, pattern) in list.iter().enumerate() {
-            if let Err(e) = crate::ingest::auth::Template::parse(pattern) {
-                p.push(format!("mqtt.auth.{key}[{i}]: {e}"));
-            }
-        }
-    }
     p
 }
 

@@ -206,3 +206,25 @@ fn bad_client_settings_are_reported_with_their_keys() {
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
 }
+
+#[test]
+fn a_bad_device_right_is_reported_with_its_key_beside_the_other_problems() {
+    let err = parse(
+        r#"
+        [mqtt.auth]
+        publish = ["turbines/%c/#", "turbines/#/alarm"]
+        subscribe = ["cmd/x%c"]
+        [log]
+        level = "tidegate=loud"
+        "#,
+    )
+    .expect_err("three problems");
+    for needle in [
+        "mqtt.auth.publish[1]: \"turbines/#/alarm\"",
+        "mqtt.auth.subscribe[0]: \"cmd/x%c\"",
+        "tidegate=loud",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+    assert!(!err.contains("mqtt.auth.publish[0]"), "{err}");
+}

@@ -10,6 +10,8 @@
 //! single level cannot hold (`/` separates levels). A placeholder with no value (`%u` for
 //! a device that gave no username) matches nothing.
 
+use crate::config::MqttAuthConfig;
+
 /// Why a pattern is refused (config validation and the credentials file show it with the
 /// key or entry it came from).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +35,18 @@ pub enum LevelError {
     Placeholder,
     #[error("NUL in pattern")]
     Nul,
+}
+
+/// The problems in `[mqtt.auth]`'s publish and subscribe patterns, each naming its key,
+/// found by parsing them as the listener does; called by the whole-config check.
+pub fn validate(auth: &MqttAuthConfig, p: &mut Vec<String>) {
+    for (key, list) in [("publish", &auth.publish), ("subscribe", &auth.subscribe)] {
+        for (i, pattern) in list.iter().enumerate() {
+            if let Err(e) = Template::parse(pattern) {
+                p.push(format!("mqtt.auth.{key}[{i}]: {e}"));
+            }
+        }
+    }
 }
 
 /// A publish or subscribe pattern as written: an MQTT topic filter whose levels may be

@@ -37,7 +37,7 @@ mod acl;
 mod credentials;
 mod password;
 
-pub use acl::{LevelError, Rights, Template, TemplateError};
+pub use acl::{validate, LevelError, Rights, Template, TemplateError};
 pub use credentials::{parse_credentials, set_device, AuthError, Device, Problem, SetOutcome};
 pub use password::{
     dummy_hash, hash_password, verify_password, verify_password_blocking, PasswordError,
