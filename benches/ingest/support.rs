@@ -1,0 +1,174 @@
+//! What every phase of the benchmark shares: the daemon under test and its config, the
+//! load a phase puts on it, and the figures read off processes (CPU, memory, open files)
+//! and the machine (open-file limit, load average).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use firmware_sim::testbed::Process;
+use firmware_sim::{KafkaTarget, LatencySummary, LoadOptions};
+
+/// The daemon, `tidegate run`, with a config for this benchmark in `dir`: forwarding to
+/// `upstream` (Kafka port, topic) if given, else keeping every reading in the journal (no
+/// upstream); `mqtt_extra` is appended to the `[mqtt]` table. Its output goes to
+/// `dir/tidegate.log`.
+pub(crate) fn start_tidegate(
+    dir: &Path,
+    mqtt: u16,
+    upstream: Option<(u16, &str)>,
+    mqtt_extra: &str,
+) -> Process {
+    let config = dir.join("tidegate.toml");
+    let mut toml = format!(
+        "[gateway]\nid = \"gw-bench\"\n[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
+        dir.join("journal").display()
+    );
+    if let Some((kafka, topic)) = upstream {
+        toml.push_str(&format!(
+            "[[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\n\
+             topic = \"{topic}\"\npartitions = 3\nbackoff_max = \"1s\"\n"
+        ));
+    }
+    std::fs::write(&config, toml).expect("write config");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    command.args(["run", "--config"]).arg(&config);
+    Process::start(
+        "tidegate",
+        command,
+        mqtt,
+        dir.join("tidegate.log"),
+        Duration::from_secs(30),
+    )
+    .expect("tidegate starts")
+}
+
+/// Load options for a fleet against the gateway on `mqtt` for `duration`, checking what
+/// arrives in `kafka` (port, topic) if given.
+pub(crate) fn load(mqtt: u16, duration: Duration, kafka: Option<(u16, &str)>) -> LoadOptions {
+    let mut opts = LoadOptions::default();
+    opts.fleet.broker = format!("127.0.0.1:{mqtt}");
+    opts.fleet.workload.duration = Some(duration);
+    opts.kafka = kafka.map(|(port, topic)| KafkaTarget {
+        brokers: vec![format!("127.0.0.1:{port}")],
+        topic: topic.into(),
+    });
+    opts.progress_interval = None;
+    opts
+}
+
+/// A field of `/proc/PID/status` in MiB (the kernel reports kB); 0 if unreadable.
+pub(crate) fn status_mib(pid: u32, name: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// (peak RSS, anonymous RSS) of a process, in MiB.
+pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
+    (status_mib(pid, "VmHWM:"), status_mib(pid, "RssAnon:"))
+}
+
+/// CPU seconds (user + system) a process has used; `pid` may be `"self"`.
+pub(crate) fn cpu_secs(pid: impl std::fmt::Display) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12th and 13th after the name.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Open file descriptors of a process (for tidegate: its device connections plus a few).
+pub(crate) fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit and returns the new soft
+/// limit. Phase 5 holds one socket per device here, and the tidegate child, which inherits
+/// the limit, holds the other end; the usual soft limit of 1024 would stop at ~1000 devices.
+pub(crate) fn raise_fd_limit() -> u64 {
+    use nix::libc;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        eprintln!(
+            "warning: getrlimit(RLIMIT_NOFILE) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we pass, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        } else {
+            eprintln!(
+                "warning: setrlimit(RLIMIT_NOFILE, {}) failed: {}",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    lim.rlim_cur
+}
+
+pub(crate) fn backlog(dir: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["status", "--json", "--config"])
+        .arg(dir.join("tidegate.toml"))
+        .output()
+        .expect("tidegate status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["upstreams"][0]["backlog"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// `p50 … ms   p99 … ms` of a latency summary.
+pub(crate) fn p50_p99(l: &LatencySummary) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:>7.2} ms   p99 {:>7.2} ms",
+        ms(l.p50_us),
+        ms(l.p99_us)
+    )
+}
+
+/// The machine's 1-minute load average, as a hint that other processes competed for the
+/// cores (the figures are then noisy); `?` if unreadable.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// `load average … at the end of phase N`: with the one printed before starting, a hint
+/// whether other processes took CPU from the run (this phase's own processes count too).
+pub(crate) fn print_load_average(phase: u32) {
+    println!(
+        "load average {} at the end of phase {phase}",
+        load_average()
+    );
+}
+
+pub(crate) fn env_or<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
