@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use firmware_sim::testbed::{free_port, Tansu};
 use firmware_sim::{run_load, CancellationToken};
 
-use crate::support::{backlog, cpu_secs, load, p50_p99, rss_mib, start_tidegate};
+use crate::support::{backlog, load, p50_p99, rss_mib, run_measured, start_tidegate};
 
 /// Phases 1 and 2: cluster up.
 pub(crate) fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, phases: &[u32]) {
@@ -19,12 +19,7 @@ pub(crate) fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, pha
 
     if phases.contains(&1) {
         let opts = load(mqtt, Duration::from_secs(secs), Some((kafka, "bench")));
-        let cpu_before = cpu_secs(pid);
-        let started = Instant::now();
-        let r = rt
-            .block_on(run_load(opts, CancellationToken::new()))
-            .expect("load run");
-        let cores = (cpu_secs(pid) - cpu_before) / started.elapsed().as_secs_f64();
+        let (r, cores) = run_measured(rt, pid, opts);
         println!("\n== 1. saturation: 100 devices x 100 in flight, QoS 1, 100 B, {secs} s, forwarding to Kafka (3 partitions)");
         println!(
             "durable ingest        {:>10.0} readings/s acknowledged ({} readings)",

@@ -2,12 +2,12 @@
 //! steady rate, side by side with their CPU, memory and the ratio.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_sim::testbed::{free_port, mosquitto_bin, Mosquitto};
-use firmware_sim::{run_load, CancellationToken, LoadOptions, LoadReport};
+use firmware_sim::{LoadOptions, LoadReport};
 
-use crate::support::{cpu_secs, load, print_load_average, start_tidegate, status_mib};
+use crate::support::{load, print_load_average, run_measured, start_tidegate, status_mib};
 
 /// What one broker did under one load, for the side-by-side table.
 struct Side {
@@ -20,12 +20,7 @@ struct Side {
 
 /// Runs `opts` against the broker `pid` listens for, measuring its CPU and memory.
 fn measure(rt: &tokio::runtime::Runtime, pid: u32, opts: LoadOptions) -> Side {
-    let cpu_before = cpu_secs(pid);
-    let started = Instant::now();
-    let report = rt
-        .block_on(run_load(opts, CancellationToken::new()))
-        .expect("load run");
-    let cores = (cpu_secs(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    let (report, cores) = run_measured(rt, pid, opts);
     Side {
         report,
         cores,

@@ -4,10 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use firmware_sim::testbed::Process;
-use firmware_sim::{KafkaTarget, LatencySummary, LoadOptions};
+use firmware_sim::{
+    run_load, CancellationToken, KafkaTarget, LatencySummary, LoadOptions, LoadReport,
+};
 
 /// The daemon, `tidegate run`, with a config for this benchmark in `dir`: forwarding to
 /// `upstream` (Kafka port, topic) if given, else keeping every reading in the journal (no
@@ -58,6 +60,22 @@ pub(crate) fn load(mqtt: u16, duration: Duration, kafka: Option<(u16, &str)>) ->
 }
 
 /// A field of `/proc/PID/status` in MiB (the kernel reports kB); 0 if unreadable.
+/// Runs `opts` against the process `pid` (the broker the load is aimed at): the load's
+/// report and the CPU that process used meanwhile, in cores.
+pub(crate) fn run_measured(
+    rt: &tokio::runtime::Runtime,
+    pid: u32,
+    opts: LoadOptions,
+) -> (LoadReport, f64) {
+    let cpu_before = cpu_secs(pid);
+    let started = Instant::now();
+    let report = rt
+        .block_on(run_load(opts, CancellationToken::new()))
+        .expect("load run");
+    let cores = (cpu_secs(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    (report, cores)
+}
+
 pub(crate) fn status_mib(pid: u32, name: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status

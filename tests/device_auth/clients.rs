@@ -123,18 +123,34 @@ pub(crate) async fn closed_v5(el: &mut rumqttc::v5::EventLoop) -> String {
 /// A bare MQTT 5 client, for what rumqttc's own client hides: it treats a PUBACK failure
 /// code as a connection error and drops the connection.
 pub(crate) struct RawV5 {
-    pub(crate) stream: tokio::net::TcpStream,
-    pub(crate) buf: bytes::BytesMut,
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
 }
 
 impl RawV5 {
+    /// Connects as `id` with `user`'s password; the CONNACK must be a success.
     pub(crate) async fn connect(addr: &str, id: &str, user: &str, password: &str) -> RawV5 {
-        use rumqttc::v5::mqttbytes::v5::{Connect, Login};
+        let mut raw = RawV5::open(addr).await;
+        raw.send_connect(id, user, password).await;
+        match raw.next().await {
+            V5Packet::ConnAck(c) => assert_eq!(c.code, V5Code::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw
+    }
+
+    /// A TCP connection to `addr`, no CONNECT sent yet.
+    pub(crate) async fn open(addr: &str) -> RawV5 {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let mut raw = RawV5 {
+        RawV5 {
             stream,
             buf: bytes::BytesMut::new(),
-        };
+        }
+    }
+
+    /// Sends a CONNECT as client `id` (empty: none) with `user`'s password.
+    pub(crate) async fn send_connect(&mut self, id: &str, user: &str, password: &str) {
+        use rumqttc::v5::mqttbytes::v5::{Connect, Login};
         let mut out = bytes::BytesMut::new();
         Connect {
             keep_alive: 30,
@@ -144,12 +160,7 @@ impl RawV5 {
         }
         .write(&None, &Some(Login::new(user, password)), &mut out)
         .expect("encode CONNECT");
-        raw.send(&out).await;
-        match raw.next().await {
-            V5Packet::ConnAck(c) => assert_eq!(c.code, V5Code::Success),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        raw
+        self.send(&out).await;
     }
 
     pub(crate) async fn send(&mut self, bytes: &[u8]) {

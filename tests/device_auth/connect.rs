@@ -141,24 +141,8 @@ async fn a_storm_of_wrong_passwords_does_not_hold_up_a_connected_device() {
 async fn a_device_without_a_client_id_is_given_its_username() {
     let (gw, _) = gateway("");
     let addr = gw.mqtt_addr();
-    use rumqttc::v5::mqttbytes::v5::{Connect, Login};
-    let stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let mut raw = RawV5 {
-        stream,
-        buf: bytes::BytesMut::new(),
-    };
-    let mut out = bytes::BytesMut::new();
-    Connect {
-        keep_alive: 30,
-        client_id: String::new(),
-        clean_start: true,
-        properties: None,
-    }
-    .write(&None, &Some(Login::new("wt-1", "pw-1")), &mut out)
-    .expect("encode CONNECT");
-    raw.send(&out).await;
+    let mut raw = RawV5::open(&addr).await;
+    raw.send_connect("", "wt-1", "pw-1").await;
     match raw.next().await {
         V5Packet::ConnAck(c) => {
             assert_eq!(c.code, V5Code::Success);

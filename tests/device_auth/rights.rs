@@ -6,8 +6,10 @@ use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::{Event, Incoming, QoS};
 
 use crate::clients::{connect_v4, connect_v5, RawV5};
-use crate::common::{Fleet, Gateway};
-use crate::support::{gateway, journal_topics, metric, passwd_ok, publishes_refused, WAIT};
+use crate::common::Fleet;
+use crate::support::{
+    gateway, journal_topics, metric, passwd_ok, publishes_refused, start_with_credentials, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_outside_the_rights_is_refused_counted_and_never_journaled() {
@@ -73,6 +75,30 @@ async fn a_publish_outside_the_rights_is_refused_counted_and_never_journaled() {
         "only allowed readings, in order"
     );
     assert_eq!(publishes_refused(&gw).await, Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_publish_outside_the_rights_gets_pubrec_0x87_and_is_not_journaled() {
+    let (gw, _) = gateway("");
+    let addr = gw.mqtt_addr();
+    let mut raw = RawV5::connect(&addr, "wt-1", "wt-1", "pw-1").await;
+    let mut out = bytes::BytesMut::new();
+    for (pkid, topic) in [(1, "turbines/wt-2/t"), (2, "turbines/wt-1/t")] {
+        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
+            topic,
+            V5QoS::ExactlyOnce,
+            b"q2".to_vec(),
+            None,
+        );
+        p.pkid = pkid;
+        p.write(&mut out).expect("encode PUBLISH");
+    }
+    raw.send(&out).await;
+    assert_eq!(
+        raw.acks(2).await,
+        [(1, "NotAuthorized".to_owned()), (2, "Success".to_owned())]
+    );
+    assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,44 +196,17 @@ async fn a_device_cannot_subscribe_to_another_devices_topics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_qos2_publish_outside_the_rights_gets_pubrec_0x87_and_is_not_journaled() {
-    let (gw, _) = gateway("");
-    let addr = gw.mqtt_addr();
-    let mut raw = RawV5::connect(&addr, "wt-1", "wt-1", "pw-1").await;
-    let mut out = bytes::BytesMut::new();
-    for (pkid, topic) in [(1, "turbines/wt-2/t"), (2, "turbines/wt-1/t")] {
-        let mut p = rumqttc::v5::mqttbytes::v5::Publish::new(
-            topic,
-            V5QoS::ExactlyOnce,
-            b"q2".to_vec(),
-            None,
-        );
-        p.pkid = pkid;
-        p.write(&mut out).expect("encode PUBLISH");
-    }
-    raw.send(&out).await;
-    assert_eq!(
-        raw.acks(2).await,
-        [(1, "NotAuthorized".to_owned()), (2, "Success".to_owned())]
-    );
-    assert_eq!(journal_topics(&gw), ["turbines/wt-1/t"]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authenticated_fleet_within_its_rights_is_acknowledged_and_journaled_in_order() {
     // One shared login for the fleet (client ids are wt-0001…, so the id binding is off)
     // and rights through %c: every device may publish under its own id only.
     let creds_dir = tempfile::tempdir().expect("tempdir");
     let creds = creds_dir.path().join("devices.toml");
     passwd_ok(&creds, "fleet", "fleet-pw\n", &[]);
-    let creds_for_config = creds.clone();
-    let gw = Gateway::start_fresh(move |port, dir| {
-        format!(
-            "[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[mqtt.auth]\ncredentials_file = \"{}\"\nclient_id_is_username = false\npublish = [\"turbines/%c/telemetry\"]\n",
-            dir.join("journal").display(),
-            creds_for_config.display()
-        )
-    });
+    let gw = start_with_credentials(
+        &creds,
+        String::new,
+        "client_id_is_username = false\npublish = [\"turbines/%c/telemetry\"]\n",
+    );
     let report = Fleet::new(gw.mqtt_addr(), 20)
         .count(200)
         .protocol(firmware_sim::Protocol::V5)

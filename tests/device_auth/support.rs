@@ -66,16 +66,29 @@ pub(crate) fn gateway_with(extra_mqtt: impl Fn() -> String) -> (Gateway, PathBuf
         &["--publish", "turbines/%c/#", "--subscribe", "turbines/%c/#"],
     );
     passwd_ok(&creds, "wt-2", "pw-2\n", &[]);
-    let creds_for_config = creds.clone();
-    let gw = Gateway::start_fresh(move |port, dir| {
+    let gw = start_with_credentials(
+        &creds,
+        extra_mqtt,
+        "publish = [\"turbines/%c/#\"]\nsubscribe = [\"turbines/%c/#\"]\n",
+    );
+    (gw, creds)
+}
+
+/// A gateway checking devices against the credentials file `creds`: `extra_mqtt` goes into
+/// `[mqtt]` (made afresh at each start) and `extra_auth` into `[mqtt.auth]`.
+pub(crate) fn start_with_credentials(
+    creds: &Path,
+    extra_mqtt: impl Fn() -> String,
+    extra_auth: &str,
+) -> Gateway {
+    Gateway::start_fresh(|port, dir| {
         format!(
-            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{}\n\n[mqtt.auth]\ncredentials_file = \"{}\"\npublish = [\"turbines/%c/#\"]\nsubscribe = [\"turbines/%c/#\"]\n",
+            "[journal]\ndir = \"{}\"\n\n[mqtt]\nlisten = \"127.0.0.1:{port}\"\n{}\n\n[mqtt.auth]\ncredentials_file = \"{}\"\n{extra_auth}",
             dir.join("journal").display(),
             extra_mqtt(),
-            creds_for_config.display()
+            creds.display()
         )
-    });
-    (gw, creds)
+    })
 }
 
 pub(crate) fn port_of(addr: &str) -> u16 {

@@ -33,6 +33,25 @@ fn transport(certs: &TestPki, client: Option<&str>) -> rumqttc::Transport {
     ))
 }
 
+/// The TLS listener's first answer at `port` to client `id` presenting `transport` (and
+/// `login`, if given): the handshake refused is an error, a session let in a CONNACK.
+async fn first_answer(
+    port: u16,
+    id: &str,
+    login: Option<(&str, &str)>,
+    transport: rumqttc::Transport,
+) -> Result<rumqttc::v5::Event, rumqttc::v5::ConnectionError> {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    if let Some((user, password)) = login {
+        o.set_credentials(user, password);
+    }
+    o.set_transport(transport);
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    tokio::time::timeout(WAIT, el.poll())
+        .await
+        .expect("an answer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refused() {
     let certs = certs("wt-1");
@@ -84,24 +103,19 @@ async fn a_client_certificate_names_the_device_and_one_from_another_ca_is_refuse
         Some(V5Code::ClientIdentifierNotValid)
     );
     // A certificate with the same CN from another CA never gets past the handshake.
-    let mut o = rumqttc::v5::MqttOptions::new("wt-1", "127.0.0.1", tls_port);
-    o.set_transport(transport(&certs, Some("foreign")));
-    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
-    let r = tokio::time::timeout(WAIT, el.poll())
-        .await
-        .expect("an answer");
+    let r = first_answer(tls_port, "wt-1", None, transport(&certs, Some("foreign"))).await;
     assert!(
         !matches!(r, Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)))),
         "a foreign certificate was let in: {r:?}"
     );
     // tls_require_client_cert: no certificate, no session, even with a right password.
-    let mut o = rumqttc::v5::MqttOptions::new("wt-2", "127.0.0.1", tls_port);
-    o.set_credentials("wt-2", "pw-2");
-    o.set_transport(transport(&certs, None));
-    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
-    let r = tokio::time::timeout(WAIT, el.poll())
-        .await
-        .expect("an answer");
+    let r = first_answer(
+        tls_port,
+        "wt-2",
+        Some(("wt-2", "pw-2")),
+        transport(&certs, None),
+    )
+    .await;
     assert!(
         !matches!(r, Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(_)))),
         "a handshake without a certificate was let in: {r:?}"
