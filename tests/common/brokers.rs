@@ -46,8 +46,8 @@ pub fn is_port_clash(e: &TestbedError) -> bool {
 /// clash; any other failure, or [`PORT_ATTEMPTS`] clashes in a row, fails the test.
 ///
 /// `free_port` binds port 0, reads the port and closes it, so another process (another
-/// test binary, any other process on the machine) can bind it before the child does: the child then
-/// exits with EADDRINUSE, and a fresh port is the cure.
+/// test binary, say) can bind it before the child does: the child then exits with
+/// EADDRINUSE, and a fresh port is the cure.
 pub fn retry_on_port_clash<T>(mut start: impl FnMut() -> Result<T, TestbedError>) -> T {
     for attempt in 1.. {
         match start() {
