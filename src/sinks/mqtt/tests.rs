@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use firmware_sim::testbed::{self, Mosquitto, MosquittoSetup};
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
 
@@ -69,28 +69,40 @@ async fn subscriber(port: u16) -> rumqttc::v5::EventLoop {
     }
 }
 
-#[tokio::test]
-async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_properties() {
+/// A fresh Mosquitto, a subscriber of `site-7/#` on it, and a sink publishing there.
+async fn broker_reader_and_sink() -> (Mosquitto, rumqttc::v5::EventLoop, MqttSink) {
     let broker = Mosquitto::start().expect("mosquitto");
-    let mut reader = subscriber(broker.port()).await;
-    let mut sink = MqttSink::new(
+    let reader = subscriber(broker.port()).await;
+    let sink = MqttSink::new(
         &upstream(format!("mqtt://127.0.0.1:{}", broker.port())),
         GATEWAY,
     )
     .expect("sink");
-    let records = batch(41, 250);
-    // Two sends on one connection: the window (10) is refilled many times per batch.
-    sink.send(&records[..120]).await.expect("first half");
-    sink.send(&records[120..]).await.expect("second half");
+    (broker, reader, sink)
+}
 
+/// The next `count` publishes `reader` receives; fails the test after 10 s of silence.
+async fn receive(reader: &mut rumqttc::v5::EventLoop, count: usize) -> Vec<Publish> {
     let mut got = Vec::new();
-    while got.len() < records.len() {
+    while got.len() < count {
         match tokio::time::timeout(Duration::from_secs(10), reader.poll()).await {
             Ok(Ok(Ev5::Incoming(Packet::Publish(p)))) => got.push(p),
             Ok(Ok(_)) => {}
             other => panic!("reader after {} messages: {other:?}", got.len()),
         }
     }
+    got
+}
+
+#[tokio::test]
+async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_properties() {
+    let (_broker, mut reader, mut sink) = broker_reader_and_sink().await;
+    let records = batch(41, 250);
+    // Two sends on one connection: the window (10) is refilled many times per batch.
+    sink.send(&records[..120]).await.expect("first half");
+    sink.send(&records[120..]).await.expect("second half");
+
+    let got = receive(&mut reader, records.len()).await;
     for (r, p) in records.iter().filter_map(Item::as_reading).zip(&got) {
         assert_eq!(
             &p.topic[..],
@@ -118,13 +130,7 @@ async fn a_batch_arrives_in_journal_order_with_the_prefix_the_payload_and_both_p
 
 #[tokio::test]
 async fn a_gap_in_a_batch_publishes_nothing_and_the_readings_around_it_arrive_in_order() {
-    let broker = Mosquitto::start().expect("mosquitto");
-    let mut reader = subscriber(broker.port()).await;
-    let mut sink = MqttSink::new(
-        &upstream(format!("mqtt://127.0.0.1:{}", broker.port())),
-        GATEWAY,
-    )
-    .expect("sink");
+    let (_broker, mut reader, mut sink) = broker_reader_and_sink().await;
     let mut items = batch(1, 10);
     items.push(Item::Gap(Gap {
         first: 11,
@@ -135,22 +141,19 @@ async fn a_gap_in_a_batch_publishes_nothing_and_the_readings_around_it_arrive_in
     sink.send(&items).await.expect("the batch with a gap");
     sink.send(&batch(31, 1)).await.expect("the next batch");
 
-    let mut seqs = Vec::new();
-    while seqs.len() < 21 {
-        match tokio::time::timeout(Duration::from_secs(10), reader.poll()).await {
-            Ok(Ok(Ev5::Incoming(Packet::Publish(p)))) => {
-                let props = p.properties.expect("properties").user_properties;
-                let seq = props
-                    .iter()
-                    .find(|(k, _)| k == crate::mqtt_client::PROP_SEQ)
-                    .map(|(_, v)| v.clone())
-                    .expect("tidegate-seq");
-                seqs.push(seq.parse::<u64>().expect("decimal"));
-            }
-            Ok(Ok(_)) => {}
-            other => panic!("reader after {} messages: {other:?}", seqs.len()),
-        }
-    }
+    let seqs: Vec<u64> = receive(&mut reader, 21)
+        .await
+        .into_iter()
+        .map(|p| {
+            let props = p.properties.expect("properties").user_properties;
+            let seq = props
+                .iter()
+                .find(|(k, _)| k == crate::mqtt_client::PROP_SEQ)
+                .map(|(_, v)| v.clone())
+                .expect("tidegate-seq");
+            seq.parse::<u64>().expect("decimal")
+        })
+        .collect();
     let expected: Vec<u64> = (1..=10).chain(21..=31).collect();
     assert_eq!(
         seqs, expected,
