@@ -38,7 +38,9 @@ pub use mqtt::{MqttAuthConfig, MqttConfig};
 pub use mqtt_client::MqttClientConfig;
 pub use mqtt_subscribe::MqttSubscribeConfig;
 pub use serial::SerialConfig;
-pub use upstream::{Compression, SaslMechanism, UpstreamConfig, UpstreamKind};
+pub use upstream::{
+    BudgetPeriod, Compression, SaslMechanism, UplinkConfig, UpstreamConfig, UpstreamKind,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -258,7 +260,7 @@ mod tests {
         assert_eq!(c.journal.on_full, OnFull::Reject);
         assert_eq!(c.journal.commit_interval, Duration::from_millis(2));
         assert_eq!(c.upstream[0].linger, Duration::from_millis(10));
-        assert_eq!(c.upstream[0].compression, Compression::Lz4);
+        assert_eq!(c.upstream[0].compression(), Compression::Lz4);
     }
 
     #[test]
@@ -324,7 +326,14 @@ mod tests {
         let upstream = UpstreamConfig {
             topic_template: Some("{topic}".into()),
             sasl_mechanism: Some(SaslMechanism::Plain),
+            compression_setting: Some(Compression::Zstd),
             client: client.clone(),
+            uplink: UplinkConfig {
+                bandwidth: Some(ByteSize::kib(64)),
+                bandwidth_burst: Some(ByteSize::kib(64)),
+                budget: Some(ByteSize::gib(2)),
+                ..UplinkConfig::default()
+            },
             ..UpstreamConfig::new("u", UpstreamKind::Mqtt)
         };
         let subscribe = MqttSubscribeConfig {
@@ -416,7 +425,7 @@ mod example_tests {
         let u = &c.upstream[0];
         assert_eq!(u.max_batch, upstream::default_max_batch());
         assert_eq!(u.linger, upstream::default_linger());
-        assert_eq!(u.compression, upstream::default_compression());
+        assert_eq!(u.compression(), upstream::default_compression());
         assert_eq!(u.partitions, upstream::default_partitions());
         assert_eq!(u.request_timeout, upstream::default_request_timeout());
         assert_eq!(u.backoff_initial, upstream::default_backoff_initial());

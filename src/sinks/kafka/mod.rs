@@ -198,7 +198,7 @@ impl KafkaSink {
                 topic: config.topic.clone(),
             },
             security,
-            compression: kafka_compression(config.compression),
+            compression: kafka_compression(config.compression()),
             create_topic: config.create_topic,
             partitions: config.partitions,
             replication_factor: config.replication_factor,

@@ -39,7 +39,7 @@ fn upstream(broker: &str, topic: &str) -> UpstreamConfig {
         topic: topic.into(),
         max_batch: 5000,
         linger: Duration::from_millis(10),
-        compression: Compression::None,
+        compression_setting: Some(Compression::None),
         create_topic: true,
         partitions: 1,
         replication_factor: 1,

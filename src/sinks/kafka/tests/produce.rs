@@ -182,7 +182,7 @@ async fn a_batch_lands_on_the_partitions_murmur2_chooses_in_journal_order_with_h
     let tansu = Tansu::start().expect("tansu starts");
     let mut config = upstream(&tansu.addr(), "readings");
     config.partitions = 3;
-    config.compression = Compression::Lz4;
+    config.compression_setting = Some(Compression::Lz4);
     let mut sink = KafkaSink::new(&config, GATEWAY);
 
     let keys: Vec<String> = (1..=9)
@@ -239,7 +239,7 @@ async fn every_compression_codec_round_trips() {
     {
         let topic = format!("codec-{codec:?}").to_lowercase();
         let mut config = upstream(&tansu.addr(), &topic);
-        config.compression = codec;
+        config.compression_setting = Some(codec);
         let mut sink = KafkaSink::new(&config, GATEWAY);
         let mut records = batch(1 + 100 * i as u64, 40, &keys);
         // A highly compressible payload and an empty one, besides the small ones.
@@ -264,7 +264,7 @@ async fn every_compression_codec_round_trips() {
 async fn a_partition_share_over_the_request_limit_arrives_complete_and_in_order() {
     let tansu = Tansu::start().expect("tansu starts");
     let mut config = upstream(&tansu.addr(), "big-share");
-    config.compression = Compression::Zstd;
+    config.compression_setting = Some(Compression::Zstd);
     let mut sink = KafkaSink::new(&config, GATEWAY);
     // 24 readings of 100 KiB each: about 2.4 MiB for one partition, over several requests.
     let mut records = batch(1, 24, &["dev/camera".to_owned()]);
