@@ -69,6 +69,12 @@ pub struct ForwardCounters {
     pub gap_markers_sent: AtomicU64,
     /// Readings those gap markers stand for.
     pub gap_readings: AtomicU64,
+    /// Bytes tidegate wrote to this upstream's sockets: Kafka requests as sent (compressed,
+    /// framed, under TLS as TLS records), for MQTT the encoded PUBLISH packets. What
+    /// `bandwidth` limits.
+    pub wire_sent: AtomicU64,
+    /// Bytes read from this upstream's sockets (Kafka responses, MQTT PUBACKs).
+    pub wire_received: AtomicU64,
     /// While the upstream is failing, the last attempt's error (as logged), for
     /// `tidegate status`; cleared by the next delivery.
     pub last_error: std::sync::Mutex<Option<String>>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder};
+use rskafka::client::{Client, ClientBuilder, TransportMeter};
 use rskafka::BackoffConfig;
 use tracing::{debug, info};
 
@@ -15,6 +15,7 @@ use super::errors::Failure;
 use super::security;
 use super::KafkaSink;
 use crate::sinks::SinkError;
+use crate::telemetry::ForwardCounters;
 
 /// How often the topic's metadata is read again while waiting for a topic tidegate just
 /// created to become visible.
@@ -29,6 +30,25 @@ pub(super) struct Connection {
     _producer: Client,
     /// `partitions[p]` produces to partition `p`; the length is the partition count.
     pub(super) partitions: Vec<Arc<PartitionClient>>,
+}
+
+/// Adds the bytes of every broker connection to the upstream's `wire_sent` /
+/// `wire_received`, counted by the (patched) rskafka at the TCP stream.
+#[derive(Debug)]
+struct WireMeter(Arc<ForwardCounters>);
+
+impl TransportMeter for WireMeter {
+    fn sent(&self, bytes: usize) {
+        self.0
+            .wire_sent
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.0
+            .wire_received
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl KafkaSink {
@@ -54,10 +74,18 @@ impl KafkaSink {
         };
         let tls = self.security.tls_config().map_err(problem)?;
         let sasl = self.security.sasl_config().map_err(problem)?;
+        // Both clients count: metadata, topic creation and tail reads use the wire too.
+        let meter = self
+            .counters
+            .as_ref()
+            .map(|c| Arc::new(WireMeter(c.clone())) as Arc<dyn TransportMeter>);
         let builder = |backoff: BackoffConfig| {
             let mut b = ClientBuilder::new(self.target.brokers.clone())
                 .client_id(format!("tidegate-{}", self.gateway_id))
                 .backoff_config(backoff);
+            if let Some(meter) = &meter {
+                b = b.transport_meter(meter.clone());
+            }
             if let Some(tls) = &tls {
                 b = b.tls_config(tls.clone());
             }

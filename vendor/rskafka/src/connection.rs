@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub use self::transport::TlsConfig;
+pub use self::transport::TransportMeter;
 pub use self::transport::{Credentials, OauthBearerCredentials, OauthCallback, SaslConfig};
 
 mod topology;
@@ -85,6 +86,7 @@ trait ConnectionHandler {
         socks5_proxy: Option<String>,
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
+        meter: Option<Arc<dyn TransportMeter>>,
     ) -> impl Future<Output = Result<Arc<Self::R>>> + Send;
 }
 
@@ -147,6 +149,7 @@ impl ConnectionHandler for BrokerRepresentation {
         socks5_proxy: Option<String>,
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
+        meter: Option<Arc<dyn TransportMeter>>,
     ) -> Result<Arc<Self::R>> {
         let url = self.url();
         info!(
@@ -154,7 +157,7 @@ impl ConnectionHandler for BrokerRepresentation {
             url = url.as_str(),
             "Establishing new connection",
         );
-        let transport = Transport::connect(&url, tls_config, socks5_proxy)
+        let transport = Transport::connect(&url, tls_config, socks5_proxy, meter)
             .await
             .map_err(|error| Error::Transport {
                 broker: url.to_string(),
@@ -210,6 +213,9 @@ pub struct BrokerConnector {
 
     /// Maximum message size for framing protocol.
     max_message_size: usize,
+
+    /// tidegate patch: counts the bytes of every connection this connector opens.
+    transport_meter: Option<Arc<dyn TransportMeter>>,
 }
 
 impl BrokerConnector {
@@ -221,6 +227,7 @@ impl BrokerConnector {
         sasl_config: Option<SaslConfig>,
         max_message_size: usize,
         backoff_config: Arc<BackoffConfig>,
+        transport_meter: Option<Arc<dyn TransportMeter>>,
     ) -> Self {
         Self {
             bootstrap_brokers,
@@ -233,6 +240,7 @@ impl BrokerConnector {
             socks5_proxy,
             sasl_config,
             max_message_size,
+            transport_meter,
         }
     }
 
@@ -329,6 +337,7 @@ impl BrokerConnector {
                         self.socks5_proxy.clone(),
                         self.sasl_config.clone(),
                         self.max_message_size,
+                        self.transport_meter.clone(),
                     )
                     .await?;
                 Ok(Some(connection))
@@ -443,6 +452,7 @@ impl BrokerCache for &BrokerConnector {
             self.socks5_proxy.clone(),
             self.sasl_config.clone(),
             self.max_message_size,
+            self.transport_meter.clone(),
         )
         .await?;
 
@@ -479,6 +489,7 @@ async fn connect_to_a_broker_with_retry<B>(
     socks5_proxy: Option<String>,
     sasl_config: Option<SaslConfig>,
     max_message_size: usize,
+    meter: Option<Arc<dyn TransportMeter>>,
 ) -> Result<Arc<B::R>>
 where
     B: ConnectionHandler + Send + Sync,
@@ -498,6 +509,7 @@ where
                         socks5_proxy.clone(),
                         sasl_config.clone(),
                         max_message_size,
+                        meter.clone(),
                     )
                     .await;
 
@@ -809,6 +821,7 @@ mod tests {
             _socks5_proxy: Option<String>,
             _sasl_config: Option<SaslConfig>,
             _max_message_size: usize,
+            _meter: Option<Arc<dyn TransportMeter>>,
         ) -> Result<Arc<Self::R>> {
             (self.conn)()
         }
@@ -837,6 +850,7 @@ mod tests {
             Default::default(),
             Default::default(),
             Default::default(),
+            None,
         )
         .await
         .unwrap();

@@ -22,7 +22,9 @@ use error::{Error, Result};
 
 use self::{controller::ControllerClient, partition::UnknownTopicHandling};
 
-pub use crate::connection::{Credentials, OauthBearerCredentials, OauthCallback, SaslConfig};
+pub use crate::connection::{
+    Credentials, OauthBearerCredentials, OauthCallback, SaslConfig, TransportMeter,
+};
 
 #[derive(Debug, Error)]
 pub enum ProduceError {
@@ -48,6 +50,7 @@ pub struct ClientBuilder {
     tls_config: TlsConfig,
     sasl_config: Option<SaslConfig>,
     backoff_config: Arc<BackoffConfig>,
+    transport_meter: Option<Arc<dyn TransportMeter>>,
 }
 
 impl ClientBuilder {
@@ -61,6 +64,7 @@ impl ClientBuilder {
             tls_config: TlsConfig::default(),
             sasl_config: None,
             backoff_config: Default::default(),
+            transport_meter: None,
         }
     }
 
@@ -106,6 +110,15 @@ impl ClientBuilder {
         self
     }
 
+    /// tidegate patch: count the bytes of every broker connection the client opens
+    /// (bootstrap, metadata, controller, partition leaders), at the TCP stream: requests as
+    /// written (compressed, framed, and under TLS as TLS records). Without a meter nothing
+    /// is counted and nothing is paid but one branch per I/O call.
+    pub fn transport_meter(mut self, meter: Arc<dyn TransportMeter>) -> Self {
+        self.transport_meter = Some(meter);
+        self
+    }
+
     /// Build [`Client`].
     pub async fn build(self) -> Result<Client> {
         let brokers = Arc::new(BrokerConnector::new(
@@ -117,6 +130,7 @@ impl ClientBuilder {
             self.sasl_config,
             self.max_message_size,
             Arc::clone(&self.backoff_config),
+            self.transport_meter,
         ));
         brokers.refresh_metadata().await?;
 

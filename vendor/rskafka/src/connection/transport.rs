@@ -1,6 +1,5 @@
 use std::ops::DerefMut;
 use std::pin::Pin;
-#[cfg(feature = "transport-tls")]
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use thiserror::Error;
@@ -10,7 +9,9 @@ use tokio::net::TcpStream;
 #[cfg(feature = "transport-tls")]
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
+mod metered;
 mod sasl;
+pub use metered::{MeteredTcp, TransportMeter};
 pub use sasl::{Credentials, OauthBearerCredentials, OauthCallback, SaslConfig};
 
 #[cfg(feature = "transport-tls")]
@@ -48,18 +49,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug)]
 pub enum Transport {
     Plain {
-        inner: TcpStream,
+        inner: MeteredTcp,
     },
 
     Tls {
-        inner: Pin<Box<TlsStream<TcpStream>>>,
+        inner: Pin<Box<TlsStream<MeteredTcp>>>,
     },
 }
 
 #[cfg(not(feature = "transport-tls"))]
 #[derive(Debug)]
 pub enum Transport {
-    Plain { inner: TcpStream },
+    Plain { inner: MeteredTcp },
 }
 
 impl AsyncRead for Transport {
@@ -111,12 +112,17 @@ impl AsyncWrite for Transport {
 }
 
 impl Transport {
+    /// tidegate patch: `meter`, when set, is told every byte written to and read from the
+    /// TCP stream (below TLS, so TLS records count with their framing); see
+    /// vendor/rskafka/TIDEGATE-PATCH.md.
     pub async fn connect(
         broker: &str,
         tls_config: TlsConfig,
         socks5_proxy: Option<String>,
+        meter: Option<Arc<dyn TransportMeter>>,
     ) -> Result<Self> {
         let tcp_stream = Self::connect_tcp(broker, socks5_proxy).await?;
+        let tcp_stream = MeteredTcp::new(tcp_stream, meter);
         Self::wrap_tls(tcp_stream, broker, tls_config).await
     }
 
@@ -161,7 +167,11 @@ impl Transport {
     }
 
     #[cfg(feature = "transport-tls")]
-    async fn wrap_tls(tcp_stream: TcpStream, broker: &str, tls_config: TlsConfig) -> Result<Self> {
+    async fn wrap_tls(
+        tcp_stream: MeteredTcp,
+        broker: &str,
+        tls_config: TlsConfig,
+    ) -> Result<Self> {
         match tls_config {
             Some(config) => {
                 // Strip port if any
@@ -184,7 +194,7 @@ impl Transport {
 
     #[cfg(not(feature = "transport-tls"))]
     async fn wrap_tls(
-        tcp_stream: TcpStream,
+        tcp_stream: MeteredTcp,
         _broker: &str,
         _tls_config: TlsConfig,
     ) -> Result<Self> {
