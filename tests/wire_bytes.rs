@@ -123,7 +123,7 @@ async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
             brokers: vec![format!("127.0.0.1:{proxy_port}")],
             topic: format!("wire-{codec:?}").to_lowercase(),
             partitions: 3,
-            compression: codec,
+            compression_setting: Some(codec),
             ..UpstreamConfig::new("cluster", UpstreamKind::Kafka)
         };
         let mut sink = KafkaSink::new(&config, "gw-wire");
