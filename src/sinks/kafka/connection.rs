@@ -245,11 +245,19 @@ impl KafkaSink {
             .controller_client()
             .map_err(|e| self.error("finding the cluster controller", Failure::Kafka(e)))?;
         let timeout_ms = i32::try_from(self.request_timeout.as_millis()).unwrap_or(i32::MAX);
-        let created = controller.create_topic(
+        // The live topic is a "latest reading per device" table: compaction keeps the
+        // newest record of each key (topic) and lets the rest go.
+        let configs: &[(&str, &str)] = if self.live {
+            &[("cleanup.policy", "compact")]
+        } else {
+            &[]
+        };
+        let created = controller.create_topic_with_configs(
             self.target.topic.clone(),
             self.partitions,
             self.replication_factor,
             timeout_ms,
+            configs,
         );
         match tokio::time::timeout(self.request_timeout, created).await {
             Ok(Ok(())) => info!(
@@ -257,6 +265,7 @@ impl KafkaSink {
                 topic = %self.target.topic,
                 partitions = self.partitions,
                 replication_factor = self.replication_factor,
+                compacted = self.live,
                 "Created the Kafka topic."
             ),
             Ok(Err(KafkaError::ServerError {

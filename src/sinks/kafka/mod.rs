@@ -28,11 +28,21 @@
 //! | header `tidegate-gateway` | the gateway id                           |
 //! | header `tidegate-epoch`   | the journal's epoch, decimal ASCII       |
 //! | header `tidegate-seq`     | the journal sequence, decimal ASCII      |
+//! | header `tidegate-live`    | `1`, on the live lane's records only     |
 //!
 //! A gap ([`Item::Gap`]) becomes a record with key `$tidegate/gap` ([`GAP_KEY`]),
 //! an empty value, the same three headers (`tidegate-seq` = the last reading it stands for)
 //! and `tidegate-gap` = `first..last`, the inclusive range of readings `drop-oldest` removed
 //! before this upstream sent them.
+//!
+//! # The live lane
+//!
+//! [`KafkaSink::live`] is the same sink for an upstream's live lane: it sends to
+//! `live_topic`, adds `tidegate-live: 1` ([`HEADER_LIVE`]) to every record, and creates a
+//! missing topic with `cleanup.policy=compact`, so the topic reads as the latest reading
+//! per key (device topic). Ordering and the tail read work as for the history: the live
+//! lane hands it readings in increasing sequence order per partition. What it delivers is
+//! best effort (the forwarder may skip a reading there, never in the history).
 //!
 //! The partition is Kafka's default for keyed records,
 //! `toPositive(murmur2(key)) % partitions` ([`partition_for_key`]), so tidegate places a
@@ -113,6 +123,9 @@ pub const HEADER_SEQ: &str = "tidegate-seq";
 pub const HEADER_EPOCH: &str = "tidegate-epoch";
 /// Header of a gap marker: `first..last`, the readings `drop-oldest` removed unsent.
 pub const HEADER_GAP: &str = "tidegate-gap";
+/// Header `1` on every record of the live lane ([`KafkaSink::live`]), so a consumer of a
+/// shared topic can tell a sampled current value from the complete history.
+pub const HEADER_LIVE: &str = "tidegate-live";
 
 /// Key of the Kafka record that carries a gap. Reserved: ingest refuses every `$` topic, so
 /// no reading has this key.
@@ -136,6 +149,8 @@ pub struct KafkaSink {
     request_timeout: Duration,
     /// Value of the `tidegate-gateway` header.
     gateway_id: String,
+    /// The live lane's sink ([`KafkaSink::live`]): `tidegate-live` header, compacted topic.
+    live: bool,
     /// Value of the `tidegate-epoch` header, from [`Sink::attach`]. Without it (a sink
     /// never attached) records go without the header and nothing is de-duplicated.
     epoch: Option<u64>,
@@ -183,8 +198,20 @@ impl KafkaSink {
     /// Does no I/O: the cluster is contacted by the first [`Sink::send`], so a cluster that
     /// is down at start only delays delivery.
     pub fn new(config: &UpstreamConfig, gateway_id: &str) -> KafkaSink {
+        KafkaSink::to_topic(config, gateway_id, &config.topic, false)
+    }
+
+    /// The sink of `config`'s live lane: as [`KafkaSink::new`], but to
+    /// `config.uplink.live_topic`, with the `tidegate-live: 1` header on every record, and
+    /// a topic it creates is compacted (see the [module docs](self#the-live-lane)).
+    pub fn live(config: &UpstreamConfig, gateway_id: &str) -> KafkaSink {
+        KafkaSink::to_topic(config, gateway_id, &config.uplink.live_topic, true)
+    }
+
+    fn to_topic(config: &UpstreamConfig, gateway_id: &str, topic: &str, live: bool) -> KafkaSink {
         let security = Security::from_config(config);
-        if let Some(s) = &security.sasl {
+        // Said once per upstream, by the history sink.
+        if let Some(s) = security.sasl.as_ref().filter(|_| !live) {
             if s.mechanism == SaslMechanism::Plain && security.tls.is_none() {
                 // Allowed (Kafka's SASL_PLAINTEXT), as on a trusted network, but the
                 // password crosses the wire as is.
@@ -195,7 +222,7 @@ impl KafkaSink {
             target: Target {
                 upstream: config.name.clone(),
                 brokers: config.brokers.clone(),
-                topic: config.topic.clone(),
+                topic: topic.to_owned(),
             },
             security,
             compression: kafka_compression(config.compression()),
@@ -204,6 +231,7 @@ impl KafkaSink {
             replication_factor: config.replication_factor,
             request_timeout: config.request_timeout,
             gateway_id: gateway_id.to_owned(),
+            live,
             epoch: None,
             max_batch: config.max_batch,
             delivered: None,

@@ -15,7 +15,8 @@ use tracing::debug;
 
 use super::errors::{Failure, Severity};
 use super::{
-    partition_for_key, KafkaSink, GAP_KEY, HEADER_EPOCH, HEADER_GAP, HEADER_GATEWAY, HEADER_SEQ,
+    partition_for_key, KafkaSink, GAP_KEY, HEADER_EPOCH, HEADER_GAP, HEADER_GATEWAY, HEADER_LIVE,
+    HEADER_SEQ,
 };
 use crate::config::Compression;
 use crate::record::Item;
@@ -66,7 +67,7 @@ impl KafkaSink {
     ) -> Result<(), SinkError> {
         self.skip_delivered(batch, partitions.len());
         let plan = plan(batch, &self.acked.seqs, partitions.len());
-        let (gateway, epoch) = (&self.gateway_id, self.epoch);
+        let (gateway, epoch, live) = (&self.gateway_id, self.epoch, self.live);
         let sends = plan
             .into_iter()
             .zip(partitions)
@@ -75,7 +76,13 @@ impl KafkaSink {
             .map(|(partition, (records, client))| {
                 let records = records
                     .into_iter()
-                    .map(|item| (item.seq(), to_kafka_record(item, gateway, epoch)))
+                    .map(|item| {
+                        let mut record = to_kafka_record(item, gateway, epoch);
+                        if live {
+                            record.headers.insert(HEADER_LIVE.to_owned(), b"1".to_vec());
+                        }
+                        (item.seq(), record)
+                    })
                     .collect();
                 produce_partition(
                     partition,

@@ -5,6 +5,7 @@
 //! memory), started per test on a free loopback port. This file holds the shared helpers.
 
 mod errors;
+mod live;
 mod produce;
 mod tail;
 
