@@ -13,6 +13,9 @@
 //! - [`verify`]: reads a Kafka topic back and checks it against a fleet's report — missing
 //!   acknowledged readings, duplicates, reordering, headers, keys ([`check`],
 //!   [`wait_until_complete`]);
+//! - [`link`]: a bandwidth-shaping TCP proxy with outages on demand or on a schedule, which
+//!   logs what it forwarded ([`Link`]): the constrained uplink of the tests, the benchmark
+//!   and `firmware-sim link`;
 //! - [`load`]: the benchmark: a fleet as fast as possible, with PUBACK and end-to-end
 //!   latency percentiles ([`run_load`]);
 //! - [`framing`]: the `lines` and `cobs` (COBS + CRC-16/CCITT-FALSE) framings of readings on
@@ -39,6 +42,7 @@ pub mod faults;
 pub mod fleet;
 pub use tidegate_framing as framing;
 pub mod latency;
+pub mod link;
 pub mod load;
 pub mod modbus;
 pub mod seqset;
@@ -55,6 +59,7 @@ pub use fleet::{
 };
 pub use framing::{Decoder, FrameError, Framing};
 pub use latency::{Histogram, LatencySummary};
+pub use link::{Link, LinkError, LinkOptions, LinkSummary, Outage};
 pub use load::{run_load, KafkaTarget, LoadOptions, LoadReport};
 pub use modbus::{ModbusBus, ModbusOptions};
 pub use seqset::SeqSet;
