@@ -1,12 +1,14 @@
 //! The flag groups of the `firmware-sim` command line and how they become the library's
 //! options: one [`WorkloadArgs`] flattened into `fleet`, `load` and `serial`, the MQTT
 //! connection of `fleet` and `load` ([`MqttArgs`], with the workload in [`FleetArgs`]) and
-//! the serial line ([`SerialArgs`]).
+//! the serial line ([`SerialArgs`]), and the shaping link of `link` ([`LinkArgs`]) and of
+//! `load` ([`LoadLinkArgs`]).
 //!
 //! Flags left out keep the defaults of the options they are applied to, so `fleet` (10
 //! devices, 1 reading/s), `load` (100 devices, as fast as possible, 100-byte payloads, 10 s)
 //! and `serial` (1 device, 1 reading/s) share the flags but not all the defaults.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use clap::{Args, ValueEnum};
 use crate::faults::{BadValue, FaultPlan};
 use crate::fleet::{FleetError, FleetOptions, Protocol, Qos, TlsFiles, TlsOptions};
 use crate::framing::Framing;
+use crate::link::{LinkOptions, Outage};
 use crate::telemetry::PayloadFormat;
 use crate::workload::Workload;
 
@@ -255,4 +258,107 @@ impl From<FramingArg> for Framing {
             FramingArg::Cobs => Framing::Cobs,
         }
     }
+}
+
+/// The link of `firmware-sim link`: a shaping proxy run until Ctrl-C or SIGTERM.
+#[derive(Args, Debug)]
+pub struct LinkArgs {
+    /// Where the link listens, a loopback host:port (port 0: a free port, printed first).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_addr)]
+    pub listen: SocketAddr,
+    /// Where every connection goes, a loopback host:port (the broker).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub target: SocketAddr,
+    /// Bytes per second client → target (what the gateway sends upstream), e.g. 64KiB
+    /// [default: unlimited].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub rate: Option<u64>,
+    /// Bytes that may pass at once after a quiet spell, upstream [default: one second of
+    /// --rate].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "rate")]
+    pub burst: Option<u64>,
+    /// Bytes per second target → client [default: unlimited].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub rate_down: Option<u64>,
+    /// An outage AFTER+LASTING from the start, e.g. 30s+60s: open connections are cut and
+    /// new ones closed at once meanwhile. Repeatable.
+    #[arg(long = "outage", value_name = "AFTER+LASTING")]
+    pub outages: Vec<Outage>,
+    /// Print the bytes up and down and their rates this often.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub report_every: Duration,
+}
+
+impl LinkArgs {
+    /// The link these flags describe.
+    pub fn options(&self) -> LinkOptions {
+        LinkOptions {
+            listen: self.listen,
+            rate: self.rate,
+            burst: self.burst,
+            rate_down: self.rate_down,
+            outages: self.outages.clone(),
+            ..LinkOptions::new(self.target)
+        }
+    }
+}
+
+/// The shaping link `load` can run for its duration, between the gateway and its upstream
+/// (the gateway is configured to send to --link-listen).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Shaping link")]
+pub struct LoadLinkArgs {
+    /// Run a link listening here (loopback host:port) for the whole run, and report the
+    /// bytes through it and its largest 5 s window at the end. A Kafka broker must
+    /// advertise this address for its clients to stay on the link (the --kafka consumer
+    /// then reads through it too, as downstream bytes).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, requires = "link_target")]
+    pub link_listen: Option<SocketAddr>,
+    /// Where the link's connections go (loopback host:port): the real broker.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, requires = "link_listen")]
+    pub link_target: Option<SocketAddr>,
+    /// Bytes per second through the link upstream, e.g. 64KiB [default: unlimited].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, requires = "link_listen")]
+    pub link_rate: Option<u64>,
+    /// An outage of the link, AFTER+LASTING from the start of the run, e.g. 30s+60s.
+    /// Repeatable.
+    #[arg(
+        long = "link-outage",
+        value_name = "AFTER+LASTING",
+        requires = "link_listen"
+    )]
+    pub link_outages: Vec<Outage>,
+}
+
+impl LoadLinkArgs {
+    /// The link these flags describe, if any.
+    pub fn options(&self) -> Option<LinkOptions> {
+        let (listen, target) = self.link_listen.zip(self.link_target)?;
+        Some(LinkOptions {
+            listen,
+            rate: self.link_rate,
+            outages: self.link_outages.clone(),
+            ..LinkOptions::new(target)
+        })
+    }
+}
+
+/// A byte count or rate: `65536`, `64KiB`, `1MiB`, `64KB` (10³), with or without `/s`.
+fn parse_bytes(s: &str) -> Result<u64, BadValue> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    match t.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() > 0 => Ok(b.as_u64()),
+        Ok(_) => Err(BadValue::new(format!("{s:?} must be at least 1 byte"))),
+        Err(e) => Err(BadValue::new(format!("{s:?} is not a byte size: {e}"))),
+    }
+}
+
+/// `host:port`, resolved to its first address (the link checks that it is loopback).
+fn parse_addr(s: &str) -> Result<SocketAddr, BadValue> {
+    let first = s
+        .to_socket_addrs()
+        .map_err(|e| BadValue::new(format!("{s:?} is not a host:port: {e}")))?
+        .next();
+    first.ok_or_else(|| BadValue::new(format!("{s:?} resolves to no address")))
 }

@@ -5,6 +5,10 @@
 //! the topic while the fleet runs and records, for every reading of this run, the wall-clock
 //! time it was read minus the `ts` the device stamped on it when it sampled it (ms
 //! resolution, so figures carry up to 1 ms of rounding). Both clocks are this machine's.
+//!
+//! With [`LoadOptions::link`], the run also hosts a shaping [`Link`] (the gateway sends to
+//! its listening address) from before the fleet starts until the last reading is read back,
+//! and reports what went through it ([`LinkSummary`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +22,7 @@ use crate::fleet::{
     run_fleet_with_progress, FleetError, FleetOptions, FleetProgress, FleetReport, Qos,
 };
 use crate::latency::{Histogram, LatencySummary};
+use crate::link::{Link, LinkError, LinkOptions, LinkSummary};
 use crate::telemetry::now_ms;
 use crate::verify::{Checker, KafkaReading, StartAt, TopicReader, VerifyError, VerifyReport};
 use crate::workload::Workload;
@@ -45,6 +50,9 @@ pub struct LoadOptions {
     pub kafka_timeout: Duration,
     /// Print a progress line this often (`None`: silent).
     pub progress_interval: Option<Duration>,
+    /// A shaping link to run for the whole run (outages count from its start, just before
+    /// the fleet's).
+    pub link: Option<LinkOptions>,
 }
 
 impl Default for LoadOptions {
@@ -67,6 +75,7 @@ impl Default for LoadOptions {
             kafka: None,
             kafka_timeout: Duration::from_secs(60),
             progress_interval: Some(Duration::from_secs(1)),
+            link: None,
         }
     }
 }
@@ -81,6 +90,9 @@ pub enum LoadError {
     /// Kafka could not be read.
     #[error(transparent)]
     Kafka(#[from] VerifyError),
+    /// The shaping link could not start.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The Kafka consumer task panicked (a bug in the simulator).
     #[error("Kafka consumer task failed: {0}")]
     ConsumerTask(#[from] tokio::task::JoinError),
@@ -116,6 +128,8 @@ pub struct LoadReport {
     pub puback: LatencySummary,
     /// Forwarding, when a Kafka target was given.
     pub kafka: Option<KafkaLoadReport>,
+    /// What went through the shaping link, when the run had one.
+    pub link: Option<LinkSummary>,
 }
 
 impl fmt::Display for LoadReport {
@@ -160,6 +174,9 @@ impl fmt::Display for LoadReport {
                 k.forwarded_per_sec
             )?;
             write!(f, "publish→Kafka    {}", k.end_to_end.short())?;
+        }
+        if let Some(l) = &self.link {
+            write!(f, "\n{l}")?;
         }
         Ok(())
     }
@@ -341,6 +358,11 @@ pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<Load
     let progress = Arc::new(FleetProgress::default());
     let forwarded = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = watch::channel(None);
+    // Up before anything that may connect through it; dropped (closed) at the end of the run.
+    let link = match opts.link.clone() {
+        Some(l) => Some(Link::start(l).await?),
+        None => None,
+    };
 
     let consumer = opts.kafka.clone().map(|target| {
         tokio::spawn(consume(
@@ -439,5 +461,6 @@ pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<Load
         puback: fleet.puback_latency,
         fleet,
         kafka,
+        link: link.as_ref().map(Link::summary),
     })
 }

@@ -1,5 +1,5 @@
 //! `firmware-sim`: run a turbine fleet, benchmark a gateway, verify a Kafka topic, write to
-//! a serial line, serve Modbus; the flags are parsed by [`firmware_sim::cli`], the work is
+//! a serial line, serve Modbus, shape an uplink; the flags are parsed by [`firmware_sim::cli`], the work is
 //! done by the library.
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use firmware_sim::cli::{FleetArgs, SerialArgs, WorkloadArgs};
+use firmware_sim::cli::{FleetArgs, LinkArgs, LoadLinkArgs, SerialArgs, WorkloadArgs};
 use firmware_sim::fleet::{FleetOptions, Qos};
 use firmware_sim::load::{KafkaTarget, LoadOptions};
 use firmware_sim::serial::{SerialLine, SerialOptions, SerialTarget};
@@ -56,6 +56,8 @@ enum Command {
         report: Option<PathBuf>,
         #[command(flatten)]
         fleet: FleetArgs,
+        #[command(flatten)]
+        link: LoadLinkArgs,
     },
     /// Read a Kafka topic (all partitions, earliest to high watermark) and report, per
     /// device, missing, duplicated and out-of-order readings and header/key problems. Exits
@@ -91,6 +93,11 @@ enum Command {
     /// `modbus: /dev/pts/N` (the port the gateway polls) on stdout, then answers until
     /// Ctrl-C. See firmware_sim::modbus for the register map.
     ModbusSlave(firmware_sim::modbus::ModbusSlaveArgs),
+    /// A constrained uplink: a TCP proxy from --listen to --target (both loopback) at
+    /// --rate bytes/s upstream, with --outage spans where it cuts every connection. Prints
+    /// `link: LISTEN -> TARGET`, then a line per --report-every with the bytes up and down
+    /// and their rates, until Ctrl-C or SIGTERM, then the totals and the largest 5 s window.
+    Link(LinkArgs),
 }
 
 async fn run_serial(workload: WorkloadArgs, args: SerialArgs) -> Result<ExitCode> {
@@ -134,12 +141,12 @@ async fn run_serial(workload: WorkloadArgs, args: SerialArgs) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// Cancels `stop` on the first Ctrl-C; exits on the second.
+/// Cancels `stop` on the first Ctrl-C or SIGTERM; exits on the second Ctrl-C.
 fn stop_on_ctrl_c() -> CancellationToken {
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if first_stop_signal().await {
             eprintln!("stopping: draining outstanding readings (Ctrl-C again to quit now)");
             s.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -148,6 +155,19 @@ fn stop_on_ctrl_c() -> CancellationToken {
         }
     });
     stop
+}
+
+/// Waits for Ctrl-C or SIGTERM (a service manager, a test killing its child); `false` if
+/// neither can be listened for.
+async fn first_stop_signal() -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            r = term.recv() => r.is_some(),
+        },
+        Err(_) => tokio::signal::ctrl_c().await.is_ok(),
+    }
 }
 
 fn write_report(path: &PathBuf, report: &FleetReport) -> Result<()> {
@@ -215,9 +235,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             topic,
             kafka_timeout,
             report,
+            link,
         } => {
             let mut o = LoadOptions::default();
             fleet.apply(&mut o.fleet)?;
+            o.link = link.options();
             if let Some(topic) = topic {
                 if kafka.is_empty() {
                     bail!("--topic needs --kafka BROKERS");
@@ -248,6 +270,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Serial { workload, line } => run_serial(workload, line).await,
+        Command::Link(args) => {
+            firmware_sim::link::run_cli(args.options(), args.report_every, stop_on_ctrl_c())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ModbusSlave(args) => {
             firmware_sim::modbus::run_cli(args, stop_on_ctrl_c()).await?;
             Ok(ExitCode::SUCCESS)

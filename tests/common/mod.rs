@@ -19,6 +19,7 @@ pub mod brokers;
 pub mod daemon;
 pub mod faults;
 pub mod fleet;
+pub mod link;
 pub mod metrics;
 pub mod pki;
 pub mod status;

@@ -95,7 +95,11 @@ pub async fn run_cli(
         println!(
             "[{:>7.1}s] {}  up {:>10} B {:>8.1} KiB/s  down {:>10} B {:>8.1} KiB/s  open {}",
             now.saturating_duration_since(link.started()).as_secs_f64(),
-            if link.is_up() { "up  " } else { "DOWN" },
+            if link.is_up() {
+                "link up  "
+            } else {
+                "link DOWN"
+            },
             u - up,
             kib_per_s(u - up, span),
             d - down,
