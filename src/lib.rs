@@ -54,6 +54,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod calendar;
 pub mod config;
 pub mod forward;
 pub mod health;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// The stages: sources, the journal, the forwarders and the sinks.
 const STAGES: &[&str] = &["ingest", "journal", "forward", "sinks"];
 /// Pieces shared by the stages; they know none of them.
-const SHARED: &[&str] = &["mqtt_client", "backoff", "tls", "telemetry"];
+const SHARED: &[&str] = &["mqtt_client", "backoff", "calendar", "tls", "telemetry"];
 
 /// What a top-level module may not import. `None` in the second place means "anything of
 /// the crate but itself".
