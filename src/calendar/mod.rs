@@ -7,7 +7,7 @@
 //!
 //! Windows and periods are written as wall-clock times (`22:00`, "midnight on the 15th"),
 //! but they act on instants. Every wall-clock time maps to one instant the same way,
-//! through [`resolve_local`]:
+//! through `resolve_local`:
 //!
 //! * a wall time that happens once is that instant;
 //! * a wall time that happens twice (the repeated hour when clocks fall back) is its
@@ -46,4 +46,12 @@ pub(crate) fn resolve_local<Tz: TimeZone>(tz: &Tz, wall: NaiveDateTime) -> Optio
         let later = wall.checked_add_signed(TimeDelta::minutes(minutes))?;
         tz.from_local_datetime(&later).earliest()
     })
+}
+
+/// An instant written as UTC wall time, `"2026-12-07 22:00"`, for the tests of both files.
+#[cfg(test)]
+fn utc(text: &str) -> DateTime<chrono::Utc> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M")
+        .expect("a test time")
+        .and_utc()
 }

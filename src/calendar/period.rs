@@ -195,3 +195,302 @@ pub fn projected_exhaustion<Tz: TimeZone>(
     now.clone()
         .checked_add_signed(TimeDelta::milliseconds(needed))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use chrono_tz::{America::Santiago, Europe::Berlin};
+
+    use super::super::utc;
+    use super::*;
+
+    fn month(reset_day: u32) -> Period {
+        Period::month(reset_day).expect("a valid reset day")
+    }
+
+    /// Checks the bounds and id of the period holding each `(at, start, end, id)`, the
+    /// instants written in UTC and judged in `zone`.
+    fn check_in<Z: TimeZone>(zone: &Z, period: Period, cases: &[(&str, &str, &str, u64)]) {
+        for (at, start, end, id) in cases {
+            let local = utc(at).with_timezone(zone);
+            let (from, to) = period_bounds(period, &local);
+            assert_eq!(
+                (from.to_utc(), to.to_utc()),
+                (utc(start), utc(end)),
+                "{period} holding {at} UTC"
+            );
+            assert_eq!(period_id(period, &local), *id, "{period} holding {at} UTC");
+        }
+    }
+
+    fn check(period: Period, cases: &[(&str, &str, &str, u64)]) {
+        check_in(&Utc, period, cases);
+    }
+
+    #[test]
+    fn a_day_runs_from_midnight_to_midnight() {
+        check(
+            Period::Day,
+            &[
+                (
+                    "2026-12-06 15:00",
+                    "2026-12-06 00:00",
+                    "2026-12-07 00:00",
+                    20261206,
+                ),
+                (
+                    "2026-12-06 00:00",
+                    "2026-12-06 00:00",
+                    "2026-12-07 00:00",
+                    20261206,
+                ),
+                (
+                    "2026-12-07 00:00",
+                    "2026-12-07 00:00",
+                    "2026-12-08 00:00",
+                    20261207,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_month_from_the_first_runs_to_the_first_of_the_next_across_the_new_year() {
+        check(
+            month(1),
+            &[
+                (
+                    "2026-12-06 15:00",
+                    "2026-12-01 00:00",
+                    "2027-01-01 00:00",
+                    20261201,
+                ),
+                (
+                    "2026-12-31 23:59",
+                    "2026-12-01 00:00",
+                    "2027-01-01 00:00",
+                    20261201,
+                ),
+                (
+                    "2027-01-01 00:00",
+                    "2027-01-01 00:00",
+                    "2027-02-01 00:00",
+                    20270101,
+                ),
+                (
+                    "2028-02-29 12:00",
+                    "2028-02-01 00:00",
+                    "2028-03-01 00:00",
+                    20280201,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_month_from_the_15th_spans_two_calendar_months() {
+        check(
+            month(15),
+            &[
+                (
+                    "2026-12-06 15:00",
+                    "2026-11-15 00:00",
+                    "2026-12-15 00:00",
+                    20261115,
+                ),
+                (
+                    "2026-12-20 08:00",
+                    "2026-12-15 00:00",
+                    "2027-01-15 00:00",
+                    20261215,
+                ),
+                (
+                    "2027-01-14 23:59",
+                    "2026-12-15 00:00",
+                    "2027-01-15 00:00",
+                    20261215,
+                ),
+                (
+                    "2027-01-15 00:00",
+                    "2027-01-15 00:00",
+                    "2027-02-15 00:00",
+                    20270115,
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_within_a_period_and_grow_with_the_next() {
+        let fifteenth = month(15);
+        let mut at = utc("2026-01-01 00:00");
+        let mut ids = vec![period_id(fifteenth, &at)];
+        while at < utc("2027-12-31 00:00") {
+            at += TimeDelta::hours(7);
+            let id = period_id(fifteenth, &at);
+            if ids.last() != Some(&id) {
+                ids.push(id);
+            }
+        }
+        // Two years and the half month before the first reset: 25 periods, in order.
+        assert_eq!(ids.len(), 25);
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+        assert_eq!(ids[0], 20251215);
+        assert_eq!(ids[24], 20271215);
+    }
+
+    #[test]
+    fn days_with_a_dst_change_are_23_or_25_hours_long() {
+        // Europe/Berlin springs forward on 2026-03-29 and falls back on 2026-10-25.
+        check_in(
+            &Berlin,
+            Period::Day,
+            &[
+                // 23 hours, from 00:00 CET to 00:00 CEST.
+                (
+                    "2026-03-29 10:00",
+                    "2026-03-28 23:00",
+                    "2026-03-29 22:00",
+                    20260329,
+                ),
+                // 25 hours, from 00:00 CEST to 00:00 CET.
+                (
+                    "2026-10-25 10:00",
+                    "2026-10-24 22:00",
+                    "2026-10-25 23:00",
+                    20261025,
+                ),
+                // The first and the second 02:10 are the same day.
+                (
+                    "2026-10-25 00:10",
+                    "2026-10-24 22:00",
+                    "2026-10-25 23:00",
+                    20261025,
+                ),
+                (
+                    "2026-10-25 01:10",
+                    "2026-10-24 22:00",
+                    "2026-10-25 23:00",
+                    20261025,
+                ),
+            ],
+        );
+        // A month holding the spring change is an hour short of 31 days.
+        check_in(
+            &Berlin,
+            month(1),
+            &[(
+                "2026-03-29 10:00",
+                "2026-02-28 23:00",
+                "2026-03-31 22:00",
+                20260301,
+            )],
+        );
+    }
+
+    #[test]
+    fn a_midnight_that_does_not_exist_starts_the_day_at_the_first_instant_after_it() {
+        // America/Santiago springs forward at midnight: on 2026-09-06, 00:00 -04 never
+        // comes, the clock goes from 23:59:59 -04 to 01:00 -03 at 04:00 UTC; so that day
+        // starts at 01:00 local and lasts 23 hours, and the day before lasts 24.
+        check_in(
+            &Santiago,
+            Period::Day,
+            &[
+                (
+                    "2026-09-06 15:00",
+                    "2026-09-06 04:00",
+                    "2026-09-07 03:00",
+                    20260906,
+                ),
+                (
+                    "2026-09-05 12:00",
+                    "2026-09-05 04:00",
+                    "2026-09-06 04:00",
+                    20260905,
+                ),
+            ],
+        );
+        let day = utc("2026-09-06 15:00").with_timezone(&Santiago);
+        let (start, _) = period_bounds(Period::Day, &day);
+        assert_eq!(start.naive_local(), utc("2026-09-06 01:00").naive_utc());
+    }
+
+    #[test]
+    fn every_instant_lies_within_its_own_period() {
+        for (zone, period) in [
+            (Berlin, month(28)),
+            (Santiago, Period::Day),
+            (Berlin, Period::Day),
+        ] {
+            let mut at = utc("2026-03-01 00:00");
+            while at < utc("2026-11-01 00:00") {
+                let local = at.with_timezone(&zone);
+                let (start, end) = period_bounds(period, &local);
+                assert!(
+                    start <= local && local < end,
+                    "{local} not in [{start}, {end})"
+                );
+                at += TimeDelta::minutes(47);
+            }
+        }
+    }
+
+    #[test]
+    fn the_period_settings_are_checked() {
+        assert_eq!(Period::month(1), Ok(Period::Month { reset_day: 1 }));
+        assert_eq!(Period::month(28), Ok(Period::Month { reset_day: 28 }));
+        for day in [0, 29, 31, 300] {
+            assert_eq!(Period::month(day), Err(PeriodError::ResetDay { day }));
+        }
+        assert_eq!(
+            Period::month(29).expect_err("29").to_string(),
+            "budget_reset_day = 29: must be 1 to 28 (every month has those days)"
+        );
+        assert_eq!(Period::from_config("day", None), Ok(Period::Day));
+        assert_eq!(
+            Period::from_config("month", None),
+            Ok(Period::Month { reset_day: 1 })
+        );
+        assert_eq!(
+            Period::from_config("month", Some(15)),
+            Ok(Period::Month { reset_day: 15 })
+        );
+        assert_eq!(
+            Period::from_config("day", Some(15)),
+            Err(PeriodError::ResetDayWithDay)
+        );
+        assert_eq!(
+            Period::from_config("week", None)
+                .expect_err("week")
+                .to_string(),
+            "budget_period = \"week\": must be \"day\" or \"month\""
+        );
+        assert_eq!(Period::Day.to_string(), "day");
+        assert_eq!(month(1).to_string(), "month");
+        assert_eq!(month(15).to_string(), "month from day 15");
+    }
+
+    #[test]
+    fn exhaustion_is_projected_at_the_rate_so_far() {
+        let (start, end) = (utc("2026-12-06 00:00"), utc("2026-12-07 00:00"));
+        let at = |now: &str, used: u64| projected_exhaustion(used, 100, &start, &utc(now), &end);
+        // 30 of 100 in 6 h: the other 70 take 14 h more.
+        assert_eq!(at("2026-12-06 06:00", 30), Some(utc("2026-12-06 20:00")));
+        // 25 in 6 h lasts exactly the day: not spent within it.
+        assert_eq!(at("2026-12-06 06:00", 25), None);
+        assert_eq!(at("2026-12-06 06:00", 10), None);
+        assert_eq!(at("2026-12-06 06:00", 0), None);
+        assert_eq!(at("2026-12-06 00:00", 5), None);
+        // Already spent: now.
+        assert_eq!(at("2026-12-06 06:00", 100), Some(utc("2026-12-06 06:00")));
+        assert_eq!(at("2026-12-06 06:00", 150), Some(utc("2026-12-06 06:00")));
+        // Large figures do not overflow: 1 TiB of 2 TiB in a month's first half.
+        let (start, end) = (utc("2026-12-01 00:00"), utc("2027-01-01 00:00"));
+        let tib = 1u64 << 40;
+        assert_eq!(
+            projected_exhaustion(tib, 2 * tib, &start, &utc("2026-12-11 00:00"), &end),
+            Some(utc("2026-12-21 00:00"))
+        );
+    }
+}

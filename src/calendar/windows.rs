@@ -362,17 +362,11 @@ fn parse_day(entry: &str, day: &str) -> Result<u32, WindowError> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{NaiveDateTime, Utc};
+    use chrono::Utc;
     use chrono_tz::Europe::Berlin;
 
+    use super::super::utc;
     use super::*;
-
-    /// An instant written as UTC wall time, `"2026-12-07 22:00"` (a Monday).
-    fn utc(text: &str) -> DateTime<Utc> {
-        NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M")
-            .expect("a test time")
-            .and_utc()
-    }
 
     /// The same instant seen from Berlin.
     fn berlin(utc_text: &str) -> DateTime<chrono_tz::Tz> {
@@ -528,72 +522,84 @@ mod tests {
         }
     }
 
+    /// Checks `is_open` at each `(at, open)` and `next_change` from each `(at, change)`,
+    /// times written in UTC and judged in `zone`.
+    fn check_in<Z: TimeZone>(
+        zone: &Z,
+        parsed: &SendWindows,
+        states: &[(&str, bool)],
+        changes: &[(&str, &str)],
+    ) {
+        let at = |text: &str| utc(text).with_timezone(zone);
+        for (text, open) in states {
+            assert_eq!(parsed.is_open(&at(text)), *open, "open at {text} UTC");
+        }
+        for (text, change) in changes {
+            assert_eq!(
+                parsed.next_change(&at(text)),
+                Some(at(change)),
+                "next change from {text} UTC"
+            );
+        }
+    }
+
+    fn check(parsed: &SendWindows, states: &[(&str, bool)], changes: &[(&str, &str)]) {
+        check_in(&Utc, parsed, states, changes);
+    }
+
     #[test]
     fn a_window_whose_end_is_before_its_start_crosses_midnight() {
-        let night = windows(&["22:00-06:00"]);
-        for (at, open) in [
-            ("2026-12-07 21:59", false),
-            ("2026-12-07 22:00", true),
-            ("2026-12-07 23:59", true),
-            ("2026-12-08 00:00", true),
-            ("2026-12-08 05:59", true),
-            ("2026-12-08 06:00", false),
-            ("2026-12-08 12:00", false),
-        ] {
-            assert_eq!(night.is_open(&utc(at)), open, "at {at}");
-        }
-        assert_eq!(
-            night.next_change(&utc("2026-12-08 12:00")),
-            Some(utc("2026-12-08 22:00"))
-        );
-        assert_eq!(
-            night.next_change(&utc("2026-12-07 23:00")),
-            Some(utc("2026-12-08 06:00"))
-        );
-        assert_eq!(
-            night.next_change(&utc("2026-12-08 06:00")),
-            Some(utc("2026-12-08 22:00"))
+        check(
+            &windows(&["22:00-06:00"]),
+            &[
+                ("2026-12-07 21:59", false),
+                ("2026-12-07 22:00", true),
+                ("2026-12-07 23:59", true),
+                ("2026-12-08 00:00", true),
+                ("2026-12-08 05:59", true),
+                ("2026-12-08 06:00", false),
+                ("2026-12-08 12:00", false),
+            ],
+            &[
+                ("2026-12-08 12:00", "2026-12-08 22:00"),
+                ("2026-12-07 23:00", "2026-12-08 06:00"),
+                ("2026-12-08 06:00", "2026-12-08 22:00"),
+            ],
         );
     }
 
     #[test]
     fn an_end_of_23_59_runs_through_that_minute() {
         let weekend = windows(&["Sat 00:00-Sun 23:59"]);
-        let at = utc("2026-12-13 23:59") + TimeDelta::seconds(59);
-        assert!(weekend.is_open(&at));
-        assert!(!weekend.is_open(&utc("2026-12-14 00:00")));
-        assert!(!weekend.is_open(&utc("2026-12-11 23:59")));
-        assert_eq!(
-            weekend.next_change(&utc("2026-12-13 12:00")),
-            Some(utc("2026-12-14 00:00"))
+        assert!(weekend.is_open(&(utc("2026-12-13 23:59") + TimeDelta::seconds(59))));
+        check(
+            &weekend,
+            &[("2026-12-14 00:00", false), ("2026-12-11 23:59", false)],
+            &[("2026-12-13 12:00", "2026-12-14 00:00")],
         );
-        let evening = windows(&["22:00-23:59"]);
-        assert_eq!(
-            evening.next_change(&utc("2026-12-07 22:30")),
-            Some(utc("2026-12-08 00:00"))
+        check(
+            &windows(&["22:00-23:59"]),
+            &[],
+            &[("2026-12-07 22:30", "2026-12-08 00:00")],
         );
     }
 
     #[test]
     fn a_weekly_window_may_wrap_the_week() {
-        let long_weekend = windows(&["Fri 18:00-Mon 06:00"]);
-        for (at, open) in [
-            ("2026-12-11 17:59", false),
-            ("2026-12-11 18:00", true),
-            ("2026-12-13 12:00", true),
-            ("2026-12-14 05:59", true),
-            ("2026-12-14 06:00", false),
-            ("2026-12-09 12:00", false),
-        ] {
-            assert_eq!(long_weekend.is_open(&utc(at)), open, "at {at}");
-        }
-        assert_eq!(
-            long_weekend.next_change(&utc("2026-12-09 12:00")),
-            Some(utc("2026-12-11 18:00"))
-        );
-        assert_eq!(
-            long_weekend.next_change(&utc("2026-12-12 12:00")),
-            Some(utc("2026-12-14 06:00"))
+        check(
+            &windows(&["Fri 18:00-Mon 06:00"]),
+            &[
+                ("2026-12-11 17:59", false),
+                ("2026-12-11 18:00", true),
+                ("2026-12-13 12:00", true),
+                ("2026-12-14 05:59", true),
+                ("2026-12-14 06:00", false),
+                ("2026-12-09 12:00", false),
+            ],
+            &[
+                ("2026-12-09 12:00", "2026-12-11 18:00"),
+                ("2026-12-12 12:00", "2026-12-14 06:00"),
+            ],
         );
     }
 
@@ -650,56 +656,89 @@ mod tests {
     #[test]
     fn a_window_starting_in_the_hour_skipped_by_spring_forward_opens_when_the_clock_resumes() {
         // Europe/Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST, at 01:00 UTC.
-        let early = windows(&["02:30-05:00"]);
-        let before = berlin("2026-03-29 00:30"); // 01:30 CET
-        assert!(!early.is_open(&before));
-        assert_eq!(early.next_change(&before), Some(berlin("2026-03-29 01:00")));
-        assert!(early.is_open(&berlin("2026-03-29 01:00"))); // 03:00 CEST
-        assert_eq!(
-            early.next_change(&berlin("2026-03-29 01:00")),
-            Some(berlin("2026-03-29 03:00"))
+        check_in(
+            &Berlin,
+            &windows(&["02:30-05:00"]),
+            &[("2026-03-29 00:30", false), ("2026-03-29 01:00", true)],
+            &[
+                ("2026-03-29 00:30", "2026-03-29 01:00"), // 01:30 CET: opens at 03:00 CEST
+                ("2026-03-29 01:00", "2026-03-29 03:00"), // closes at 05:00 CEST
+            ],
         );
-
         // A night window ending in the gap closes when the clock jumps past its end.
-        let night = windows(&["22:00-02:30"]);
-        assert_eq!(
-            night.next_change(&berlin("2026-03-28 22:00")),
-            Some(berlin("2026-03-29 01:00"))
+        check_in(
+            &Berlin,
+            &windows(&["22:00-02:30"]),
+            &[],
+            &[("2026-03-28 22:00", "2026-03-29 01:00")],
         );
-
         // A window wholly inside the gap does not happen that night; the next day it does.
-        let lost = windows(&["02:00-02:30"]);
-        assert_eq!(lost.next_change(&before), Some(berlin("2026-03-30 00:00")));
+        check_in(
+            &Berlin,
+            &windows(&["02:00-02:30"]),
+            &[],
+            &[("2026-03-29 00:30", "2026-03-30 00:00")],
+        );
     }
 
     #[test]
     fn a_window_ending_in_the_hour_repeated_by_fall_back_ends_at_its_first_instance() {
         // Europe/Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET, at 01:00 UTC, so
         // 02:00-02:59 happens twice (00:00-00:59 UTC, then 01:00-01:59 UTC).
-        let night = windows(&["22:00-02:30"]);
-        assert!(night.is_open(&berlin("2026-10-24 20:00"))); // 22:00 CEST
-        assert_eq!(
-            night.next_change(&berlin("2026-10-25 00:00")),
-            Some(berlin("2026-10-25 00:30"))
+        check_in(
+            &Berlin,
+            &windows(&["22:00-02:30"]),
+            &[
+                ("2026-10-24 20:00", true),  // 22:00 CEST
+                ("2026-10-25 01:10", false), // 02:10 CET, the second time
+            ],
+            &[
+                ("2026-10-25 00:00", "2026-10-25 00:30"), // the first 02:30
+                ("2026-10-25 00:30", "2026-10-25 21:00"), // 22:00 CET
+            ],
         );
-        assert!(!night.is_open(&berlin("2026-10-25 01:10"))); // 02:10 CET, the second time
-        assert_eq!(
-            night.next_change(&berlin("2026-10-25 00:30")),
-            Some(berlin("2026-10-25 21:00"))
-        );
-
         // A window starting in the repeated hour opens at its first instance and stays
         // open through the second.
-        let early = windows(&["02:15-04:00"]);
-        assert_eq!(
-            early.next_change(&berlin("2026-10-24 23:00")),
-            Some(berlin("2026-10-25 00:15"))
+        check_in(
+            &Berlin,
+            &windows(&["02:15-04:00"]),
+            &[("2026-10-25 01:05", true)], // 02:05 CET
+            &[
+                ("2026-10-24 23:00", "2026-10-25 00:15"), // the first 02:15
+                ("2026-10-25 00:15", "2026-10-25 03:00"), // 04:00 CET
+            ],
         );
-        assert!(early.is_open(&berlin("2026-10-25 01:05"))); // 02:05 CET
-        assert_eq!(
-            early.next_change(&berlin("2026-10-25 00:15")),
-            Some(berlin("2026-10-25 03:00"))
-        );
+    }
+
+    #[test]
+    fn next_change_names_exactly_the_minutes_where_is_open_flips_across_both_dst_nights() {
+        for entries in [
+            &["22:00-02:30"][..],
+            &["02:15-04:00"],
+            &["02:00-02:30", "Fri 18:00-Mon 06:00"],
+            &["22:00-06:00", "Sat 00:00-Sun 23:59"],
+        ] {
+            let parsed = windows(entries);
+            for (from, to) in [
+                ("2026-03-26 00:00", "2026-04-01 00:00"),
+                ("2026-10-22 00:00", "2026-10-28 00:00"),
+            ] {
+                let (mut at, to) = (berlin(from), berlin(to));
+                let mut open = parsed.is_open(&at);
+                let mut change = parsed.next_change(&at);
+                while at < to {
+                    at += TimeDelta::minutes(1);
+                    if Some(at) == change {
+                        assert_ne!(parsed.is_open(&at), open, "{entries:?} at {at}");
+                        open = !open;
+                        change = parsed.next_change(&at);
+                    } else {
+                        assert_eq!(parsed.is_open(&at), open, "{entries:?} at {at}");
+                        assert_eq!(parsed.next_change(&at), change, "{entries:?} at {at}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
