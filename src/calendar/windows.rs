@@ -117,7 +117,8 @@ impl SendWindows {
     }
 
     /// When [`is_open`](Self::is_open) next gives another answer after `at`, if that is
-    /// within 8 days (`None`: always open, or, for windows that never exist, never).
+    /// within 8 days. `None`: no windows, windows that cover the whole week, or (closed)
+    /// windows that never happen, each of them lying in a spring-forward gap.
     pub fn next_change<Tz: TimeZone>(&self, at: &DateTime<Tz>) -> Option<DateTime<Tz>> {
         if self.windows.is_empty() {
             return None;
