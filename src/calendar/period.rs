@@ -21,15 +21,11 @@ pub const MAX_RESET_DAY: u8 = 28;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeriodError {
-    #[error("budget_period = {name:?}: must be \"day\" or \"month\"")]
-    Name { name: String },
     #[error(
         "budget_reset_day = {day}: must be 1 to {max} (every month has those days)",
         max = MAX_RESET_DAY
     )]
-    ResetDay { day: u32 },
-    #[error("budget_reset_day is set but budget_period is \"day\"; it applies to \"month\" only")]
-    ResetDayWithDay,
+    ResetDay { day: u8 },
 }
 
 /// The calendar span a data budget counts within.
@@ -43,24 +39,13 @@ pub enum Period {
 }
 
 impl Period {
-    /// A monthly period restarting on day `reset_day` (1..=28) of each month.
-    pub fn month(reset_day: u32) -> Result<Period, PeriodError> {
-        match u8::try_from(reset_day) {
-            Ok(day @ 1..=MAX_RESET_DAY) => Ok(Period::Month { reset_day: day }),
-            _ => Err(PeriodError::ResetDay { day: reset_day }),
-        }
-    }
-
-    /// The period from the configuration's `budget_period` (`"day"` or `"month"`) and
-    /// `budget_reset_day` (months only, default 1).
-    pub fn from_config(name: &str, reset_day: Option<u32>) -> Result<Period, PeriodError> {
-        match (name, reset_day) {
-            ("day", None) => Ok(Period::Day),
-            ("day", Some(_)) => Err(PeriodError::ResetDayWithDay),
-            ("month", day) => Period::month(day.unwrap_or(1)),
-            _ => Err(PeriodError::Name {
-                name: name.to_owned(),
-            }),
+    /// A monthly period restarting on day `reset_day` (1..=28) of each month: the check
+    /// of `budget_reset_day`.
+    pub fn month(reset_day: u8) -> Result<Period, PeriodError> {
+        if (1..=MAX_RESET_DAY).contains(&reset_day) {
+            Ok(Period::Month { reset_day })
+        } else {
+            Err(PeriodError::ResetDay { day: reset_day })
         }
     }
 
@@ -204,7 +189,7 @@ mod tests {
     use super::super::utc;
     use super::*;
 
-    fn month(reset_day: u32) -> Period {
+    fn month(reset_day: u8) -> Period {
         Period::month(reset_day).expect("a valid reset day")
     }
 
@@ -437,34 +422,15 @@ mod tests {
     }
 
     #[test]
-    fn the_period_settings_are_checked() {
+    fn a_reset_day_must_be_1_to_28_and_periods_print_as_status_shows_them() {
         assert_eq!(Period::month(1), Ok(Period::Month { reset_day: 1 }));
         assert_eq!(Period::month(28), Ok(Period::Month { reset_day: 28 }));
-        for day in [0, 29, 31, 300] {
+        for day in [0, 29, 31, 255] {
             assert_eq!(Period::month(day), Err(PeriodError::ResetDay { day }));
         }
         assert_eq!(
             Period::month(29).expect_err("29").to_string(),
             "budget_reset_day = 29: must be 1 to 28 (every month has those days)"
-        );
-        assert_eq!(Period::from_config("day", None), Ok(Period::Day));
-        assert_eq!(
-            Period::from_config("month", None),
-            Ok(Period::Month { reset_day: 1 })
-        );
-        assert_eq!(
-            Period::from_config("month", Some(15)),
-            Ok(Period::Month { reset_day: 15 })
-        );
-        assert_eq!(
-            Period::from_config("day", Some(15)),
-            Err(PeriodError::ResetDayWithDay)
-        );
-        assert_eq!(
-            Period::from_config("week", None)
-                .expect_err("week")
-                .to_string(),
-            "budget_period = \"week\": must be \"day\" or \"month\""
         );
         assert_eq!(Period::Day.to_string(), "day");
         assert_eq!(month(1).to_string(), "month");
