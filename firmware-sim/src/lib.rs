@@ -12,7 +12,8 @@
 //!   and record exactly which readings of which boot were acknowledged ([`run_fleet`]);
 //! - [`verify`]: reads a Kafka topic back and checks it against a fleet's report — missing
 //!   acknowledged readings, duplicates, reordering, headers, keys ([`check`],
-//!   [`wait_until_complete`]);
+//!   [`wait_until_complete`]); and a live topic: every device's newest reading there and
+//!   its age ([`LiveTable`]);
 //! - [`link`]: a bandwidth-shaping TCP proxy with outages on demand or on a schedule, which
 //!   logs what it forwarded ([`Link`]): the constrained uplink of the tests, the benchmark
 //!   and `firmware-sim link`;
@@ -66,5 +67,5 @@ pub use seqset::SeqSet;
 pub use serial::{run_serial, SerialError, SerialLine, SerialOptions, SerialReport, SerialTarget};
 pub use telemetry::{device_id, topic_for, PayloadFormat, Reading, ReadingId, Turbine};
 pub use tokio_util::sync::CancellationToken;
-pub use verify::{check, wait_until_complete, KafkaReading, VerifyReport};
+pub use verify::{check, wait_until_complete, KafkaReading, LiveReport, LiveTable, VerifyReport};
 pub use workload::Workload;

@@ -60,7 +60,8 @@ enum Command {
         link: LoadLinkArgs,
     },
     /// Read a Kafka topic (all partitions, earliest to high watermark) and report, per
-    /// device, missing, duplicated and out-of-order readings and header/key problems. Exits
+    /// device, missing, duplicated and out-of-order readings and header/key problems; with
+    /// --live-topic, also every device's newest reading on a live topic and its age. Exits
     /// 1 if any rule is broken (duplicates alone are allowed).
     Verify {
         /// Kafka bootstrap brokers, comma-separated host:port.
@@ -78,6 +79,15 @@ enum Command {
         /// long.
         #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Also check a live topic (a gateway's live lane, `tidegate-live: 1` records): every
+        /// device (of --report, else of --topic) must have a reading there no older than
+        /// --live-max-age, and every record must carry the marker.
+        #[arg(long, value_name = "TOPIC")]
+        live_topic: Option<String>,
+        /// With --live-topic: the largest age (now − the reading's ts) of a device's newest
+        /// live reading.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, requires = "live_topic")]
+        live_max_age: Duration,
     },
     /// Write turbine readings to a serial line, as UART / RS-485 sensors do. Without --port,
     /// create a pseudo-terminal pair and print `serial: /dev/pts/N` (the path the gateway
@@ -284,19 +294,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             topic,
             report,
             timeout,
+            live_topic,
+            live_max_age,
         } => {
-            let v = match report {
+            let (v, devices) = match report {
                 Some(path) => {
                     let bytes = std::fs::read(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     let fleet: FleetReport = serde_json::from_slice(&bytes)
                         .with_context(|| format!("parsing {}", path.display()))?;
-                    verify::wait_until_complete(&brokers, &topic, &fleet, timeout).await?
+                    let v = verify::wait_until_complete(&brokers, &topic, &fleet, timeout).await?;
+                    (v, fleet.devices.keys().cloned().collect::<Vec<_>>())
                 }
-                None => check_stream(&verify::read_topic(&brokers, &topic).await?),
+                None => {
+                    let v = check_stream(&verify::read_topic(&brokers, &topic).await?);
+                    let devices = v.devices.keys().cloned().collect();
+                    (v, devices)
+                }
             };
             println!("{v}");
-            Ok(if v.is_ok() {
+            let mut ok = v.is_ok();
+            if let Some(live_topic) = live_topic {
+                let table = verify::read_live(&brokers, &live_topic).await?;
+                let live = table.check(
+                    devices.iter().map(String::as_str),
+                    live_max_age,
+                    firmware_sim::telemetry::now_ms(),
+                );
+                println!("{live}");
+                for p in live.problems() {
+                    println!("{p}");
+                }
+                ok &= live.is_ok();
+            }
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -21,14 +21,19 @@
 //!   which is not a replay.
 //!
 //! `reader` reads the topic, `checker` applies the rules; this module ties them to a fleet's
-//! report.
+//! report. `live` checks a live topic instead: every device's newest reading there, and
+//! whether it is younger than a bound.
 
 mod checker;
+mod live;
+#[cfg(test)]
+mod live_tests;
 mod reader;
 #[cfg(test)]
 mod tests;
 
 pub use checker::{Checker, DeviceVerify, VerifyReport};
+pub use live::{read_live, LiveReading, LiveReport, LiveTable, LiveWatcher, LIVE_HEADER};
 pub use reader::{read_topic, ClientOptions, PartitionReader, StartAt, TopicReader};
 
 use std::time::Duration;
