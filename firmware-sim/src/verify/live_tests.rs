@@ -1,10 +1,11 @@
 //! The live topic's check on hand-made records: the newest reading per device, its age
-//! against the bound, devices missing, records without the live marker, and "since when".
+//! against the bound, devices missing, records without the live marker, and "since when";
+//! and an MQTT live lane read back from a real Mosquitto.
 
 use std::time::Duration;
 
 use super::*;
-use crate::telemetry::{topic_for, Turbine};
+use crate::telemetry::{now_ms, topic_for, Turbine};
 
 const BOOT: u64 = 1_000;
 
@@ -119,4 +120,74 @@ fn since_when_every_device_had_a_reading_from_after_a_moment() {
         t.all_fresh_since(both, 206_000),
         Err(vec!["wt-0002".to_owned()])
     );
+}
+
+/// Publishes turbine `n`'s reading `seq` stamped `ts` to `topic`, retained, QoS 1, with the
+/// live marker as a user property if `marked`; waits for the PUBACK.
+async fn publish_live(broker: &str, topic: &str, n: usize, seq: u64, ts: u64, marked: bool) {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let (host, port) = broker.rsplit_once(':').expect("host:port");
+    let port: u16 = port.parse().expect("a port");
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new(format!("pub-{n}-{seq}"), host, port), 8);
+    let mut r = Turbine::new(1, n, BOOT, 1.0).step(ts);
+    r.seq = seq;
+    let props = PublishProperties {
+        user_properties: if marked {
+            vec![(LIVE_HEADER.to_owned(), "1".to_owned())]
+        } else {
+            Vec::new()
+        },
+        ..PublishProperties::default()
+    };
+    client
+        .publish_with_properties(topic, QoS::AtLeastOnce, true, r.to_json(), props)
+        .await
+        .expect("queued");
+    loop {
+        match events.poll().await.expect("connected") {
+            Event::Incoming(Packet::PubAck(_)) => return,
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_mqtt_watcher_reads_retained_and_new_live_readings_with_their_marker() {
+    let mosquitto = crate::testbed::Mosquitto::start().unwrap_or_else(|e| panic!("{e}"));
+    let broker = mosquitto.addr();
+    let now = now_ms();
+    // Retained before the watcher subscribes: what a dashboard connecting now would get.
+    publish_live(&broker, "live/turbines/wt-0001/telemetry", 1, 7, now, true).await;
+    publish_live(&broker, "live/turbines/wt-0002/telemetry", 2, 3, now, false).await;
+    // Not under the prefix: not the live lane.
+    publish_live(&broker, "turbines/wt-0003/telemetry", 3, 9, now, true).await;
+    let watcher = MqttLiveWatcher::connect(&broker, "live/")
+        .await
+        .expect("subscribed");
+    publish_live(
+        &broker,
+        "live/turbines/wt-0001/telemetry",
+        1,
+        8,
+        now + 1,
+        true,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        let t = watcher.table();
+        if t.records() >= 3 || tokio::time::Instant::now() >= deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(table.records(), 3);
+    assert_eq!(table.unmarked(), 1, "wt-0002's reading has no marker");
+    assert_eq!(table.newest_of("wt-0001").map(|r| r.seq), Some(8));
+    assert_eq!(table.newest_of("wt-0003"), None);
+    let r = table.check(["wt-0001", "wt-0002"], Duration::from_secs(60), now);
+    assert_eq!(r.missing(), Vec::<&str>::new());
 }

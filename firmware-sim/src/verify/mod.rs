@@ -22,10 +22,12 @@
 //!
 //! `reader` reads the topic, `checker` applies the rules; this module ties them to a fleet's
 //! report. `live` checks a live topic instead: every device's newest reading there, and
-//! whether it is younger than a bound.
+//! whether it is younger than a bound; `live_mqtt` reads an MQTT upstream's live lane into
+//! the same table.
 
 mod checker;
 mod live;
+mod live_mqtt;
 #[cfg(test)]
 mod live_tests;
 mod reader;
@@ -34,6 +36,7 @@ mod tests;
 
 pub use checker::{Checker, DeviceVerify, VerifyReport};
 pub use live::{read_live, LiveReading, LiveReport, LiveTable, LiveWatcher, LIVE_HEADER};
+pub use live_mqtt::MqttLiveWatcher;
 pub use reader::{read_topic, ClientOptions, PartitionReader, StartAt, TopicReader};
 
 use std::time::Duration;
@@ -89,6 +92,15 @@ pub enum VerifyError {
     /// The topic does not exist (yet).
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
+    /// An MQTT broker address that is not `host:port`.
+    #[error("MQTT broker {0:?} is not host:port")]
+    BadBroker(String),
+    /// The MQTT connection failed.
+    #[error("mqtt: {0}")]
+    Mqtt(#[from] rumqttc::v5::ConnectionError),
+    /// The MQTT client could not take a request.
+    #[error("mqtt client: {0}")]
+    MqttClient(#[from] rumqttc::v5::ClientError),
 }
 
 fn sorted(readings: &[KafkaReading]) -> Vec<&KafkaReading> {
