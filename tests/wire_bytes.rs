@@ -1,6 +1,8 @@
-//! Wire bytes against real Tansu: what a Kafka sink counts in `wire_sent` and
-//! `wire_received` is exactly what a proxy between it and the cluster passes on, over every
-//! connection rskafka opens (bootstrap, metadata, topic creation, tail reads, produce).
+//! Wire bytes against real brokers: what a Kafka sink counts in `wire_sent` and
+//! `wire_received` is exactly what a proxy between it and Tansu passes on, over every
+//! connection rskafka opens (bootstrap, metadata, topic creation, tail reads, produce); an
+//! MQTT sink's counts differ from a proxy's in front of Mosquitto by the connection's
+//! CONNECT / CONNACK alone.
 //!
 //! Tansu advertises the proxy's port, so every connection goes through the proxy. The
 //! proxy counts each direction on its own, as it reads, so a request is counted before
@@ -13,9 +15,10 @@ use std::sync::Arc;
 
 use common::brokers::{free_port, retry_on_port_clash, tansu_behind};
 use firmware_sim::{PayloadFormat, Workload};
-use tidegate::config::{Compression, UpstreamConfig, UpstreamKind};
+use tidegate::config::{Compression, MqttClientConfig, UpstreamConfig, UpstreamKind};
 use tidegate::record::{Item, Reading, Record, SourceKind};
 use tidegate::sinks::kafka::KafkaSink;
+use tidegate::sinks::mqtt::MqttSink;
 use tidegate::sinks::{Attachment, Sink};
 use tidegate::telemetry::ForwardCounters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,4 +171,56 @@ async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
         sent[1],
         sent[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_sink_counts_every_publish_and_puback_byte_a_proxy_passes_on() {
+    let broker = common::brokers::Mosquitto::start();
+    let items = turbine_readings();
+    for protocol in [4, 5] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let proxy_port = listener.local_addr().expect("proxy address").port();
+        let seen = counting_proxy(listener, broker.addr());
+        let config = UpstreamConfig {
+            topic_prefix: "site/".into(),
+            client: MqttClientConfig {
+                protocol,
+                ..MqttClientConfig::with_url(format!("mqtt://127.0.0.1:{proxy_port}"))
+            },
+            ..UpstreamConfig::new("cloud", UpstreamKind::Mqtt)
+        };
+        let mut sink = MqttSink::new(&config, "gw-wire").expect("sink");
+        let counters = Arc::new(ForwardCounters::default());
+        sink.attach(Attachment {
+            epoch: None,
+            counters: counters.clone(),
+        });
+        // What the sink does not count (CONNECT and CONNACK, see sinks::mqtt::wire) is
+        // the same whatever the batch: the difference to the proxy's count stays put.
+        let mut uncounted = Vec::new();
+        for batch in [&items[..10], &items[10..1000]] {
+            sink.send(batch).await.expect("batch delivered");
+            uncounted.push((
+                seen.to_cluster.load(Ordering::Relaxed)
+                    - counters.wire_sent.load(Ordering::Relaxed),
+                seen.from_cluster.load(Ordering::Relaxed)
+                    - counters.wire_received.load(Ordering::Relaxed),
+            ));
+        }
+        assert_eq!(
+            uncounted[0], uncounted[1],
+            "MQTT {protocol}: every PUBLISH and PUBACK byte of the second batch counted"
+        );
+        assert!(
+            uncounted[0].0 < 100 && uncounted[0].1 < 100,
+            "MQTT {protocol}: only the CONNECT / CONNACK uncounted: {:?}",
+            uncounted[0]
+        );
+        let puback = if protocol == 5 { 5 } else { 4 };
+        assert_eq!(
+            counters.wire_received.load(Ordering::Relaxed),
+            1000 * puback,
+            "MQTT {protocol}: one {puback}-byte PUBACK per publish"
+        );
+    }
 }

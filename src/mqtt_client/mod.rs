@@ -46,6 +46,21 @@ pub use url::{BrokerUrl, BrokerUrlError, UrlProblem};
 pub const PROP_GATEWAY: &str = "tidegate-gateway";
 /// User property (MQTT 5) carrying the journal sequence number, decimal.
 pub const PROP_SEQ: &str = "tidegate-seq";
+/// User property (MQTT 5) `1` on a live-lane publish, as the Kafka header of the same name.
+pub const PROP_LIVE: &str = "tidegate-live";
+
+/// The MQTT 5 user properties of a sink publish: gateway, sequence and, on the live lane,
+/// the live marker. Also what the sink's wire-size count is computed from.
+pub fn user_properties(gateway: &str, seq: u64, live: bool) -> Vec<(String, String)> {
+    let mut props = vec![
+        (PROP_GATEWAY.to_owned(), gateway.to_owned()),
+        (PROP_SEQ.to_owned(), seq.to_string()),
+    ];
+    if live {
+        props.push((PROP_LIVE.to_owned(), "1".to_owned()));
+    }
+    props
+}
 
 /// Shortest keep-alive rumqttc accepts for both protocol versions (its MQTT 5 client
 /// panics below 5 s, and cannot turn keep-alive off).
@@ -420,27 +435,27 @@ pub enum Requests {
 pub struct QueueError;
 
 impl Requests {
-    /// Queues a QoS 1 publish; under MQTT 5 with the two tidegate user properties.
+    /// Queues a QoS 1 publish; under MQTT 5 with the tidegate user properties
+    /// ([`user_properties`]). A `live` publish (the live lane's) is retained, so a new
+    /// subscriber gets each topic's current value at once, and marked [`PROP_LIVE`].
     pub fn publish(
         &self,
         topic: String,
         payload: Bytes,
         gateway: &Arc<str>,
         seq: u64,
+        live: bool,
     ) -> Result<(), QueueError> {
         match self {
             Requests::V4(c) => c
-                .try_publish(topic, QoS4::AtLeastOnce, false, payload.to_vec())
+                .try_publish(topic, QoS4::AtLeastOnce, live, payload.to_vec())
                 .map_err(|_| QueueError),
             Requests::V5(c) => {
                 let props = v5b::PublishProperties {
-                    user_properties: vec![
-                        (PROP_GATEWAY.to_owned(), gateway.to_string()),
-                        (PROP_SEQ.to_owned(), seq.to_string()),
-                    ],
+                    user_properties: user_properties(gateway, seq, live),
                     ..Default::default()
                 };
-                c.try_publish_with_properties(topic, QoS5::AtLeastOnce, false, payload, props)
+                c.try_publish_with_properties(topic, QoS5::AtLeastOnce, live, payload, props)
                     .map_err(|_| QueueError)
             }
         }

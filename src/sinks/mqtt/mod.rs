@@ -18,6 +18,19 @@
 //! | user property `tidegate-gateway` (MQTT 5) | the gateway id                         |
 //! | user property `tidegate-seq` (MQTT 5)     | the journal sequence, decimal ASCII    |
 //!
+//! # The live lane
+//!
+//! [`MqttSink::live`] is the same sink for an upstream's live lane: topic
+//! `live_topic_prefix` + `reading.topic`, **retained** (a new subscriber gets each device's
+//! current value at once), user property `tidegate-live` = `1` under MQTT 5, its own client
+//! id `<client id>-live` (so it does not take the history connection's place on the broker)
+//! and a clean session (nothing to resume: the live lane is best effort).
+//!
+//! # Wire bytes
+//!
+//! Each PUBLISH the sink writes adds its exact encoded size to the upstream's `wire_sent`,
+//! and each PUBACK its size to `wire_received` ([`wire`] says what is not counted).
+//!
 //! # Invariants
 //!
 //! * **Ordered.** A batch is published in journal order on one connection, with at most
@@ -53,8 +66,10 @@
 //! topic refusals are fatal (logged at ERROR, retried slowly) since they need an operator.
 
 pub mod config;
+pub mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +80,8 @@ use crate::config::UpstreamConfig;
 use crate::mqtt_client::topics::TopicMap;
 use crate::mqtt_client::{BrokerUrlError, Endpoint, Event, EventLoop, Failure, Requests};
 use crate::record::{Item, Record};
-use crate::sinks::{Sink, SinkError};
+use crate::sinks::{Attachment, Sink, SinkError};
+use crate::telemetry::ForwardCounters;
 
 /// Delivers batches to one upstream MQTT broker. See the [module docs](self).
 pub struct MqttSink {
@@ -93,6 +109,10 @@ struct Ctx {
     gateway: Arc<str>,
     /// Longest wait for the next PUBACK (or the CONNACK) before the attempt counts as failed.
     request_timeout: Duration,
+    /// The live lane's sink ([`MqttSink::live`]): retained publishes, `tidegate-live`.
+    live: bool,
+    /// The upstream's counters (wire bytes), from [`Sink::attach`].
+    counters: Option<Arc<ForwardCounters>>,
 }
 
 /// One live connection. Its event loop is polled by its own task for the connection's
@@ -136,22 +156,56 @@ impl MqttSink {
     /// A sink for `config`'s broker (`kind = "mqtt"`), stamping publishes with
     /// `gateway_id`. Does no I/O: the first [`Sink::send`] connects.
     pub fn new(config: &UpstreamConfig, gateway_id: &str) -> Result<MqttSink, BrokerUrlError> {
-        Ok(MqttSink {
+        let endpoint = config::endpoint(config, gateway_id)?;
+        let topics = TopicMap::from_config(config);
+        Ok(MqttSink::with(config, gateway_id, endpoint, topics, false))
+    }
+
+    /// The sink of `config`'s live lane: publishes to `live_topic_prefix` + the reading's
+    /// topic, retained, marked `tidegate-live`, as client `<client id>-live` with a clean
+    /// session (see the [module docs](self#the-live-lane)). Does no I/O.
+    pub fn live(config: &UpstreamConfig, gateway_id: &str) -> Result<MqttSink, BrokerUrlError> {
+        let mut endpoint = config::endpoint(config, gateway_id)?;
+        endpoint.client_id.push_str("-live");
+        endpoint.clean_session = true;
+        let topics = TopicMap::Prefix(config.uplink.live_topic_prefix.clone());
+        Ok(MqttSink::with(config, gateway_id, endpoint, topics, true))
+    }
+
+    fn with(
+        config: &UpstreamConfig,
+        gateway_id: &str,
+        endpoint: Endpoint,
+        topics: TopicMap,
+        live: bool,
+    ) -> MqttSink {
+        MqttSink {
             ctx: Ctx {
                 upstream: config.name.clone(),
-                endpoint: config::endpoint(config, gateway_id)?,
-                topics: TopicMap::from_config(config),
+                endpoint,
+                topics,
                 gateway: Arc::from(gateway_id),
                 request_timeout: config.request_timeout,
+                live,
+                counters: None,
             },
             conn: None,
             acked: None,
             connects: 0,
-        })
+        }
     }
 }
 
 impl Ctx {
+    /// Adds to the upstream's wire bytes, once attached.
+    fn count_wire(&self, sent: usize, received: usize) {
+        if let Some(c) = &self.counters {
+            c.wire_sent.fetch_add(sent as u64, Ordering::Relaxed);
+            c.wire_received
+                .fetch_add(received as u64, Ordering::Relaxed);
+        }
+    }
+
     fn error(&self, fatal: bool, what: impl std::fmt::Display) -> SinkError {
         let message = format!(
             "upstream {:?} (MQTT broker {}): {what}",
@@ -214,9 +268,10 @@ impl Ctx {
     async fn deliver(&self, conn: &mut Connection, todo: &[Item]) -> (usize, Option<SinkError>) {
         let window = usize::from(self.endpoint.max_inflight.max(1));
         let mut queued = 0;
-        // Indexes in `todo` of the publishes queued and not yet written, in queue order:
-        // rumqttc writes them in that order, and a gap (queued as nothing) has no index here.
-        let mut unwritten: VecDeque<usize> = VecDeque::with_capacity(window);
+        // Indexes in `todo` of the publishes queued and not yet written, with their encoded
+        // sizes, in queue order: rumqttc writes them in that order, and a gap (queued as
+        // nothing) has no index here.
+        let mut unwritten: VecDeque<(usize, usize)> = VecDeque::with_capacity(window);
         let mut acked = vec![false; todo.len()];
         let mut acked_count = 0;
         let mut prefix = 0;
@@ -258,9 +313,23 @@ impl Ctx {
                         )),
                     );
                 }
+                let size = wire::publish_size(
+                    self.endpoint.protocol,
+                    &topic,
+                    r.reading.payload.len(),
+                    &self.gateway,
+                    r.seq,
+                    self.live,
+                );
                 if conn
                     .requests
-                    .publish(topic, r.reading.payload.clone(), &self.gateway, r.seq)
+                    .publish(
+                        topic,
+                        r.reading.payload.clone(),
+                        &self.gateway,
+                        r.seq,
+                        self.live,
+                    )
                     .is_err()
                 {
                     return (
@@ -268,7 +337,7 @@ impl Ctx {
                         Some(self.error(false, "the connection's request queue closed")),
                     );
                 }
-                unwritten.push_back(queued);
+                unwritten.push_back((queued, size));
                 queued += 1;
             }
             let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
@@ -310,14 +379,16 @@ impl Ctx {
             };
             match event {
                 Event::Sent(pkid) => {
-                    if let Some(i) = unwritten.pop_front() {
+                    if let Some((i, size)) = unwritten.pop_front() {
                         in_flight.insert(pkid, i);
+                        self.count_wire(size, 0);
                     }
                 }
                 Event::Acked(pkid) => {
                     // rumqttc refuses a PUBACK for an id it has nothing in flight under
                     // (an error, so a new connection) before we see it.
                     if let Some(i) = in_flight.remove(&pkid) {
+                        self.count_wire(0, wire::puback_size(self.endpoint.protocol));
                         if !acked[i] {
                             acked[i] = true;
                             acked_count += 1;
@@ -370,6 +441,10 @@ impl Sink for MqttSink {
                 Err(e)
             }
         }
+    }
+
+    fn attach(&mut self, attachment: Attachment) {
+        self.ctx.counters = Some(attachment.counters);
     }
 }
 

@@ -12,6 +12,7 @@ use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
 use super::*;
 use crate::config::{MqttClientConfig, UpstreamConfig, UpstreamKind};
 use crate::record::{Gap, Item, Reading, SourceKind};
+use crate::telemetry::ForwardCounters;
 
 const GATEWAY: &str = "gw-test-01";
 
@@ -49,12 +50,12 @@ fn batch(first_seq: u64, count: u64) -> Vec<Item> {
         .collect()
 }
 
-/// A subscriber of `site-7/#`, subscribed (SUBACK seen) before it is returned.
-async fn subscriber(port: u16) -> rumqttc::v5::EventLoop {
+/// A subscriber of `filter`, subscribed (SUBACK seen) before it is returned.
+async fn subscriber(port: u16, filter: &str) -> rumqttc::v5::EventLoop {
     let (client, mut events) =
         AsyncClient::new(MqttOptions::new("sink-test-reader", "127.0.0.1", port), 10);
     client
-        .subscribe("site-7/#", QoS::AtLeastOnce)
+        .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("queue subscribe");
     loop {
@@ -72,7 +73,7 @@ async fn subscriber(port: u16) -> rumqttc::v5::EventLoop {
 /// A fresh Mosquitto, a subscriber of `site-7/#` on it, and a sink publishing there.
 async fn broker_reader_and_sink() -> (Mosquitto, rumqttc::v5::EventLoop, MqttSink) {
     let broker = Mosquitto::start().expect("mosquitto");
-    let reader = subscriber(broker.port()).await;
+    let reader = subscriber(broker.port(), "site-7/#").await;
     let sink = MqttSink::new(
         &upstream(format!("mqtt://127.0.0.1:{}", broker.port())),
         GATEWAY,
@@ -222,4 +223,74 @@ async fn an_idle_connection_is_kept_alive_and_one_lost_while_idle_is_replaced_wi
     tokio::time::sleep(Duration::from_millis(300)).await;
     sink.send(&batch(11, 5)).await.expect("after the restart");
     assert_eq!(sink.connects, 2);
+}
+
+#[tokio::test]
+async fn the_live_sink_publishes_retained_marked_readings_beside_the_history_connection() {
+    let (broker, mut history_reader, mut history) = broker_reader_and_sink().await;
+    let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
+    config.uplink.live_topic_prefix = "live/".into();
+    let mut live = MqttSink::live(&config, GATEWAY).expect("live sink");
+    let counters = Arc::new(ForwardCounters::default());
+    live.attach(Attachment {
+        epoch: None,
+        counters: counters.clone(),
+    });
+
+    history.send(&batch(1, 6)).await.expect("history batch");
+    // Six readings over three topics: the broker keeps the last of each, retained.
+    let readings = batch(7, 6);
+    live.send(&readings).await.expect("live batch");
+    history
+        .send(&batch(13, 6))
+        .await
+        .expect("history batch after the live one");
+    assert_eq!(
+        (history.connects, live.connects),
+        (1, 1),
+        "the live connection (its own client id) did not take the history one's place"
+    );
+    assert_eq!(
+        receive(&mut history_reader, 12).await.len(),
+        12,
+        "the history topics got the history alone"
+    );
+
+    // A subscriber arriving later gets each topic's newest reading at once.
+    let mut late = subscriber(broker.port(), "live/#").await;
+    let mut got = receive(&mut late, 3).await;
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let mut newest: Vec<&Record> = readings
+        .iter()
+        .filter_map(Item::as_reading)
+        .skip(3)
+        .collect();
+    newest.sort_by(|a, b| a.reading.topic.cmp(&b.reading.topic));
+    for (p, r) in got.iter().zip(newest) {
+        assert_eq!(&p.topic[..], format!("live/{}", r.reading.topic).as_bytes());
+        assert!(p.retain, "delivered as a retained message");
+        assert_eq!(p.payload, r.reading.payload);
+        assert_eq!(
+            p.properties.as_ref().expect("properties").user_properties,
+            crate::mqtt_client::user_properties(GATEWAY, r.seq, true),
+            "gateway, sequence and the live marker"
+        );
+    }
+
+    let sizes: u64 = readings
+        .iter()
+        .filter_map(Item::as_reading)
+        .map(|r| {
+            let topic = format!("live/{}", r.reading.topic);
+            wire::publish_size(5, &topic, r.reading.payload.len(), GATEWAY, r.seq, true) as u64
+        })
+        .sum();
+    assert_eq!(
+        (
+            crate::telemetry::get(&counters.wire_sent),
+            crate::telemetry::get(&counters.wire_received)
+        ),
+        (sizes, 6 * wire::puback_size(5) as u64),
+        "six publishes out, six PUBACKs in"
+    );
 }
