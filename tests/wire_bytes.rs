@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::brokers::{free_port, retry_on_port_clash, tansu_behind};
-use firmware_sim::{PayloadFormat, Workload};
+use common::turbine_items::turbine_items;
+use firmware_sim::PayloadFormat;
 use tidegate::config::{Compression, MqttClientConfig, UpstreamConfig, UpstreamKind};
-use tidegate::record::{Item, Reading, Record, SourceKind};
+use tidegate::record::Item;
 use tidegate::sinks::kafka::KafkaSink;
 use tidegate::sinks::mqtt::MqttSink;
-use tidegate::sinks::{Attachment, Sink};
-use tidegate::telemetry::ForwardCounters;
+use tidegate::sinks::{attach_counters, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -69,40 +69,6 @@ async fn relay(
     }
 }
 
-/// 2,000 of firmware-sim's JSON turbine readings (20 devices) as journal items.
-fn turbine_readings() -> Vec<Item> {
-    let workload = Workload {
-        devices: 20,
-        ..Workload::default()
-    };
-    let mut turbines: Vec<_> = workload
-        .device_numbers()
-        .map(|n| workload.turbine(n, 1))
-        .collect();
-    (0..2000u64)
-        .map(|i| {
-            let turbine = &mut turbines[i as usize % 20];
-            let ts = 1_764_000_000_000 + i * 50;
-            let mut payload = Vec::new();
-            turbine
-                .step(ts)
-                .encode(PayloadFormat::Json, None, &mut payload);
-            Item::Reading(Record {
-                seq: i + 1,
-                reading: Reading {
-                    ingest_ms: ts,
-                    source_kind: SourceKind::MqttListener,
-                    source: turbine.device().to_owned(),
-                    topic: firmware_sim::topic_for(turbine.device()),
-                    payload: payload.into(),
-                    qos: 1,
-                    retain: false,
-                },
-            })
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -112,7 +78,7 @@ async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
     let tansu = retry_on_port_clash(|| tansu_behind(free_port(), proxy_port, dir.path()));
     let seen = counting_proxy(listener, tansu.addr());
 
-    let items = turbine_readings();
+    let items = turbine_items(PayloadFormat::Json, 20, 2000);
     let values: u64 = items
         .iter()
         .map(|i| match i {
@@ -130,11 +96,7 @@ async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
             ..UpstreamConfig::new("cluster", UpstreamKind::Kafka)
         };
         let mut sink = KafkaSink::new(&config, "gw-wire");
-        let counters = Arc::new(ForwardCounters::default());
-        sink.attach(Attachment {
-            epoch: Some(7),
-            counters: counters.clone(),
-        });
+        let counters = attach_counters(&mut sink, Some(7));
         let before = (
             seen.to_cluster.load(Ordering::Relaxed),
             seen.from_cluster.load(Ordering::Relaxed),
@@ -176,7 +138,7 @@ async fn wire_bytes_are_what_a_proxy_between_sink_and_cluster_passes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_sink_counts_every_publish_and_puback_byte_a_proxy_passes_on() {
     let broker = common::brokers::Mosquitto::start();
-    let items = turbine_readings();
+    let items = turbine_items(PayloadFormat::Json, 20, 2000);
     for protocol in [4, 5] {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let proxy_port = listener.local_addr().expect("proxy address").port();
@@ -190,11 +152,7 @@ async fn an_mqtt_sink_counts_every_publish_and_puback_byte_a_proxy_passes_on() {
             ..UpstreamConfig::new("cloud", UpstreamKind::Mqtt)
         };
         let mut sink = MqttSink::new(&config, "gw-wire").expect("sink");
-        let counters = Arc::new(ForwardCounters::default());
-        sink.attach(Attachment {
-            epoch: None,
-            counters: counters.clone(),
-        });
+        let counters = attach_counters(&mut sink, None);
         // What the sink does not count (CONNECT and CONNACK, see sinks::mqtt::wire) is
         // the same whatever the batch: the difference to the proxy's count stays put.
         let mut uncounted = Vec::new();

@@ -130,6 +130,17 @@ pub trait Sink: Send {
     }
 }
 
+/// Attaches fresh counters under `epoch` to a sink driven on its own, without a forwarder
+/// (tests, benchmarks), and returns them: its wire bytes and skipped duplicates land there.
+pub fn attach_counters(sink: &mut impl Sink, epoch: Option<u64>) -> Arc<ForwardCounters> {
+    let counters = Arc::new(ForwardCounters::default());
+    sink.attach(Attachment {
+        epoch,
+        counters: counters.clone(),
+    });
+    counters
+}
+
 /// What a forwarder hands its sink at start; see [`Sink::attach`].
 #[derive(Debug, Clone)]
 pub struct Attachment {

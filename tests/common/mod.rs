@@ -9,6 +9,8 @@
 //! - [`metrics`]: `/metrics` parsed as Prometheus text;
 //! - [`fleet`]: the QoS 1 firmware-sim fleet every test starts from;
 //! - [`pki`]: rcgen certificates;
+//! - [`turbine_items`]: firmware-sim readings as a sink's batch items, for driving a sink
+//!   without a daemon;
 //! - [`faults`]: a fault that cannot be set up skips the test, or fails it under `CI=true`.
 //!
 //! Every test file uses only some of these, hence the `dead_code` and `unused_imports`
@@ -23,6 +25,7 @@ pub mod link;
 pub mod metrics;
 pub mod pki;
 pub mod status;
+pub mod turbine_items;
 
 pub use brokers::{free_port, port_open, Mosquitto, Tansu};
 pub use daemon::{http_get, Gateway};

@@ -12,7 +12,6 @@ use rumqttc::v5::{AsyncClient, Event as Ev5, MqttOptions};
 use super::*;
 use crate::config::{MqttClientConfig, UpstreamConfig, UpstreamKind};
 use crate::record::{Gap, Item, Reading, SourceKind};
-use crate::telemetry::ForwardCounters;
 
 const GATEWAY: &str = "gw-test-01";
 
@@ -231,11 +230,7 @@ async fn the_live_sink_publishes_retained_marked_readings_beside_the_history_con
     let mut config = upstream(format!("mqtt://127.0.0.1:{}", broker.port()));
     config.uplink.live_topic_prefix = "live/".into();
     let mut live = MqttSink::live(&config, GATEWAY).expect("live sink");
-    let counters = Arc::new(ForwardCounters::default());
-    live.attach(Attachment {
-        epoch: None,
-        counters: counters.clone(),
-    });
+    let counters = crate::sinks::attach_counters(&mut live, None);
 
     history.send(&batch(1, 6)).await.expect("history batch");
     // Six readings over three topics: the broker keeps the last of each, retained.
