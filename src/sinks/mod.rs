@@ -146,6 +146,7 @@ pub fn attach_counters(sink: &mut impl Sink, epoch: Option<u64>) -> Arc<ForwardC
 pub struct Attachment {
     /// The journal's epoch; `None` only for a journal opened read-only by an older build.
     pub epoch: Option<u64>,
-    /// The upstream's counters (a sink bumps `duplicates_skipped`).
+    /// The upstream's counters (a sink bumps `duplicates_skipped`, `wire_sent` and
+    /// `wire_received`).
     pub counters: Arc<ForwardCounters>,
 }
