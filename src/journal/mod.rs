@@ -162,11 +162,27 @@ pub(crate) enum Request {
         next_seq: u64,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+    /// What an upstream's data budget used in a period (see [`Journal::set_budget_usage`]).
+    SetBudget {
+        upstream: String,
+        usage: BudgetUsage,
+        reply: oneshot::Sender<Result<(), JournalError>>,
+    },
     /// The configured upstreams changed (config reload): reconcile the cursors as at open.
     SetUpstreams {
         upstreams: Vec<String>,
         reply: oneshot::Sender<Result<(), JournalError>>,
     },
+}
+
+/// Bytes an upstream's data budget used in one budget period, as stored in `meta`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetUsage {
+    /// The period's number (its first local date as `YYYYMMDD`): usage of an earlier period
+    /// is not carried into a new one.
+    pub period: u64,
+    /// Bytes used in it (sent and received).
+    pub used: u64,
 }
 
 /// Counters the writer keeps, readable at any time without touching LMDB.
@@ -389,6 +405,36 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Stores what `upstream`'s data budget used in a period, so a restart does not grant
+    /// the budget again. Its own small transaction; the forwarder calls it every few seconds
+    /// while bytes flow, not per batch.
+    pub async fn set_budget_usage(
+        &self,
+        upstream: &str,
+        usage: BudgetUsage,
+    ) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::SetBudget {
+                upstream: upstream.to_owned(),
+                usage,
+                reply,
+            })
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// What `upstream`'s data budget had used when last stored, if ever.
+    pub fn budget_usage(&self, upstream: &str) -> Result<Option<BudgetUsage>, JournalError> {
+        self.reading(|store| {
+            let txn = store.read_txn()?;
+            store
+                .budget_usage(&txn, upstream)
+                .map_err(|e| JournalError::lmdb("read budget usage", e))
+        })
     }
 
     /// The stored cursor of `upstream` (next sequence to send).

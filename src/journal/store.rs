@@ -282,6 +282,34 @@ impl Store {
         self.meta.get(txn, "epoch")
     }
 
+    /// `upstream`'s stored budget usage (`meta` keys `budget.period/<name>` and
+    /// `budget.used/<name>`).
+    pub fn budget_usage(
+        &self,
+        txn: &RoTxn<'_>,
+        upstream: &str,
+    ) -> Result<Option<super::BudgetUsage>, heed::Error> {
+        let period = self.meta.get(txn, &budget_key("period", upstream))?;
+        let used = self.meta.get(txn, &budget_key("used", upstream))?;
+        Ok(period.map(|period| super::BudgetUsage {
+            period,
+            used: used.unwrap_or(0),
+        }))
+    }
+
+    /// Stores `upstream`'s budget usage in `txn`.
+    pub fn put_budget_usage(
+        &self,
+        txn: &mut RwTxn<'_>,
+        upstream: &str,
+        usage: super::BudgetUsage,
+    ) -> Result<(), heed::Error> {
+        self.meta
+            .put(txn, &budget_key("period", upstream), &usage.period)?;
+        self.meta
+            .put(txn, &budget_key("used", upstream), &usage.used)
+    }
+
     /// Every stored record from `from` on, undecoded, in sequence order: for
     /// `tidegate journal check|dump`, which report a bad record rather than skip it.
     pub fn raw_from<'t>(
@@ -416,4 +444,9 @@ impl Store {
         // this process hold no transaction across a call into the writer.
         unsafe { self.env.resize(new_size) }
     }
+}
+
+/// The `meta` key of one field of an upstream's budget usage.
+fn budget_key(field: &str, upstream: &str) -> String {
+    format!("budget.{field}/{upstream}")
 }

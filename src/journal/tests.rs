@@ -176,6 +176,38 @@ async fn a_reopened_journal_keeps_its_records_cursors_and_sequence() {
 }
 
 #[tokio::test]
+async fn budget_usage_is_kept_per_upstream_across_a_reopen_and_overwritten_by_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        let (j, w) = open_holding(&cfg, &upstreams(&["k1", "k2"]), 3).await;
+        assert_eq!(j.budget_usage("k1").unwrap(), None, "nothing stored yet");
+        let first = BudgetUsage {
+            period: 20261201,
+            used: 5_000,
+        };
+        j.set_budget_usage("k1", first).await.unwrap();
+        let newer = BudgetUsage {
+            period: 20261201,
+            used: 7_500,
+        };
+        j.set_budget_usage("k1", newer).await.unwrap();
+        close(j, w);
+    }
+    let (j, w) = Journal::open(&cfg, &upstreams(&["k1", "k2"])).unwrap();
+    assert_eq!(
+        j.budget_usage("k1").unwrap(),
+        Some(BudgetUsage {
+            period: 20261201,
+            used: 7_500
+        })
+    );
+    assert_eq!(j.budget_usage("k2").unwrap(), None, "kept per upstream");
+    assert_eq!(read_all(&j, 1).len(), 3, "the readings are untouched");
+    close(j, w);
+}
+
+#[tokio::test]
 async fn records_are_removed_once_every_upstream_has_them() {
     let dir = tempfile::tempdir().unwrap();
     let (j, w) = Journal::open(&config(dir.path()), &upstreams(&["k1", "k2"])).unwrap();

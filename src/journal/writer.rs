@@ -24,7 +24,7 @@ use super::commit::{self, Outcome};
 use super::retention::{self, Summarizer};
 use super::sessions::PruneSchedule;
 use super::trouble::{self, DiskTrouble};
-use super::{Appended, Fence, JournalError, Request, Shared};
+use super::{Appended, BudgetUsage, Fence, JournalError, Request, Shared};
 use crate::config::{JournalConfig, OnFull};
 use crate::record::Reading;
 
@@ -265,6 +265,14 @@ impl Writer {
                     next_seq,
                     reply,
                 }),
+                // Every few seconds at most: its own small transaction.
+                Request::SetBudget {
+                    upstream,
+                    usage,
+                    reply,
+                } => {
+                    let _ = reply.send(self.set_budget(&upstream, usage));
+                }
                 // Rare (config reload): its own transaction, before this group's, so the
                 // group's trimming already counts the new upstreams.
                 Request::SetUpstreams { upstreams, reply } => {
@@ -520,6 +528,32 @@ impl Writer {
         }
     }
 
+    /// Stores an upstream's budget usage. A failure is reported to the caller (which logs
+    /// it and tries again later) and, being an I/O error, puts the journal into the same
+    /// refusing state as a failed append would.
+    fn set_budget(&mut self, upstream: &str, usage: BudgetUsage) -> Result<(), JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Failed);
+        }
+        if let Some(reason) = self.trouble.reason() {
+            return Err(JournalError::Unwritable(reason.to_owned()));
+        }
+        let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
+        let store = guard.as_ref().ok_or(JournalError::Reopening)?;
+        let result = (|| {
+            let mut txn = store.write_txn()?;
+            store.put_budget_usage(&mut txn, upstream, usage)?;
+            txn.commit()
+        })();
+        drop(guard);
+        result.map_err(|e| {
+            if matches!(e, heed::Error::Io(_)) {
+                self.trouble.write_failed(format!("write failed: {e}"));
+            }
+            JournalError::lmdb("store budget usage", e)
+        })
+    }
+
     /// Current map size (the one to reopen with when the environment is closed).
     fn map_size(&self) -> usize {
         self.shared
@@ -536,7 +570,7 @@ impl Writer {
 fn weight(r: &Request) -> usize {
     match r {
         Request::Append { readings, .. } => readings.len().max(1),
-        Request::SetCursor { .. } | Request::SetUpstreams { .. } => 1,
+        Request::SetCursor { .. } | Request::SetUpstreams { .. } | Request::SetBudget { .. } => 1,
     }
 }
 
