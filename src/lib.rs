@@ -37,15 +37,17 @@
 //!     subscriptions to an existing broker ([`ingest::mqtt_subscribe`]), serial ports
 //!     ([`ingest::serial`], framings from the `tidegate-framing` crate) and Modbus RTU
 //!     polling ([`ingest::modbus`]). It imports no forwarder and no sink.
-//!   * [`forward`] — the per-upstream loop (cursor → batch → send → cursor) and the
-//!     [`forward::Forwarders`] supervisor that starts, restarts and stops them.
+//!   * [`forward`] — the per-upstream loop (cursor → batch → send → cursor), the link's
+//!     limits and live lane ([`forward::uplink`]), and the [`forward::Forwarders`]
+//!     supervisor that starts, restarts and stops them.
 //!   * [`sinks`] — the [`sinks::Sink`] seam, the Kafka sink and the MQTT upstream sink;
 //!     they get batches, never cursors, and know no source.
 //!   * [`journal`] — the LMDB store, the group-commit writer thread, retention, and
 //!     `tidegate journal check|dump` ([`journal::cli`]); the only user of heed.
 //! * Shared by the stages, knowing none of them: [`mqtt_client`] — one MQTT client
 //!   connection and its keys, for the MQTT sink and the subscriber; [`backoff`]; [`tls`] —
-//!   CA bundles and PEM decoding; [`telemetry`] — logging and counters.
+//!   CA bundles and PEM decoding; [`calendar`] — send windows and budget periods in local
+//!   time; [`telemetry`] — logging and counters.
 //! * [`record`] — [`record::Record`], the typed markers and their versioned, checksummed
 //!   encoding; imports nothing of the crate.
 //! * [`config`] — the TOML configuration tree: plain serde data and defaults, one file per

@@ -16,7 +16,9 @@
 //! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
 //! business (the Kafka sink sends a record with the `tidegate-gap` header).
 
+mod live;
 mod supervisor;
+pub mod uplink;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +33,7 @@ use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 
 pub use supervisor::Forwarders;
+use uplink::{Lane, Uplink};
 
 /// Bytes of record values read into one batch at most; sinks split further as their
 /// protocol requires.
@@ -48,6 +51,8 @@ pub struct Forwarder<S: Sink> {
     journal: Journal,
     sink: S,
     counters: Arc<ForwardCounters>,
+    /// The link's limits and live lane, when the upstream sets any.
+    uplink: Option<Arc<Uplink>>,
 }
 
 impl<S: Sink> Forwarder<S> {
@@ -62,7 +67,23 @@ impl<S: Sink> Forwarder<S> {
             journal,
             sink,
             counters,
+            uplink: None,
         }
+    }
+
+    /// The forwarder sending its batches through `uplink`'s windows, budget and bandwidth.
+    pub fn with_uplink(mut self, uplink: Option<Arc<Uplink>>) -> Self {
+        self.uplink = uplink;
+        self
+    }
+
+    /// Most bytes of record values one batch reads: what the bandwidth bucket takes at
+    /// once on a limited link.
+    fn max_batch_bytes(&self) -> usize {
+        self.uplink
+            .as_ref()
+            .and_then(|u| u.max_raw_bytes(Lane::Backlog))
+            .map_or(MAX_BATCH_BYTES, |m| m.min(MAX_BATCH_BYTES))
     }
 
     /// Runs until `shutdown`. A batch already being sent is finished (or fails) first, so
@@ -129,7 +150,7 @@ impl<S: Sink> Forwarder<S> {
                         name.clone(),
                         self.counters.clone(),
                         cursor,
-                        self.config.max_batch,
+                        (self.config.max_batch, self.max_batch_bytes()),
                         gap_markers,
                     )
                     .await
@@ -148,16 +169,47 @@ impl<S: Sink> Forwarder<S> {
                     name.clone(),
                     self.counters.clone(),
                     next,
-                    self.config.max_batch,
+                    (self.config.max_batch, self.max_batch_bytes()),
                     gap_markers,
                 )));
             }
             if !items.is_empty() {
+                if let Some(u) = &self.uplink {
+                    u.set_position(cursor, items.first().map(ingest_ms));
+                }
+                let raw: u64 = items.iter().map(|i| raw_size(i) as u64).sum();
                 // Send until acknowledged; a failure retries this same batch.
                 loop {
+                    let admitted = match &self.uplink {
+                        Some(u) => match u.admit(Lane::Backlog, raw, &shutdown).await {
+                            Some(a) => a,
+                            None => break 'batches,
+                        },
+                        None => None,
+                    };
                     let started = Instant::now();
-                    match self.sink.send(&items).await {
+                    let before = live::wire(&self.counters);
+                    let result = self.sink.send(&items).await;
+                    if let Some(u) = &self.uplink {
+                        let after = live::wire(&self.counters);
+                        u.settle(
+                            Lane::Backlog,
+                            admitted,
+                            after.0 - before.0,
+                            after.1 - before.1,
+                        );
+                        u.store_budget(false).await;
+                    }
+                    match result {
                         Ok(()) => {
+                            if let Some(u) = &self.uplink {
+                                if let Some(newest) = items.iter().rev().find_map(|i| match i {
+                                    Item::Reading(r) => Some(r.reading.ingest_ms),
+                                    Item::Gap(_) => None,
+                                }) {
+                                    u.delivered(Lane::Backlog, newest);
+                                }
+                            }
                             tracing::debug!(upstream = %name, items = items.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
                             let mut gaps = 0;
                             for gap in items.iter().filter_map(|item| match item {
@@ -240,9 +292,17 @@ impl<S: Sink> Forwarder<S> {
                 }
             }));
             cursor = next;
+            if let Some(u) = &self.uplink {
+                if next > *committed.borrow() {
+                    u.set_position(next, None);
+                }
+            }
         }
         if let Some(previous) = cursor_store.take() {
             let _ = previous.await;
+        }
+        if let Some(u) = &self.uplink {
+            u.store_budget(true).await;
         }
         if let Some(p) = prefetched.take() {
             p.abort();
@@ -259,11 +319,10 @@ async fn read_batch(
     name: String,
     counters: Arc<ForwardCounters>,
     cursor: u64,
-    max: usize,
+    (max, max_bytes): (usize, usize),
     gap_markers: bool,
 ) -> Option<Batch> {
-    let read =
-        tokio::task::spawn_blocking(move || journal.read_from(cursor, max, MAX_BATCH_BYTES)).await;
+    let read = tokio::task::spawn_blocking(move || journal.read_from(cursor, max, max_bytes)).await;
     let items = match read {
         Ok(Ok(items)) => items,
         Ok(Err(e)) => {
@@ -303,4 +362,20 @@ async fn read_batch(
         }
     }
     Some((batch, next))
+}
+
+/// The ingest time of an item (a gap's is that of the reading after it).
+fn ingest_ms(item: &Item) -> u64 {
+    match item {
+        Item::Reading(r) => r.reading.ingest_ms,
+        Item::Gap(g) => g.ingest_ms,
+    }
+}
+
+/// The raw bytes of an item for the bandwidth estimate.
+fn raw_size(item: &Item) -> usize {
+    match item {
+        Item::Reading(r) => live::raw_size(r),
+        Item::Gap(_) => 64,
+    }
 }

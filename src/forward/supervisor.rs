@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::live::LiveLane;
+use super::uplink::Uplink;
 use super::Forwarder;
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::health::{supervise, Health};
@@ -32,6 +34,8 @@ struct Running {
     /// A child of the shutdown token, so that a reload can stop this forwarder alone.
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The upstream's live lane, stopped by the same token.
+    live: Option<JoinHandle<()>>,
 }
 
 /// The forwarders, one per configured upstream, each a task registered with [`Health`]
@@ -95,15 +99,18 @@ impl Forwarders {
             .health
             .register(&format!("forwarder:{}", upstream.name), true);
         let journal = self.journal.clone();
+        let uplink = Uplink::new(upstream, journal.clone(), counters.clone());
         let task = match upstream.kind {
             UpstreamKind::Kafka => {
                 let sink = KafkaSink::new(upstream, &self.gateway);
-                let fwd = Forwarder::new(upstream.clone(), journal, sink, counters);
+                let fwd = Forwarder::new(upstream.clone(), journal, sink, counters)
+                    .with_uplink(uplink.clone());
                 self.run_task(&upstream.name, guard, stop.clone(), fwd.run(stop.clone()))
             }
             UpstreamKind::Mqtt => match MqttSink::new(upstream, &self.gateway) {
                 Ok(sink) => {
-                    let fwd = Forwarder::new(upstream.clone(), journal, sink, counters);
+                    let fwd = Forwarder::new(upstream.clone(), journal, sink, counters)
+                        .with_uplink(uplink.clone());
                     self.run_task(&upstream.name, guard, stop.clone(), fwd.run(stop.clone()))
                 }
                 // Validation refuses such a url; this only guards a hand-built config.
@@ -114,11 +121,62 @@ impl Forwarders {
                 }
             },
         };
+        let live = uplink
+            .filter(|_| upstream.uplink.has_live_lane())
+            .and_then(|uplink| self.spawn_live(upstream, uplink, stop.clone()));
         self.running.push(Running {
             config: upstream.clone(),
             stop,
             task,
+            live,
         });
+    }
+
+    /// Starts the live lane of `upstream` beside its forwarder, under the same stop token.
+    /// Not essential: a live lane that dies is reported, but the history goes on.
+    fn spawn_live(
+        &self,
+        upstream: &UpstreamConfig,
+        uplink: Arc<Uplink>,
+        stop: CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        let counters = uplink
+            .counters()
+            .uplink
+            .live
+            .get_or_init(|| Arc::new(ForwardCounters::default()))
+            .clone();
+        let guard = self
+            .health
+            .register(&format!("live:{}", upstream.name), false);
+        let (name, interval, journal) = (
+            upstream.name.clone(),
+            upstream.uplink.live_interval,
+            self.journal.clone(),
+        );
+        match upstream.kind {
+            UpstreamKind::Kafka => {
+                let sink = KafkaSink::live(upstream, &self.gateway);
+                let lane = LiveLane::new(name, interval, journal, sink, uplink, counters);
+                Some(
+                    self.tracker
+                        .spawn(supervise(guard, stop.clone(), lane.run(stop))),
+                )
+            }
+            UpstreamKind::Mqtt => match MqttSink::live(upstream, &self.gateway) {
+                Ok(sink) => {
+                    let lane = LiveLane::new(name, interval, journal, sink, uplink, counters);
+                    Some(
+                        self.tracker
+                            .spawn(supervise(guard, stop.clone(), lane.run(stop))),
+                    )
+                }
+                Err(e) => {
+                    guard.fail(format!("live lane not started: {e}"));
+                    None
+                }
+            },
+        }
     }
 
     fn run_task(
@@ -211,4 +269,7 @@ impl Forwarders {
 async fn stop(r: Running) {
     r.stop.cancel();
     let _ = r.task.await;
+    if let Some(live) = r.live {
+        let _ = live.await;
+    }
 }

@@ -69,6 +69,48 @@ pub fn filter_matches_prefix(filter: &str, prefix: &str) -> bool {
     }
 }
 
+/// Why a topic filter is unusable, if it is (MQTT 4.7 rules).
+pub fn filter_problem(f: &str) -> Option<&'static str> {
+    if f.is_empty() {
+        return Some("is empty");
+    }
+    if f.contains('\0') {
+        return Some("contains NUL");
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
+            return Some("has '#' other than as the whole last level");
+        }
+        if l.contains('+') && *l != "+" {
+            return Some("has '+' that is not a whole level");
+        }
+    }
+    if f.starts_with('$') {
+        return Some("starts with '$': broker topics are not readings");
+    }
+    None
+}
+
+/// Whether a topic (no wildcards) matches `filter` (MQTT 4.7: `+` one level, `#` the
+/// rest, wildcards at the first level never matching a `$` topic).
+pub fn filter_matches_topic(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(l), Some(p)) if l == p => {}
+            _ => return false,
+        }
+    }
+}
+
 /// The fixed start of every topic an MQTT upstream publishes.
 pub fn published_prefix(u: &UpstreamConfig, gateway_id: &str) -> String {
     TopicMap::from_config(u).fixed_prefix(gateway_id)
@@ -77,6 +119,29 @@ pub fn published_prefix(u: &UpstreamConfig, gateway_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_matches_topics_level_by_level() {
+        for (filter, topic, matches) in [
+            ("turbines/+/alarm", "turbines/t1/alarm", true),
+            ("turbines/+/alarm", "turbines/t1/telemetry", false),
+            ("turbines/+/alarm", "turbines/t1/alarm/x", false),
+            ("turbines/#", "turbines", true),
+            ("turbines/#", "turbines/t1/alarm", true),
+            ("#", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$a/x", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a", false),
+            ("a/+", "a/", true),
+        ] {
+            assert_eq!(
+                filter_matches_topic(filter, topic),
+                matches,
+                "{filter} vs {topic}"
+            );
+        }
+    }
 
     #[test]
     fn a_filter_matches_a_prefix_when_some_topic_under_it_could_match() {

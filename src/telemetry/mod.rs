@@ -78,6 +78,56 @@ pub struct ForwardCounters {
     /// While the upstream is failing, the last attempt's error (as logged), for
     /// `tidegate status`; cleared by the next delivery.
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// The link's lanes, limits, budget and windows (constrained uplinks).
+    pub uplink: UplinkCounters,
+}
+
+/// The constrained-uplink state of one upstream, for `/metrics`, `tidegate status` and the
+/// status page: kept by its forwarder and live lane (`crate::forward::uplink`).
+///
+/// Times are Unix milliseconds, 0 meaning "none". Limits of 0 mean "not set".
+#[derive(Debug, Default)]
+pub struct UplinkCounters {
+    /// The live lane's own counters (`sent`, `failures`, wire bytes), set once the upstream
+    /// has a live lane.
+    pub live: std::sync::OnceLock<std::sync::Arc<ForwardCounters>>,
+    /// Urgent readings the live lane delivered (also counted in the live lane's `sent`).
+    pub live_urgent_sent: AtomicU64,
+    /// Live readings not sent because a newer one of the same topic replaced them before
+    /// the interval came, or because the live lane was failing or behind.
+    pub live_skipped: AtomicU64,
+    /// 1 while the live lane sends (the backlog is behind by more than `live_after`, or
+    /// waits for a window or the budget).
+    pub live_active: AtomicU64,
+    /// `ingest_ms` of the newest reading the backlog lane delivered.
+    pub backlog_newest_ms: AtomicU64,
+    /// `ingest_ms` of the newest reading the live lane delivered.
+    pub live_newest_ms: AtomicU64,
+    /// `ingest_ms` of the oldest reading not yet delivered to the history (0: caught up).
+    pub oldest_unsent_ms: AtomicU64,
+    /// `bandwidth` in bytes per second.
+    pub bandwidth: AtomicU64,
+    /// `budget` in bytes per period.
+    pub budget_limit: AtomicU64,
+    /// Bytes used in the current budget period (sent and received, both lanes).
+    pub budget_used: AtomicU64,
+    /// Bytes left for the backlog before it pauses (the budget minus `live_reserve`).
+    pub budget_backlog_limit: AtomicU64,
+    /// When the current budget period ends.
+    pub budget_period_end_ms: AtomicU64,
+    /// When the budget runs out at the rate used so far in the period (0: not in it).
+    pub budget_exhaustion_ms: AtomicU64,
+    /// 1 while the backlog waits for the next budget period.
+    pub budget_spent: AtomicU64,
+    /// 1 when send windows are configured.
+    pub windows_configured: AtomicU64,
+    /// 1 while a send window is open (or none is configured).
+    pub window_open: AtomicU64,
+    /// When the window state next changes (0: never, or no windows).
+    pub window_change_ms: AtomicU64,
+    /// Why the backlog waits now, for status ("waiting for window (opens in 3h12m)"); none
+    /// while it may send.
+    pub backlog_held: std::sync::Mutex<Option<String>>,
 }
 
 /// Counters of one serial port (`[[serial]]`).

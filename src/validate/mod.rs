@@ -38,6 +38,7 @@ pub fn check(config: &Config) -> Vec<String> {
             }
             UpstreamKind::Kafka => crate::sinks::kafka::security::validate(u, &key, &mut p),
         }
+        crate::forward::uplink::validate(u, &key, &mut p);
     }
     crate::ingest::serial::config::validate(&config.serial, &config.mqtt, &mut p);
     crate::ingest::modbus::config::validate(&config.modbus, &mut p);

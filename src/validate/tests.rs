@@ -228,3 +228,73 @@ fn a_bad_device_right_is_reported_with_its_key_beside_the_other_problems() {
     }
     assert!(!err.contains("mqtt.auth.publish[0]"), "{err}");
 }
+
+#[test]
+fn every_bad_uplink_key_is_reported_with_its_key_and_a_valid_example() {
+    let err = parse(
+        r#"
+        [[upstream]]
+        name = "cloud"
+        kind = "kafka"
+        brokers = ["127.0.0.1:9092"]
+        topic = "readings"
+        live_topic = "readings"
+        live_topic_prefix = "live/"
+        bandwidth_burst = "64KiB"
+        live_share = 1.5
+        urgent = ["turbines/#/alarm"]
+        budget = "10KiB"
+        budget_reset_day = 31
+        live_reserve = 1.0
+        send_windows = ["22:00-22:00", "Sat 00:00-Sun 23:59", "tonight"]
+        "#,
+    )
+    .expect_err("many problems");
+    for needle in [
+        "upstream[0].live_topic: must differ from topic",
+        "upstream[0].live_topic_prefix: only for kind = \"mqtt\"",
+        "upstream[0].bandwidth_burst: only with bandwidth",
+        "upstream[0].live_share: 1.5 is outside",
+        "upstream[0].urgent: \"turbines/#/alarm\"",
+        "upstream[0].budget: 10.0 KiB is below 1MiB",
+        "upstream[0].budget_reset_day: 31 is outside 1 ..= 28",
+        "upstream[0].live_reserve: 1 is outside",
+        "upstream[0].send_windows:",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+}
+
+#[test]
+fn a_complete_uplink_passes_and_urgent_needs_a_live_lane() {
+    parse(
+        r#"
+        [[upstream]]
+        name = "cloud"
+        kind = "kafka"
+        brokers = ["127.0.0.1:9092"]
+        topic = "readings"
+        bandwidth = "64KiB"
+        live_topic = "readings-live"
+        urgent = ["turbines/+/alarm"]
+        budget = "2GiB"
+        budget_period = "day"
+        send_windows = ["22:00-06:00", "Sat 00:00-Sun 23:59"]
+        "#,
+    )
+    .expect("valid");
+    let err = parse(
+        r#"
+        [[upstream]]
+        name = "bridge"
+        kind = "mqtt"
+        url = "mqtt://127.0.0.1:1883"
+        urgent = ["turbines/+/alarm"]
+        "#,
+    )
+    .expect_err("urgent without a live lane");
+    assert!(
+        err.contains("upstream[0].urgent: urgent readings go through the live lane; set live_topic_prefix too"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 pub use crate::config::MqttSubscribeConfig;
 use crate::config::{Config, UpstreamKind};
-use crate::mqtt_client::topics::{filter_matches_prefix, published_prefix};
+use crate::mqtt_client::topics::{filter_matches_prefix, filter_problem, published_prefix};
 use crate::mqtt_client::{keys, BrokerUrl, BrokerUrlError, Endpoint};
 
 /// The connection of the subscription at `index` (0-based) of a gateway, taking messages
@@ -89,27 +89,4 @@ pub fn validate(config: &Config, p: &mut Vec<String>) {
             ));
         }
     }
-}
-
-/// Why a topic filter is unusable, if it is (MQTT 4.7 rules).
-fn filter_problem(f: &str) -> Option<&'static str> {
-    if f.is_empty() {
-        return Some("is empty");
-    }
-    if f.contains('\0') {
-        return Some("contains NUL");
-    }
-    let levels: Vec<&str> = f.split('/').collect();
-    for (i, l) in levels.iter().enumerate() {
-        if l.contains('#') && (*l != "#" || i != levels.len() - 1) {
-            return Some("has '#' other than as the whole last level");
-        }
-        if l.contains('+') && *l != "+" {
-            return Some("has '+' that is not a whole level");
-        }
-    }
-    if f.starts_with('$') {
-        return Some("starts with '$': broker topics are not readings");
-    }
-    None
 }
