@@ -134,6 +134,14 @@ impl<S: Sink> Forwarder<S> {
                                 }
                                 continue;
                             }
+                            // While idle, status still sees windows open and close and a
+                            // budget period roll over.
+                            _ = tokio::time::sleep(uplink::RECHECK), if self.uplink.is_some() => {
+                                if let Some(u) = &self.uplink {
+                                    u.refresh_now();
+                                }
+                                continue;
+                            }
                         }
                     }
                     // Let a small batch fill up, unless a full one is already there.

@@ -43,7 +43,7 @@ const TEST_CLOCK_ENV: &str = "TIDEGATE_TEST_CLOCK";
 
 /// Longest single wait before the window and the budget are looked at again (the system
 /// clock may be set, and a period may roll over, while a lane waits).
-const RECHECK: Duration = Duration::from_secs(5);
+pub(super) const RECHECK: Duration = Duration::from_secs(5);
 
 /// How often the budget's usage is stored in the journal while bytes flow.
 const STORE_EVERY: Duration = Duration::from_secs(5);
@@ -292,6 +292,11 @@ impl Uplink {
             *lock(&s.backlog_held) = reason.clone();
         }
         reason.map(|_| wait.max(Duration::from_millis(100)))
+    }
+
+    /// Updates the window and budget fields of the status to the current time.
+    pub fn refresh_now(&self) {
+        self.refresh(&self.clock.now());
     }
 
     /// Updates the window and budget fields of the status.
