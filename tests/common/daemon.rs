@@ -38,7 +38,7 @@ impl Gateway {
     /// A config without an `[http]` section gets one on a free loopback port, so that
     /// gateways of tests running in parallel do not all claim the default 9464.
     pub fn start(config_toml: &str, dir: &Path) -> Gateway {
-        or_fail(Gateway::try_start(config_toml, dir))
+        or_fail(Gateway::try_start(config_toml, dir, &[]))
     }
 
     /// [`Gateway::start`] in a fresh temp dir (removed when the gateway is dropped) with a
@@ -46,9 +46,18 @@ impl Gateway {
     /// another process took a port first, starts again on fresh ports in a fresh directory
     /// ([`retry_on_port_clash`]), so `config` may be called more than once.
     pub fn start_fresh(config: impl Fn(u16, &Path) -> String) -> Gateway {
+        Gateway::start_fresh_with_env(&[], config)
+    }
+
+    /// [`Gateway::start_fresh`] with `env` added to the daemon's environment (restarts
+    /// included), e.g. a time zone and the test clock of the send-window tests.
+    pub fn start_fresh_with_env(
+        env: &[(&str, &str)],
+        config: impl Fn(u16, &Path) -> String,
+    ) -> Gateway {
         retry_on_port_clash(|| {
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut g = Gateway::try_start(&config(free_port(), dir.path()), dir.path())?;
+            let mut g = Gateway::try_start(&config(free_port(), dir.path()), dir.path(), env)?;
             g.dir = Some(dir);
             Ok(g)
         })
@@ -56,7 +65,11 @@ impl Gateway {
 
     /// [`Gateway::start`] returning the test bed's error (a port clash included) instead of
     /// panicking.
-    fn try_start(config_toml: &str, dir: &Path) -> Result<Gateway, TestbedError> {
+    fn try_start(
+        config_toml: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway, TestbedError> {
         let config = dir.join("tidegate.toml");
         let table = toml::from_str::<toml::Table>(config_toml).ok();
         let http_section = table.as_ref().and_then(|t| t.get("http"));
@@ -96,6 +109,7 @@ impl Gateway {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        command.envs(env.iter().copied());
         let log_path = dir.join("tidegate.log");
         let mut process = Process::start(
             "tidegate",
@@ -183,6 +197,19 @@ impl Gateway {
                 );
             }
         }
+    }
+
+    /// Rewrites its config file with `edit` (given the file as it is, `[http]` section
+    /// included) and sends SIGHUP: the daemon reloads (wait for what the reload changes,
+    /// e.g. the log's "Configuration reloaded.").
+    pub fn reload(&self, edit: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.config.display()));
+        std::fs::write(&self.config, edit(&text))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.config.display()));
+        let pid = self.process.pid().expect("tidegate is not running");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits i32"));
+        signal::kill(pid, Signal::SIGHUP).expect("send SIGHUP");
     }
 
     /// Kills it (SIGKILL, if running) and starts it again with the same config and data.

@@ -64,3 +64,21 @@ pub async fn mosquitto_behind_link(shape: impl Fn(&mut LinkOptions)) -> (Mosquit
 pub fn max_window_up_since(link: &Link, since: Instant) -> u64 {
     link.max_bytes_in_window_since(WINDOW, since)
 }
+
+/// The largest number of upstream bytes the link forwarded in any [`WINDOW`] between `from`
+/// and `to` (e.g. from link-up until a reload raised the gateway's limit), sliding one
+/// [`RESOLUTION`] bucket at a time; the buckets holding `from` and `to` count whole.
+pub fn max_window_up_between(link: &Link, from: Instant, to: Instant) -> u64 {
+    let bucket = |t: Instant| {
+        let offset = t.saturating_duration_since(link.started());
+        usize::try_from(offset.as_nanos() / RESOLUTION.as_nanos()).unwrap_or(usize::MAX)
+    };
+    let log = link.up_meter().buckets();
+    let end = bucket(to).saturating_add(1).min(log.len());
+    let span = log.get(bucket(from).min(end)..end).unwrap_or_default();
+    let width = usize::try_from(WINDOW.as_nanos().div_ceil(RESOLUTION.as_nanos())).unwrap_or(1);
+    span.windows(width.min(span.len()).max(1))
+        .map(|w| w.iter().sum())
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,287 @@
+//! Constrained uplinks end to end with a Kafka upstream (issue 14): simulated turbines →
+//! the real `tidegate` → firmware-sim's link → real Tansu, all on loopback.
+//!
+//! The link is not shaped: the gateway's own limit is what is under test. It cuts the
+//! uplink while a backlog builds, and logs every byte the gateway sends, which is what the
+//! bandwidth bound is checked on. Tansu advertises the link's port, so the tests' readers
+//! go through it too (their fetch requests are a few hundred bytes a second, counted
+//! against the gateway).
+//!
+//! - after an outage at 64 KiB/s: every device fresh on the live topic (bound 1), the
+//!   link's 5 s windows (bound 2), urgent alarms on the live topic (bound 4), then a
+//!   raised limit drains a complete, ordered, exactly-once history (3);
+//! - a spent data budget pauses the backlog while the live lane goes on, across a restart
+//!   (5);
+//! - a send window under the test clock holds the backlog until it opens (6).
+//!
+//! The shared figures, fleets and checks are in `tests/uplink/support.rs`.
+
+mod common;
+#[path = "uplink/support.rs"]
+mod support;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::fleet::assert_arrived;
+use common::link::{max_window_up_between, tansu_behind_link, Link, WINDOW};
+use common::status::{backlog, wait_for_log};
+use common::{status_json, Gateway};
+use firmware_sim::telemetry::now_ms;
+use firmware_sim::verify::{read_topic, StartAt, TopicReader, VerifyError};
+use firmware_sim::{CancellationToken, FleetReport, LiveTable};
+use support::*;
+
+/// The history topic.
+const HISTORY: &str = "readings";
+/// The live topic.
+const LIVE: &str = "latest";
+/// Time allowed for the history to become complete once the backlog may drain.
+const ARRIVAL: Duration = Duration::from_secs(90);
+
+/// The gateway's config: one Kafka upstream through the link with a live lane, plus
+/// `uplink` (bandwidth, budget, windows).
+fn config(mqtt_port: u16, dir: &std::path::Path, link: &Link, uplink: &str) -> String {
+    format!(
+        "{}[[upstream]]\nname = \"{UPSTREAM}\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\n\
+         topic = \"{HISTORY}\"\npartitions = 1\nlive_topic = \"{LIVE}\"\n{}{uplink}",
+        gateway_sections(mqtt_port, dir),
+        link.port(),
+        lane_keys()
+    )
+}
+
+/// The brokers a reader of the test gives: the link, which Tansu advertises.
+fn brokers(link: &Link) -> Vec<String> {
+    vec![format!("127.0.0.1:{}", link.port())]
+}
+
+/// The live topic read as the gateway writes it, into a [`LiveTable`] stamped with the
+/// time each record was read: one long-polling reader per partition, from the moment the
+/// gateway has created the topic. Stops when dropped.
+struct LiveReader {
+    table: Arc<Mutex<LiveTable>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveReader {
+    fn start(brokers: Vec<String>) -> LiveReader {
+        let table = Arc::new(Mutex::new(LiveTable::new()));
+        let shared = table.clone();
+        let task = tokio::spawn(async move {
+            let reader = loop {
+                match TopicReader::connect(&brokers, LIVE, StartAt::Earliest).await {
+                    Ok(r) => break r,
+                    // Not created yet, or the link is down.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            let mut partitions = tokio::task::JoinSet::new();
+            for mut p in reader.split() {
+                let table = shared.clone();
+                partitions.spawn(async move {
+                    loop {
+                        let asked = Instant::now();
+                        match p.poll(Duration::from_millis(500)).await {
+                            Ok(records) => {
+                                let at = now_ms();
+                                {
+                                    let mut t =
+                                        table.lock().unwrap_or_else(PoisonError::into_inner);
+                                    for r in &records {
+                                        t.add(r, at);
+                                    }
+                                }
+                                // A broker that answers an empty fetch at once is not
+                                // asked again at once.
+                                if records.is_empty() && asked.elapsed() < Duration::from_millis(50)
+                                {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                });
+            }
+            while partitions.join_next().await.is_some() {}
+        });
+        LiveReader { table, task }
+    }
+
+    fn table(&self) -> LiveTable {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for LiveReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Readings in the history topic (none while the gateway has not created it).
+async fn history_len(brokers: &[String]) -> u64 {
+    match read_topic(brokers, HISTORY).await {
+        Ok(records) => records.len() as u64,
+        Err(VerifyError::TopicNotFound(_)) => 0,
+        Err(e) => panic!("reading {HISTORY}: {e}"),
+    }
+}
+
+/// Every reading of `report` is in the history, in order per device, exactly once.
+async fn assert_history_exactly_once(brokers: &[String], report: &FleetReport, gw: &Gateway) {
+    let v = assert_arrived(brokers, HISTORY, report, ARRIVAL, gw).await;
+    assert_eq!(v.duplicates(), 0, "exactly once: {v}");
+    assert_eq!(v.replays, 0, "exactly once: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_live_values_come_first_within_the_bandwidth_and_the_history_ends_complete()
+{
+    let tansu_dir = tempfile::tempdir().expect("temp dir");
+    let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
+    link.set_up(false);
+    let limited = format!("bandwidth = \"{}KiB\"\n", BANDWIDTH / 1024);
+    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &link, &limited));
+    let backlog_run = build_backlog(&gw, BACKLOG_READINGS).await;
+
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(&gw, stop.clone());
+    let (up_at, up_ms) = (Instant::now(), now_ms());
+    link.set_up(true);
+    let live = LiveReader::start(brokers(&link));
+
+    // 1. Every device fresh on the live topic soon after link-up.
+    assert_fresh_within_bound(&gw, || live.table(), up_ms).await;
+    let fresh_after = live
+        .table()
+        .all_fresh_since(devices().iter().map(String::as_str), up_ms)
+        .map(|at| Duration::from_millis(at - up_ms));
+
+    // 4. Alarms go through the live lane at once while the backlog drains.
+    let mut panel = AlarmPanel::connect(&gw).await;
+    let alarms = assert_alarms_go_live(&gw, &mut panel, || live.table()).await;
+    let behind = backlog(&status_json(&gw), UPSTREAM);
+    assert!(
+        behind as f64 > FRESH_RATE * DEVICES as f64 * LIVE_AFTER.as_secs_f64(),
+        "the backlog was still draining (behind by more than live_after) when the alarms were raised: {behind} left"
+    );
+
+    // 2. The gateway's bytes through the link, at 64 KiB/s, over two windows and more.
+    tokio::time::sleep_until((up_at + 2 * WINDOW + Duration::from_secs(2)).into()).await;
+    let raised_at = Instant::now();
+    gw.reload(|c| c.replace(&limited, "bandwidth = \"64MiB\"\n"));
+    let max = max_window_up_between(&link, up_at, raised_at);
+    let bound = BANDWIDTH * WINDOW.as_secs() + BANDWIDTH;
+    assert!(
+        max <= bound,
+        "bytes through the link in a 5 s window at bandwidth = 64KiB: {max}, over {bound}\nper 100 ms: {:?}",
+        link.up_meter().buckets()
+    );
+    wait_for_log(&gw, &["Configuration reloaded."]).await;
+
+    // 3. With the limit raised the history drains: complete, in order, exactly once.
+    let fresh_run = stop_publishing(stop, fresh_run).await;
+    assert_history_exactly_once(&brokers(&link), &backlog_run, &gw).await;
+    assert_history_exactly_once(&brokers(&link), &fresh_run, &gw).await;
+    let history = read_topic(&brokers(&link), HISTORY)
+        .await
+        .expect("read the history");
+    assert_alarms_in_history(&history);
+    eprintln!(
+        "figures: every device fresh {fresh_after:?} after link-up; alarms live after {alarms:?}; \
+         largest 5 s window {max} B (bound {bound}); {behind} readings behind after the alarms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_pauses_the_backlog_while_the_live_lane_goes_on_and_a_restart_keeps_it_spent(
+) {
+    let tansu_dir = tempfile::tempdir().expect("temp dir");
+    let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
+    link.set_up(false);
+    // Uncompressed, so that the backlog's 1 MiB is spent by half of a 2.3 MB backlog.
+    let budget =
+        "compression = \"none\"\nbudget = \"2MiB\"\nbudget_period = \"day\"\nlive_reserve = 0.5\n";
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &link, budget));
+    let backlog_run = build_backlog(&gw, BACKLOG_READINGS / 2).await;
+
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(&gw, stop.clone());
+    link.set_up(true);
+    let live = LiveReader::start(brokers(&link));
+
+    wait_for_log(&gw, &["the backlog's share is spent"]).await;
+    let held_ms = now_ms();
+    let delivered = history_len(&brokers(&link)).await;
+    assert!(
+        delivered < backlog_run.acked(),
+        "the budget stopped the backlog before it drained: {delivered} of {} delivered",
+        backlog_run.acked()
+    );
+    // The live lane goes on: every device has a newer reading there…
+    all_fresh_since(&gw, || live.table(), held_ms).await;
+    // …while the backlog does not move.
+    assert_eq!(
+        history_len(&brokers(&link)).await,
+        delivered,
+        "the history does not move while the budget is spent\ngateway log:\n{}",
+        gw.log()
+    );
+
+    // A restart keeps the budget spent.
+    let exit = gw.terminate();
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    let restarted_ms = now_ms();
+    gw.restart();
+    wait_for_log(
+        &gw,
+        &["carrying on with what this period used before the restart"],
+    )
+    .await;
+    all_fresh_since(&gw, || live.table(), restarted_ms).await;
+    assert_eq!(
+        history_len(&brokers(&link)).await,
+        delivered,
+        "the history does not move after a restart either\ngateway log:\n{}",
+        gw.log()
+    );
+    assert!(
+        backlog(&status_json(&gw), UPSTREAM) > 0,
+        "readings wait in the journal"
+    );
+    stop_publishing(stop, fresh_run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_waits_for_its_send_window_under_the_test_clock_while_the_live_lane_flows() {
+    let tansu_dir = tempfile::tempdir().expect("temp dir");
+    let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
+    let started = Instant::now();
+    let gw = Gateway::start_fresh_with_env(&WINDOW_ENV, |mqtt, dir| {
+        config(mqtt, dir, &link, SEND_WINDOWS)
+    });
+    let opens_at = started + WINDOW_OPENS_AFTER;
+    let started_ms = now_ms();
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(&gw, stop.clone());
+    let live = LiveReader::start(brokers(&link));
+    let to = brokers(&link);
+    assert_window_holds_backlog(
+        &gw,
+        || live.table(),
+        async || history_len(&to).await,
+        opens_at,
+        started_ms,
+    )
+    .await;
+
+    // After the window opens the backlog drains: everything, in order, exactly once.
+    tokio::time::sleep_until(opens_at.into()).await;
+    let report = stop_publishing(stop, fresh_run).await;
+    assert_history_exactly_once(&to, &report, &gw).await;
+}
