@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::fleet::assert_arrived;
-use common::link::{max_window_up_between, tansu_behind_link, Link, WINDOW};
+use common::link::{tansu_behind_link, Link};
 use common::status::{backlog, wait_for_log};
 use common::{status_json, Gateway};
 use firmware_sim::telemetry::now_ms;
@@ -36,18 +36,12 @@ use support::*;
 const HISTORY: &str = "readings";
 /// The live topic.
 const LIVE: &str = "latest";
-/// Time allowed for the history to become complete once the backlog may drain.
-const ARRIVAL: Duration = Duration::from_secs(90);
-
-/// The gateway's config: one Kafka upstream through the link with a live lane, plus
-/// `uplink` (bandwidth, budget, windows).
-fn config(mqtt_port: u16, dir: &std::path::Path, link: &Link, uplink: &str) -> String {
+/// The keys of the Kafka upstream: through the link, one partition, a live topic.
+fn kafka_keys(link: &Link) -> String {
     format!(
-        "{}[[upstream]]\nname = \"{UPSTREAM}\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\n\
-         topic = \"{HISTORY}\"\npartitions = 1\nlive_topic = \"{LIVE}\"\n{}{uplink}",
-        gateway_sections(mqtt_port, dir),
-        link.port(),
-        lane_keys()
+        "kind = \"kafka\"\nbrokers = [\"127.0.0.1:{}\"]\ntopic = \"{HISTORY}\"\npartitions = 1\n\
+         live_topic = \"{LIVE}\"\n",
+        link.port()
     )
 }
 
@@ -145,57 +139,20 @@ async fn after_an_outage_live_values_come_first_within_the_bandwidth_and_the_his
     let tansu_dir = tempfile::tempdir().expect("temp dir");
     let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
     link.set_up(false);
-    let limited = format!("bandwidth = \"{}KiB\"\n", BANDWIDTH / 1024);
-    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &link, &limited));
+    let gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &kafka_keys(&link), &limited()));
     let backlog_run = build_backlog(&gw, BACKLOG_READINGS).await;
-
-    let stop = CancellationToken::new();
-    let fresh_run = keep_publishing(&gw, stop.clone());
-    let (up_at, up_ms) = (Instant::now(), now_ms());
-    link.set_up(true);
+    // Reads from the moment the link is up and the gateway has created the topic.
     let live = LiveReader::start(brokers(&link));
-
-    // 1. Every device fresh on the live topic soon after link-up.
-    assert_fresh_within_bound(&gw, || live.table(), up_ms).await;
-    let fresh_after = live
-        .table()
-        .all_fresh_since(devices().iter().map(String::as_str), up_ms)
-        .map(|at| Duration::from_millis(at - up_ms));
-
-    // 4. Alarms go through the live lane at once while the backlog drains.
-    let mut panel = AlarmPanel::connect(&gw).await;
-    let alarms = assert_alarms_go_live(&gw, &mut panel, || live.table()).await;
-    let behind = backlog(&status_json(&gw), UPSTREAM);
-    assert!(
-        behind as f64 > FRESH_RATE * DEVICES as f64 * LIVE_AFTER.as_secs_f64(),
-        "the backlog was still draining (behind by more than live_after) when the alarms were raised: {behind} left"
-    );
-
-    // 2. The gateway's bytes through the link, at 64 KiB/s, over two windows and more.
-    tokio::time::sleep_until((up_at + 2 * WINDOW + Duration::from_secs(2)).into()).await;
-    let raised_at = Instant::now();
-    gw.reload(|c| c.replace(&limited, "bandwidth = \"64MiB\"\n"));
-    let max = max_window_up_between(&link, up_at, raised_at);
-    let bound = BANDWIDTH * WINDOW.as_secs() + BANDWIDTH;
-    assert!(
-        max <= bound,
-        "bytes through the link in a 5 s window at bandwidth = 64KiB: {max}, over {bound}\nper 100 ms: {:?}",
-        link.up_meter().buckets()
-    );
-    wait_for_log(&gw, &["Configuration reloaded."]).await;
+    let figures = after_an_outage(&gw, &link, || live.table()).await;
 
     // 3. With the limit raised the history drains: complete, in order, exactly once.
-    let fresh_run = stop_publishing(stop, fresh_run).await;
     assert_history_exactly_once(&brokers(&link), &backlog_run, &gw).await;
-    assert_history_exactly_once(&brokers(&link), &fresh_run, &gw).await;
+    assert_history_exactly_once(&brokers(&link), &figures.fresh_run, &gw).await;
     let history = read_topic(&brokers(&link), HISTORY)
         .await
         .expect("read the history");
     assert_alarms_in_history(&history);
-    eprintln!(
-        "figures: every device fresh {fresh_after:?} after link-up; alarms live after {alarms:?}; \
-         largest 5 s window {max} B (bound {bound}); {behind} readings behind after the alarms"
-    );
+    eprintln!("figures: {figures}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +164,7 @@ async fn a_spent_budget_pauses_the_backlog_while_the_live_lane_goes_on_and_a_res
     // Uncompressed, so that the backlog's 1 MiB is spent by half of a 2.3 MB backlog.
     let budget =
         "compression = \"none\"\nbudget = \"2MiB\"\nbudget_period = \"day\"\nlive_reserve = 0.5\n";
-    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &link, budget));
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &kafka_keys(&link), budget));
     let backlog_run = build_backlog(&gw, BACKLOG_READINGS / 2).await;
 
     let stop = CancellationToken::new();
@@ -261,27 +218,15 @@ async fn a_spent_budget_pauses_the_backlog_while_the_live_lane_goes_on_and_a_res
 async fn the_backlog_waits_for_its_send_window_under_the_test_clock_while_the_live_lane_flows() {
     let tansu_dir = tempfile::tempdir().expect("temp dir");
     let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
-    let started = Instant::now();
-    let gw = Gateway::start_fresh_with_env(&WINDOW_ENV, |mqtt, dir| {
-        config(mqtt, dir, &link, SEND_WINDOWS)
-    });
-    let opens_at = started + WINDOW_OPENS_AFTER;
-    let started_ms = now_ms();
-    let stop = CancellationToken::new();
-    let fresh_run = keep_publishing(&gw, stop.clone());
     let live = LiveReader::start(brokers(&link));
     let to = brokers(&link);
-    assert_window_holds_backlog(
-        &gw,
+    let (gw, report) = until_the_window_opens(
+        &kafka_keys(&link),
         || live.table(),
         async || history_len(&to).await,
-        opens_at,
-        started_ms,
     )
     .await;
 
     // After the window opens the backlog drains: everything, in order, exactly once.
-    tokio::time::sleep_until(opens_at.into()).await;
-    let report = stop_publishing(stop, fresh_run).await;
     assert_history_exactly_once(&to, &report, &gw).await;
 }

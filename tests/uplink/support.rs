@@ -14,7 +14,8 @@ use firmware_sim::{
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-use crate::common::status::{backlog, poll, status_json};
+use crate::common::link::{max_window_up_between, Link, WINDOW};
+use crate::common::status::{backlog, poll, status_json, wait_for_log};
 use crate::common::{Fleet, Gateway};
 
 /// The name of the upstream under test.
@@ -64,6 +65,20 @@ pub fn gateway_sections(mqtt_port: u16, dir: &Path) -> String {
         "[gateway]\nid = \"gw-uplink\"\n[journal]\ndir = \"{}\"\ncommit_interval = \"1ms\"\n\
          [mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\nmax_packet = \"64KiB\"\n",
         dir.join("journal").display()
+    )
+}
+
+/// Time allowed for the history to become complete once the backlog may drain.
+pub const ARRIVAL: Duration = Duration::from_secs(90);
+
+/// The gateway's config: its sections and the `[[upstream]]` [`UPSTREAM`] with the keys
+/// of its kind (`kind`, where, the live topic), the lane keys of every scenario and
+/// `uplink` (bandwidth, budget, windows).
+pub fn config(mqtt_port: u16, dir: &Path, kind_keys: &str, uplink: &str) -> String {
+    format!(
+        "{}[[upstream]]\nname = \"{UPSTREAM}\"\n{kind_keys}{}{uplink}",
+        gateway_sections(mqtt_port, dir),
+        lane_keys()
     )
 }
 
@@ -300,18 +315,25 @@ pub fn assert_alarms_in_history(records: &[KafkaReading]) {
     );
 }
 
-/// Scenario 6 before the window opens: every device's readings reach the live lane while
-/// the history (`history_len`, readings in the history topic) stays empty, looked at until
-/// a second before `opens_at` (when the window opens at the earliest: the daemon's clock
-/// started after `opens_at - WINDOW_OPENS_AFTER`). `started_ms` is when the fleet started.
-pub async fn assert_window_holds_backlog(
-    gw: &Gateway,
+/// Scenario 6 up to the opening of the window: starts the gateway with `kind_keys` and
+/// [`SEND_WINDOWS`] under the test clock ([`WINDOW_ENV`]) and the fleet; every device's
+/// readings must reach the live lane (`table`) while the history (`history_len`: readings
+/// in it) stays empty, looked at until a second before the window opens at the earliest
+/// (the daemon's clock starts after this function does). Returns once the window is open,
+/// with the fleet stopped, for the check that the history drains.
+pub async fn until_the_window_opens(
+    kind_keys: &str,
     table: impl Fn() -> LiveTable,
     mut history_len: impl AsyncFnMut() -> u64,
-    opens_at: Instant,
-    started_ms: u64,
-) {
-    let live_at = all_fresh_since(gw, &table, started_ms).await;
+) -> (Gateway, FleetReport) {
+    let opens_at = Instant::now() + WINDOW_OPENS_AFTER;
+    let gw = Gateway::start_fresh_with_env(&WINDOW_ENV, |mqtt, dir| {
+        config(mqtt, dir, kind_keys, SEND_WINDOWS)
+    });
+    let started_ms = now_ms();
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(&gw, stop.clone());
+    let live_at = all_fresh_since(&gw, &table, started_ms).await;
     let opens_ms = now_ms()
         + opens_at
             .saturating_duration_since(Instant::now())
@@ -341,6 +363,106 @@ pub async fn assert_window_holds_backlog(
         looks > 0,
         "the history was looked at before the window opened"
     );
-    let held = backlog(&status_json(gw), UPSTREAM);
+    let held = backlog(&status_json(&gw), UPSTREAM);
     assert!(held > 0, "readings wait in the journal for the window");
+    eprintln!(
+        "figures: every device on the live lane {} ms before the window opened; the history \
+         empty at {looks} looks while {held} readings waited",
+        opens_ms - live_at
+    );
+    tokio::time::sleep_until(opens_at.into()).await;
+    (gw, stop_publishing(stop, fresh_run).await)
+}
+
+/// The `bandwidth` line of the outage scenario's config, which [`after_an_outage`]
+/// raises by a reload.
+pub fn limited() -> String {
+    format!("bandwidth = \"{}KiB\"\n", BANDWIDTH / 1024)
+}
+
+/// What the outage scenario measured, for the test's output.
+pub struct OutageFigures {
+    /// Readings the fresh fleet sent from link-up on (its report).
+    pub fresh_run: FleetReport,
+    /// From link-up until every device was fresh on the live lane.
+    pub fresh_after: Duration,
+    /// From each alarm's publish until it was on the live lane.
+    pub alarms: Vec<Duration>,
+    /// The largest number of bytes through the link in a 5 s window while limited.
+    pub max_window: u64,
+    /// Readings still behind after the alarms.
+    pub behind: u64,
+}
+
+impl std::fmt::Display for OutageFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "every device fresh {:?} after link-up (bound {FRESH_BOUND:?}); alarms live after {:?} \
+             (bound {URGENT_BOUND:?}); largest 5 s window {} B (bound {} B); {} readings behind \
+             after the alarms",
+            self.fresh_after,
+            self.alarms,
+            self.max_window,
+            window_bound(),
+            self.behind
+        )
+    }
+}
+
+/// Issue bound 2: bytes over any [`WINDOW`] at most bandwidth × 5 s + burst (one
+/// second's worth, the default).
+pub fn window_bound() -> u64 {
+    BANDWIDTH * WINDOW.as_secs() + BANDWIDTH
+}
+
+/// Scenarios 1, 4 and 2 after an outage, on a gateway whose config holds [`limited`] and
+/// whose backlog was built with `link` down: the fleet goes on publishing and the link
+/// comes up; every device must be fresh on the live lane (`table`) within
+/// [`FRESH_BOUND`], then [`ALARMS`] alarms on it within [`URGENT_BOUND`] each while the
+/// backlog is still behind. After two windows and more the bandwidth is raised by a reload,
+/// and the link's log from link-up to then must stay within [`window_bound`]. Returns with
+/// the fleet stopped and the limit raised, for the history checks (scenario 3).
+pub async fn after_an_outage(
+    gw: &Gateway,
+    link: &Link,
+    table: impl Fn() -> LiveTable,
+) -> OutageFigures {
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(gw, stop.clone());
+    let (up_at, up_ms) = (Instant::now(), now_ms());
+    link.set_up(true);
+
+    // 1. Every device fresh on the live lane soon after link-up.
+    assert_fresh_within_bound(gw, &table, up_ms).await;
+    let fresh_at = all_fresh_since(gw, &table, up_ms).await;
+
+    // 4. Alarms go through the live lane at once while the backlog drains.
+    let mut panel = AlarmPanel::connect(gw).await;
+    let alarms = assert_alarms_go_live(gw, &mut panel, &table).await;
+    let behind = backlog(&status_json(gw), UPSTREAM);
+    assert!(
+        behind as f64 > FRESH_RATE * DEVICES as f64 * LIVE_AFTER.as_secs_f64(),
+        "the backlog was still draining (behind by more than live_after) when the alarms were raised: {behind} left"
+    );
+
+    // 2. The gateway's bytes through the link at 64 KiB/s, over two windows and more.
+    tokio::time::sleep_until((up_at + 2 * WINDOW + Duration::from_secs(2)).into()).await;
+    let raised_at = Instant::now();
+    gw.reload(|c| c.replace(&limited(), "bandwidth = \"64MiB\"\n"));
+    let max_window = max_window_up_between(link, up_at, raised_at);
+    assert!(
+        max_window <= window_bound(),
+        "bytes through the link in a 5 s window at bandwidth = 64KiB: {max_window}, over {}\nper 100 ms: {:?}",
+        window_bound(),
+        link.up_meter().buckets()
+    );
+    wait_for_log(gw, &["Configuration reloaded."]).await;
+    OutageFigures {
+        fresh_run: stop_publishing(stop, fresh_run).await,
+        fresh_after: Duration::from_millis(fresh_at.saturating_sub(up_ms)),
+        alarms,
+        max_window,
+        behind,
+    }
 }
