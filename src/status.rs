@@ -6,9 +6,10 @@
 //!   bytes held, per upstream its stored cursor, backlog and oldest unsent reading. This
 //!   works whether the daemon runs or not, and is the authority on backlog.
 //! * the **daemon**, asked over `http.listen` for `/api/status` ([`fetch_live`]): whether
-//!   it is healthy, each upstream's connection state, ingest and forward rates. When the
-//!   daemon is not running or `[http]` is disabled, the view says so and shows the journal
-//!   alone.
+//!   it is healthy, each upstream's connection state, ingest and forward rates, and on a
+//!   constrained uplink each lane's rate, the data budget and the send windows
+//!   ([`crate::http::uplink`]). When the daemon is not running or `[http]` is disabled,
+//!   the view says so and shows the journal alone.
 //!
 //! # Invariant
 //!
@@ -174,6 +175,9 @@ pub fn render(
                     d.problems.join("; ")
                 }
             );
+            for w in &d.warnings {
+                let _ = writeln!(s, "warning   {w}");
+            }
             let _ = writeln!(
                 s,
                 "ingest    {} ({} journaled since start, {} MQTT devices connected)",
@@ -254,6 +258,9 @@ pub fn render(
                     );
                     if let Some(e) = &x.last_error {
                         let _ = write!(s, "\n    last error: {e}");
+                    }
+                    for line in x.uplink.iter().flat_map(|u| u.lines(d.now_ms)) {
+                        let _ = write!(s, "\n{line}");
                     }
                 }
                 None => {

@@ -1,8 +1,8 @@
 //! The last hour of the daemon's figures, for the status page's charts.
 //!
 //! A sampler task reads the counters and the journal summary every [`SAMPLE_INTERVAL`] and
-//! appends one [`Sample`]: ingest rate, records held, and per upstream its forward rate and
-//! backlog. Rates are differences between two samples' counter totals divided by the time
+//! appends one [`Sample`]: ingest rate, records held, and per upstream its forward rate,
+//! backlog and the bytes per second each of its lanes wrote. Rates are differences between two samples' counter totals divided by the time
 //! between them, so a slow sample never shows as a spike.
 //!
 //! # Invariant
@@ -47,6 +47,11 @@ pub struct UpstreamSample {
     pub sent_per_s: f64,
     /// Records held that it has not delivered.
     pub backlog: Option<u64>,
+    /// Bytes per second its backlog lane (the history) wrote to the wire.
+    pub wire_bytes_per_s: f64,
+    /// Bytes per second its live lane wrote; absent without a live lane.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_wire_bytes_per_s: Option<f64>,
 }
 
 /// What `/api/history` serves.
@@ -64,16 +69,33 @@ pub struct HistoryExport {
 #[derive(Debug, Clone)]
 pub struct Rates {
     pub ingest_per_s: f64,
-    /// `(upstream, records per second)`.
-    pub sent_per_s: Vec<(String, f64)>,
+    /// Per upstream.
+    pub upstreams: Vec<UpstreamSample>,
+}
+
+impl Rates {
+    /// The rates of upstream `name`, if the sample has it.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamSample> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
 }
 
 /// Counter totals at one instant; rates are the difference between two of these.
 struct Totals {
     at: Instant,
     appended: u64,
-    /// `(upstream, records sent)`.
-    sent: Vec<(String, u64)>,
+    upstreams: Vec<UpstreamTotals>,
+}
+
+/// One upstream's counter totals in [`Totals`].
+struct UpstreamTotals {
+    name: String,
+    /// Records sent.
+    sent: u64,
+    /// Bytes its backlog lane wrote.
+    wire: u64,
+    /// Bytes its live lane wrote, if it has one.
+    live_wire: Option<u64>,
 }
 
 struct Ring {
@@ -116,42 +138,50 @@ impl History {
         let totals = Totals {
             at: Instant::now(),
             appended: get(&sources.journal.counters().appended),
-            sent: upstreams
+            upstreams: upstreams
                 .iter()
-                .map(|u| (u.name.clone(), get(&u.counters.sent)))
+                .map(|u| UpstreamTotals {
+                    name: u.name.clone(),
+                    sent: get(&u.counters.sent),
+                    wire: get(&u.counters.wire_sent),
+                    live_wire: u.counters.uplink.live.get().map(|l| get(&l.wire_sent)),
+                })
                 .collect(),
         };
         let mut ring = self.ring();
         if let Some(last) = ring.last.take() {
             let secs = totals.at.duration_since(last.at).as_secs_f64().max(0.001);
-            let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / secs;
+            // A counter new since the last sample (an upstream or live lane a reload
+            // started) counts from 0; one that went back (replaced) from its new value.
+            let rate = |now: u64, before: Option<u64>| {
+                now.saturating_sub(before.map_or(0, |b| b.min(now))) as f64 / secs
+            };
             let upstreams = totals
-                .sent
+                .upstreams
                 .iter()
-                .map(|(name, sent)| UpstreamSample {
-                    name: name.clone(),
-                    // An upstream new since the last sample (a reload) starts from 0 here;
-                    // its counters are new too.
-                    sent_per_s: rate(
-                        *sent,
-                        last.sent
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map_or(0, |(_, s)| (*s).min(*sent)),
-                    ),
-                    backlog: summary.as_ref().and_then(|s| {
-                        s.upstreams
-                            .iter()
-                            .find(|x| &x.name == name)
-                            .map(|x| x.backlog)
-                    }),
+                .map(|u| {
+                    let before = last.upstreams.iter().find(|x| x.name == u.name);
+                    UpstreamSample {
+                        name: u.name.clone(),
+                        sent_per_s: rate(u.sent, before.map(|b| b.sent)),
+                        backlog: summary.as_ref().and_then(|s| {
+                            s.upstreams
+                                .iter()
+                                .find(|x| x.name == u.name)
+                                .map(|x| x.backlog)
+                        }),
+                        wire_bytes_per_s: rate(u.wire, before.map(|b| b.wire)),
+                        live_wire_bytes_per_s: u
+                            .live_wire
+                            .map(|w| rate(w, before.and_then(|b| b.live_wire))),
+                    }
                 })
                 .collect();
             push(
                 &mut ring.samples,
                 Sample {
                     t_ms: crate::journal::now_ms(),
-                    ingest_per_s: rate(totals.appended, last.appended),
+                    ingest_per_s: rate(totals.appended, Some(last.appended)),
                     journal_records: summary.as_ref().map(|s| s.records),
                     upstreams,
                 },
@@ -164,11 +194,7 @@ impl History {
     pub fn latest_rates(&self) -> Option<Rates> {
         self.ring().samples.back().map(|s| Rates {
             ingest_per_s: s.ingest_per_s,
-            sent_per_s: s
-                .upstreams
-                .iter()
-                .map(|u| (u.name.clone(), u.sent_per_s))
-                .collect(),
+            upstreams: s.upstreams.clone(),
         })
     }
 

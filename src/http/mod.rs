@@ -5,7 +5,7 @@
 //! | path | what |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format ([`metrics`]) |
-//! | `GET /health` | `200 ok`, or `503` with one reason per line ([`crate::health`]) |
+//! | `GET /health` | `200 ok`, or `503` with one reason per line ([`crate::health`]); warnings (a spent data budget) as `warning:` lines; JSON with `Accept: application/json` or `?format=json` ([`HealthReport`]) |
 //! | `GET /` | the status page: one HTML file and one script, embedded in the binary |
 //! | `GET /api/status` | the page's live figures as JSON ([`StatusSnapshot`]); also read by `tidegate status` |
 //! | `GET /api/history` | the last hour, one sample every 5 s ([`history`]) |
@@ -29,13 +29,14 @@
 
 pub mod history;
 pub mod metrics;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -175,6 +176,13 @@ impl Sources {
         } else {
             Err(problems)
         }
+    }
+
+    /// What an operator should know that does not make the daemon unhealthy: each upstream
+    /// whose backlog waits for the next data-budget period ([`uplink::warnings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        let upstreams = self.upstreams.get();
+        uplink::warnings(upstreams.iter().map(|u| (u.name.as_str(), &*u.counters)))
     }
 }
 
@@ -354,18 +362,63 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+/// `/health` as JSON (`Accept: application/json` or `?format=json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct HealthReport {
+    /// `ok` or `unhealthy`, as the first line of the text answer.
+    pub status: String,
+    pub healthy: bool,
+    /// Why not healthy; empty when healthy.
+    pub problems: Vec<String>,
+    /// What does not make the daemon unhealthy but should be known, e.g. `"cloud: data
+    /// budget spent: backlog paused until 2027-01-01 00:00 +01:00"`.
+    pub warnings: Vec<String>,
+}
+
+/// Whether the client asked for JSON.
+fn wants_json(headers: &HeaderMap, uri: &Uri) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let query = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"));
+    accept || query
+}
+
+async fn health(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let Some(sources) = state.sources.upgrade() else {
         return stopping();
     };
-    match sources.check() {
-        Ok(()) => (StatusCode::OK, "ok\n".to_owned()).into_response(),
-        Err(problems) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy\n{}\n", problems.join("\n")),
-        )
-            .into_response(),
+    let (code, problems) = match sources.check() {
+        Ok(()) => (StatusCode::OK, Vec::new()),
+        Err(problems) => (StatusCode::SERVICE_UNAVAILABLE, problems),
+    };
+    let warnings = sources.warnings();
+    let healthy = problems.is_empty();
+    if wants_json(&headers, &uri) {
+        let report = HealthReport {
+            status: if healthy { "ok" } else { "unhealthy" }.to_owned(),
+            healthy,
+            problems,
+            warnings,
+        };
+        return (code, Json(report)).into_response();
     }
+    // Text: the first line is the verdict, then one reason per line, then the warnings,
+    // so that a check reading the first line or the status code is not misled by them.
+    let mut text = if healthy { "ok\n" } else { "unhealthy\n" }.to_owned();
+    for p in &problems {
+        text.push_str(p);
+        text.push('\n');
+    }
+    for w in &warnings {
+        text.push_str("warning: ");
+        text.push_str(w);
+        text.push('\n');
+    }
+    (code, text).into_response()
 }
 
 async fn api_status(State(state): State<AppState>) -> Response {
@@ -396,6 +449,9 @@ pub struct StatusSnapshot {
     pub healthy: bool,
     /// Why not healthy; empty when healthy.
     pub problems: Vec<String>,
+    /// What does not make it unhealthy but should be known (as `/health` says them).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     pub journal: JournalStatus,
     pub ingest: IngestStatus,
     pub upstreams: Vec<UpstreamStatus>,
@@ -457,6 +513,10 @@ pub struct UpstreamStatus {
     /// While it is failing, the last attempt's error (TLS, login, unreachable, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Its lanes, bandwidth, budget and send windows; absent when it sets none of them
+    /// (no bandwidth, budget, windows or live lane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<uplink::UplinkStatus>,
 }
 
 impl StatusSnapshot {
@@ -484,6 +544,7 @@ impl StatusSnapshot {
             .map(|u| {
                 let held = summary.and_then(|s| s.upstreams.iter().find(|x| x.name == u.name));
                 let oldest = held.and_then(|h| h.oldest_unsent_ms);
+                let sample = rates.as_ref().and_then(|r| r.upstream(&u.name));
                 UpstreamStatus {
                     name: u.name.clone(),
                     kind: u.kind.to_owned(),
@@ -494,13 +555,16 @@ impl StatusSnapshot {
                     sent_total: read(&u.counters.sent),
                     failures_total: read(&u.counters.failures),
                     retries_total: read(&u.counters.retries),
-                    sent_per_s: rates.as_ref().and_then(|r| {
-                        r.sent_per_s
-                            .iter()
-                            .find(|(n, _)| n == &u.name)
-                            .map(|(_, v)| *v)
-                    }),
+                    sent_per_s: sample.map(|s| s.sent_per_s),
                     last_error: u.counters.last_error.lock().ok().and_then(|e| e.clone()),
+                    uplink: uplink::UplinkStatus::read(
+                        &u.counters,
+                        uplink::LaneRates {
+                            backlog: sample.map(|s| s.wire_bytes_per_s),
+                            live: sample.and_then(|s| s.live_wire_bytes_per_s),
+                        },
+                        now,
+                    ),
                 }
             })
             .collect();
@@ -511,6 +575,7 @@ impl StatusSnapshot {
             now_ms: now,
             healthy,
             problems,
+            warnings: sources.warnings(),
             journal: JournalStatus {
                 records: summary.map(|s| s.records),
                 bytes_held: read(&c.bytes_held),

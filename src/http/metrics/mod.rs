@@ -23,6 +23,13 @@
 //! | `tidegate_journal_failed` | gauge | — 1 after an LMDB error |
 //! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total`, `…_duplicates_skipped_total`, `…_gap_markers_total`, `…_gap_readings_total` | counter | `upstream`, `kind` |
 //! | `tidegate_upstream_connected`, `tidegate_upstream_backlog_records`, `tidegate_upstream_oldest_unsent_age_seconds` | gauge | `upstream`, `kind` |
+//! | `tidegate_upstream_wire_bytes_total`, `tidegate_upstream_wire_received_bytes_total` | counter | `upstream`, `lane` (backlog; live with a live lane) |
+//! | `tidegate_upstream_bandwidth_bytes_per_second` | gauge | `upstream` (with a `bandwidth`) |
+//! | `tidegate_upstream_live_readings_total`, `…_live_urgent_total`, `…_live_skipped_total` | counter | `upstream` (with a live lane) |
+//! | `tidegate_upstream_live_active` | gauge | `upstream` (with a live lane) |
+//! | `tidegate_upstream_newest_delivered_age_seconds` | gauge | `upstream`, `lane` (with an uplink, once the lane delivered) |
+//! | `tidegate_upstream_budget_bytes`, `…_budget_used_bytes`, `…_budget_left_bytes`, `…_budget_spent`, `…_budget_exhausted_at_seconds` (when projected) | gauge | `upstream` (with a `budget`) |
+//! | `tidegate_upstream_send_window_open` | gauge | `upstream` (with `send_windows`) |
 //! | `tidegate_healthy` | gauge | — 1 when `/health` answers 200 |
 //! | `tidegate_info` | gauge | `gateway`, `version` (always 1) |
 //! | `tidegate_open_sockets` | gauge | — every open connection and listener |
@@ -34,8 +41,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::Sources;
-use crate::telemetry::get;
+use super::uplink::configured;
+use super::{Sources, UpstreamSource};
+use crate::telemetry::{get, ForwardCounters, UplinkCounters};
 
 /// Labels of one sample: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
@@ -148,6 +156,22 @@ fn family<V: Copy + Into<Value>>(
         }
     }
     Ok(())
+}
+
+/// [`family`], left out entirely (no `HELP` or `TYPE` either) when it has no rows: the
+/// families of a feature no upstream uses.
+fn family_if_any<V: Copy + Into<Value>>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, V)>,
+) -> Result<(), std::fmt::Error> {
+    let rows: Vec<(Labels, V)> = rows.into_iter().collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    family(e, name, help, kind, rows)
 }
 
 /// A sample's value: counts stay integers, ages and sizes in bytes may be floats.
@@ -415,9 +439,8 @@ impl Collector for DaemonCollector {
 
         // Upstreams.
         let upstreams = s.upstreams.get();
-        let up = |u: &super::UpstreamSource| {
-            vec![("upstream", u.name.clone()), ("kind", u.kind.to_owned())]
-        };
+        let up =
+            |u: &UpstreamSource| vec![("upstream", u.name.clone()), ("kind", u.kind.to_owned())];
         for (name, help, pick) in [
             (
                 "tidegate_upstream_sent",
@@ -484,7 +507,7 @@ impl Collector for DaemonCollector {
                 .map(|u| (up(u), get(&u.counters.connected))),
         )?;
         if let Some(sum) = &summary {
-            let held = |u: &super::UpstreamSource| sum.upstreams.iter().find(|x| x.name == u.name);
+            let held = |u: &UpstreamSource| sum.upstreams.iter().find(|x| x.name == u.name);
             family(
                 e,
                 "tidegate_upstream_backlog_records",
@@ -510,6 +533,8 @@ impl Collector for DaemonCollector {
                 }),
             )?;
         }
+
+        uplinks(e, &upstreams)?;
 
         // Process.
         if let Some(rss) = resident_bytes() {
@@ -546,6 +571,158 @@ impl Collector for DaemonCollector {
         )?;
         Ok(())
     }
+}
+
+/// The constrained-uplink families (docs/constrained-uplinks.md): each only for the
+/// upstreams that have its feature, so that no budget series exists without a budget.
+fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<(), std::fmt::Error> {
+    use MetricType::{Counter, Gauge};
+    fn x(u: &UpstreamSource) -> &UplinkCounters {
+        &u.counters.uplink
+    }
+    let up = |u: &UpstreamSource| vec![("upstream", u.name.clone())];
+    let lane = |u: &UpstreamSource, lane: &str| {
+        vec![("upstream", u.name.clone()), ("lane", lane.to_owned())]
+    };
+    // `(upstream, lane label, that lane's counters)`: the backlog lane of every upstream
+    // (its wire bytes are counted with or without limits), the live lane where there is one.
+    let lanes: Vec<(&UpstreamSource, &str, &ForwardCounters)> = upstreams
+        .iter()
+        .flat_map(|u| {
+            std::iter::once((u, "backlog", &*u.counters))
+                .chain(u.counters.uplink.live.get().map(|l| (u, "live", &**l)))
+        })
+        .collect();
+    family_if_any(
+        e,
+        "tidegate_upstream_wire_bytes",
+        "Bytes written to the upstream's sockets, per lane (Kafka requests after compression and framing, MQTT packets): what bandwidth limits.",
+        Counter,
+        lanes.iter().map(|(u, l, c)| (lane(u, l), get(&c.wire_sent))),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_wire_received_bytes",
+        "Bytes read from the upstream's sockets, per lane (Kafka responses, MQTT acknowledgements).",
+        Counter,
+        lanes.iter().map(|(u, l, c)| (lane(u, l), get(&c.wire_received))),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_bandwidth_bytes_per_second",
+        "bandwidth: bytes per second both lanes may write together.",
+        Gauge,
+        upstreams
+            .iter()
+            .filter(|u| get(&x(u).bandwidth) > 0)
+            .map(|u| (up(u), get(&x(u).bandwidth))),
+    )?;
+    let live: Vec<(&UpstreamSource, &ForwardCounters)> = upstreams
+        .iter()
+        .filter_map(|u| x(u).live.get().map(|l| (u, &**l)))
+        .collect();
+    family_if_any(
+        e,
+        "tidegate_upstream_live_readings",
+        "Readings the live lane delivered (each topic's newest while the backlog is behind, and urgent readings).",
+        Counter,
+        live.iter().map(|(u, l)| (up(u), get(&l.sent))),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_live_urgent",
+        "Urgent readings the live lane delivered (also in tidegate_upstream_live_readings_total).",
+        Counter,
+        live.iter()
+            .map(|(u, _)| (up(u), get(&x(u).live_urgent_sent))),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_live_skipped",
+        "Readings the live lane did not send (replaced by a newer one of the topic, or while it failed or was over its share); the history still has them.",
+        Counter,
+        live.iter().map(|(u, _)| (up(u), get(&x(u).live_skipped))),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_live_active",
+        "1 while the live lane sends: the backlog is behind by more than live_after, or waits for a window or the budget.",
+        Gauge,
+        live.iter().map(|(u, _)| (up(u), get(&x(u).live_active))),
+    )?;
+    let now = crate::journal::now_ms();
+    family_if_any(
+        e,
+        "tidegate_upstream_newest_delivered_age_seconds",
+        "Age of the newest reading the lane delivered (from its ingest time); absent until the lane has delivered one.",
+        Gauge,
+        upstreams
+            .iter()
+            .filter(|u| configured(x(u)))
+            .flat_map(|u| {
+                [
+                    ("backlog", get(&x(u).backlog_newest_ms)),
+                    ("live", get(&x(u).live_newest_ms)),
+                ]
+                .into_iter()
+                .filter(|(_, t)| *t != 0)
+                .map(move |(l, t)| (lane(u, l), now.saturating_sub(t) as f64 / 1000.0))
+            }),
+    )?;
+    let budgets: Vec<&UpstreamSource> = upstreams
+        .iter()
+        .filter(|u| get(&x(u).budget_limit) > 0)
+        .collect();
+    for (name, help, value) in [
+        (
+            "tidegate_upstream_budget_bytes",
+            "budget: bytes per period, both lanes, sent and received.",
+            (|u| get(&u.budget_limit)) as fn(&UplinkCounters) -> u64,
+        ),
+        (
+            "tidegate_upstream_budget_used_bytes",
+            "Bytes of the budget used in the current period.",
+            |u| get(&u.budget_used),
+        ),
+        (
+            "tidegate_upstream_budget_left_bytes",
+            "Bytes of the budget left in the current period.",
+            |u| get(&u.budget_limit).saturating_sub(get(&u.budget_used)),
+        ),
+        (
+            "tidegate_upstream_budget_spent",
+            "1 while the backlog waits for the next budget period (only live_reserve is left, for the live lane).",
+            |u| get(&u.budget_spent),
+        ),
+    ] {
+        family_if_any(
+            e,
+            name,
+            help,
+            Gauge,
+            budgets.iter().map(|u| (up(u), value(x(u)))),
+        )?;
+    }
+    family_if_any(
+        e,
+        "tidegate_upstream_budget_exhausted_at_seconds",
+        "When the budget runs out at the rate used so far in the period (Unix time); absent when it lasts the period.",
+        Gauge,
+        budgets
+            .iter()
+            .filter(|u| get(&x(u).budget_exhaustion_ms) > 0)
+            .map(|u| (up(u), get(&x(u).budget_exhaustion_ms) as f64 / 1000.0)),
+    )?;
+    family_if_any(
+        e,
+        "tidegate_upstream_send_window_open",
+        "1 while a send window is open (the backlog may be sent).",
+        Gauge,
+        upstreams
+            .iter()
+            .filter(|u| get(&x(u).windows_configured) == 1)
+            .map(|u| (up(u), get(&x(u).window_open))),
+    )
 }
 
 #[cfg(test)]
