@@ -8,6 +8,9 @@
 //!   writes (a real full journal) or when an essential task ends (the task registry, in
 //!   process);
 //! * `status --json` matches the journal and carries the daemon's live figures;
+//! * a constrained uplink (bandwidth, live lane, budget, send windows) has its series in
+//!   `/metrics`, its `uplink` object in `/api/status` and its lines in `tidegate status`;
+//!   a spent data budget is a warning on `/health`, which stays 200;
 //! * a taken `http.listen` port stops the daemon at start-up, naming the key; a client
 //!   that never sends a request is disconnected.
 
@@ -382,5 +385,172 @@ fn a_taken_http_port_stops_the_daemon_at_start_naming_http_listen() {
     assert!(
         err.contains(&format!("http.listen = 127.0.0.1:{port}")),
         "{err}"
+    );
+}
+
+/// The `[[upstream]]` keys of a constrained uplink, appended to [`config`]'s upstream.
+fn uplink_keys(extra: &str) -> String {
+    format!(
+        "bandwidth = \"64KiB\"\nlive_topic = \"metrics-live\"\nbudget = \"1GiB\"\nbudget_period = \"month\"\nsend_windows = [\"00:00-00:01\"]\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_constrained_uplink_shows_its_lanes_budget_and_window_in_metrics_status_and_health() {
+    // No upstream reachable: nothing is sent, so every figure is its configured value.
+    let kafka_port = free_port();
+    let gw = Gateway::start_fresh(|mqtt, dir| {
+        config(mqtt, dir, "", Some(kafka_port)) + &uplink_keys("")
+    });
+    let report = fleet(&gw, 3, 20, 1).run().await;
+    assert!(report.all_acked());
+
+    let live = [("upstream", "cluster"), ("lane", "live")];
+    let backlog = [("upstream", "cluster"), ("lane", "backlog")];
+    let m = scrape_until(&gw, "the uplink series", |m| {
+        m.find("tidegate_upstream_live_active", &CLUSTER).is_some()
+            && m.find("tidegate_upstream_send_window_open", &CLUSTER)
+                .is_some()
+    })
+    .await;
+    assert_eq!(
+        m.value("tidegate_upstream_bandwidth_bytes_per_second", &CLUSTER),
+        65536.0
+    );
+    assert_eq!(
+        m.value("tidegate_upstream_budget_bytes", &CLUSTER),
+        1024.0 * 1024.0 * 1024.0
+    );
+    assert_eq!(
+        m.value("tidegate_upstream_budget_used_bytes", &CLUSTER),
+        0.0
+    );
+    assert_eq!(
+        m.value("tidegate_upstream_budget_left_bytes", &CLUSTER),
+        1024.0 * 1024.0 * 1024.0
+    );
+    assert_eq!(m.value("tidegate_upstream_budget_spent", &CLUSTER), 0.0);
+    // Nothing used: no projected exhaustion.
+    assert_eq!(
+        m.find("tidegate_upstream_budget_exhausted_at_seconds", &CLUSTER),
+        None
+    );
+    let open = m.value("tidegate_upstream_send_window_open", &CLUSTER);
+    assert!(open == 0.0 || open == 1.0, "{open}");
+    for lane in [&backlog, &live] {
+        assert_eq!(m.value("tidegate_upstream_wire_bytes_total", lane), 0.0);
+        assert_eq!(
+            m.value("tidegate_upstream_wire_received_bytes_total", lane),
+            0.0
+        );
+        // Nothing delivered on either lane.
+        assert_eq!(
+            m.find("tidegate_upstream_newest_delivered_age_seconds", lane),
+            None
+        );
+    }
+    for counter in [
+        "tidegate_upstream_live_readings_total",
+        "tidegate_upstream_live_urgent_total",
+        "tidegate_upstream_live_skipped_total",
+    ] {
+        assert!(
+            m.find(counter, &CLUSTER).is_some(),
+            "{counter}:\n{}",
+            m.text
+        );
+    }
+
+    // `status --json` carries the uplink object, and the text view its lines.
+    let status = status_json(&gw);
+    let u = &status["daemon"]["upstreams"][0]["uplink"];
+    assert_eq!(u["bandwidth"].as_u64(), Some(65536), "{status}");
+    assert_eq!(u["lanes"]["backlog"]["wire_bytes"].as_u64(), Some(0), "{u}");
+    assert!(u["lanes"]["live"].is_object(), "{u}");
+    assert_eq!(u["budget"]["limit"].as_u64(), Some(1 << 30), "{u}");
+    assert_eq!(u["budget"]["left"].as_u64(), Some(1 << 30), "{u}");
+    assert_eq!(u["budget"]["spent"], false, "{u}");
+    assert!(u["budget"]["period_end_ms"].as_u64().is_some(), "{u}");
+    let window = u["window"]["text"].as_str().expect("window text");
+    assert!(
+        window.starts_with("closed (opens in ") || window.starts_with("open (closes in "),
+        "{window}"
+    );
+    let out = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  lanes: backlog ") && text.contains("(limit 64 KiB/s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  budget: 0 B of 1 GiB used, 1 GiB left"),
+        "{text}"
+    );
+    assert!(text.contains("  window: "), "{text}");
+
+    // Healthy, with no warning.
+    let (code, body) = http_get(gw.http_addr(), "/health?format=json").await;
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["warnings"], serde_json::json!([]), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_is_a_warning_on_health_while_it_stays_200() {
+    // The backlog may use a hundredth of 1 MiB: a few batches spend it.
+    let tansu = Tansu::start();
+    let kafka_port = tansu.port();
+    let gw = Gateway::start_fresh(|mqtt, dir| {
+        config(mqtt, dir, "", Some(kafka_port))
+            + "budget = \"1MiB\"\nbudget_period = \"day\"\nlive_reserve = 0.99\n"
+    });
+    let report = fleet(&gw, 4, 100, 1).run().await;
+    assert!(report.all_acked());
+
+    let m = scrape_until(&gw, "the budget spent", |m| {
+        m.find("tidegate_upstream_budget_spent", &CLUSTER) == Some(1.0)
+    })
+    .await;
+    let used = m.value("tidegate_upstream_budget_used_bytes", &CLUSTER);
+    assert!(used >= 0.01 * 1024.0 * 1024.0, "{used}");
+    // Read after `used`, so at most what `used` said is left.
+    assert!(m.value("tidegate_upstream_budget_left_bytes", &CLUSTER) <= 1024.0 * 1024.0 - used);
+    assert_eq!(m.value("tidegate_healthy", &[]), 1.0);
+
+    let (code, body) = http_get(gw.http_addr(), "/health").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok\n"), "{body}");
+    assert!(
+        body.contains("warning: cluster: data budget spent: backlog paused until "),
+        "{body}"
+    );
+    let (code, body) = http_get(gw.http_addr(), "/health?format=json").await;
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["healthy"], true, "{health}");
+    let warning = health["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("cluster: data budget spent: backlog paused until "),
+        "{health}"
+    );
+
+    let status = status_json(&gw);
+    let d = &status["daemon"];
+    assert_eq!(d["warnings"][0].as_str(), Some(warning), "{status}");
+    let u = &d["upstreams"][0]["uplink"];
+    assert_eq!(u["budget"]["spent"], true, "{u}");
+    assert!(
+        u["backlog_held"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("waiting for budget")),
+        "{u}"
+    );
+    let out = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("spent: backlog paused until ")
+            && text.contains("  backlog waiting for budget"),
+        "{text}"
     );
 }

@@ -4,8 +4,9 @@
 //! Kafka-protocol broker (Tansu).
 //!
 //! The page must load with no console error, no uncaught exception and no failed request;
-//! show the upstream connected with its backlog; show figures that move with the traffic
-//! (journaled total, sent total) and draw the charts once samples exist. A screenshot is
+//! show the upstream connected with its backlog, and its uplink (a bandwidth and a live
+//! lane: both lanes and the limit); show figures that move with the traffic (journaled
+//! total, sent total) and draw the charts once samples exist. A screenshot is
 //! saved as `target/test-artifacts/status-page.png`.
 //!
 //! Every wait is bounded (`PAGE_SETTLE`), and the browser runs with a fresh profile in a
@@ -96,7 +97,8 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
     let gw = Gateway::start_fresh(|mqtt, dir| {
         format!(
             "[gateway]\nid = \"gw-page\"\n[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n\
-             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"page\"\nlinger = \"5ms\"\n",
+             [[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\ntopic = \"page\"\nlinger = \"5ms\"\n\
+             bandwidth = \"1MiB\"\nlive_topic = \"page-live\"\n",
             dir.join("journal").display()
         )
     });
@@ -206,6 +208,18 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
              return r && r.textContent.trim() === 'connected' ? 1 : null; })()",
             None,
             "the cluster shown connected",
+            &gw,
+        )
+        .await;
+        // Its uplink row: both lanes, and the limit.
+        wait_for_number(
+            &page,
+            "(() => { const r = document.querySelector('tr[data-uplink=\"cluster\"]'); \
+             const limit = r && r.querySelector('.limit'); \
+             return r && r.querySelector('.lane-backlog') && r.querySelector('.lane-live') \
+             && limit && limit.textContent.includes('1.0 MiB/s') ? 1 : null; })()",
+            None,
+            "the cluster's lanes and bandwidth limit",
             &gw,
         )
         .await;

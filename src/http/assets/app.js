@@ -33,10 +33,64 @@
     if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
+  function two(n) { return (n < 10 ? "0" : "") + n; }
   function fmtClock(ms) {
     var d = new Date(ms);
-    function two(n) { return (n < 10 ? "0" : "") + n; }
     return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  }
+  // A date in the browser's time zone: 2026-12-21 14:05.
+  function fmtDate(ms) {
+    var d = new Date(ms);
+    return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " +
+      two(d.getHours()) + ":" + two(d.getMinutes());
+  }
+  function fmtByteRate(r) {
+    return r === null || r === undefined ? "–/s" : fmtBytes(Math.round(r)) + "/s";
+  }
+
+  // The second row of an upstream on a constrained uplink: each lane's rate on the wire
+  // and the age of the newest reading it delivered, the limit, the budget, the window and
+  // why the backlog waits (the lines of `tidegate status`).
+  function uplinkRow(u) {
+    var x = u.uplink;
+    var tr = document.createElement("tr");
+    tr.className = "uplink";
+    tr.setAttribute("data-uplink", u.name);
+    var td = document.createElement("td");
+    td.colSpan = 7;
+    tr.appendChild(td);
+    function part(cls, label, text) {
+      var span = document.createElement("span");
+      span.className = "part " + cls;
+      var b = document.createElement("b");
+      b.textContent = label;
+      span.appendChild(b);
+      span.appendChild(document.createTextNode(" " + text));
+      td.appendChild(span);
+    }
+    function lane(l, newest) {
+      return fmtByteRate(l.rate_bytes_per_second) + ", " +
+        (l.newest_delivered_age_ms === null || l.newest_delivered_age_ms === undefined
+          ? "nothing delivered yet" : newest + " " + fmtAge(l.newest_delivered_age_ms / 1000) + " ago");
+    }
+    part("lane-backlog", "backlog", lane(x.lanes.backlog, "newest delivered"));
+    if (x.lanes.live) {
+      var live = lane(x.lanes.live, "newest") + (x.live_active ? "" : " (idle)");
+      if (x.live_urgent_total > 0) live += ", " + fmtInt(x.live_urgent_total) + " urgent";
+      if (x.live_skipped_total > 0) live += ", " + fmtInt(x.live_skipped_total) + " skipped";
+      part("lane-live", "live", live);
+    }
+    if (x.bandwidth) part("limit", "limit", fmtBytes(x.bandwidth) + "/s");
+    if (x.budget) {
+      var b = x.budget;
+      var text = fmtBytes(b.used) + " of " + fmtBytes(b.limit) + " used, " + fmtBytes(b.left) + " left";
+      if (b.spent) text += ", spent: backlog paused until " + fmtDate(b.period_end_ms);
+      else if (b.exhaustion_ms) text += ", runs out ~" + fmtDate(b.exhaustion_ms);
+      part("budget" + (b.spent ? " spent" : ""), "budget", text);
+    }
+    if (x.window) part("window", "window", x.window.text);
+    if (x.backlog_held) part("held", "backlog", x.backlog_held);
+    return tr;
   }
 
   function cell(tr, text, cls) {
@@ -59,6 +113,13 @@
       var li = document.createElement("li");
       li.textContent = p;
       problems.appendChild(li);
+    });
+    var warnings = $("warnings");
+    warnings.textContent = "";
+    (s.warnings || []).forEach(function (w) {
+      var li = document.createElement("li");
+      li.textContent = "warning: " + w;
+      warnings.appendChild(li);
     });
     setText("uptime", fmtAge((s.now_ms - s.started_ms) / 1000));
     setText("updated", fmtClock(s.now_ms));
@@ -100,6 +161,10 @@
         cell(tr, fmtInt(u.sent_total), "num sent-total");
         cell(tr, fmtInt(u.failures_total), "num failures");
         body.appendChild(tr);
+        if (u.uplink) {
+          tr.className = "has-uplink";
+          body.appendChild(uplinkRow(u));
+        }
       });
     }
     var inputs = $("inputs");
