@@ -226,9 +226,9 @@ impl UplinkStatus {
             let unit = Unit::of(b.limit);
             let mut line = format!(
                 "  budget: {} of {} used, {} left, ",
-                unit.show(b.used),
-                unit.show(b.limit),
-                unit.show(b.left)
+                unit.show_near(b.used),
+                bytes(b.limit),
+                unit.show_near(b.left)
             );
             if b.spent {
                 line.push_str(&format!(
@@ -373,6 +373,16 @@ impl Unit {
             i += 1;
         }
         Unit(i)
+    }
+
+    /// `n` in this unit if it is at least a tenth of one (`0.8 GiB` beside `2 GiB`), else
+    /// in its own (`22.1 KiB`, `0 B`), so that no figure reads as a bare 0.
+    fn show_near(self, n: u64) -> String {
+        if self.0 > 0 && n >= (1u64 << (10 * self.0)) / 10 {
+            self.show(n)
+        } else {
+            bytes(n)
+        }
     }
 
     /// `n` in this unit, to one decimal, without a trailing `.0`.

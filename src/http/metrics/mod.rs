@@ -158,22 +158,6 @@ fn family<V: Copy + Into<Value>>(
     Ok(())
 }
 
-/// [`family`], left out entirely (no `HELP` or `TYPE` either) when it has no rows: the
-/// families of a feature no upstream uses.
-fn family_if_any<V: Copy + Into<Value>>(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    rows: impl IntoIterator<Item = (Labels, V)>,
-) -> Result<(), std::fmt::Error> {
-    let rows: Vec<(Labels, V)> = rows.into_iter().collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    family(e, name, help, kind, rows)
-}
-
 /// A sample's value: counts stay integers, ages and sizes in bytes may be floats.
 #[derive(Clone, Copy)]
 pub enum Value {
@@ -573,8 +557,8 @@ impl Collector for DaemonCollector {
     }
 }
 
-/// The constrained-uplink families (docs/constrained-uplinks.md): each only for the
-/// upstreams that have its feature, so that no budget series exists without a budget.
+/// The constrained-uplink families (docs/constrained-uplinks.md): each with series only for
+/// the upstreams that have its feature, so that no budget series exists without a budget.
 fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<(), std::fmt::Error> {
     use MetricType::{Counter, Gauge};
     fn x(u: &UpstreamSource) -> &UplinkCounters {
@@ -593,21 +577,21 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
                 .chain(u.counters.uplink.live.get().map(|l| (u, "live", &**l)))
         })
         .collect();
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_wire_bytes",
         "Bytes written to the upstream's sockets, per lane (Kafka requests after compression and framing, MQTT packets): what bandwidth limits.",
         Counter,
         lanes.iter().map(|(u, l, c)| (lane(u, l), get(&c.wire_sent))),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_wire_received_bytes",
         "Bytes read from the upstream's sockets, per lane (Kafka responses, MQTT acknowledgements).",
         Counter,
         lanes.iter().map(|(u, l, c)| (lane(u, l), get(&c.wire_received))),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_bandwidth_bytes_per_second",
         "bandwidth: bytes per second both lanes may write together.",
@@ -621,14 +605,14 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
         .iter()
         .filter_map(|u| x(u).live.get().map(|l| (u, &**l)))
         .collect();
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_live_readings",
         "Readings the live lane delivered (each topic's newest while the backlog is behind, and urgent readings).",
         Counter,
         live.iter().map(|(u, l)| (up(u), get(&l.sent))),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_live_urgent",
         "Urgent readings the live lane delivered (also in tidegate_upstream_live_readings_total).",
@@ -636,14 +620,14 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
         live.iter()
             .map(|(u, _)| (up(u), get(&x(u).live_urgent_sent))),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_live_skipped",
         "Readings the live lane did not send (replaced by a newer one of the topic, or while it failed or was over its share); the history still has them.",
         Counter,
         live.iter().map(|(u, _)| (up(u), get(&x(u).live_skipped))),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_live_active",
         "1 while the live lane sends: the backlog is behind by more than live_after, or waits for a window or the budget.",
@@ -651,7 +635,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
         live.iter().map(|(u, _)| (up(u), get(&x(u).live_active))),
     )?;
     let now = crate::journal::now_ms();
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_newest_delivered_age_seconds",
         "Age of the newest reading the lane delivered (from its ingest time); absent until the lane has delivered one.",
@@ -695,7 +679,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
             |u| get(&u.budget_spent),
         ),
     ] {
-        family_if_any(
+        family(
             e,
             name,
             help,
@@ -703,7 +687,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
             budgets.iter().map(|u| (up(u), value(x(u)))),
         )?;
     }
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_budget_exhausted_at_seconds",
         "When the budget runs out at the rate used so far in the period (Unix time); absent when it lasts the period.",
@@ -713,7 +697,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
             .filter(|u| get(&x(u).budget_exhaustion_ms) > 0)
             .map(|u| (up(u), get(&x(u).budget_exhaustion_ms) as f64 / 1000.0)),
     )?;
-    family_if_any(
+    family(
         e,
         "tidegate_upstream_send_window_open",
         "1 while a send window is open (the backlog may be sent).",

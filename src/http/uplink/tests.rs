@@ -212,7 +212,9 @@ fn bytes_are_shown_in_binary_units_to_one_decimal() {
     assert_eq!(bytes(64 * KIB), "64 KiB");
     assert_eq!(bytes(53_350), "52.1 KiB");
     assert_eq!(bytes(3 * GIB / 2), "1.5 GiB");
-    assert_eq!(Unit::of(2 * GIB).show(GIB * 4 / 5), "0.8 GiB");
+    assert_eq!(Unit::of(2 * GIB).show_near(GIB * 4 / 5), "0.8 GiB");
+    assert_eq!(Unit::of(2 * GIB).show_near(22_656), "22.1 KiB");
+    assert_eq!(Unit::of(2 * GIB).show_near(0), "0 B");
     assert_eq!(rate(Some(9.8 * 1024.0)), "9.8 KiB/s");
     assert_eq!(ago(2_400), "2s");
     assert_eq!(ago(3 * HOUR + 12 * MINUTE), "3h12m");
