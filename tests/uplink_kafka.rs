@@ -25,11 +25,10 @@ use std::time::{Duration, Instant};
 
 use common::fleet::assert_arrived;
 use common::link::{tansu_behind_link, Link};
-use common::status::{backlog, wait_for_log};
-use common::{status_json, Gateway};
+use common::Gateway;
 use firmware_sim::telemetry::now_ms;
 use firmware_sim::verify::{read_topic, StartAt, TopicReader, VerifyError};
-use firmware_sim::{CancellationToken, FleetReport, LiveTable};
+use firmware_sim::{FleetReport, LiveTable};
 use support::*;
 
 /// The history topic.
@@ -162,56 +161,19 @@ async fn a_spent_budget_pauses_the_backlog_while_the_live_lane_goes_on_and_a_res
     let (_tansu, link) = tansu_behind_link(tansu_dir.path(), |_| {}).await;
     link.set_up(false);
     // Uncompressed, so that the backlog's 1 MiB is spent by half of a 2.3 MB backlog.
-    let budget =
-        "compression = \"none\"\nbudget = \"2MiB\"\nbudget_period = \"day\"\nlive_reserve = 0.5\n";
-    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &kafka_keys(&link), budget));
+    let budget = format!("compression = \"none\"\n{BUDGET}");
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &kafka_keys(&link), &budget));
     let backlog_run = build_backlog(&gw, BACKLOG_READINGS / 2).await;
-
-    let stop = CancellationToken::new();
-    let fresh_run = keep_publishing(&gw, stop.clone());
-    link.set_up(true);
     let live = LiveReader::start(brokers(&link));
-
-    wait_for_log(&gw, &["the backlog's share is spent"]).await;
-    let held_ms = now_ms();
-    let delivered = history_len(&brokers(&link)).await;
-    assert!(
-        delivered < backlog_run.acked(),
-        "the budget stopped the backlog before it drained: {delivered} of {} delivered",
-        backlog_run.acked()
-    );
-    // The live lane goes on: every device has a newer reading there…
-    all_fresh_since(&gw, || live.table(), held_ms).await;
-    // …while the backlog does not move.
-    assert_eq!(
-        history_len(&brokers(&link)).await,
-        delivered,
-        "the history does not move while the budget is spent\ngateway log:\n{}",
-        gw.log()
-    );
-
-    // A restart keeps the budget spent.
-    let exit = gw.terminate();
-    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
-    let restarted_ms = now_ms();
-    gw.restart();
-    wait_for_log(
-        &gw,
-        &["carrying on with what this period used before the restart"],
+    let to = brokers(&link);
+    spent_budget_holds_the_backlog(
+        &mut gw,
+        &link,
+        &backlog_run,
+        || live.table(),
+        async || history_len(&to).await,
     )
     .await;
-    all_fresh_since(&gw, || live.table(), restarted_ms).await;
-    assert_eq!(
-        history_len(&brokers(&link)).await,
-        delivered,
-        "the history does not move after a restart either\ngateway log:\n{}",
-        gw.log()
-    );
-    assert!(
-        backlog(&status_json(&gw), UPSTREAM) > 0,
-        "readings wait in the journal"
-    );
-    stop_publishing(stop, fresh_run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,6 +191,26 @@ async fn after_an_outage_live_values_come_first_within_the_bandwidth_and_the_his
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_pauses_the_backlog_while_the_live_lane_goes_on_and_a_restart_keeps_it_spent(
+) {
+    let (broker, link) = mosquitto_behind_link(|_| {}).await;
+    let history = History::subscribe(&broker).await;
+    let live = watch_live(&broker).await;
+    link.set_up(false);
+    let mut gw = Gateway::start_fresh(|mqtt, dir| config(mqtt, dir, &mqtt_keys(&link), BUDGET));
+    // Some 3 MB of publishes, well over the backlog's 1 MiB.
+    let backlog_run = build_backlog(&gw, BACKLOG_READINGS / 2).await;
+    spent_budget_holds_the_backlog(
+        &mut gw,
+        &link,
+        &backlog_run,
+        || live.table(),
+        async || history.len(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backlog_waits_for_its_send_window_under_the_test_clock_while_the_live_lane_flows() {
     let (broker, link) = mosquitto_behind_link(|_| {}).await;
     let history = History::subscribe(&broker).await;

@@ -466,3 +466,68 @@ pub async fn after_an_outage(
         behind,
     }
 }
+
+/// The data budget of scenario 5: the backlog pauses once 1 MiB of 2 MiB is used.
+pub const BUDGET: &str = "budget = \"2MiB\"\nbudget_period = \"day\"\nlive_reserve = 0.5\n";
+
+/// Scenario 5 on a gateway whose config holds [`BUDGET`] and whose backlog (`backlog_run`,
+/// well over the backlog's share) was built with `link` down: the link comes up while the
+/// fleet goes on publishing. Once the backlog's share is spent, the history
+/// (`history_len`: readings in it) must not move while every device's readings still reach
+/// the live lane (`table`); and the same after the daemon is restarted.
+pub async fn spent_budget_holds_the_backlog(
+    gw: &mut Gateway,
+    link: &Link,
+    backlog_run: &FleetReport,
+    table: impl Fn() -> LiveTable,
+    mut history_len: impl AsyncFnMut() -> u64,
+) {
+    let stop = CancellationToken::new();
+    let fresh_run = keep_publishing(gw, stop.clone());
+    link.set_up(true);
+    wait_for_log(gw, &["the backlog's share is spent"]).await;
+    // One live interval and more, so that what was sent before the pause has arrived.
+    all_fresh_since(gw, &table, now_ms()).await;
+    let delivered = history_len().await;
+    assert!(
+        delivered < backlog_run.acked(),
+        "the budget stopped the backlog before it drained: {delivered} of {} delivered",
+        backlog_run.acked()
+    );
+    // The live lane goes on: every device has a newer reading there, while the history
+    // does not move.
+    all_fresh_since(gw, &table, now_ms()).await;
+    assert_eq!(
+        history_len().await,
+        delivered,
+        "the history does not move while the budget is spent\ngateway log:\n{}",
+        gw.log()
+    );
+
+    // A restart keeps the budget spent.
+    let exit = gw.terminate();
+    assert!(exit.success(), "SIGTERM exits 0: {exit:?}");
+    let restarted_ms = now_ms();
+    gw.restart();
+    wait_for_log(
+        gw,
+        &["carrying on with what this period used before the restart"],
+    )
+    .await;
+    all_fresh_since(gw, &table, restarted_ms).await;
+    all_fresh_since(gw, &table, now_ms()).await;
+    assert_eq!(
+        history_len().await,
+        delivered,
+        "the history does not move after a restart either\ngateway log:\n{}",
+        gw.log()
+    );
+    let waiting = backlog(&status_json(gw), UPSTREAM);
+    assert!(waiting > 0, "readings wait in the journal");
+    stop_publishing(stop, fresh_run).await;
+    eprintln!(
+        "figures: the budget held the history at {delivered} of {} backlog readings, before \
+         and after a restart, while the live lane went on; {waiting} readings waiting",
+        backlog_run.acked()
+    );
+}
