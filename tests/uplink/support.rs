@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
 use crate::common::link::{max_window_up_between, Link, WINDOW};
 use crate::common::status::{backlog, poll, status_json, wait_for_log};
-use crate::common::{Fleet, Gateway};
+use crate::common::{http_get, Fleet, Gateway};
 
 /// The name of the upstream under test.
 pub const UPSTREAM: &str = "cloud";
@@ -91,6 +91,20 @@ pub fn lane_keys() -> String {
         LIVE_AFTER.as_secs(),
         LIVE_INTERVAL.as_secs()
     )
+}
+
+/// Why the daemon says the backlog of [`UPSTREAM`] waits (`/api/status`, its uplink's
+/// `backlog_held`), or `None`.
+pub async fn backlog_held(gw: &Gateway) -> Option<String> {
+    let (_, body) = http_get(gw.http_addr(), "/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/api/status is JSON");
+    let upstream = status["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == UPSTREAM))
+        .unwrap_or_else(|| panic!("no upstream {UPSTREAM} in {status}"));
+    upstream["uplink"]["backlog_held"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The fleet's device ids.
@@ -344,6 +358,13 @@ pub async fn until_the_window_opens(
         live_at - opens_ms,
         gw.log()
     );
+    let held_why = backlog_held(&gw).await;
+    assert!(
+        held_why
+            .as_deref()
+            .is_some_and(|h| h.starts_with("waiting for window")),
+        "status says the backlog waits for the window: {held_why:?}"
+    );
     let mut looks = 0;
     while Instant::now() + Duration::from_secs(1) < opens_at {
         let n = history_len().await;
@@ -503,6 +524,7 @@ pub async fn spent_budget_holds_the_backlog(
         "the history does not move while the budget is spent\ngateway log:\n{}",
         gw.log()
     );
+    assert_held_by_budget(gw).await;
 
     // A restart keeps the budget spent.
     let exit = gw.terminate();
@@ -522,6 +544,7 @@ pub async fn spent_budget_holds_the_backlog(
         "the history does not move after a restart either\ngateway log:\n{}",
         gw.log()
     );
+    assert_held_by_budget(gw).await;
     let waiting = backlog(&status_json(gw), UPSTREAM);
     assert!(waiting > 0, "readings wait in the journal");
     stop_publishing(stop, fresh_run).await;
@@ -529,5 +552,15 @@ pub async fn spent_budget_holds_the_backlog(
         "figures: the budget held the history at {delivered} of {} backlog readings, before \
          and after a restart, while the live lane went on; {waiting} readings waiting",
         backlog_run.acked()
+    );
+}
+
+/// Asserts that status says the backlog waits for the budget.
+async fn assert_held_by_budget(gw: &Gateway) {
+    let why = backlog_held(gw).await;
+    assert!(
+        why.as_deref()
+            .is_some_and(|h| h.starts_with("waiting for budget")),
+        "status says the backlog waits for the budget: {why:?}"
     );
 }
