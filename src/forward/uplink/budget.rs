@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
 
-use super::Lane;
+use super::{Clock, Lane};
 use crate::calendar::{format_duration, period_bounds, period_id, projected_exhaustion, Period};
 use crate::config::{BudgetPeriod, UplinkConfig};
 use crate::journal::BudgetUsage;
@@ -130,21 +130,24 @@ impl Budget {
     }
 
     /// Writes the budget fields of the status.
-    pub(super) fn publish(&mut self, s: &UplinkCounters, now: &DateTime<Local>) {
+    /// `clock` turns its instants into the system clock's milliseconds.
+    pub(super) fn publish(&mut self, s: &UplinkCounters, now: &DateTime<Local>, clock: &Clock) {
         self.roll(now);
         s.budget_limit.store(self.limit, Ordering::Relaxed);
         s.budget_backlog_limit
             .store(self.backlog_limit, Ordering::Relaxed);
         s.budget_used.store(self.used, Ordering::Relaxed);
         s.budget_period_end_ms
-            .store(millis(&self.end), Ordering::Relaxed);
+            .store(clock.real_ms(&self.end), Ordering::Relaxed);
         s.budget_spent.store(
             u64::from(self.used >= self.backlog_limit),
             Ordering::Relaxed,
         );
         let exhaustion = projected_exhaustion(self.used, self.limit, &self.start, now, &self.end);
-        s.budget_exhaustion_ms
-            .store(exhaustion.as_ref().map_or(0, millis), Ordering::Relaxed);
+        s.budget_exhaustion_ms.store(
+            exhaustion.as_ref().map_or(0, |t| clock.real_ms(t)),
+            Ordering::Relaxed,
+        );
     }
 
     /// The usage to store now: when it changed and the last store is `every` old, or
@@ -160,10 +163,6 @@ impl Budget {
             used: self.used,
         })
     }
-}
-
-fn millis(t: &DateTime<Local>) -> u64 {
-    t.timestamp_millis().max(0) as u64
 }
 
 #[cfg(test)]

@@ -70,6 +70,12 @@ impl Clock {
     pub fn now(&self) -> DateTime<Local> {
         Local::now() + self.offset
     }
+
+    /// The system clock's Unix milliseconds at the instant this clock shows `t`: what
+    /// status and metrics compare with their own "now".
+    pub fn real_ms(&self, t: &DateTime<Local>) -> u64 {
+        (*t - self.offset).timestamp_millis().max(0) as u64
+    }
 }
 
 /// Checks the uplink keys whose meaning this stage owns: the send windows' syntax and the
@@ -113,6 +119,8 @@ impl Uplink {
         counters: Arc<ForwardCounters>,
     ) -> Option<Arc<Uplink>> {
         let u = &config.uplink;
+        // The counters outlive a reload: clear what a removed setting left behind.
+        reset(&counters.uplink);
         if u.bandwidth.is_none()
             && u.budget.is_none()
             && u.send_windows.is_empty()
@@ -308,12 +316,12 @@ impl Uplink {
             s.window_change_ms.store(
                 self.windows
                     .next_change(now)
-                    .map_or(0, |t| t.timestamp_millis().max(0) as u64),
+                    .map_or(0, |t| self.clock.real_ms(&t)),
                 Ordering::Relaxed,
             );
         }
         if let Some(b) = &self.budget {
-            lock(b).publish(s, now);
+            lock(b).publish(s, now, &self.clock);
         }
     }
 
@@ -332,7 +340,7 @@ impl Uplink {
             let now = self.clock.now();
             let mut b = lock(b);
             b.add(sent + received, &now);
-            b.publish(self.state(), &now);
+            b.publish(self.state(), &now, &self.clock);
         }
     }
 
@@ -347,6 +355,28 @@ impl Uplink {
             tracing::warn!(upstream = %self.name, error = %e, "Cannot store the data budget used; a restart may count the last bytes again.");
         }
     }
+}
+
+/// Clears the settings and state an earlier configuration of the upstream published
+/// (the totals, which only grow, are kept).
+fn reset(s: &UplinkCounters) {
+    for gauge in [
+        &s.live_active,
+        &s.oldest_unsent_ms,
+        &s.bandwidth,
+        &s.budget_limit,
+        &s.budget_used,
+        &s.budget_backlog_limit,
+        &s.budget_period_end_ms,
+        &s.budget_exhaustion_ms,
+        &s.budget_spent,
+        &s.windows_configured,
+        &s.window_open,
+        &s.window_change_ms,
+    ] {
+        gauge.store(0, Ordering::Relaxed);
+    }
+    *lock(&s.backlog_held) = None;
 }
 
 /// Locks a mutex whose holder cannot leave it inconsistent (plain numbers).
