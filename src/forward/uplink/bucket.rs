@@ -108,7 +108,7 @@ pub struct Admitted {
 const FIXED_OVERHEAD: f64 = 256.0;
 /// Margin on the learned ratio, so that a batch compressing a little worse than the last
 /// one still fits its estimate.
-const MARGIN: f64 = 1.1;
+const MARGIN: f64 = 1.25;
 
 impl Limiter {
     /// Buckets for `rate` bytes per second with `burst`, the live lane's share of both
