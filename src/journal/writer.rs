@@ -491,6 +491,32 @@ impl Writer {
 
 impl Writer {
     fn set_upstreams(&mut self, upstreams: Vec<String>) -> Result<(), JournalError> {
+        self.own_transaction("reconcile cursors", |store, txn| {
+            let meta = store.meta(txn)?;
+            let first = store.bounds(txn)?.map(|b| b.0);
+            reconcile_cursors(store, txn, &upstreams, first.unwrap_or(meta.next_seq))
+        })?;
+        self.upstreams = upstreams;
+        Ok(())
+    }
+
+    /// Stores an upstream's budget usage (every few seconds at most, so in a transaction
+    /// of its own rather than in a group's).
+    fn set_budget(&mut self, upstream: &str, usage: BudgetUsage) -> Result<(), JournalError> {
+        self.own_transaction("store budget usage", |store, txn| {
+            store.put_budget_usage(txn, upstream, usage)
+        })
+    }
+
+    /// Runs `work` in a write transaction of its own and commits it. Only rows of cursors
+    /// and `meta` are written this way, so a failure leaves the journal as it was; still,
+    /// an I/O error puts it in the same refusing state as for readings (module docs), and
+    /// any other LMDB error fails it closed, like every other commit failure.
+    fn own_transaction(
+        &mut self,
+        what: &'static str,
+        work: impl FnOnce(&super::store::Store, &mut heed::RwTxn<'_>) -> Result<(), heed::Error>,
+    ) -> Result<(), JournalError> {
         if self.poisoned {
             return Err(JournalError::Failed);
         }
@@ -499,59 +525,24 @@ impl Writer {
         }
         let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
         let store = guard.as_ref().ok_or(JournalError::Reopening)?;
-        let lm = |e| JournalError::lmdb("reconcile cursors", e);
         let result = (|| {
             let mut txn = store.write_txn()?;
-            let meta = store.meta(&txn)?;
-            let first = store.bounds(&txn)?.map(|b| b.0);
-            reconcile_cursors(store, &mut txn, &upstreams, first.unwrap_or(meta.next_seq))?;
+            work(store, &mut txn)?;
             txn.commit()
         })();
         drop(guard);
         match result {
-            Ok(()) => {
-                self.upstreams = upstreams;
-                Ok(())
-            }
-            // An I/O error: the same refusing state as for readings (module docs).
+            Ok(()) => Ok(()),
             Err(e @ heed::Error::Io(_)) => {
                 self.trouble.write_failed(format!("write failed: {e}"));
-                Err(lm(e))
+                Err(JournalError::lmdb(what, e))
             }
-            // Only cursor rows were written, so an LMDB error here leaves the journal as
-            // it was; like every other commit failure it still fails the journal closed.
             Err(e) => {
-                tracing::error!(error = %e, "Journal commit failed while reconciling upstream cursors; refusing further writes until tidegate restarts.");
+                tracing::error!(error = %e, operation = what, "Journal commit failed; refusing further writes until tidegate restarts.");
                 self.poison();
-                Err(lm(e))
+                Err(JournalError::lmdb(what, e))
             }
         }
-    }
-
-    /// Stores an upstream's budget usage. A failure is reported to the caller (which logs
-    /// it and tries again later) and, being an I/O error, puts the journal into the same
-    /// refusing state as a failed append would.
-    fn set_budget(&mut self, upstream: &str, usage: BudgetUsage) -> Result<(), JournalError> {
-        if self.poisoned {
-            return Err(JournalError::Failed);
-        }
-        if let Some(reason) = self.trouble.reason() {
-            return Err(JournalError::Unwritable(reason.to_owned()));
-        }
-        let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
-        let store = guard.as_ref().ok_or(JournalError::Reopening)?;
-        let result = (|| {
-            let mut txn = store.write_txn()?;
-            store.put_budget_usage(&mut txn, upstream, usage)?;
-            txn.commit()
-        })();
-        drop(guard);
-        result.map_err(|e| {
-            if matches!(e, heed::Error::Io(_)) {
-                self.trouble.write_failed(format!("write failed: {e}"));
-            }
-            JournalError::lmdb("store budget usage", e)
-        })
     }
 
     /// Current map size (the one to reopen with when the environment is closed).
