@@ -146,6 +146,11 @@ impl Forwarders {
             .live
             .get_or_init(|| Arc::new(ForwardCounters::default()))
             .clone();
+        uplink
+            .counters()
+            .uplink
+            .live_configured
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         let guard = self
             .health
             .register(&format!("live:{}", upstream.name), false);

@@ -144,7 +144,7 @@ impl History {
                     name: u.name.clone(),
                     sent: get(&u.counters.sent),
                     wire: get(&u.counters.wire_sent),
-                    live_wire: u.counters.uplink.live.get().map(|l| get(&l.wire_sent)),
+                    live_wire: u.counters.uplink.live_lane().map(|l| get(&l.wire_sent)),
                 })
                 .collect(),
         };

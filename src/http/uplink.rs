@@ -113,7 +113,7 @@ pub fn configured(u: &UplinkCounters) -> bool {
     get(&u.bandwidth) > 0
         || get(&u.budget_limit) > 0
         || get(&u.windows_configured) == 1
-        || u.live.get().is_some()
+        || u.live_lane().is_some()
 }
 
 /// `ms` if it is set (not 0).
@@ -161,8 +161,7 @@ impl UplinkStatus {
             lanes: Lanes {
                 backlog: lane(c, rates.backlog, get(&u.backlog_newest_ms)),
                 live: u
-                    .live
-                    .get()
+                    .live_lane()
                     .map(|live| lane(live, rates.live, get(&u.live_newest_ms))),
             },
             bandwidth: set(get(&u.bandwidth)),

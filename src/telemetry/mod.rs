@@ -82,6 +82,15 @@ pub struct ForwardCounters {
     pub uplink: UplinkCounters,
 }
 
+impl UplinkCounters {
+    /// The live lane's counters, if the upstream has a live lane now.
+    pub fn live_lane(&self) -> Option<&std::sync::Arc<ForwardCounters>> {
+        (self.live_configured.load(Ordering::Relaxed) == 1)
+            .then(|| self.live.get())
+            .flatten()
+    }
+}
+
 /// The constrained-uplink state of one upstream, for `/metrics`, `tidegate status` and the
 /// status page: kept by its forwarder and live lane (`crate::forward::uplink`).
 ///
@@ -91,6 +100,9 @@ pub struct UplinkCounters {
     /// The live lane's own counters (`sent`, `failures`, wire bytes), set once the upstream
     /// has a live lane.
     pub live: std::sync::OnceLock<std::sync::Arc<ForwardCounters>>,
+    /// 1 while the upstream's configuration has a live lane (a reload may remove it; its
+    /// counters above are kept for when it comes back).
+    pub live_configured: AtomicU64,
     /// Urgent readings the live lane delivered (also counted in the live lane's `sent`).
     pub live_urgent_sent: AtomicU64,
     /// Live readings not sent because a newer one of the same topic replaced them before

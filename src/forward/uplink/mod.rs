@@ -362,6 +362,7 @@ impl Uplink {
 fn reset(s: &UplinkCounters) {
     for gauge in [
         &s.live_active,
+        &s.live_configured,
         &s.oldest_unsent_ms,
         &s.bandwidth,
         &s.budget_limit,

@@ -574,7 +574,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
         .iter()
         .flat_map(|u| {
             std::iter::once((u, "backlog", &*u.counters))
-                .chain(u.counters.uplink.live.get().map(|l| (u, "live", &**l)))
+                .chain(u.counters.uplink.live_lane().map(|l| (u, "live", &**l)))
         })
         .collect();
     family(
@@ -603,7 +603,7 @@ fn uplinks(e: &mut DescriptorEncoder, upstreams: &[UpstreamSource]) -> Result<()
     )?;
     let live: Vec<(&UpstreamSource, &ForwardCounters)> = upstreams
         .iter()
-        .filter_map(|u| x(u).live.get().map(|l| (u, &**l)))
+        .filter_map(|u| x(u).live_lane().map(|l| (u, &**l)))
         .collect();
     family(
         e,

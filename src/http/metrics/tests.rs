@@ -65,6 +65,8 @@ async fn the_exposition_parses_and_reads_the_counters_the_stages_keep() {
     add(&live.wire_sent, 3_000);
     add(&live.wire_received, 100);
     u.live.set(live).expect("set once");
+    u.live_configured
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let upstream = UpstreamConfig::new("cluster", UpstreamKind::Kafka);
     let cloud_config = UpstreamConfig::new("cloud", UpstreamKind::Mqtt);
     let sources = Arc::new(Sources {

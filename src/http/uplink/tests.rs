@@ -45,6 +45,7 @@ fn constrained() -> ForwardCounters {
     add(&live.wire_sent, 9_000);
     add(&live.wire_received, 300);
     u.live.set(live).expect("set once");
+    u.live_configured.store(1, Relaxed);
     c
 }
 
@@ -62,6 +63,19 @@ fn an_upstream_without_uplink_settings_has_no_uplink_object() {
     // Any one setting is enough.
     c.uplink.windows_configured.store(1, Relaxed);
     assert!(UplinkStatus::read(&c, RATES, NOW).is_some());
+}
+
+#[test]
+fn a_live_lane_removed_by_a_reload_is_no_longer_shown_though_its_totals_are_kept() {
+    let c = constrained();
+    c.uplink.live_configured.store(0, Relaxed);
+    let s = UplinkStatus::read(&c, RATES, NOW).expect("still configured: bandwidth");
+    assert!(s.lanes.live.is_none());
+    assert_eq!(
+        c.uplink.live.get().map(|l| l.sent.load(Relaxed)),
+        Some(40),
+        "kept for when the live lane comes back"
+    );
 }
 
 #[test]
@@ -155,6 +169,8 @@ fn status_says_when_the_budget_is_spent_or_lasts_and_when_a_lane_is_idle_or_new(
     let period_end = 1_798_758_000_000;
     u.budget_period_end_ms.store(period_end, Relaxed);
     u.live.set(Arc::default()).expect("set once");
+    u.live_configured
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let s = UplinkStatus::read(&c, LaneRates::default(), NOW).expect("configured");
     assert_eq!(
         s.lines_in(&plus_one(), NOW),
