@@ -159,6 +159,8 @@ impl<S: Sink> LiveLane<S> {
                 return seen;
             }
         };
+        // A reading replaced while the lane is idle was never due on it: not a skip.
+        let sampling = self.uplink.live_active();
         let mut last = seen;
         for r in records.into_iter().flatten() {
             last = last.max(r.seq);
@@ -168,7 +170,7 @@ impl<S: Sink> LiveLane<S> {
                     continue;
                 }
                 urgent.push_back(r);
-            } else if latest.insert(r.reading.topic.clone(), r).is_some() {
+            } else if latest.insert(r.reading.topic.clone(), r).is_some() && sampling {
                 add(skipped, 1);
             }
         }
