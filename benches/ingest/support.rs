@@ -2,7 +2,7 @@
 //! load a phase puts on it, and the figures read off processes (CPU, memory, open files)
 //! and the machine (open-file limit, load average).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,24 @@ pub(crate) fn start_tidegate(
     upstream: Option<(u16, &str)>,
     mqtt_extra: &str,
 ) -> Process {
+    start_daemon(&tidegate_bin(), dir, mqtt, upstream, mqtt_extra, "")
+}
+
+/// The `tidegate` binary of this build.
+pub(crate) fn tidegate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tidegate"))
+}
+
+/// [`start_tidegate`] with another binary `bin` (an older build, for a side-by-side run)
+/// and `upstream_extra` appended to the `[[upstream]]` table.
+pub(crate) fn start_daemon(
+    bin: &Path,
+    dir: &Path,
+    mqtt: u16,
+    upstream: Option<(u16, &str)>,
+    mqtt_extra: &str,
+    upstream_extra: &str,
+) -> Process {
     let config = dir.join("tidegate.toml");
     let mut toml = format!(
         "[gateway]\nid = \"gw-bench\"\n[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
@@ -29,11 +47,11 @@ pub(crate) fn start_tidegate(
     if let Some((kafka, topic)) = upstream {
         toml.push_str(&format!(
             "[[upstream]]\nname = \"cluster\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:{kafka}\"]\n\
-             topic = \"{topic}\"\npartitions = 3\nbackoff_max = \"1s\"\n"
+             topic = \"{topic}\"\npartitions = 3\nbackoff_max = \"1s\"\n{upstream_extra}"
         ));
     }
     std::fs::write(&config, toml).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    let mut command = Command::new(bin);
     command.args(["run", "--config"]).arg(&config);
     Process::start(
         "tidegate",
@@ -146,8 +164,10 @@ pub(crate) fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
-pub(crate) fn backlog(dir: &Path) -> u64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+/// The first upstream's backlog, as `bin status` reports it for the daemon configured in
+/// `dir`; `u64::MAX` if it cannot tell.
+pub(crate) fn backlog(bin: &Path, dir: &Path) -> u64 {
+    let out = Command::new(bin)
         .args(["status", "--json", "--config"])
         .arg(dir.join("tidegate.toml"))
         .output()
