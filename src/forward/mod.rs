@@ -15,6 +15,14 @@
 //! after it, for a sink that wants them ([`Sink::wants_gap_markers`]), so the upstream
 //! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
 //! business (the Kafka sink sends a record with the `tidegate-gap` header).
+//!
+//! # Constrained links
+//!
+//! An upstream with `bandwidth`, `budget`, `send_windows` or a live lane has an
+//! [`uplink::Uplink`]: before each attempt the forwarder waits in [`uplink::Uplink::admit`]
+//! (window, budget, bandwidth tokens) and afterwards charges what its sink wrote; batches
+//! are read no larger than the bandwidth bucket. This only delays the history, never skips
+//! or reorders it. The live lane ([`live`]) runs beside the forwarder on the same `Uplink`.
 
 mod live;
 mod supervisor;
