@@ -5,8 +5,8 @@
 //!
 //! Read-only, like the rest of the listener: every figure is read from the counters the
 //! forwarder and the live lane keep ([`UplinkCounters`]); the only thing computed here is
-//! wording. Times in those counters are Unix milliseconds of the uplink's clock (local
-//! time); 0 means "none".
+//! wording. Times in those counters are Unix milliseconds of the system clock (the uplink
+//! publishes them so, the test clock's shift taken out); 0 means "none".
 
 use std::time::Duration;
 
