@@ -425,6 +425,7 @@ async fn wait_for_stop(
                 journal_records = next.saturating_sub(get(&c.first_seq).max(1)),
                 journal_bytes = get(&c.bytes_held),
                 dropped_full = get(&c.dropped_full),
+                expired = get(&c.expired),
                 rejected_full = get(&c.rejected_full),
                 upstreams = %per_upstream.join(", "),
                 "Progress."

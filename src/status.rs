@@ -214,6 +214,17 @@ pub fn render(
             summary.dropped_total
         );
     }
+    if summary.expired_total > 0 || config.journal.max_age.is_some() {
+        let limit = config.journal.max_age.map_or_else(
+            || "none now".to_owned(),
+            |a| humantime::format_duration(a).to_string(),
+        );
+        let _ = writeln!(
+            s,
+            "expired   {} readings removed by journal.max_age ({limit}) before every upstream had them",
+            summary.expired_total
+        );
+    }
     if summary.upstreams.is_empty() {
         let _ = writeln!(
             s,

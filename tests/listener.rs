@@ -37,6 +37,7 @@ impl Harness {
             dir: dir.path().to_owned(),
             max_size,
             on_full,
+            max_age: None,
             commit_interval: Duration::from_millis(1),
             commit_max_records: 10_000,
         };

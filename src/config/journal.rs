@@ -38,6 +38,14 @@ pub struct JournalConfig {
     /// Policy once `max_size` is reached.
     #[serde(default = "default_on_full")]
     pub on_full: OnFull,
+    /// Readings older than this (by ingest time) are removed as `drop-oldest` removes
+    /// them, sent or not. Unset (the default): no age limit.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
     /// Longest a reading waits for other readings to share its commit. 0 (the default)
     /// commits as soon as the writer is free; the writer always takes everything already
     /// queued, so readings arriving during a sync share the next one. A few ms trades
@@ -55,11 +63,16 @@ impl Default for JournalConfig {
             dir: default_journal_dir(),
             max_size: default_max_size(),
             on_full: default_on_full(),
+            max_age: None,
             commit_interval: default_commit_interval(),
             commit_max_records: default_commit_max_records(),
         }
     }
 }
+
+/// Shortest `journal.max_age`: the limit is checked every few seconds, so a shorter one
+/// would be kept only approximately.
+const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
 fn default_journal_dir() -> PathBuf {
     PathBuf::from("./tidegate-data")
@@ -90,6 +103,13 @@ impl JournalConfig {
             p.push(format!(
                 "journal.max_size: {} is below the 1 MiB minimum",
                 self.max_size
+            ));
+        }
+        if let Some(age) = self.max_age.filter(|a| *a < MIN_MAX_AGE) {
+            p.push(format!(
+                "journal.max_age: {} is below the 1 minute minimum (the age limit is checked about every {}); use e.g. max_age = \"30d\", or leave it unset for no limit",
+                humantime::format_duration(age),
+                humantime::format_duration(crate::journal::retention::EXPIRE_EVERY),
             ));
         }
         if self.commit_interval > Duration::from_secs(1) {

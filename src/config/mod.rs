@@ -264,6 +264,25 @@ mod tests {
     }
 
     #[test]
+    fn max_age_is_unset_by_default_and_takes_human_units() {
+        assert_eq!(parse("").expect("valid").journal.max_age, None);
+        let c = parse("[journal]\nmax_age = \"30d\"\n").expect("valid");
+        assert_eq!(c.journal.max_age, Some(Duration::from_secs(30 * 24 * 3600)));
+    }
+
+    #[test]
+    fn a_max_age_under_a_minute_is_refused_with_its_key_and_an_example() {
+        let err = parse("[journal]\nmax_age = \"30s\"\n").expect_err("must fail");
+        let text = err.to_string();
+        assert!(text.contains("journal.max_age"), "{text}");
+        assert!(text.contains("30s"), "{text}");
+        assert!(text.contains("max_age = \"30d\""), "{text}");
+        parse("[journal]\nmax_age = \"1m\"\n").expect("one minute is the minimum");
+        let err = parse("[journal]\nmax_age = \"a month\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("max_age"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let err = parse("[journal]\nmax_sise = \"1GiB\"\n").expect_err("must fail");
         assert!(err.to_string().contains("max_sise"), "{err}");

@@ -469,6 +469,9 @@ pub struct JournalStatus {
     pub appended_total: u64,
     pub rejected_full_total: u64,
     pub dropped_full_total: u64,
+    /// Readings removed for `journal.max_age` since start (absent from daemons without it).
+    #[serde(default)]
+    pub expired_total: u64,
     pub failed: bool,
 }
 
@@ -584,6 +587,7 @@ impl StatusSnapshot {
                 appended_total: read(&c.appended),
                 rejected_full_total: read(&c.rejected_full),
                 dropped_full_total: read(&c.dropped_full),
+                expired_total: read(&c.expired),
                 failed: sources.journal.is_failed(),
             },
             ingest: IngestStatus {

@@ -1,5 +1,5 @@
-//! One group's write transaction: cursor moves and trimming, the size policy (`on_full`),
-//! then the appends in arrival order with re-sends recognised, all committed and synced
+//! One group's write transaction: cursor moves and trimming, the age limit (`max_age`,
+//! when due), the size policy (`on_full`), then the appends in arrival order with re-sends recognised, all committed and synced
 //! together. It keeps *durable before acknowledged* by answering nothing itself: the writer
 //! answers from the [`Outcome`] only after the commit returned, and a failed attempt is
 //! simply aborted.
@@ -7,6 +7,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use heed::RoTxn;
+
+use super::retention::EXPIRE_MAX_RECORDS;
 use super::sessions::{self, Sessions};
 use super::store::{accounted_size, Meta, Store};
 use super::writer::PendingAppend;
@@ -28,7 +31,14 @@ pub(super) struct Outcome {
     pub(super) trimmed: u64,
     pub(super) meta: Meta,
     pub(super) first_seq: Option<u64>,
-    /// Cursors below the last dropped record, i.e. upstreams that lost readings.
+    /// Readings removed for `max_age`, and the span they covered.
+    pub(super) expired: u64,
+    pub(super) expired_first: Option<u64>,
+    pub(super) expired_last: Option<u64>,
+    /// The age limit was checked (`Some`), and whether expired readings were left for the
+    /// next commit ([`super::retention::EXPIRE_MAX_RECORDS`]).
+    pub(super) expiry_more: Option<bool>,
+    /// Cursors below the last dropped or expired record, i.e. upstreams that lost readings.
     pub(super) behind: Vec<String>,
     /// From opening the write transaction to the end of its commit and sync (`/metrics`).
     pub(super) took: Duration,
@@ -42,6 +52,38 @@ pub(super) struct Extras {
     pub(super) force_full: bool,
     /// Also prune re-send memories, as of this Unix time in seconds.
     pub(super) prune_sessions_at: Option<u32>,
+    /// Also remove the readings ingested before this time, ms since the Unix epoch
+    /// (`journal.max_age`).
+    pub(super) expire_before_ms: Option<u64>,
+}
+
+/// Records removed from the front before every upstream had them (`drop-oldest`, or
+/// `max_age`).
+struct Removed {
+    count: u64,
+    bytes: u64,
+    first: u64,
+    last: u64,
+}
+
+/// Accounts for `removed` in `meta` and adds the upstreams that had not sent all of it to
+/// `behind`: their cursor now points before the first record held, which their forwarder
+/// turns into a gap marker.
+fn account_removed(
+    store: &Store,
+    txn: &RoTxn<'_>,
+    upstreams: &[String],
+    removed: &Removed,
+    meta: &mut Meta,
+    behind: &mut Vec<String>,
+) -> Result<(), heed::Error> {
+    meta.bytes_held = meta.bytes_held.saturating_sub(removed.bytes);
+    for name in upstreams {
+        if store.cursors.get(txn, name)?.unwrap_or(0) <= removed.last && !behind.contains(name) {
+            behind.push(name.clone());
+        }
+    }
+    Ok(())
 }
 
 /// Builds and commits one transaction for `appends` and the cursor moves `cursors`.
@@ -57,6 +99,7 @@ pub(super) fn commit(
     let Extras {
         force_full,
         prune_sessions_at,
+        expire_before_ms,
     } = extras;
     let started = Instant::now();
     let mut txn = store.write_txn()?;
@@ -82,6 +125,28 @@ pub(super) fn commit(
         meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
     }
 
+    // Age limit: from the front, as drop-oldest, a bounded span per commit.
+    if let Some(cutoff) = expire_before_ms {
+        let (end, more) = store.expired_end(&txn, cutoff, EXPIRE_MAX_RECORDS)?;
+        if let Some(end) = end {
+            let (count, bytes) = store.delete_range(&mut txn, ..end)?;
+            if count > 0 {
+                let removed = Removed {
+                    count,
+                    bytes,
+                    first: end - count,
+                    last: end - 1,
+                };
+                account_removed(store, &txn, upstreams, &removed, &mut meta, &mut out.behind)?;
+                meta.expired_total += removed.count;
+                out.expired = removed.count;
+                out.expired_first = Some(removed.first);
+                out.expired_last = Some(removed.last);
+            }
+        }
+        out.expiry_more = Some(more);
+    }
+
     // Size policy.
     let limit = config.journal_max();
     let sizes: Vec<u64> = appends
@@ -98,17 +163,18 @@ pub(super) fn commit(
             }
             if need > 0 {
                 let (n, bytes, last) = store.delete_oldest(&mut txn, need)?;
-                if n > 0 {
-                    out.dropped = n;
-                    out.dropped_last = last;
-                    out.dropped_first = last.map(|l| l + 1 - n);
-                    meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
-                    meta.dropped_total += n;
-                    for name in upstreams {
-                        if store.cursors.get(&txn, name)?.unwrap_or(0) <= last.unwrap_or(0) {
-                            out.behind.push(name.clone());
-                        }
-                    }
+                if let Some(last) = last.filter(|_| n > 0) {
+                    let removed = Removed {
+                        count: n,
+                        bytes,
+                        first: last + 1 - n,
+                        last,
+                    };
+                    account_removed(store, &txn, upstreams, &removed, &mut meta, &mut out.behind)?;
+                    meta.dropped_total += removed.count;
+                    out.dropped = removed.count;
+                    out.dropped_last = Some(removed.last);
+                    out.dropped_first = Some(removed.first);
                 }
                 budget = limit.saturating_sub(meta.bytes_held);
             }

@@ -11,7 +11,8 @@
 //! * `commit`: what one group's write transaction does (cursor moves, size policy, appends);
 //! * `trouble`: the refusing state after a failed write (reopen, reserve file, recovery);
 //! * `sessions`: the per-client re-send memory ([`Packet`]) and its pruning;
-//! * [`retention`]: the rules for what is kept (size cap, map size, drop summaries).
+//! * [`retention`]: the rules for what is kept (size cap, age limit, map size, drop
+//!   summaries).
 //!
 //! # Invariants
 //!
@@ -28,7 +29,8 @@
 //!    (counted and logged) and `reject` refuses the readings that do not fit (the caller
 //!    does not acknowledge them). The LMDB map grows as needed instead of failing.
 //! 5. **Removed only once delivered everywhere.** A record is deleted when every configured
-//!    upstream's cursor has passed it, or by `drop-oldest`; never otherwise.
+//!    upstream's cursor has passed it, by `drop-oldest`, or once older than
+//!    `journal.max_age` (from the front too, see [`retention`]); never otherwise.
 //! 6. **Never a retried sync.** A commit that fails with an I/O error (a full disk, EIO)
 //!    is never retried on the same environment: the writer refuses the readings it held
 //!    (they are not acknowledged, so devices keep them), closes the environment and opens
@@ -194,6 +196,8 @@ pub struct JournalCounters {
     pub rejected_full: AtomicU64,
     /// Readings deleted by `on_full = "drop-oldest"` before every upstream had them.
     pub dropped_full: AtomicU64,
+    /// Readings removed for `journal.max_age` before every upstream had them.
+    pub expired: AtomicU64,
     /// Readings removed because every upstream had them.
     pub trimmed: AtomicU64,
     /// Write transactions committed.
@@ -298,6 +302,16 @@ impl Journal {
         config: &JournalConfig,
         upstreams: &[String],
     ) -> Result<(Journal, WriterHandle), JournalError> {
+        Self::open_with_clock(config, upstreams, retention::AgeClock::system())
+    }
+
+    /// [`Journal::open`], with "now" for `journal.max_age` taken from `clock` (tests set
+    /// it by hand).
+    pub fn open_with_clock(
+        config: &JournalConfig,
+        upstreams: &[String],
+        clock: retention::AgeClock,
+    ) -> Result<(Journal, WriterHandle), JournalError> {
         let store = Store::open(&config.dir, retention::initial_map_size(config))?;
         let shared = Arc::new(Shared {
             store: RwLock::new(Some(store)),
@@ -314,6 +328,7 @@ impl Journal {
             upstreams.to_vec(),
             rx,
             committed_tx,
+            clock,
         )?;
         Ok((
             Journal {
@@ -569,6 +584,9 @@ pub struct Summary {
     /// Readings deleted by `on_full = "drop-oldest"` before every upstream had them, over
     /// the journal's life.
     pub dropped_total: u64,
+    /// Readings removed for `journal.max_age` before every upstream had them, over the
+    /// journal's life.
+    pub expired_total: u64,
     /// Per upstream, by name.
     pub upstreams: Vec<UpstreamSummary>,
 }
@@ -622,6 +640,7 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
         bytes_held: meta.bytes_held,
         disk_bytes: store.disk_size(),
         dropped_total: meta.dropped_total,
+        expired_total: meta.expired_total,
         upstreams,
     })
 }

@@ -7,7 +7,7 @@
 //! |-----------|------------------------|----------------------------------------------|
 //! | `records` | seq, big-endian u64    | the record encoding of [`crate::record`]     |
 //! | `cursors` | upstream name (UTF-8)  | next seq to send, big-endian u64             |
-//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total`, `epoch` | u64, big-endian |
+//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total`, `expired_total`, `epoch` | u64, big-endian |
 //!
 //! `epoch` is chosen at random when the journal is created (or first opened by a build that
 //! knows it) and never changes: a journal that is deleted and created again restarts its
@@ -17,7 +17,7 @@
 //!
 //! Sequence numbers held are always one contiguous range `first..=last`: records are only
 //! appended at the end and only removed from the front (delivered to every upstream, or
-//! dropped by `drop-oldest`). `next_seq` is kept in `meta` so a number is never reused even
+//! dropped by `drop-oldest` or for `max_age`). `next_seq` is kept in `meta` so a number is never reused even
 //! when every record has been removed.
 
 use std::ops::RangeBounds;
@@ -81,6 +81,9 @@ pub struct Meta {
     /// Readings deleted by `drop-oldest` before every upstream had them, since the journal
     /// was created.
     pub dropped_total: u64,
+    /// Readings removed for `journal.max_age` before every upstream had them, since the
+    /// journal was created (or first opened by a build with the age limit).
+    pub expired_total: u64,
 }
 
 /// Creates the journal directory (and any missing parents) private to the service user,
@@ -269,10 +272,12 @@ impl Store {
         };
         let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
         let dropped_total = self.meta.get(txn, "dropped_total")?.unwrap_or(0);
+        let expired_total = self.meta.get(txn, "expired_total")?.unwrap_or(0);
         Ok(Meta {
             next_seq,
             bytes_held,
             dropped_total,
+            expired_total,
         })
     }
 
@@ -323,6 +328,11 @@ impl Store {
     pub fn put_meta(&self, txn: &mut RwTxn<'_>, meta: Meta) -> Result<(), heed::Error> {
         self.meta.put(txn, "next_seq", &meta.next_seq)?;
         self.meta.put(txn, "dropped_total", &meta.dropped_total)?;
+        if meta.expired_total > 0 {
+            // Written once there is something to say, so a journal without an age limit
+            // keeps exactly the rows earlier builds wrote.
+            self.meta.put(txn, "expired_total", &meta.expired_total)?;
+        }
         self.meta.put(txn, "bytes_held", &meta.bytes_held)
     }
 
@@ -379,6 +389,33 @@ impl Store {
             unsafe { iter.del_current()? };
         }
         Ok((count, bytes, last))
+    }
+
+    /// The front records ingested before `cutoff_ms`, at most `max` of them: the first seq
+    /// after them (`None` if the first record held is not older), and whether more such
+    /// records may follow. A record that fails its checksum cannot be dated; it is removed
+    /// with the dated records after it, and stops the span if none follows.
+    pub fn expired_end(
+        &self,
+        txn: &RoTxn<'_>,
+        cutoff_ms: u64,
+        max: u64,
+    ) -> Result<(Option<u64>, bool), heed::Error> {
+        let mut end = None;
+        let mut seen = 0;
+        for item in self.records.iter(txn)? {
+            let (seq, value) = item?;
+            if seen == max {
+                return Ok((end, end.is_some()));
+            }
+            seen += 1;
+            match record::decode(seq, value) {
+                Ok(r) if r.reading.ingest_ms < cutoff_ms => end = Some(seq + 1),
+                Ok(_) => break,
+                Err(_) => continue,
+            }
+        }
+        Ok((end, false))
     }
 
     /// Reads up to `max` records starting at `from` (or the first held after it).

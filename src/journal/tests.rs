@@ -15,6 +15,7 @@ fn config(dir: &Path) -> JournalConfig {
         dir: dir.to_owned(),
         max_size: ByteSize::mib(64),
         on_full: OnFull::DropOldest,
+        max_age: None,
         commit_interval: Duration::ZERO,
         commit_max_records: 10_000,
     }

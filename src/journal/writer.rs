@@ -3,8 +3,10 @@
 //!
 //! It takes requests from a bounded channel, gathers everything queued (up to
 //! `commit_max_records`, lingering at most `commit_interval` for more), and commits the lot
-//! in one synced transaction ([`super::commit`]): appends, cursor moves, trimming and the
-//! size policy together. Only after the commit returns does it answer each request, in the
+//! in one synced transaction ([`super::commit`]): appends, cursor moves, trimming, the
+//! age limit and the size policy together. With `journal.max_age` set it also wakes when
+//! idle, every [`retention::EXPIRE_EVERY`], and commits only if the oldest reading is
+//! past the limit, so an idle gateway does not write. Only after the commit returns does it answer each request, in the
 //! order they arrived, which is what lets ingest acknowledge a reading knowing it is on disk.
 //!
 //! An I/O error in a commit puts the writer in the refusing state of [`super::trouble`]
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::commit::{self, Outcome};
-use super::retention::{self, Summarizer};
+use super::retention::{self, AgeClock, ExpirySchedule, Summarizer};
 use super::sessions::PruneSchedule;
 use super::trouble::{self, DiskTrouble};
 use super::{Appended, BudgetUsage, Fence, JournalError, Request, Shared};
@@ -103,6 +105,7 @@ pub(crate) fn spawn(
     upstreams: Vec<String>,
     rx: mpsc::Receiver<Request>,
     committed: watch::Sender<u64>,
+    clock: AgeClock,
 ) -> Result<std::thread::JoinHandle<()>, JournalError> {
     std::thread::Builder::new()
         .name("journal-writer".into())
@@ -112,9 +115,12 @@ pub(crate) fn spawn(
                 config.dir.clone(),
                 retention::initial_map_size(&config),
             );
+            let expiry = ExpirySchedule::new(config.max_age, clock);
             let mut writer = Writer {
                 shared,
                 config,
+                expiry,
+                expiries: Summarizer::new(Duration::from_secs(10)),
                 upstreams,
                 committed,
                 poisoned: false,
@@ -147,6 +153,9 @@ struct Writer {
     buf: Vec<u8>,
     /// When the next commit also removes re-send memories past [`super::SESSION_TTL`].
     prune: PruneSchedule,
+    /// When the next commit also removes readings past `journal.max_age`.
+    expiry: ExpirySchedule,
+    expiries: Summarizer,
 }
 
 /// One append request inside a group.
@@ -192,7 +201,21 @@ impl Writer {
         let linger = self.config.commit_interval;
         loop {
             let first = match self.trouble.retry_at() {
-                None => rt.block_on(rx.recv()),
+                None => match self.expiry.idle_wait() {
+                    None => rt.block_on(rx.recv()),
+                    // An age limit is set: wake while idle to apply it.
+                    Some(wait) => {
+                        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                            Ok(r) => r,
+                            Err(_) => {
+                                if self.front_expired() {
+                                    self.process(Vec::new());
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                },
                 // Refusing: with nothing arriving, try an empty commit when it is due, so
                 // the state ends (and /health says so) even while every device waits.
                 Some(at) => {
@@ -393,6 +416,7 @@ impl Writer {
             )));
         };
         let prune_sessions_at = self.prune.due();
+        let expire_before_ms = self.expiry.due();
         let result = commit::commit(
             store,
             &self.config,
@@ -403,6 +427,7 @@ impl Writer {
             commit::Extras {
                 force_full,
                 prune_sessions_at,
+                expire_before_ms,
             },
         );
         drop(guard);
@@ -410,6 +435,9 @@ impl Writer {
             Ok(o) => {
                 if let Some(n) = o.sessions_pruned {
                     self.prune.pruned(n);
+                }
+                if let Some(more) = o.expiry_more {
+                    self.expiry.checked(more);
                 }
                 Attempt::Done(o)
             }
@@ -433,6 +461,7 @@ impl Writer {
             .fetch_add(o.duplicates, Ordering::Relaxed);
         c.rejected_full.fetch_add(o.rejected, Ordering::Relaxed);
         c.dropped_full.fetch_add(o.dropped, Ordering::Relaxed);
+        c.expired.fetch_add(o.expired, Ordering::Relaxed);
         c.trimmed.fetch_add(o.trimmed, Ordering::Relaxed);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.commit_latency.observe(o.took);
@@ -456,6 +485,22 @@ impl Writer {
                 "Journal full: dropped the oldest readings to make room (on_full = \"drop-oldest\")."
             );
             self.drops.reset();
+        }
+        if o.expired > 0 {
+            self.expiries
+                .add(o.expired, o.expired_first, o.expired_last);
+        }
+        if self.expiries.due(now) {
+            tracing::warn!(
+                expired = self.expiries.pending,
+                first_seq = ?self.expiries.first_seq,
+                last_seq = ?self.expiries.last_seq,
+                upstreams_behind = ?o.behind,
+                max_age = %humantime::format_duration(self.expiry.max_age().unwrap_or_default()),
+                total = c.expired.load(Ordering::Relaxed),
+                "Removed readings older than journal.max_age that not every upstream had sent."
+            );
+            self.expiries.reset();
         }
         if o.rejected > 0 {
             self.rejects.add(o.rejected, None, None);
@@ -543,6 +588,33 @@ impl Writer {
                 Err(JournalError::lmdb(what, e))
             }
         }
+    }
+
+    /// Whether an age check is due and the oldest reading held is past it: one record
+    /// read, so that an idle wake-up commits (and writes) only when there is work. A
+    /// check that finds nothing counts as done.
+    fn front_expired(&mut self) -> bool {
+        let Some(cutoff) = self.expiry.due() else {
+            return false;
+        };
+        if self.poisoned || self.trouble.reason().is_some() {
+            return false;
+        }
+        let expired = {
+            let guard = self.shared.store.read().unwrap_or_else(|p| p.into_inner());
+            let Some(store) = guard.as_ref() else {
+                return false;
+            };
+            store
+                .read_txn()
+                .ok()
+                .and_then(|txn| store.expired_end(&txn, cutoff, 1).ok())
+                .is_some_and(|(end, more)| end.is_some() || more)
+        };
+        if !expired {
+            self.expiry.checked(false);
+        }
+        expired
     }
 
     /// Current map size (the one to reopen with when the environment is closed).

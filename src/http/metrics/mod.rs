@@ -18,7 +18,7 @@
 //! | `tidegate_mqtt_connections_accepted_total`, `…_refused_total` | counter | — |
 //! | `tidegate_mqtt_auth_refused_total` | counter | `reason` (bad_credentials, not_authorized, client_id, subscribe, revoked) |
 //! | `tidegate_journal_records`, `tidegate_journal_bytes`, `tidegate_journal_max_bytes`, `tidegate_journal_disk_bytes` | gauge | — |
-//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
+//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_expired_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
 //! | `tidegate_journal_commit_duration_seconds` | histogram | — (write transaction, including its sync) |
 //! | `tidegate_journal_failed` | gauge | — 1 after an LMDB error |
 //! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total`, `…_duplicates_skipped_total`, `…_gap_markers_total`, `…_gap_readings_total` | counter | `upstream`, `kind` |
@@ -383,6 +383,11 @@ impl Collector for DaemonCollector {
                 "tidegate_journal_dropped_full",
                 "Readings deleted by on_full = \"drop-oldest\" before every upstream had them, since start.",
                 &c.dropped_full,
+            ),
+            (
+                "tidegate_journal_expired",
+                "Readings removed for journal.max_age before every upstream had them, since start.",
+                &c.expired,
             ),
             (
                 "tidegate_journal_trimmed",
