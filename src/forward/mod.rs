@@ -10,10 +10,10 @@
 //!
 //! # Gaps are explicit
 //!
-//! When `drop-oldest` removed readings past the cursor before this upstream sent them, the
-//! next batch carries an [`Item::Gap`] naming the dropped range in front of the reading
-//! after it, for a sink that wants them ([`Sink::wants_gap_markers`]), so the upstream
-//! learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
+//! When `drop-oldest` or `journal.max_age` removed readings past the cursor before this
+//! upstream sent them, the next batch carries an [`Item::Gap`] naming the removed range in
+//! front of the reading after it, for a sink that wants them ([`Sink::wants_gap_markers`]),
+//! so the upstream learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
 //! business (the Kafka sink sends a record with the `tidegate-gap` header).
 //!
 //! # Constrained links
@@ -328,7 +328,7 @@ impl<S: Sink> Forwarder<S> {
 }
 
 /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
-/// Gaps (readings dropped by `drop-oldest`) and corrupt records are counted and logged;
+/// Gaps (readings removed by `drop-oldest` or `journal.max_age`) and corrupt records are counted and logged;
 /// with `gap_markers`, a gap becomes an [`Item::Gap`] in front of the record after it.
 async fn read_batch(
     journal: Journal,
@@ -358,7 +358,7 @@ async fn read_batch(
                 if r.seq > next {
                     let lost = r.seq - next;
                     add(&counters.lost_to_drop_oldest, lost);
-                    tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were dropped by on_full = \"drop-oldest\" before this upstream sent them.");
+                    tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were removed (on_full = \"drop-oldest\" or journal.max_age) before this upstream sent them.");
                     if gap_markers {
                         batch.push(Item::Gap(Gap {
                             first: next,

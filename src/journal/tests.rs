@@ -646,3 +646,216 @@ async fn re_send_memories_past_their_ttl_are_pruned_and_rows_of_older_builds_sta
     assert_eq!(pruned, 3, "live, recent and older-build");
     txn.commit().unwrap();
 }
+
+/// One day, the `journal.max_age` of the age-limit tests.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// Reading `n` of device "a" ingested at `ingest_ms`.
+fn reading_at(n: u64, ingest_ms: u64) -> Reading {
+    Reading {
+        ingest_ms,
+        ..reading("a", n, 100)
+    }
+}
+
+/// Opens a journal with `max_age` = one day whose clock shows `now_ms` until the test moves it.
+fn open_aging(dir: &Path, upstreams: &[String], now_ms: u64) -> (Journal, WriterHandle, AgeClock) {
+    let clock = AgeClock::manual(now_ms);
+    let mut cfg = config(dir);
+    cfg.max_age = Some(Duration::from_millis(DAY_MS));
+    let (j, w) =
+        Journal::open_with_clock(&cfg, upstreams, clock.clone()).expect("the journal opens");
+    (j, w, clock)
+}
+
+use retention::AgeClock;
+
+#[tokio::test]
+async fn max_age_removes_only_the_readings_older_than_the_limit_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000_000;
+    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["a", "b"]), t0 + 2 * 3600_000);
+    // 100 readings at t0, then 50 two hours later.
+    j.append((1..=100).map(|n| reading_at(n, t0)).collect())
+        .await
+        .unwrap();
+    j.append(
+        (101..=150)
+            .map(|n| reading_at(n, t0 + 2 * 3600_000))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    // "a" has sent the first 120, "b" nothing.
+    j.set_cursor("a", 121).await.unwrap();
+    assert_eq!(j.counters().expired.load(Ordering::Relaxed), 0);
+
+    // A day and a millisecond after t0: the first 100 are past the limit, the rest not.
+    clock.set(t0 + DAY_MS + 1);
+    j.append(vec![reading_at(151, t0 + DAY_MS + 1)])
+        .await
+        .unwrap();
+    let held = read_all(&j, 0);
+    assert_eq!(
+        held.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (101..=151).collect::<Vec<_>>(),
+        "exactly the readings past max_age are gone, the newer ones stay"
+    );
+    let c = j.counters();
+    assert_eq!(c.expired.load(Ordering::Relaxed), 100);
+    assert_eq!(c.dropped_full.load(Ordering::Relaxed), 0);
+    assert_eq!(c.first_seq.load(Ordering::Relaxed), 101);
+    let held_bytes: u64 = held
+        .iter()
+        .map(|r| store::accounted_size(r.reading.encoded_len()))
+        .sum();
+    assert_eq!(c.bytes_held.load(Ordering::Relaxed), held_bytes);
+
+    // "b" had not sent them: its cursor now stands before the first reading held, which
+    // its forwarder turns into a gap marker; "a" had sent them and is where it was.
+    let s = j.summary().unwrap();
+    assert_eq!(s.expired_total, 100);
+    let cursor = |name: &str| s.upstreams.iter().find(|u| u.name == name).unwrap().cursor;
+    assert_eq!((cursor("a"), cursor("b")), (121, 1));
+    close(j, w);
+
+    // The total is kept in the journal.
+    let s = summary_read_only(dir.path()).unwrap();
+    assert_eq!((s.expired_total, s.first_seq), (100, Some(101)));
+}
+
+#[tokio::test]
+async fn without_max_age_nothing_expires_however_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, w) = Journal::open_with_clock(
+        &config(dir.path()),
+        &upstreams(&["k"]),
+        AgeClock::manual(u64::MAX / 2),
+    )
+    .unwrap();
+    j.append((1..=10).map(|n| reading_at(n, 1)).collect())
+        .await
+        .unwrap();
+    j.append(vec![reading_at(11, 2)]).await.unwrap();
+    assert_eq!(read_all(&j, 0).len(), 11);
+    assert_eq!(j.counters().expired.load(Ordering::Relaxed), 0);
+    close(j, w);
+}
+
+#[tokio::test]
+async fn after_a_clock_step_back_expiry_waits_for_the_front_and_never_leaves_a_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000_000;
+    let hour = 3600_000;
+    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["k"]), t0 + hour);
+    // The clock stepped back an hour between reading 1 and reading 2.
+    j.append(vec![reading_at(1, t0 + hour)]).await.unwrap();
+    j.append(vec![reading_at(2, t0)]).await.unwrap();
+
+    // Reading 2 is past the limit, reading 1 in front of it is not: nothing goes.
+    clock.set(t0 + DAY_MS + hour / 2);
+    j.append(vec![reading_at(3, t0 + DAY_MS + hour / 2)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&j, 0).len(), 3);
+    assert_eq!(j.counters().expired.load(Ordering::Relaxed), 0);
+
+    // Once reading 1 is past it too, both go.
+    clock.set(t0 + DAY_MS + hour + 1);
+    j.append(vec![reading_at(4, t0 + DAY_MS + hour + 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&j, 0).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert_eq!(j.counters().expired.load(Ordering::Relaxed), 2);
+    close(j, w);
+}
+
+#[tokio::test]
+async fn a_large_expired_span_goes_over_several_bounded_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000_000;
+    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["k"]), t0);
+    let total = 2 * retention::EXPIRE_MAX_RECORDS + 500;
+    for chunk in (1..=total).collect::<Vec<_>>().chunks(5000) {
+        j.append(chunk.iter().map(|&n| reading_at(n, t0)).collect())
+            .await
+            .unwrap();
+    }
+    let commits_before = j.counters().commits.load(Ordering::Relaxed);
+    clock.set(t0 + DAY_MS + 1);
+    j.append(vec![reading_at(total + 1, t0 + DAY_MS + 1)])
+        .await
+        .unwrap();
+    // The rest goes in the following commits without any request (the writer goes on
+    // at once while a commit stopped at the bound).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while j.counters().expired.load(Ordering::Relaxed) < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expiry stalled at {}",
+            j.counters().expired.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = j.counters();
+    assert_eq!(c.expired.load(Ordering::Relaxed), total);
+    assert!(
+        c.commits.load(Ordering::Relaxed) - commits_before >= 3,
+        "at most {} readings removed per commit",
+        retention::EXPIRE_MAX_RECORDS
+    );
+    assert_eq!(
+        read_all(&j, 0).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![total + 1]
+    );
+    close(j, w);
+}
+
+#[tokio::test]
+async fn an_idle_journal_expires_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000_000;
+    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["k"]), t0);
+    j.append((1..=10).map(|n| reading_at(n, t0)).collect())
+        .await
+        .unwrap();
+    let commits = j.counters().commits.load(Ordering::Relaxed);
+    clock.set(t0 + DAY_MS + 1);
+    // No request: the writer's idle wake-up (every EXPIRE_EVERY) does it.
+    let deadline = std::time::Instant::now() + retention::EXPIRE_EVERY * 6;
+    while j.counters().expired.load(Ordering::Relaxed) < 10 {
+        assert!(std::time::Instant::now() < deadline, "no idle expiry");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(read_all(&j, 0).is_empty());
+    assert_eq!(
+        j.counters().commits.load(Ordering::Relaxed),
+        commits + 1,
+        "one commit did it"
+    );
+    close(j, w);
+}
+
+#[tokio::test]
+async fn max_age_applies_under_reject_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_800_000_000_000;
+    let clock = AgeClock::manual(t0);
+    let mut cfg = config(dir.path());
+    cfg.on_full = OnFull::Reject;
+    cfg.max_age = Some(Duration::from_millis(DAY_MS));
+    let (j, w) = Journal::open_with_clock(&cfg, &upstreams(&["k"]), clock.clone()).unwrap();
+    j.append((1..=10).map(|n| reading_at(n, t0)).collect())
+        .await
+        .unwrap();
+    clock.set(t0 + DAY_MS + 1);
+    j.append(vec![reading_at(11, t0 + DAY_MS + 1)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&j, 0).len(), 1);
+    assert_eq!(j.counters().expired.load(Ordering::Relaxed), 10);
+    close(j, w);
+}

@@ -55,7 +55,8 @@ pub struct ForwardCounters {
     pub failures: AtomicU64,
     /// Records skipped because they failed their checksum in the journal.
     pub corrupt_skipped: AtomicU64,
-    /// Records dropped by `drop-oldest` before this upstream sent them.
+    /// Records removed by `drop-oldest` or `journal.max_age` before this upstream sent them
+    /// (the forwarder sees a hole and cannot tell which).
     pub lost_to_drop_oldest: AtomicU64,
     /// 1 while the last attempt succeeded.
     pub connected: AtomicU64,

@@ -454,7 +454,7 @@ impl Collector for DaemonCollector {
             ),
             (
                 "tidegate_upstream_lost",
-                "Records deleted by on_full = \"drop-oldest\" before this upstream had them.",
+                "Records removed by on_full = \"drop-oldest\" or journal.max_age before this upstream had them.",
                 |c| &c.lost_to_drop_oldest,
             ),
             (
