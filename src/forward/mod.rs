@@ -395,3 +395,6 @@ fn raw_size(item: &Item) -> usize {
         Item::Gap(_) => 64,
     }
 }
+
+#[cfg(test)]
+mod tests;
