@@ -402,13 +402,11 @@ impl Store {
         max: u64,
     ) -> Result<(Option<u64>, bool), heed::Error> {
         let mut end = None;
-        let mut seen = 0;
-        for item in self.records.iter(txn)? {
+        for (seen, item) in (0..).zip(self.records.iter(txn)?) {
             let (seq, value) = item?;
             if seen == max {
                 return Ok((end, end.is_some()));
             }
-            seen += 1;
             match record::decode(seq, value) {
                 Ok(r) if r.reading.ingest_ms < cutoff_ms => end = Some(seq + 1),
                 Ok(_) => break,

@@ -674,14 +674,14 @@ use retention::AgeClock;
 async fn max_age_removes_only_the_readings_older_than_the_limit_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = 1_800_000_000_000;
-    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["a", "b"]), t0 + 2 * 3600_000);
+    let (j, w, clock) = open_aging(dir.path(), &upstreams(&["a", "b"]), t0 + 2 * 3_600_000);
     // 100 readings at t0, then 50 two hours later.
     j.append((1..=100).map(|n| reading_at(n, t0)).collect())
         .await
         .unwrap();
     j.append(
         (101..=150)
-            .map(|n| reading_at(n, t0 + 2 * 3600_000))
+            .map(|n| reading_at(n, t0 + 2 * 3_600_000))
             .collect(),
     )
     .await
@@ -746,7 +746,7 @@ async fn without_max_age_nothing_expires_however_old() {
 async fn after_a_clock_step_back_expiry_waits_for_the_front_and_never_leaves_a_hole() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = 1_800_000_000_000;
-    let hour = 3600_000;
+    let hour = 3_600_000;
     let (j, w, clock) = open_aging(dir.path(), &upstreams(&["k"]), t0 + hour);
     // The clock stepped back an hour between reading 1 and reading 2.
     j.append(vec![reading_at(1, t0 + hour)]).await.unwrap();
