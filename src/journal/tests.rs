@@ -859,3 +859,51 @@ async fn max_age_applies_under_reject_too() {
     assert_eq!(j.counters().expired.load(Ordering::Relaxed), 10);
     close(j, w);
 }
+
+/// What `journal.max_age` costs the commit path, printed, not asserted: the same appends
+/// (commits of 100 readings of 230 B) with no age limit and with a limit nothing reaches
+/// (the check every 10 s reads the oldest record and finds it young), alternating; then the
+/// commit of one reading that also removes a full span of expired readings.
+/// `cargo test --release --lib journal::tests::max_age_cost -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement; prints figures"]
+async fn max_age_cost() {
+    const COMMITS: u64 = 2000;
+    let t0 = 1_700_000_000_000;
+    for round in 1..=3 {
+        for max_age in [None, Some(Duration::from_secs(30 * 24 * 3600))] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(dir.path());
+            cfg.max_age = max_age;
+            let clock = AgeClock::manual(t0 + COMMITS * 100);
+            let (j, w) = Journal::open_with_clock(&cfg, &upstreams(&["k"]), clock.clone()).unwrap();
+            let started = std::time::Instant::now();
+            for c in 0..COMMITS {
+                j.append((0..100).map(|n| reading("a", c * 100 + n, 230)).collect())
+                    .await
+                    .unwrap();
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "round {round} max_age {:>8}: {:>9.0} readings/s ({} commits in {secs:.2} s)",
+                max_age.map_or("unset".to_owned(), |a| humantime::format_duration(a)
+                    .to_string()),
+                (COMMITS * 100) as f64 / secs,
+                COMMITS
+            );
+            if max_age.is_some() {
+                clock.set(t0 + 31 * DAY_MS);
+                let started = std::time::Instant::now();
+                j.append(vec![reading_at(0, t0 + 31 * DAY_MS)])
+                    .await
+                    .unwrap();
+                println!(
+                    "round {round} one commit removing {} expired readings: {:.1} ms",
+                    j.counters().expired.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+            }
+            close(j, w);
+        }
+    }
+}
