@@ -216,7 +216,7 @@ pub fn render(
     }
     if summary.expired_total > 0 || config.journal.max_age.is_some() {
         let limit = config.journal.max_age.map_or_else(
-            || "none now".to_owned(),
+            || "unset now".to_owned(),
             |a| humantime::format_duration(a).to_string(),
         );
         let _ = writeln!(
@@ -282,4 +282,50 @@ pub fn render(
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(expired_total: u64) -> Summary {
+        Summary {
+            dir: "/var/lib/tidegate".into(),
+            records: 0,
+            first_seq: None,
+            last_seq: None,
+            next_seq: 1,
+            epoch: None,
+            bytes_held: 0,
+            disk_bytes: 0,
+            dropped_total: 0,
+            expired_total,
+            upstreams: Vec::new(),
+        }
+    }
+
+    fn render_with(summary: &Summary, config: &Config) -> String {
+        render(summary, config, 0, Err(&LiveError::Disabled))
+    }
+
+    #[test]
+    fn status_shows_the_age_limit_and_what_it_removed() {
+        let mut config = Config::default();
+        assert!(
+            !render_with(&summary(0), &config).contains("expired"),
+            "no limit, nothing removed: no line"
+        );
+        config.journal.max_age = Some(Duration::from_secs(30 * 24 * 3600));
+        let text = render_with(&summary(1234), &config);
+        assert!(
+            text.contains("expired   1234 readings removed by journal.max_age (30days)"),
+            "{text}"
+        );
+        config.journal.max_age = None;
+        let text = render_with(&summary(7), &config);
+        assert!(
+            text.contains("expired   7 readings removed by journal.max_age (unset now)"),
+            "{text}"
+        );
+    }
 }
