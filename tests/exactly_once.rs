@@ -3,7 +3,9 @@
 //! - a restart resumes without sending again what the topic already holds (the Kafka sink's
 //!   tail read), with the `tidegate-epoch` header on every record;
 //! - readings `drop-oldest` removed before a dead upstream got them reach it as one explicit
-//!   gap marker naming exactly the journal sequences it never received.
+//!   gap marker naming exactly the journal sequences it never received;
+//! - readings `journal.max_age` removed before a dead upstream got them do the same, under
+//!   the daemon's age-clock test hook.
 //!
 //! The crash loop (many SIGKILLs under load) is `tests/crash_loop.rs`; the sink's own
 //! de-duplication tests (other gateways, other epochs, an empty topic, the bounded tail
@@ -16,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::metrics::scrape;
-use common::{free_port, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
+use common::{eventually, free_port, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
 use firmware_sim::verify::{read_topic, KafkaReading};
 use firmware_sim::CancellationToken;
 
@@ -178,6 +180,84 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
         ),
         (1, last - first + 1)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_past_max_age_before_a_dead_upstream_had_them_arrive_as_one_gap_marker_and_the_rest_follows(
+) {
+    let kafka_port = free_port();
+    let shift_dir = tempfile::tempdir().expect("temp dir");
+    let shift = shift_dir.path().join("age-shift-ms");
+    let shift_env = shift.to_str().expect("UTF-8 temp path").to_owned();
+    let gw = Gateway::start_fresh_with_env(
+        &[("TIDEGATE_TEST_AGE_SHIFT_FILE", &shift_env)],
+        |mqtt, dir| config(mqtt, dir, kafka_port, "aged", "max_age = \"1d\""),
+    );
+    // 400 readings with the cluster down.
+    let old = fleet(&gw, 4, 100).run().await;
+    assert!(old.all_acked());
+    assert_eq!(status_json(&gw)["expired_total"].as_u64(), Some(0));
+
+    // Two days later, for the age limit: the idle writer removes all of them by itself.
+    std::fs::write(&shift, (2 * 24 * 3600 * 1000u64).to_string()).expect("write the shift");
+    eventually(&gw, "the old readings expired", DRAIN, async || {
+        let s = status_json(&gw);
+        match (s["expired_total"].as_u64(), s["records"].as_u64()) {
+            (Some(400), Some(0)) => Ok(()),
+            other => Err(format!("expired_total, records = {other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        gw.log().contains("journal.max_age"),
+        "the removal is logged:\n{}",
+        gw.log()
+    );
+
+    // Back to today: 200 new readings stay; the cluster comes back.
+    std::fs::remove_file(&shift).expect("remove the shift");
+    let new = fleet(&gw, 4, 50).run().await;
+    assert!(new.all_acked());
+    let tansu = Tansu::start_on(kafka_port);
+    wait_for_backlog(&gw, "cluster", 0).await;
+    let records = read_topic(&tansu.brokers(), "aged").await.expect("read");
+    let markers: Vec<&KafkaReading> = records
+        .iter()
+        .filter(|r| r.header("tidegate-gap").is_some())
+        .collect();
+    assert_eq!(markers.len(), 1, "one gap, one marker");
+    let (first, last) = header(markers[0], "tidegate-gap")
+        .and_then(|g| g.split_once(".."))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .expect("tidegate-gap is first..last");
+    let delivered: BTreeSet<u64> = records
+        .iter()
+        .filter(|r| r.header("tidegate-gap").is_none())
+        .map(seq_of)
+        .collect();
+    // Exact: the marker names precisely what never arrived, all of it expired readings
+    // (a batch the forwarder had read before they expired is still delivered), and every
+    // new reading arrives.
+    let never: Vec<u64> = (1..=600).filter(|s| !delivered.contains(s)).collect();
+    assert_eq!(never, (first..=last).collect::<Vec<_>>());
+    assert!(last == 400 && first >= 1, "gap {first}..{last}");
+    assert!((401..=600).all(|s| delivered.contains(&s)));
+    println!(
+        "max_age: 400 expired, gap marker {first}..{last}, {} readings delivered",
+        delivered.len()
+    );
+
+    let m = scrape(&gw).await;
+    assert_eq!(m.count("tidegate_journal_expired_total", &[]), 400);
+    assert_eq!(m.count("tidegate_journal_dropped_full_total", &[]), 0);
+    assert_eq!(
+        m.count(
+            "tidegate_upstream_gap_readings_total",
+            &[("upstream", "cluster")]
+        ),
+        last - first + 1
+    );
+    assert_eq!(status_json(&gw)["expired_total"].as_u64(), Some(400));
 }
 
 /// The forwarder itself, in process, over a real journal: the topic already holds journal

@@ -294,7 +294,8 @@ impl WriterHandle {
 
 impl Journal {
     /// Opens the journal in `config.dir`, reconciles the cursors with the configured
-    /// upstreams and starts the writer thread.
+    /// upstreams and starts the writer thread. "Now" for `journal.max_age` is the system
+    /// clock (see [`retention::TEST_AGE_SHIFT_ENV`] for the test hook).
     ///
     /// Cursors of upstreams no longer configured are removed (so they stop holding
     /// readings back); a new upstream starts at the oldest reading held.
@@ -302,7 +303,7 @@ impl Journal {
         config: &JournalConfig,
         upstreams: &[String],
     ) -> Result<(Journal, WriterHandle), JournalError> {
-        Self::open_with_clock(config, upstreams, retention::AgeClock::system())
+        Self::open_with_clock(config, upstreams, retention::AgeClock::from_env())
     }
 
     /// [`Journal::open`], with "now" for `journal.max_age` taken from `clock` (tests set

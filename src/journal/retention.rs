@@ -69,11 +69,19 @@ pub const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 /// goes on at once.
 pub const EXPIRE_MAX_RECORDS: u64 = 10_000;
 
+/// Environment variable naming a file that holds a number of milliseconds added to the
+/// system clock for `journal.max_age` only (a test hook: readings journaled before the file
+/// says `172800000` look two days older; removing the file ends the shift). Read at each
+/// check while set; ignored when absent or unreadable.
+pub const TEST_AGE_SHIFT_ENV: &str = "TIDEGATE_TEST_AGE_SHIFT_FILE";
+
 /// Where the journal takes "now" from for `journal.max_age`: the system clock, or a clock
-/// set by hand (tests).
+/// set by hand (unit tests), or the system clock shifted by [`TEST_AGE_SHIFT_ENV`]'s file
+/// (integration tests).
 #[derive(Debug, Clone, Default)]
 pub struct AgeClock {
     manual: Option<Arc<AtomicU64>>,
+    shift_file: Option<std::path::PathBuf>,
 }
 
 impl AgeClock {
@@ -82,10 +90,19 @@ impl AgeClock {
         Self::default()
     }
 
+    /// The system clock, shifted when [`TEST_AGE_SHIFT_ENV`] names a file.
+    pub fn from_env() -> Self {
+        Self {
+            manual: None,
+            shift_file: std::env::var_os(TEST_AGE_SHIFT_ENV).map(Into::into),
+        }
+    }
+
     /// A clock that shows `start_ms` until [`AgeClock::set`] moves it.
     pub fn manual(start_ms: u64) -> Self {
         Self {
             manual: Some(Arc::new(AtomicU64::new(start_ms))),
+            shift_file: None,
         }
     }
 
@@ -98,10 +115,16 @@ impl AgeClock {
 
     /// Now, in ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        match &self.manual {
-            Some(m) => m.load(Ordering::Relaxed),
-            None => super::now_ms(),
+        if let Some(m) = &self.manual {
+            return m.load(Ordering::Relaxed);
         }
+        let shift = self
+            .shift_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        super::now_ms().saturating_add(shift)
     }
 }
 
