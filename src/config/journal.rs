@@ -70,7 +70,7 @@ impl Default for JournalConfig {
     }
 }
 
-/// Shortest `journal.max_age`: the limit is checked every few seconds, so a shorter one
+/// Shortest `journal.max_age`: the journal checks the limit every 10 s, so a shorter one
 /// would be kept only approximately.
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -107,9 +107,8 @@ impl JournalConfig {
         }
         if let Some(age) = self.max_age.filter(|a| *a < MIN_MAX_AGE) {
             p.push(format!(
-                "journal.max_age: {} is below the 1 minute minimum (the age limit is checked about every {}); use e.g. max_age = \"30d\", or leave it unset for no limit",
+                "journal.max_age: {} is below the 1 minute minimum; use e.g. max_age = \"30d\", or leave it unset for no limit",
                 humantime::format_duration(age),
-                humantime::format_duration(crate::journal::retention::EXPIRE_EVERY),
             ));
         }
         if self.commit_interval > Duration::from_secs(1) {
