@@ -174,8 +174,11 @@ pub(super) struct PendingCursor {
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
+// One per commit, matched at once: boxing the outcome would allocate on the commit path
+// for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Done(Box<Outcome>),
+    Done(Outcome),
     MapFull,
     /// `ENOSPC` or `EDQUOT`: the filesystem has no room for the pages.
     DiskFull(heed::Error),
@@ -316,7 +319,7 @@ impl Writer {
         let mut disk_full: Option<String> = None;
         let outcome = loop {
             match self.attempt(&appends, &moves, force_full) {
-                Attempt::Done(o) => break *o,
+                Attempt::Done(o) => break o,
                 Attempt::MapFull => {
                     let current = self.map_size();
                     match retention::grown_map_size(current, &self.config) {
@@ -439,7 +442,7 @@ impl Writer {
                 if let Some(more) = o.expiry_more {
                     self.expiry.checked(more);
                 }
-                Attempt::Done(Box::new(o))
+                Attempt::Done(o)
             }
             Err(heed::Error::Mdb(heed::MdbError::MapFull)) => Attempt::MapFull,
             Err(heed::Error::Io(e)) if self.trouble.disk_is_full(&e) => {
