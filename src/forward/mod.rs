@@ -13,8 +13,8 @@
 //! When `drop-oldest` or `journal.max_age` removed readings past the cursor before this
 //! upstream sent them, the next batch carries an [`Item::Gap`] naming the removed range in
 //! front of the reading after it, for a sink that wants them ([`Sink::wants_gap_markers`]),
-//! so the upstream learns of the loss instead of seeing silence. How a gap looks on the wire is the sink's
-//! business (the Kafka sink sends a record with the `tidegate-gap` header).
+//! so the upstream learns of the loss instead of seeing silence. How a gap looks on the wire
+//! is the sink's business (the Kafka sink sends a record with the `tidegate-gap` header).
 //!
 //! # Constrained links
 //!
@@ -328,8 +328,8 @@ impl<S: Sink> Forwarder<S> {
 }
 
 /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
-/// Gaps (readings removed by `drop-oldest` or `journal.max_age`) and corrupt records are counted and logged;
-/// with `gap_markers`, a gap becomes an [`Item::Gap`] in front of the record after it.
+/// Gaps (readings removed by `drop-oldest` or `journal.max_age`) and corrupt records are
+/// counted and logged; with `gap_markers`, a gap becomes an [`Item::Gap`] in front of the record after it.
 async fn read_batch(
     journal: Journal,
     name: String,

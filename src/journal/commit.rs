@@ -1,8 +1,8 @@
 //! One group's write transaction: cursor moves and trimming, the age limit (`max_age`,
-//! when due), the size policy (`on_full`), then the appends in arrival order with re-sends recognised, all committed and synced
-//! together. It keeps *durable before acknowledged* by answering nothing itself: the writer
-//! answers from the [`Outcome`] only after the commit returned, and a failed attempt is
-//! simply aborted.
+//! when due), the size policy (`on_full`), then the appends in arrival order with re-sends
+//! recognised, all committed and synced together. It keeps *durable before acknowledged*
+//! by answering nothing itself: the writer answers from the [`Outcome`] only after the
+//! commit returned, and a failed attempt is simply aborted.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

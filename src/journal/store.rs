@@ -17,8 +17,8 @@
 //!
 //! Sequence numbers held are always one contiguous range `first..=last`: records are only
 //! appended at the end and only removed from the front (delivered to every upstream, or
-//! dropped by `drop-oldest` or for `max_age`). `next_seq` is kept in `meta` so a number is never reused even
-//! when every record has been removed.
+//! dropped by `drop-oldest` or for `max_age`). `next_seq` is kept in `meta` so a number is
+//! never reused even when every record has been removed.
 
 use std::ops::RangeBounds;
 use std::path::Path;

@@ -658,7 +658,8 @@ fn reading_at(n: u64, ingest_ms: u64) -> Reading {
     }
 }
 
-/// Opens a journal with `max_age` = one day whose clock shows `now_ms` until the test moves it.
+/// Opens a journal with `max_age` = one day, its clock showing `now_ms` until the test
+/// moves it.
 fn open_aging(dir: &Path, upstreams: &[String], now_ms: u64) -> (Journal, WriterHandle, AgeClock) {
     let clock = AgeClock::manual(now_ms);
     let mut cfg = config(dir);

@@ -6,8 +6,9 @@
 //! in one synced transaction ([`super::commit`]): appends, cursor moves, trimming, the
 //! age limit and the size policy together. With `journal.max_age` set it also wakes when
 //! idle, every [`retention::EXPIRE_EVERY`], and commits only if the oldest reading is
-//! past the limit, so an idle gateway does not write. Only after the commit returns does it answer each request, in the
-//! order they arrived, which is what lets ingest acknowledge a reading knowing it is on disk.
+//! past the limit, so an idle gateway does not write. Only after the commit returns does it
+//! answer each request, in the order they arrived, which is what lets ingest acknowledge a
+//! reading knowing it is on disk.
 //!
 //! An I/O error in a commit puts the writer in the refusing state of [`super::trouble`]
 //! (nothing of the failed commit acknowledged, the environment reopened, never an fsync
