@@ -205,10 +205,12 @@ impl Writer {
         let linger = self.config.commit_interval;
         loop {
             let first = match self.trouble.retry_at() {
-                None => match self.expiry.idle_wait() {
-                    None => rt.block_on(rx.recv()),
-                    // An age limit is set: wake while idle to apply it.
-                    Some(wait) => {
+                None => match (self.expiry.idle_wait(), rx.try_recv()) {
+                    (_, Ok(r)) => Some(r),
+                    (None, Err(_)) => rt.block_on(rx.recv()),
+                    // An age limit is set and nothing is queued: wake while idle to apply
+                    // it. (Only here is a timer armed, so a busy writer arms none.)
+                    (Some(wait), Err(_)) => {
                         match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                             Ok(r) => r,
                             Err(_) => {
