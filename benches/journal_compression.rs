@@ -1,0 +1,352 @@
+//! Stored bytes and CPU per reading for each way the journal could compress its records: the
+//! measurement behind `journal.compression` (issue 15, "Choose the method by measurement").
+//!
+//! firmware-sim turbine readings (JSON and the 48 B binary form), interleaved as the journal
+//! sees them: every turbine once a second, in an order that changes from second to second.
+//! The first `TIDEGATE_BENCH_TRAIN` readings (default 5000) train the dictionaries; the next
+//! `TIDEGATE_BENCH_READINGS` (default 20000) are measured. For each method the table shows
+//! the bytes the journal would account for them (`journal::store::accounted_size`: the value
+//! plus LMDB's per-entry overhead, overflow values rounded to whole pages, which is what
+//! `max_size` bounds and `bytes_held` reports), the factor of readings held per byte against
+//! `none` (today's version-1 records), and the CPU of compressing and of decompressing, per
+//! reading.
+//!
+//! Methods:
+//! - `none`: today's record, one LMDB value per reading.
+//! - `interned`: one value per reading, source and topic replaced by a 2-byte id, no
+//!   compression (what interning alone gives).
+//! - `record`: one value per reading, topics interned, the payload compressed alone with
+//!   zstd at a level, with or without a dictionary trained on the first readings' payloads.
+//! - `block`: one value per commit of `C` readings, the readings' fields (without a CRC each)
+//!   compressed together with zstd, one CRC per block; with or without a dictionary trained
+//!   on the first readings' encodings. With `C = 1` and a dictionary this is the per-record
+//!   method; so blocks with a dictionary are also the hybrid (per record when commits are
+//!   small, blocks when they are large).
+//!
+//! zstd frames are stored without their 4-byte magic number and without the dictionary id
+//! (the record header carries the dictionary id), as a record format would hold them.
+//!
+//! `cargo test --bench journal_compression` (zstd itself is built optimised in test builds,
+//! see Cargo.toml, so the CPU columns hold there too; the Rust around it is not, and is not
+//! timed) or `cargo bench --bench journal_compression`. `TIDEGATE_BENCH_DEVICES` (default
+//! "20,100") sets the turbine counts. It prints figures and asserts only that every method
+//! gives back the bytes it was given.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use firmware_sim::PayloadFormat;
+use tidegate::journal::store::accounted_size;
+use tidegate::record::{self, Item, Reading, Record};
+use turbine_items::turbine_items;
+use zstd::bulk::{Compressor, Decompressor};
+use zstd::zstd_safe::CParameter;
+
+#[path = "../tests/common/turbine_items.rs"]
+mod turbine_items;
+
+/// zstd's frame magic number, dropped from stored frames and put back to decode them.
+const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Header of a compressed per-record value: version 1, flags 1, ingest ms 8, topic id 2,
+/// dictionary id 1 (0 = none, or stored raw), CRC-32 4.
+const RECORD_HEADER: usize = 1 + 1 + 8 + 2 + 1 + 4;
+
+/// Header of a block value (its key is the first seq): version 1, count 2, dictionary id 1,
+/// CRC-32 4.
+const BLOCK_HEADER: usize = 1 + 2 + 1 + 4;
+
+const LEVELS: [i32; 3] = [1, 3, 6];
+const DICT_SIZES: [usize; 3] = [16 * 1024, 64 * 1024, 112 * 1024];
+const COMMITS: [usize; 4] = [1, 10, 100, 1000];
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `count` readings of `devices` turbines; within each second the turbines report in an
+/// order that changes from second to second, as a journal sees independent devices.
+fn readings(format: PayloadFormat, devices: usize, count: usize) -> Vec<Reading> {
+    let mut all: Vec<Reading> = turbine_items(format, devices, count)
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::Reading(Record { reading, .. }) => Some(reading),
+            Item::Gap(_) => None,
+        })
+        .collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in all.chunks_mut(devices) {
+        // Fisher-Yates with a fixed xorshift: the same order every run.
+        for i in (1..round.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            round.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+    }
+    all
+}
+
+/// A reading's fields as a block holds them: today's record without version and CRC.
+fn block_entry(reading: &Reading, out: &mut Vec<u8>) {
+    out.push((reading.qos & 0b11) | if reading.retain { 0b100 } else { 0 });
+    out.extend_from_slice(&reading.ingest_ms.to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&(reading.source.len() as u16).to_le_bytes());
+    out.extend_from_slice(reading.source.as_bytes());
+    out.extend_from_slice(&(reading.topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(reading.topic.as_bytes());
+    out.extend_from_slice(&(reading.payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&reading.payload);
+}
+
+struct Zstd {
+    compressor: Compressor<'static>,
+    decompressor: Decompressor<'static>,
+}
+
+impl Zstd {
+    fn new(level: i32, dict: Option<&[u8]>) -> Zstd {
+        let mut compressor = match dict {
+            Some(d) => Compressor::with_dictionary(level, d),
+            None => Compressor::new(level),
+        }
+        .expect("zstd compressor");
+        compressor
+            .set_parameter(CParameter::DictIdFlag(false))
+            .expect("zstd parameter");
+        compressor
+            .set_parameter(CParameter::ChecksumFlag(false))
+            .expect("zstd parameter");
+        let decompressor = match dict {
+            Some(d) => Decompressor::with_dictionary(d),
+            None => Decompressor::new(),
+        }
+        .expect("zstd decompressor");
+        Zstd {
+            compressor,
+            decompressor,
+        }
+    }
+
+    /// Compresses `src`; returns the stored length (frame without magic) and the time taken.
+    fn compress(&mut self, src: &[u8], out: &mut Vec<u8>) -> (usize, Duration) {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(src.len()));
+        let t = Instant::now();
+        let n = self
+            .compressor
+            .compress_to_buffer(src, out)
+            .expect("zstd compresses");
+        let d = t.elapsed();
+        assert_eq!(out[..4], MAGIC);
+        (n - MAGIC.len(), d)
+    }
+
+    /// Decompresses a frame produced by `compress`, timed, and checks it gives `expect`.
+    fn decompress(&mut self, frame: &[u8], expect: &[u8], out: &mut Vec<u8>) -> Duration {
+        out.clear();
+        out.reserve(expect.len());
+        let t = Instant::now();
+        self.decompressor
+            .decompress_to_buffer(frame, out)
+            .expect("zstd decompresses");
+        let d = t.elapsed();
+        assert_eq!(out.as_slice(), expect, "round trip");
+        d
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Figures {
+    bytes: u64,
+    compress: Duration,
+    decompress: Duration,
+}
+
+/// Per record, topics interned, payload compressed with `zstd` (or stored raw when that is
+/// no smaller, as a writer would).
+fn per_record(measured: &[Reading], zstd: Option<&mut Zstd>) -> Figures {
+    let mut f = Figures {
+        bytes: 0,
+        compress: Duration::ZERO,
+        decompress: Duration::ZERO,
+    };
+    let Some(zstd) = zstd else {
+        for r in measured {
+            f.bytes += accounted_size(RECORD_HEADER + r.payload.len());
+        }
+        return f;
+    };
+    let (mut out, mut back) = (Vec::new(), Vec::new());
+    for r in measured {
+        let (n, c) = zstd.compress(&r.payload, &mut out);
+        f.compress += c;
+        f.decompress += zstd.decompress(&out, &r.payload, &mut back);
+        f.bytes += accounted_size(RECORD_HEADER + n.min(r.payload.len()));
+    }
+    f
+}
+
+/// One value per commit of `commit` readings, compressed together.
+fn per_block(measured: &[Reading], commit: usize, zstd: &mut Zstd) -> Figures {
+    let mut f = Figures {
+        bytes: 0,
+        compress: Duration::ZERO,
+        decompress: Duration::ZERO,
+    };
+    let (mut raw, mut out, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    for block in measured.chunks(commit) {
+        raw.clear();
+        for r in block {
+            block_entry(r, &mut raw);
+        }
+        let (n, c) = zstd.compress(&raw, &mut out);
+        f.compress += c;
+        f.decompress += zstd.decompress(&out, &raw, &mut back);
+        f.bytes += accounted_size(BLOCK_HEADER + n.min(raw.len()));
+    }
+    f
+}
+
+fn train(samples: &[Vec<u8>], size: usize) -> Option<Vec<u8>> {
+    match zstd::dict::from_samples(samples, size) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("(training a {} KiB dictionary failed: {e})", size / 1024);
+            None
+        }
+    }
+}
+
+fn main() {
+    let train_n = env_usize("TIDEGATE_BENCH_TRAIN", 5000);
+    let count = env_usize("TIDEGATE_BENCH_READINGS", 20_000);
+    let device_counts: Vec<usize> = std::env::var("TIDEGATE_BENCH_DEVICES")
+        .unwrap_or_else(|_| "20,100".to_owned())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+
+    println!(
+        "Journal bytes per reading: {count} firmware-sim readings measured after {train_n} that train the dictionaries\n"
+    );
+    for devices in device_counts {
+        for format in [PayloadFormat::Json, PayloadFormat::Binary] {
+            run(format, devices, train_n, count);
+        }
+    }
+}
+
+fn run(format: PayloadFormat, devices: usize, train_n: usize, count: usize) {
+    let all = readings(format, devices, train_n + count);
+    let (training, measured) = all.split_at(train_n);
+    let n = measured.len() as f64;
+    let payload = measured.iter().map(|r| r.payload.len()).sum::<usize>() as f64 / n;
+    let none: u64 = measured
+        .iter()
+        .enumerate()
+        .map(|(i, r)| accounted_size(record::encode(i as u64 + 1, r).len()))
+        .sum();
+    // Interning needs a table of the (source, topic) pairs; it is tiny and held once.
+    let topics: HashMap<(&str, &str), u16> = measured
+        .iter()
+        .map(|r| (r.source.as_str(), r.topic.as_str()))
+        .zip(0..)
+        .collect();
+    assert!(topics.len() <= devices);
+
+    println!("### {format} payloads ({payload:.0} B), {devices} turbines\n");
+    println!("| method | level | dictionary | commit | stored B/reading | readings per byte vs none | compress ns/reading | decompress ns/reading |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |method: &str, level: &str, dict: &str, commit: &str, f: Figures| {
+        let per = f.bytes as f64 / n;
+        println!(
+            "| {method} | {level} | {dict} | {commit} | {per:.1} | {:.2}× | {:.0} | {:.0} |",
+            none as f64 / f.bytes as f64,
+            f.compress.as_nanos() as f64 / n,
+            f.decompress.as_nanos() as f64 / n,
+        );
+    };
+    let zero = Figures {
+        bytes: none,
+        compress: Duration::ZERO,
+        decompress: Duration::ZERO,
+    };
+    row("none", "-", "-", "any", zero);
+    row("interned", "-", "-", "any", per_record(measured, None));
+
+    let payload_samples: Vec<Vec<u8>> = training.iter().map(|r| r.payload.to_vec()).collect();
+    let entry_samples: Vec<Vec<u8>> = training
+        .iter()
+        .map(|r| {
+            let mut e = Vec::new();
+            block_entry(r, &mut e);
+            e
+        })
+        .collect();
+    let t = Instant::now();
+    let payload_dicts: Vec<(usize, Option<Vec<u8>>)> = DICT_SIZES
+        .iter()
+        .map(|&s| (s, train(&payload_samples, s)))
+        .collect();
+    let entry_dicts: Vec<(usize, Option<Vec<u8>>)> = [16 * 1024, 64 * 1024]
+        .iter()
+        .map(|&s| (s, train(&entry_samples, s)))
+        .collect();
+    let training_time = t.elapsed();
+
+    for level in LEVELS {
+        let mut z = Zstd::new(level, None);
+        row("record", &level.to_string(), "none", "any", per_record(measured, Some(&mut z)));
+        for (size, dict) in &payload_dicts {
+            let Some(dict) = dict else { continue };
+            let mut z = Zstd::new(level, Some(dict));
+            row(
+                "record",
+                &level.to_string(),
+                &format!("{} KiB", size / 1024),
+                "any",
+                per_record(measured, Some(&mut z)),
+            );
+        }
+    }
+    for level in LEVELS {
+        for commit in COMMITS {
+            let mut z = Zstd::new(level, None);
+            row(
+                "block",
+                &level.to_string(),
+                "none",
+                &commit.to_string(),
+                per_block(measured, commit, &mut z),
+            );
+        }
+    }
+    for level in [1, 3] {
+        for (size, dict) in &entry_dicts {
+            let Some(dict) = dict else { continue };
+            for commit in COMMITS {
+                let mut z = Zstd::new(level, Some(dict));
+                row(
+                    "block",
+                    &level.to_string(),
+                    &format!("{} KiB", size / 1024),
+                    &commit.to_string(),
+                    per_block(measured, commit, &mut z),
+                );
+            }
+        }
+    }
+    println!(
+        "\nTraining the {} dictionaries on {} readings took {:.2} s.\n",
+        DICT_SIZES.len() + 2,
+        training.len(),
+        training_time.as_secs_f64()
+    );
+    black_box(&topics);
+}
