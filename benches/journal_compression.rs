@@ -163,22 +163,73 @@ impl Zstd {
 
 #[derive(Clone, Copy)]
 struct Figures {
+    /// What the journal accounts for (`accounted_size`).
     bytes: u64,
+    /// The values' own lengths plus the per-entry overhead, before overflow values are
+    /// rounded up to whole pages.
+    unrounded: u64,
     compress: Duration,
     decompress: Duration,
+}
+
+impl Figures {
+    fn new() -> Figures {
+        Figures {
+            bytes: 0,
+            unrounded: 0,
+            compress: Duration::ZERO,
+            decompress: Duration::ZERO,
+        }
+    }
+
+    /// Counts one stored value of `len` bytes.
+    fn add(&mut self, len: usize) {
+        self.bytes += accounted_size(len);
+        self.unrounded += accounted_size(len.min(IN_PAGE)) + len.saturating_sub(IN_PAGE) as u64;
+    }
+}
+
+/// The largest value LMDB keeps in a leaf page (`journal::store`'s overflow threshold):
+/// anything longer takes whole 4 KiB overflow pages.
+const IN_PAGE: usize = 4096 / 2 - 64;
+
+/// Splits `readings` into blocks that each fit in a leaf page (at most [`IN_PAGE`] bytes
+/// compressed, header included), as a writer would: it guesses how many readings fit from
+/// the last block, and when a guess does not fit, it retries with fewer (the retries count
+/// in the compression CPU). `guess` carries the estimate from one call to the next.
+fn fitted_blocks(readings: &[Reading], zstd: &mut Zstd, guess: &mut usize, f: &mut Figures) {
+    let (mut raw, mut out, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rest = readings;
+    while !rest.is_empty() {
+        let mut take = (*guess).clamp(1, rest.len());
+        loop {
+            raw.clear();
+            for r in &rest[..take] {
+                block_entry(r, &mut raw);
+            }
+            let (n, c) = zstd.compress(&raw, &mut out);
+            f.compress += c;
+            let len = BLOCK_HEADER + n.min(raw.len());
+            if len <= IN_PAGE || take == 1 {
+                f.decompress += zstd.decompress(&out, &raw, &mut back);
+                f.add(len);
+                // Aim the next block at 90 % of a page's room.
+                *guess = (take * IN_PAGE * 9 / 10 / len).max(1);
+                break;
+            }
+            take = (take * IN_PAGE * 9 / 10 / len).clamp(1, take - 1);
+        }
+        rest = &rest[take..];
+    }
 }
 
 /// Per record, topics interned, payload compressed with `zstd` (or stored raw when that is
 /// no smaller, as a writer would).
 fn per_record(measured: &[Reading], zstd: Option<&mut Zstd>) -> Figures {
-    let mut f = Figures {
-        bytes: 0,
-        compress: Duration::ZERO,
-        decompress: Duration::ZERO,
-    };
+    let mut f = Figures::new();
     let Some(zstd) = zstd else {
         for r in measured {
-            f.bytes += accounted_size(RECORD_HEADER + r.payload.len());
+            f.add(RECORD_HEADER + r.payload.len());
         }
         return f;
     };
@@ -187,18 +238,14 @@ fn per_record(measured: &[Reading], zstd: Option<&mut Zstd>) -> Figures {
         let (n, c) = zstd.compress(&r.payload, &mut out);
         f.compress += c;
         f.decompress += zstd.decompress(&out, &r.payload, &mut back);
-        f.bytes += accounted_size(RECORD_HEADER + n.min(r.payload.len()));
+        f.add(RECORD_HEADER + n.min(r.payload.len()));
     }
     f
 }
 
 /// One value per commit of `commit` readings, compressed together.
 fn per_block(measured: &[Reading], commit: usize, zstd: &mut Zstd) -> Figures {
-    let mut f = Figures {
-        bytes: 0,
-        compress: Duration::ZERO,
-        decompress: Duration::ZERO,
-    };
+    let mut f = Figures::new();
     let (mut raw, mut out, mut back) = (Vec::new(), Vec::new(), Vec::new());
     for block in measured.chunks(commit) {
         raw.clear();
@@ -208,7 +255,7 @@ fn per_block(measured: &[Reading], commit: usize, zstd: &mut Zstd) -> Figures {
         let (n, c) = zstd.compress(&raw, &mut out);
         f.compress += c;
         f.decompress += zstd.decompress(&out, &raw, &mut back);
-        f.bytes += accounted_size(BLOCK_HEADER + n.min(raw.len()));
+        f.add(BLOCK_HEADER + n.min(raw.len()));
     }
     f
 }
@@ -261,19 +308,21 @@ fn run(format: PayloadFormat, devices: usize, train_n: usize, count: usize) {
     assert!(topics.len() <= devices);
 
     println!("### {format} payloads ({payload:.0} B), {devices} turbines\n");
-    println!("| method | level | dictionary | commit | stored B/reading | readings per byte vs none | compress ns/reading | decompress ns/reading |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| method | level | dictionary | commit | stored B/reading | readings per byte vs none | unrounded B/reading | compress ns/reading | decompress ns/reading |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let row = |method: &str, level: &str, dict: &str, commit: &str, f: Figures| {
         let per = f.bytes as f64 / n;
         println!(
-            "| {method} | {level} | {dict} | {commit} | {per:.1} | {:.2}× | {:.0} | {:.0} |",
+            "| {method} | {level} | {dict} | {commit} | {per:.1} | {:.2}× | {:.1} | {:.0} | {:.0} |",
             none as f64 / f.bytes as f64,
+            f.unrounded as f64 / n,
             f.compress.as_nanos() as f64 / n,
             f.decompress.as_nanos() as f64 / n,
         );
     };
     let zero = Figures {
         bytes: none,
+        unrounded: none,
         compress: Duration::ZERO,
         decompress: Duration::ZERO,
     };
@@ -340,6 +389,30 @@ fn run(format: PayloadFormat, devices: usize, train_n: usize, count: usize) {
                     per_block(measured, commit, &mut z),
                 );
             }
+        }
+    }
+    let dict64 = entry_dicts.iter().find(|(s, _)| *s == 64 * 1024).and_then(|(_, d)| d.as_deref());
+    for level in [1, 3] {
+        for dict in [None, dict64] {
+            let name = if dict.is_some() { "64 KiB" } else { "none" };
+            for commit in COMMITS {
+                let mut z = Zstd::new(level, dict);
+                let mut f = Figures::new();
+                let mut guess = 16;
+                for c in measured.chunks(commit) {
+                    fitted_blocks(c, &mut z, &mut guess, &mut f);
+                }
+                row("block, in-page", &level.to_string(), name, &commit.to_string(), f);
+            }
+            // Sealed: readings are held as single records until a page's worth has
+            // accumulated, then sealed into one block, whatever the commit size. In the
+            // steady state that is in-page blocks over the whole stream; the open tail
+            // (at most one block's worth of single records) is left out.
+            let mut z = Zstd::new(level, dict);
+            let mut f = Figures::new();
+            let mut guess = 16;
+            fitted_blocks(measured, &mut z, &mut guess, &mut f);
+            row("sealed", &level.to_string(), name, "any", f);
         }
     }
     println!(
