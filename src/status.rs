@@ -300,6 +300,8 @@ mod tests {
             disk_bytes: 0,
             dropped_total: 0,
             expired_total,
+            thinned_total: 0,
+            thinned: Vec::new(),
             upstreams: Vec::new(),
         }
     }

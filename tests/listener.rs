@@ -40,6 +40,7 @@ impl Harness {
             max_age: None,
             commit_interval: Duration::from_millis(1),
             commit_max_records: 10_000,
+            ..JournalConfig::default()
         };
         let (journal, writer) = Journal::open(&jc, &["k".to_string()]).expect("journal");
         let mc = MqttConfig {

@@ -31,7 +31,7 @@ mod upstream;
 
 pub use gateway::GatewayConfig;
 pub use http::HttpConfig;
-pub use journal::{JournalConfig, OnFull};
+pub use journal::{JournalCompression, JournalConfig, OnFull};
 pub use log::LogConfig;
 pub use modbus::ModbusConfig;
 pub use mqtt::{MqttAuthConfig, MqttConfig};

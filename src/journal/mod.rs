@@ -198,6 +198,8 @@ pub struct JournalCounters {
     pub dropped_full: AtomicU64,
     /// Readings removed for `journal.max_age` before every upstream had them.
     pub expired: AtomicU64,
+    /// Readings removed by `on_full = "thin"` (every one of them some upstream had not sent).
+    pub thinned: AtomicU64,
     /// Readings removed because every upstream had them.
     pub trimmed: AtomicU64,
     /// Write transactions committed.
@@ -464,6 +466,31 @@ impl Journal {
         })
     }
 
+    /// As [`Journal::read_from`], with the thinned spans (see [`ThinnedSpan`]) that overlap
+    /// `from..=` the last record read, oldest first, read in the same transaction: every
+    /// hole between the records returned that thinning made lies in one of them.
+    pub fn read_batch(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, JournalError> {
+        self.reading(|store| {
+            let txn = store.read_txn()?;
+            let lm = |e| JournalError::lmdb("read", e);
+            let records = store.read_from(&txn, from, max, max_bytes).map_err(lm)?;
+            let last = records.iter().rev().find_map(|r| match r {
+                Ok(r) => Some(r.seq),
+                Err(e) => Some(e.seq()),
+            });
+            let thinned = match last {
+                Some(last) => store.thinned_spans(&txn, from, last).map_err(lm)?,
+                None => Vec::new(),
+            };
+            Ok(ReadBatch { records, thinned })
+        })
+    }
+
     /// Reads up to `max` records (and about `max_bytes`) from `from` on. Blocking: call it
     /// from a blocking context. Records that fail their checksum are returned as errors
     /// in place so the caller can count and skip them.
@@ -563,6 +590,32 @@ impl JournalWatch {
     }
 }
 
+/// What [`Journal::read_batch`] read.
+#[derive(Debug)]
+pub struct ReadBatch {
+    /// The records, in sequence order; those that fail their checksum as errors in place.
+    pub records: Vec<Result<Record, record::DecodeError>>,
+    /// The thinned spans overlapping the sequence range read, oldest first.
+    pub thinned: Vec<ThinnedSpan>,
+}
+
+/// A span of sequence numbers whose readings `on_full = "thin"` kept only at a lower
+/// resolution: per topic about one reading in `factor` (the first and last of each topic,
+/// and every reading `journal.keep_whole` names, always kept). The journal holds at most
+/// one span per sequence number; spans do not overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ThinnedSpan {
+    /// First and last sequence number of the span (both held: a span begins and ends with
+    /// readings it kept).
+    pub first: u64,
+    pub last: u64,
+    /// Readings of the span were halved this many times over: 2, 4, 8 …
+    pub factor: u32,
+    /// Ingest time of the span's first and last reading, ms since the Unix epoch.
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
 /// What a journal holds and how far each upstream has got.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
@@ -588,6 +641,10 @@ pub struct Summary {
     /// Readings removed for `journal.max_age` before every upstream had them, over the
     /// journal's life.
     pub expired_total: u64,
+    /// Readings removed by `on_full = "thin"`, over the journal's life.
+    pub thinned_total: u64,
+    /// The thinned spans held, oldest first.
+    pub thinned: Vec<ThinnedSpan>,
     /// Per upstream, by name.
     pub upstreams: Vec<UpstreamSummary>,
 }
@@ -642,8 +699,22 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
         disk_bytes: store.disk_size(),
         dropped_total: meta.dropped_total,
         expired_total: meta.expired_total,
+        thinned_total: meta.thinned_total,
+        thinned: store.thinned_spans(&txn, 0, u64::MAX).map_err(lm)?,
         upstreams,
     })
+}
+
+/// Checks the `[journal]` keys whose meaning this stage owns: the `keep_whole` topic
+/// filters. Problems are keyed `journal.field`.
+pub fn validate(config: &crate::config::JournalConfig, p: &mut Vec<String>) {
+    for f in &config.keep_whole {
+        if let Some(why) = crate::mqtt_client::topics::filter_problem(f) {
+            p.push(format!(
+                "journal.keep_whole: {f:?} {why}; give MQTT topic filters like keep_whole = [\"turbines/+/alarm\"]"
+            ));
+        }
+    }
 }
 
 /// Reads the summary of the journal in `dir` without writing, alongside a running daemon.

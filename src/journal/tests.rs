@@ -18,6 +18,7 @@ fn config(dir: &Path) -> JournalConfig {
         max_age: None,
         commit_interval: Duration::ZERO,
         commit_max_records: 10_000,
+        ..JournalConfig::default()
     }
 }
 

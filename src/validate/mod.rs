@@ -25,6 +25,7 @@ pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
 pub fn check(config: &Config) -> Vec<String> {
     let mut p = Vec::new();
     crate::ingest::auth::validate(&config.mqtt.auth, &mut p);
+    crate::journal::validate(&config.journal, &mut p);
     if let Some(level) = &config.log.level {
         if let Err(e) = crate::telemetry::check_log_filter(level) {
             p.push(e.to_string());
