@@ -160,10 +160,11 @@ impl fmt::Display for LoadReport {
             writeln!(f)?;
             writeln!(
                 f,
-                "kafka            {}  received {}  missing {}  duplicates {}  out of order {}  drain {:.2} s",
+                "kafka            {}  received {}  missing {}  thinned {}  duplicates {}  out of order {}  drain {:.2} s",
                 if k.complete { "COMPLETE" } else { "INCOMPLETE" },
                 k.received,
                 k.verify.missing(),
+                k.verify.thinned(),
                 k.verify.duplicates(),
                 k.verify.out_of_order(),
                 k.drain_time.as_secs_f64()

@@ -60,7 +60,9 @@ enum Command {
         link: LoadLinkArgs,
     },
     /// Read a Kafka topic (all partitions, earliest to high watermark) and report, per
-    /// device, missing, duplicated and out-of-order readings and header/key problems; with
+    /// device, missing, thinned, duplicated and out-of-order readings and header/key
+    /// problems (gap and thinned markers are counted apart; a reading missing where thinned
+    /// markers announced every journal sequence around it is thinned, not missing); with
     /// --live-topic, also every device's newest reading on a live topic and its age. Exits
     /// 1 if any rule is broken (duplicates alone are allowed).
     Verify {

@@ -41,6 +41,16 @@ impl SeqSet {
             .is_some_and(|(_, &end)| end >= v)
     }
 
+    /// Whether every counter of `start..=end` is in the set (`false` for an empty range).
+    pub fn contains_range(&self, start: u64, end: u64) -> bool {
+        start <= end
+            && self
+                .ranges
+                .range(..=start)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= end)
+    }
+
     /// Adds `v`; returns `false` if it was already present.
     pub fn insert(&mut self, v: u64) -> bool {
         if self.contains(v) {
@@ -293,6 +303,14 @@ mod tests {
         assert_eq!(acked.difference_len(&seen), 4);
         assert!(seen.difference_ranges(&acked).is_empty());
         assert_eq!(acked.difference_len(&SeqSet::new()), 20);
+    }
+
+    #[test]
+    fn contains_range_needs_every_counter_in_one_range() {
+        let s: SeqSet = [1, 2, 3, 7, 9, 10].into_iter().collect();
+        assert!(s.contains_range(1, 3) && s.contains_range(2, 2) && s.contains_range(9, 10));
+        assert!(!s.contains_range(3, 7) && !s.contains_range(8, 9) && !s.contains_range(10, 11));
+        assert!(!s.contains_range(3, 2), "an empty range is not held");
     }
 
     #[test]

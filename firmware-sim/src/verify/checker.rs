@@ -8,7 +8,22 @@ use crate::fleet::FleetReport;
 use crate::seqset::{fmt_ranges, SeqSet};
 use crate::telemetry::{topic_for, ReadingId};
 
-use super::{KafkaReading, EPOCH_HEADER, GAP_HEADER, GATEWAY_HEADER, MAX_EXAMPLES, SEQ_HEADER};
+use super::{
+    KafkaReading, EPOCH_HEADER, GAP_HEADER, GATEWAY_HEADER, MAX_EXAMPLES, SEQ_HEADER,
+    THINNED_HEADER, THIN_FACTOR_HEADER,
+};
+
+/// A hole in a device's counters as delivered: the counters between two readings that
+/// arrived one after the other, with the journal sequences (`tidegate-seq`) of both. Whether
+/// thinning announced it is only known once every marker is read, so it is kept until
+/// the report.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    /// Counter and journal sequence of the reading before the hole.
+    after: (u64, u64),
+    /// Counter and journal sequence of the reading after it.
+    before: (u64, u64),
+}
 
 /// The checks of one device's stream (one boot).
 #[derive(Debug, Clone, Default)]
@@ -16,6 +31,10 @@ struct Stream {
     seen: SeqSet,
     /// Highest counter seen that was not a duplicate.
     last_new: u64,
+    /// The journal sequence of the reading of `last_new`, if it carried a valid one.
+    last_journal_seq: Option<u64>,
+    /// Holes between consecutive new counters, for telling thinned from missing.
+    holes: Vec<Hole>,
     received: u64,
     duplicates: u64,
     out_of_order: u64,
@@ -36,6 +55,11 @@ pub struct Checker {
     unparseable: u64,
     gap_markers: u64,
     gap_readings: u64,
+    thinned_markers: u64,
+    /// Journal sequences the thinned markers announced (markers of one span may repeat or
+    /// overlap: each batch that sends part of a span announces the rest of it).
+    announced: SeqSet,
+    thin_factor_max: u64,
     /// (gateway, epoch, seq) header values seen, to count replays.
     journal_ids: std::collections::HashSet<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     replays: u64,
@@ -51,14 +75,24 @@ impl Checker {
     pub fn add(&mut self, r: &KafkaReading) -> Option<ReadingId> {
         self.readings += 1;
         if let Some(gap) = r.header(GAP_HEADER) {
-            let range = std::str::from_utf8(gap).ok().and_then(|g| {
-                let (a, b) = g.split_once("..")?;
-                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
-            });
-            match range {
+            match parse_range(gap) {
                 Some((first, last)) if first <= last => {
                     self.gap_markers += 1;
                     self.gap_readings += last - first + 1;
+                }
+                _ => self.unparseable += 1,
+            }
+            return None;
+        }
+        if let Some(span) = r.header(THINNED_HEADER) {
+            let factor = r
+                .header(THIN_FACTOR_HEADER)
+                .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
+            match (parse_range(span), factor) {
+                (Some((first, last)), Some(factor)) if first <= last && factor >= 2 => {
+                    self.thinned_markers += 1;
+                    self.announced.insert_range(first, last);
+                    self.thin_factor_max = self.thin_factor_max.max(factor);
                 }
                 _ => self.unparseable += 1,
             }
@@ -87,16 +121,21 @@ impl Checker {
             Some(v) if !v.is_empty() => {}
             _ => s.missing_gateway_header += 1,
         }
-        match r.header(SEQ_HEADER) {
-            None => s.missing_seq_header += 1,
+        let journal_seq = match r.header(SEQ_HEADER) {
+            None => {
+                s.missing_seq_header += 1;
+                None
+            }
             Some(v) => {
-                let decimal =
-                    !v.is_empty() && std::str::from_utf8(v).is_ok_and(|t| t.parse::<u64>().is_ok());
-                if !decimal {
+                let seq = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok());
+                if seq.is_none() {
                     s.bad_seq_header += 1;
                 }
+                seq
             }
-        }
+        };
         if r.key.as_deref() != Some(topic_for(&id.device).as_bytes()) {
             s.wrong_key += 1;
         }
@@ -109,13 +148,46 @@ impl Checker {
                     s.reorder_examples.push((s.last_new, id.seq));
                 }
             }
-            s.last_new = s.last_new.max(id.seq);
+            if id.seq > s.last_new {
+                if let (true, Some(after), Some(before)) =
+                    (id.seq > s.last_new + 1, s.last_journal_seq, journal_seq)
+                {
+                    s.holes.push(Hole {
+                        after: (s.last_new, after),
+                        before: (id.seq, before),
+                    });
+                }
+                s.last_new = id.seq;
+                s.last_journal_seq = journal_seq;
+            }
         }
         Some(id)
     }
 
-    fn device_verify(s: &Stream, boot: u64, expected: &SeqSet) -> DeviceVerify {
-        let missing = expected.difference_ranges(&s.seen);
+    /// The counters of `s` that thinning announced: inside a hole whose journal sequences
+    /// in between were all announced by thinned markers.
+    fn thinnable(&self, s: &Stream) -> SeqSet {
+        let mut out = SeqSet::new();
+        for h in &s.holes {
+            let (after, before) = (h.after.1, h.before.1);
+            if after + 1 < before && self.announced.contains_range(after + 1, before - 1) {
+                out.insert_range(h.after.0 + 1, h.before.0 - 1);
+            }
+        }
+        out
+    }
+
+    fn device_verify(&self, s: &Stream, boot: u64, expected: &SeqSet) -> DeviceVerify {
+        let mut absent = SeqSet::new();
+        for (a, b) in expected.difference_ranges(&s.seen) {
+            absent.insert_range(a, b);
+        }
+        let missing = absent.difference_ranges(&self.thinnable(s));
+        let mut missing_set = SeqSet::new();
+        for &(a, b) in &missing {
+            missing_set.insert_range(a, b);
+        }
+        let thinned_ranges = absent.difference_ranges(&missing_set);
         DeviceVerify {
             boot,
             received: s.received,
@@ -123,6 +195,13 @@ impl Checker {
             expected: expected.len(),
             missing_count: missing.iter().map(|(a, b)| b - a + 1).sum(),
             missing,
+            thinned_count: thinned_ranges.iter().map(|(a, b)| b - a + 1).sum(),
+            widest_thinned_hole: thinned_ranges
+                .iter()
+                .map(|(a, b)| b - a + 1)
+                .max()
+                .unwrap_or(0),
+            thinned: thinned_ranges,
             duplicates: s.duplicates,
             out_of_order: s.out_of_order,
             reorder_examples: s.reorder_examples.clone(),
@@ -153,7 +232,7 @@ impl Checker {
                             .get(&(device.clone(), b.boot))
                             .unwrap_or(&empty);
                         counted += s.received;
-                        let mut v = Checker::device_verify(s, b.boot, &b.acked);
+                        let mut v = self.device_verify(s, b.boot, &b.acked);
                         v.unacked_received = s.seen.difference_len(&b.acked);
                         // The last boot under the device id, earlier ones (a device the
                         // fault plan rebooted) under `device@boot`.
@@ -180,10 +259,7 @@ impl Checker {
                     if let Some(max) = s.seen.last() {
                         expected.insert_range(1, max);
                     }
-                    devices.insert(
-                        device.to_owned(),
-                        Checker::device_verify(s, boot, &expected),
-                    );
+                    devices.insert(device.to_owned(), self.device_verify(s, boot, &expected));
                 }
             }
         }
@@ -191,9 +267,16 @@ impl Checker {
             devices,
             readings: self.readings,
             unparseable: self.unparseable,
-            foreign: self.readings - self.unparseable - self.gap_markers - counted,
+            foreign: self.readings
+                - self.unparseable
+                - self.gap_markers
+                - self.thinned_markers
+                - counted,
             gap_markers: self.gap_markers,
             gap_readings: self.gap_readings,
+            thinned_markers: self.thinned_markers,
+            thinned_spans: self.announced.ranges().collect(),
+            thin_factor_max: self.thin_factor_max,
             replays: self.replays,
         }
     }
@@ -214,6 +297,13 @@ pub struct DeviceVerify {
     pub missing: Vec<(u64, u64)>,
     /// Number of expected counters not found.
     pub missing_count: u64,
+    /// Expected counters not found that thinning announced (see the module docs), as
+    /// inclusive ranges; not in `missing`.
+    pub thinned: Vec<(u64, u64)>,
+    /// Number of thinned counters.
+    pub thinned_count: u64,
+    /// The most consecutive counters thinned away (0 without thinning).
+    pub widest_thinned_hole: u64,
     /// Records whose counter had been seen before.
     pub duplicates: u64,
     /// New counters lower than one seen before.
@@ -301,6 +391,13 @@ pub struct VerifyReport {
     pub gap_markers: u64,
     /// Readings the gap markers say were dropped before they were forwarded.
     pub gap_readings: u64,
+    /// Thinned markers (`tidegate-thinned` header): not readings, counted apart.
+    pub thinned_markers: u64,
+    /// The journal sequences the thinned markers announced, as inclusive ranges (the union
+    /// of their spans).
+    pub thinned_spans: Vec<(u64, u64)>,
+    /// The largest `tidegate-thin-factor` announced (0 without markers).
+    pub thin_factor_max: u64,
     /// Records whose (gateway, epoch, journal sequence) was seen before: the gateway sent a
     /// journal record twice (a device's own re-send has a new journal sequence).
     pub replays: u64,
@@ -320,6 +417,20 @@ impl VerifyReport {
     /// Expected counters missing, all devices.
     pub fn missing(&self) -> u64 {
         self.devices.values().map(|d| d.missing_count).sum()
+    }
+
+    /// Expected counters that thinning announced, all devices.
+    pub fn thinned(&self) -> u64 {
+        self.devices.values().map(|d| d.thinned_count).sum()
+    }
+
+    /// The most consecutive counters of one device thinned away.
+    pub fn widest_thinned_hole(&self) -> u64 {
+        self.devices
+            .values()
+            .map(|d| d.widest_thinned_hole)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Duplicate records, all devices.
@@ -356,17 +467,18 @@ impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  problems",
-            "device", "received", "expected", "missing", "dups", "reorder", "parts"
+            "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  problems",
+            "device", "received", "expected", "missing", "thinned", "dups", "reorder", "parts"
         )?;
         for (id, d) in &self.devices {
             writeln!(
                 f,
-                "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  {}",
+                "{:<10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8}  {}",
                 id,
                 d.received,
                 d.expected,
                 d.missing_count,
+                d.thinned_count,
                 d.duplicates,
                 d.out_of_order,
                 d.partitions.len(),
@@ -375,18 +487,30 @@ impl fmt::Display for VerifyReport {
         }
         write!(
             f,
-            "{} records: {} of {} devices, {} missing, {} duplicates ({} replayed by the gateway), {} out of order, {} unparseable, {} foreign, {} gap markers for {} dropped readings",
+            "{} records: {} of {} devices, {} missing, {} thinned (widest hole {}), {} duplicates ({} replayed by the gateway), {} out of order, {} unparseable, {} foreign, {} gap markers for {} dropped readings, {} thinned markers announcing {} journal sequences in {} spans (factor up to {})",
             self.readings,
             self.received(),
             self.devices.len(),
             self.missing(),
+            self.thinned(),
+            self.widest_thinned_hole(),
             self.duplicates(),
             self.replays,
             self.out_of_order(),
             self.unparseable,
             self.foreign,
             self.gap_markers,
-            self.gap_readings
+            self.gap_readings,
+            self.thinned_markers,
+            self.thinned_spans.iter().map(|(a, b)| b - a + 1).sum::<u64>(),
+            self.thinned_spans.len(),
+            self.thin_factor_max
         )
     }
+}
+
+/// Parses a marker's `first..last` (decimal, inclusive).
+fn parse_range(value: &[u8]) -> Option<(u64, u64)> {
+    let (a, b) = std::str::from_utf8(value).ok()?.split_once("..")?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }

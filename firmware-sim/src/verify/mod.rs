@@ -15,6 +15,14 @@
 //! - **gap markers**: records with a `tidegate-gap` header (`first..last`), which tidegate
 //!   sends where `drop-oldest` removed readings before they were forwarded; they are not
 //!   readings and are counted apart, with the readings they stand for;
+//! - **thinned markers**: records with a `tidegate-thinned` header (`first..last`, journal
+//!   sequences) and a `tidegate-thin-factor` header (`N`), which tidegate sends in front of a
+//!   span of the journal that `on_full = "thin"` kept at about 1/N per topic; they are not
+//!   readings and are counted apart, with the journal sequences they announce and the
+//!   largest factor. A device's counters missing between two of its delivered readings
+//!   whose `tidegate-seq` values have every journal sequence between them announced are
+//!   **thinned**, not missing (thinning announced them), and reported apart with the widest
+//!   such hole per device;
 //! - **replays**: records whose (`tidegate-gateway`, `tidegate-epoch`, `tidegate-seq`) was
 //!   seen before — the gateway sent one journal record twice. A device that re-sends a
 //!   reading whose PUBACK it never got makes a duplicate with a *new* journal sequence,
@@ -51,6 +59,12 @@ pub const SEQ_HEADER: &str = "tidegate-seq";
 pub const EPOCH_HEADER: &str = "tidegate-epoch";
 /// Header of a gap marker: `first..last`, the journal sequences dropped unsent.
 pub const GAP_HEADER: &str = "tidegate-gap";
+
+/// Header of a thinned marker: `first..last`, the journal sequences of a span kept at about
+/// 1/factor per topic.
+pub const THINNED_HEADER: &str = "tidegate-thinned";
+/// Header of a thinned marker: the factor `N` of the span (decimal ASCII).
+pub const THIN_FACTOR_HEADER: &str = "tidegate-thin-factor";
 
 /// How many reordering examples a report keeps per device.
 const MAX_EXAMPLES: usize = 5;

@@ -239,3 +239,111 @@ fn without_a_fleet_report_holes_below_the_highest_counter_are_gaps() {
     assert_eq!(v.devices["wt-0001"].out_of_order, 1);
     assert!(v.devices["wt-0002"].is_ok());
 }
+
+/// Device `device_n`'s reading `counter`, journaled as `journal_seq`, at `offset`.
+fn journaled(device_n: usize, counter: u64, journal_seq: u64, offset: i64) -> KafkaReading {
+    let mut r = reading(device_n, counter, offset);
+    r.headers = vec![
+        (GATEWAY_HEADER.into(), b"gw-test".to_vec()),
+        (SEQ_HEADER.into(), journal_seq.to_string().into_bytes()),
+    ];
+    r
+}
+
+/// A thinned marker announcing journal sequences `span` at `factor` (`None`: no factor
+/// header).
+fn thinned_marker(span: &str, factor: Option<&str>, offset: i64) -> KafkaReading {
+    let mut headers = vec![
+        (GATEWAY_HEADER.into(), b"gw-test".to_vec()),
+        (SEQ_HEADER.into(), b"1".to_vec()),
+        (THINNED_HEADER.into(), span.as_bytes().to_vec()),
+    ];
+    if let Some(f) = factor {
+        headers.push((THIN_FACTOR_HEADER.into(), f.as_bytes().to_vec()));
+    }
+    KafkaReading {
+        partition: 2,
+        offset,
+        key: Some(b"$tidegate/thinned".to_vec()),
+        payload: Vec::new(),
+        headers,
+        timestamp_ms: 1_000,
+    }
+}
+
+/// Readings of device `device_n` as (counter, journal seq), at offsets from `offset`.
+fn journaled_stream(device_n: usize, readings: &[(u64, u64)], offset: i64) -> Vec<KafkaReading> {
+    readings
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, j))| journaled(device_n, c, j, offset + i as i64))
+        .collect()
+}
+
+#[test]
+fn a_hole_whose_journal_sequences_were_all_announced_is_thinned_not_missing() {
+    // Device 1: counters = journal seqs 1..=9, of which 3, 5, 6, 7 were thinned away.
+    let mut s = journaled_stream(1, &[(1, 1), (2, 2), (4, 4), (8, 8), (9, 9)], 0);
+    // Device 2: 3 and 4 (journal 12, 13) missing where nothing was announced; 6 (journal
+    // 15..=17 between 5 and 7) missing where only 15 and 16 were.
+    s.extend(journaled_stream(
+        2,
+        &[(1, 10), (2, 11), (5, 14), (7, 18)],
+        100,
+    ));
+    // Device 3: counters 1 and 2 before its first delivered reading are missing even inside
+    // a span: thinning keeps each topic's first reading of a span.
+    s.extend(journaled_stream(3, &[(3, 24), (4, 26)], 200));
+    // Two markers of one span, the second from an upstream cursor inside it, and one more
+    // span; overlapping announcements are one union of journal sequences.
+    s.push(thinned_marker("3..5", Some("2"), 300));
+    s.push(thinned_marker("5..7", Some("4"), 301));
+    s.push(thinned_marker("15..16", Some("2"), 302));
+    s.push(thinned_marker("21..26", Some("2"), 303));
+    let v = check(&s, &fleet(&[(1, 1..=9), (2, 1..=7), (3, 1..=4)]));
+
+    let d1 = &v.devices["wt-0001"];
+    assert_eq!(
+        (d1.missing_count, d1.thinned.clone()),
+        (0, vec![(3, 3), (5, 7)])
+    );
+    assert_eq!((d1.thinned_count, d1.widest_thinned_hole), (4, 3));
+    assert!(d1.is_ok(), "{v}");
+    let d2 = &v.devices["wt-0002"];
+    assert_eq!(d2.missing, vec![(3, 4), (6, 6)]);
+    assert_eq!(d2.thinned_count, 0);
+    let d3 = &v.devices["wt-0003"];
+    assert_eq!(d3.missing, vec![(1, 2)]);
+    assert_eq!(d3.thinned_count, 0);
+
+    assert_eq!(
+        (
+            v.thinned_markers,
+            v.thinned_spans.clone(),
+            v.thin_factor_max
+        ),
+        (4, vec![(3, 7), (15, 16), (21, 26)], 4)
+    );
+    assert_eq!((v.thinned(), v.widest_thinned_hole()), (4, 3));
+    assert_eq!((v.foreign, v.unparseable, v.replays), (0, 0, 0), "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("4 thinned (widest hole 3)")
+            && text.contains(
+                "4 thinned markers announcing 13 journal sequences in 3 spans (factor up to 4)"
+            ),
+        "{text}"
+    );
+}
+
+#[test]
+fn without_a_fleet_report_a_thinned_hole_is_not_a_gap_and_a_bad_marker_is_unparseable() {
+    let mut s = journaled_stream(1, &[(1, 1), (4, 4), (5, 5)], 0);
+    s.push(thinned_marker("2..3", Some("4"), 10));
+    s.push(thinned_marker("2..3", None, 11));
+    s.push(thinned_marker("3-2", Some("4"), 12));
+    let v = check_stream(&s);
+    let d = &v.devices["wt-0001"];
+    assert_eq!((d.missing_count, d.thinned.clone()), (0, vec![(2, 3)]));
+    assert_eq!((v.thinned_markers, v.unparseable, v.foreign), (1, 2, 0));
+}
