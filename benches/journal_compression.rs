@@ -85,7 +85,7 @@ fn readings(format: PayloadFormat, devices: usize, count: usize) -> Vec<Reading>
         .into_iter()
         .filter_map(|item| match item {
             Item::Reading(Record { reading, .. }) => Some(reading),
-            Item::Gap(_) => None,
+            Item::Gap(_) | Item::Thinned(_) => None,
         })
         .collect();
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;

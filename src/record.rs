@@ -4,7 +4,18 @@
 //! [`Reading`] at ingest. The journal gives it a sequence number when it commits, and from
 //! then on it is a [`Record`]. The payload is carried untouched, byte for byte. On its way
 //! to an upstream, a record travels as an [`Item`] of a batch, beside the typed markers
-//! ([`Gap`]) that name readings the upstream will never get.
+//! that name readings the upstream will never get: a [`Gap`] for readings removed whole, a
+//! [`Thinned`] marker for a span kept at a lower resolution.
+//!
+//! # Where an item stands
+//!
+//! Every item of a batch stands at a [`Position`]: a sequence number and a [`Slot`]. A
+//! reading stands at its own number and a gap at the last number it names (no reading
+//! carries it). A thinned marker stands at the first number it announces, which may be
+//! the very reading it is put in front of, so its slot ([`Slot::Thinned`]) orders it just
+//! before that reading. Positions strictly increase along a batch; sinks that remember
+//! what was delivered (the Kafka sink's exactly-once rule) key by position, never by the
+//! sequence number alone.
 //!
 //! # Encoding (version 1)
 //!
@@ -118,24 +129,43 @@ pub enum Item {
     Reading(Record),
     /// Readings removed from the journal before this upstream had them.
     Gap(Gap),
+    /// A span of readings the journal holds only at a lower resolution.
+    Thinned(Thinned),
 }
 
 impl Item {
     /// The sequence number the item stands at in its batch: a reading's own, a gap's
-    /// `last` (see [`Gap`]). Strictly increasing along a batch.
+    /// `last` (see [`Gap`]), a thinned marker's `first` (see [`Thinned`]). Not unique in a
+    /// batch: a thinned marker may share it with the reading after it; [`Item::position`]
+    /// is.
     pub fn seq(&self) -> u64 {
         match self {
             Item::Reading(r) => r.seq,
             Item::Gap(g) => g.last,
+            Item::Thinned(t) => t.first,
         }
     }
 
-    /// Milliseconds since the Unix epoch: a reading's ingest time, or for a gap the ingest
-    /// time of the first reading after it.
+    /// Where the item stands: see [the module docs](self#where-an-item-stands). Strictly
+    /// increasing along a batch.
+    pub fn position(&self) -> Position {
+        let slot = match self {
+            Item::Thinned(_) => Slot::Thinned,
+            Item::Reading(_) | Item::Gap(_) => Slot::Record,
+        };
+        Position {
+            seq: self.seq(),
+            slot,
+        }
+    }
+
+    /// Milliseconds since the Unix epoch: a reading's ingest time, or for a marker the
+    /// ingest time of the reading it stands in front of.
     pub fn ingest_ms(&self) -> u64 {
         match self {
             Item::Reading(r) => r.reading.ingest_ms,
             Item::Gap(g) => g.ingest_ms,
+            Item::Thinned(t) => t.ingest_ms,
         }
     }
 
@@ -143,9 +173,27 @@ impl Item {
     pub fn as_reading(&self) -> Option<&Record> {
         match self {
             Item::Reading(r) => Some(r),
-            Item::Gap(_) => None,
+            Item::Gap(_) | Item::Thinned(_) => None,
         }
     }
+}
+
+/// Where an item stands in its batch (see [the module docs](self#where-an-item-stands)):
+/// ordered by sequence number, then slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub seq: u64,
+    pub slot: Slot,
+}
+
+/// What stands at a sequence number: a thinned marker comes before the record (a reading
+/// or a gap) at the same number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    /// A [`Thinned`] marker.
+    Thinned,
+    /// A reading, or a [`Gap`] (which stands on a number no reading has).
+    Record,
 }
 
 impl From<Record> for Item {
@@ -175,6 +223,26 @@ impl Gap {
     pub fn readings(&self) -> u64 {
         self.last + 1 - self.first
     }
+}
+
+/// Readings `first..=last` that `on_full = "thin"` kept only at about one in `factor` per
+/// topic before an upstream sent them: the lower resolution made explicit (invariant 4).
+/// The readings of the range that were kept follow it in the batch.
+///
+/// `first` is where the announcement starts: the span's first reading, or the upstream's
+/// cursor when that lies inside the span. The marker stands at `first`, just before the
+/// reading it is put in front of (see [`Position`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thinned {
+    /// First sequence number announced.
+    pub first: u64,
+    /// Last sequence number of the span.
+    pub last: u64,
+    /// The span holds about one reading in `factor` per topic: 2, 4, 8 …
+    pub factor: u32,
+    /// Ingest time of the reading the marker stands in front of: the span's first when
+    /// the whole span is announced.
+    pub ingest_ms: u64,
 }
 
 /// Why a stored value could not be decoded.
@@ -415,6 +483,31 @@ mod tests {
         });
         assert_eq!(reading.seq(), 5);
         assert_eq!(reading.as_reading().map(|r| r.seq), Some(5));
+    }
+
+    #[test]
+    fn a_thinned_marker_stands_just_before_the_reading_sharing_its_sequence() {
+        let marker = Item::Thinned(Thinned {
+            first: 5,
+            last: 90,
+            factor: 4,
+            ingest_ms: 11,
+        });
+        let reading = Item::from(Record {
+            seq: 5,
+            reading: sample(),
+        });
+        let before = Item::Gap(Gap {
+            first: 2,
+            last: 4,
+            ingest_ms: 11,
+        });
+        assert_eq!((marker.seq(), marker.ingest_ms()), (5, 11));
+        assert!(marker.as_reading().is_none());
+        assert_eq!(marker.seq(), reading.seq());
+        assert!(before.position() < marker.position());
+        assert!(marker.position() < reading.position());
+        assert_ne!(marker.position(), reading.position());
     }
 
     #[test]

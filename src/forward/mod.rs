@@ -16,6 +16,14 @@
 //! so the upstream learns of the loss instead of seeing silence. How a gap looks on the wire
 //! is the sink's business (the Kafka sink sends a record with the `tidegate-gap` header).
 //!
+//! # Thinning is not loss
+//!
+//! A hole inside a span `on_full = "thin"` thinned is the span's lower resolution, not a
+//! loss: it is counted apart (`thinned_readings`), and the batch carries one
+//! [`Item::Thinned`] per span announcing the range from the cursor on and its factor, in
+//! front of the span's first reading the batch sends, once per forwarder run ([`assemble`]
+//! says how holes are told apart and when a span is announced again).
+//!
 //! # Constrained links
 //!
 //! An upstream with `bandwidth`, `budget`, `send_windows` or a live lane has an
@@ -24,22 +32,24 @@
 //! are read no larger than the bandwidth bucket. This only delays the history, never skips
 //! or reorders it. The live lane ([`live`]) runs beside the forwarder on the same `Uplink`.
 
+mod assemble;
 mod live;
 mod supervisor;
 pub mod uplink;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::UpstreamConfig;
-use crate::journal::Journal;
-use crate::record::{Gap, Item};
+use crate::journal::{Journal, ReadBatch};
+use crate::record::Item;
 use crate::sinks::{Attachment, Sink, SinkError};
 use crate::telemetry::{add, ForwardCounters};
 
+use assemble::{assemble, Announced};
 pub use supervisor::Forwarders;
 use uplink::{Lane, Uplink};
 
@@ -118,6 +128,8 @@ impl<S: Sink> Forwarder<S> {
             counters: self.counters.clone(),
         });
         let gap_markers = self.sink.wants_gap_markers();
+        // What this run announced of thinned spans, across its batches (see `assemble`).
+        let announced = Arc::new(Mutex::new(Announced::default()));
         tracing::info!(upstream = %name, cursor, epoch, brokers = ?self.config.brokers, topic = %self.config.topic, "Forwarder started.");
         let mut committed = self.journal.committed();
         let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
@@ -167,7 +179,7 @@ impl<S: Sink> Forwarder<S> {
                         self.counters.clone(),
                         cursor,
                         (self.config.max_batch, self.max_batch_bytes()),
-                        gap_markers,
+                        (gap_markers, announced.clone()),
                     )
                     .await
                 }
@@ -186,12 +198,12 @@ impl<S: Sink> Forwarder<S> {
                     self.counters.clone(),
                     next,
                     (self.config.max_batch, self.max_batch_bytes()),
-                    gap_markers,
+                    (gap_markers, announced.clone()),
                 )));
             }
             if !items.is_empty() {
                 if let Some(u) = &self.uplink {
-                    u.set_position(cursor, items.first().map(ingest_ms));
+                    u.set_position(cursor, items.first().map(Item::ingest_ms));
                 }
                 let raw: u64 = items.iter().map(|i| raw_size(i) as u64).sum();
                 // Send until acknowledged; a failure retries this same batch.
@@ -219,25 +231,32 @@ impl<S: Sink> Forwarder<S> {
                     match result {
                         Ok(()) => {
                             if let Some(u) = &self.uplink {
-                                if let Some(newest) = items.iter().rev().find_map(|i| match i {
-                                    Item::Reading(r) => Some(r.reading.ingest_ms),
-                                    Item::Gap(_) => None,
-                                }) {
+                                if let Some(newest) = items
+                                    .iter()
+                                    .rev()
+                                    .find_map(|i| i.as_reading().map(|r| r.reading.ingest_ms))
+                                {
                                     u.delivered(Lane::Backlog, newest);
                                 }
                             }
                             tracing::debug!(upstream = %name, items = items.len(), first_seq = cursor, took = ?started.elapsed(), "Batch acknowledged.");
-                            let mut gaps = 0;
-                            for gap in items.iter().filter_map(|item| match item {
-                                Item::Gap(g) => Some(g),
-                                Item::Reading(_) => None,
-                            }) {
-                                gaps += 1;
-                                add(&self.counters.gap_markers_sent, 1);
-                                add(&self.counters.gap_readings, gap.readings());
-                                tracing::info!(upstream = %name, first_seq = gap.first, last_seq = gap.last, "Gap marker delivered: the upstream knows these readings were dropped.");
+                            let mut markers = 0;
+                            for item in &items {
+                                match item {
+                                    Item::Reading(_) => continue,
+                                    Item::Gap(gap) => {
+                                        add(&self.counters.gap_markers_sent, 1);
+                                        add(&self.counters.gap_readings, gap.readings());
+                                        tracing::info!(upstream = %name, first_seq = gap.first, last_seq = gap.last, "Gap marker delivered: the upstream knows these readings were dropped.");
+                                    }
+                                    Item::Thinned(t) => {
+                                        add(&self.counters.thinned_markers_sent, 1);
+                                        tracing::debug!(upstream = %name, first_seq = t.first, last_seq = t.last, factor = t.factor, "Thinned marker delivered.");
+                                    }
+                                }
+                                markers += 1;
                             }
-                            add(&self.counters.sent, (items.len() - gaps) as u64);
+                            add(&self.counters.sent, (items.len() - markers) as u64);
                             add(&self.counters.batches, 1);
                             self.counters
                                 .connected
@@ -328,19 +347,22 @@ impl<S: Sink> Forwarder<S> {
 }
 
 /// Reads the next batch at `cursor`: the decodable records, and the cursor after them.
-/// Gaps (readings removed by `drop-oldest` or `journal.max_age`) and corrupt records are
-/// counted and logged; with `gap_markers`, a gap becomes an [`Item::Gap`] in front of the record after it.
+/// Holes are told as thinning or loss ([`assemble`]); gaps, thinning and corrupt records
+/// are counted and logged; with `markers`, gaps and thinned spans become [`Item::Gap`] and
+/// [`Item::Thinned`] markers in the batch. `announced` is the run's memory of thinned
+/// announcements, shared by the batches it reads one after another.
 async fn read_batch(
     journal: Journal,
     name: String,
     counters: Arc<ForwardCounters>,
     cursor: u64,
     (max, max_bytes): (usize, usize),
-    gap_markers: bool,
+    (markers, announced): (bool, Arc<Mutex<Announced>>),
 ) -> Option<Batch> {
-    let read = tokio::task::spawn_blocking(move || journal.read_from(cursor, max, max_bytes)).await;
-    let items = match read {
-        Ok(Ok(items)) => items,
+    let read =
+        tokio::task::spawn_blocking(move || journal.read_batch(cursor, max, max_bytes)).await;
+    let read = match read {
+        Ok(Ok(read)) => read,
         Ok(Err(e)) => {
             tracing::error!(upstream = %name, error = %e, "Reading the journal failed.");
             return None;
@@ -350,49 +372,49 @@ async fn read_batch(
             return None;
         }
     };
-    let mut next = cursor;
-    let mut batch = Vec::with_capacity(items.len());
-    for item in items {
-        match item {
-            Ok(r) => {
-                if r.seq > next {
-                    let lost = r.seq - next;
-                    add(&counters.lost_to_drop_oldest, lost);
-                    tracing::warn!(upstream = %name, lost, first_seq = next, last_seq = r.seq - 1, "Readings were removed (on_full = \"drop-oldest\" or journal.max_age) before this upstream sent them.");
-                    if gap_markers {
-                        batch.push(Item::Gap(Gap {
-                            first: next,
-                            last: r.seq - 1,
-                            ingest_ms: r.reading.ingest_ms,
-                        }));
-                    }
-                }
-                next = r.seq + 1;
-                batch.push(Item::Reading(r));
-            }
-            Err(e) => {
-                add(&counters.corrupt_skipped, 1);
-                tracing::error!(upstream = %name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
-                next = next.max(e.seq() + 1);
-            }
-        }
-    }
-    Some((batch, next))
+    Some(batch_from(
+        &name,
+        &counters,
+        cursor,
+        read,
+        (markers, &announced),
+    ))
 }
 
-/// The ingest time of an item (a gap's is that of the reading after it).
-fn ingest_ms(item: &Item) -> u64 {
-    match item {
-        Item::Reading(r) => r.reading.ingest_ms,
-        Item::Gap(g) => g.ingest_ms,
+/// The batch a journal read at `cursor` makes ([`assemble`]), with its gaps, thinning and
+/// corrupt records counted and logged.
+fn batch_from(
+    name: &str,
+    counters: &ForwardCounters,
+    cursor: u64,
+    read: ReadBatch,
+    (markers, announced): (bool, &Mutex<Announced>),
+) -> Batch {
+    let batch = {
+        let mut announced = announced.lock().unwrap_or_else(|p| p.into_inner());
+        assemble(cursor, read, &mut announced, markers)
+    };
+    for gap in &batch.gaps {
+        let lost = gap.readings();
+        add(&counters.lost_to_drop_oldest, lost);
+        tracing::warn!(upstream = %name, lost, first_seq = gap.first, last_seq = gap.last, "Readings were removed (on_full = \"drop-oldest\" or journal.max_age) before this upstream sent them.");
     }
+    add(&counters.thinned_readings, batch.thinned);
+    for t in &batch.announced {
+        tracing::info!(upstream = %name, first_seq = t.first, last_seq = t.last, factor = t.factor, marker = markers, "Readings in this span are held at about one in `factor` per topic (on_full = \"thin\"); this upstream gets the ones kept.");
+    }
+    for e in &batch.corrupt {
+        add(&counters.corrupt_skipped, 1);
+        tracing::error!(upstream = %name, error = %e, "Skipping a journal record that fails its checksum; this reading is lost.");
+    }
+    (batch.items, batch.next)
 }
 
 /// The raw bytes of an item for the bandwidth estimate.
 fn raw_size(item: &Item) -> usize {
     match item {
         Item::Reading(r) => live::raw_size(r),
-        Item::Gap(_) => 64,
+        Item::Gap(_) | Item::Thinned(_) => 64,
     }
 }
 

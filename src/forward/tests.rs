@@ -1,4 +1,5 @@
-//! Forwarder unit tests: what a batch read from a real journal holds after removals.
+//! Forwarder unit tests: what a batch read from a real journal holds after removals and
+//! thinning (holes told apart, markers placed).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use bytes::Bytes;
 use super::*;
 use crate::config::JournalConfig;
 use crate::journal::retention::AgeClock;
-use crate::record::{Reading, SourceKind};
+use crate::journal::test_support::thin;
+use crate::journal::ThinnedSpan;
+use crate::record::{Gap, Reading, SourceKind, Thinned};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
 
@@ -33,7 +36,7 @@ async fn batch_of(journal: &Journal, upstream: &str, counters: &Arc<ForwardCount
         counters.clone(),
         cursor,
         (1000, 1 << 20),
-        true,
+        (true, Arc::new(Mutex::new(Announced::default()))),
     )
     .await
     .expect("the journal reads")
@@ -89,4 +92,273 @@ async fn readings_expired_by_max_age_reach_an_upstream_that_had_not_sent_them_as
 
     drop(journal);
     writer.join();
+}
+
+// ---------------------------------------------------------------------------------------
+// Thinning: holes inside a span, and the markers announcing it
+// ---------------------------------------------------------------------------------------
+
+/// Ingest time of reading `n` in the journals below.
+fn at_ms(n: u64) -> u64 {
+    1_800_000_000_000 + n * 1000
+}
+
+/// A journal holding readings 1..=100 (upstream "up" at cursor 1), and its writer.
+async fn hundred() -> (tempfile::TempDir, Journal, crate::journal::WriterHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        dir: dir.path().to_owned(),
+        ..JournalConfig::default()
+    };
+    let (journal, writer) = Journal::open(&config, &["up".to_owned()]).unwrap();
+    journal
+        .append((1..=100).map(|n| reading_at(n, at_ms(n))).collect())
+        .await
+        .unwrap();
+    (dir, journal, writer)
+}
+
+/// Thins `first..=last` of `journal` to one reading in `factor` (keeping `first`, `last`
+/// and every `factor`-th after `first`), and returns the span.
+fn thin_span(journal: &Journal, first: u64, last: u64, factor: u32) -> ThinnedSpan {
+    let step = u64::from(factor);
+    let gone: Vec<u64> = (first + 1..last)
+        .filter(|s| (s - first) % step != 0)
+        .collect();
+    thin(journal, &gone, (first, last, factor)).unwrap()
+}
+
+/// What one forwarder run reads batch after batch.
+struct Run {
+    counters: Arc<ForwardCounters>,
+    announced: Mutex<Announced>,
+    markers: bool,
+}
+
+impl Run {
+    fn new(markers: bool) -> Run {
+        Run {
+            counters: Arc::new(ForwardCounters::default()),
+            announced: Mutex::new(Announced::default()),
+            markers,
+        }
+    }
+
+    /// The batch of at most `max` records at `cursor`, as the forwarder makes it. `spans`
+    /// stand in for the journal's span table while it returns none.
+    fn batch(&self, journal: &Journal, cursor: u64, max: usize, spans: &[ThinnedSpan]) -> Batch {
+        let mut read = journal.read_batch(cursor, max, 1 << 20).unwrap();
+        let last = read.records.last().map(|r| match r {
+            Ok(r) => r.seq,
+            Err(e) => e.seq(),
+        });
+        if read.thinned.is_empty() {
+            if let Some(last) = last {
+                read.thinned = spans
+                    .iter()
+                    .filter(|s| s.last >= cursor && s.first <= last)
+                    .copied()
+                    .collect();
+            }
+        }
+        batch_from(
+            "up",
+            &self.counters,
+            cursor,
+            read,
+            (self.markers, &self.announced),
+        )
+    }
+
+    fn thinned(&self) -> u64 {
+        self.counters.thinned_readings.load(Ordering::Relaxed)
+    }
+
+    fn lost(&self) -> u64 {
+        self.counters.lost_to_drop_oldest.load(Ordering::Relaxed)
+    }
+}
+
+/// The batch as a compact list: `r5` a reading, `g3..4` a gap, `t5..60/2` a marker.
+fn shape(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| match i {
+            Item::Reading(r) => format!("r{}", r.seq),
+            Item::Gap(g) => format!("g{}..{}", g.first, g.last),
+            Item::Thinned(t) => format!("t{}..{}/{}", t.first, t.last, t.factor),
+        })
+        .collect()
+}
+
+fn readings(seqs: impl IntoIterator<Item = u64>) -> Vec<String> {
+    seqs.into_iter().map(|s| format!("r{s}")).collect()
+}
+
+fn marker_of(items: &[Item]) -> Vec<Thinned> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Thinned(t) => Some(*t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_span_ahead_of_the_cursor_is_announced_in_front_of_its_first_reading_and_its_holes_are_not_loss(
+) {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    assert_eq!((span.first_ms, span.last_ms), (at_ms(21), at_ms(60)));
+
+    let run = Run::new(true);
+    let (items, next) = run.batch(&journal, 1, 1000, &[span]);
+    assert_eq!(next, 101);
+    let mut expected = readings(1..=20);
+    expected.push("t21..60/2".to_owned());
+    expected.extend(readings((21..=59).step_by(2)));
+    expected.extend(readings(60..=100));
+    assert_eq!(shape(&items), expected);
+    assert_eq!(
+        marker_of(&items)[0].ingest_ms,
+        at_ms(21),
+        "the marker has the time of the span's first reading"
+    );
+    assert!(
+        items.windows(2).all(|w| w[0].position() < w[1].position()),
+        "positions increase along the batch"
+    );
+    assert_eq!(run.thinned(), 19, "22, 24 … 58");
+    assert_eq!(run.lost(), 0, "thinning is not counted as loss");
+
+    // A sink that wants no markers gets the readings alone; the counting is the same.
+    let quiet = Run::new(false);
+    let (items, _) = quiet.batch(&journal, 1, 1000, &[span]);
+    assert!(items.iter().all(|i| i.as_reading().is_some()));
+    assert_eq!((quiet.thinned(), quiet.lost()), (19, 0));
+
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_span_behind_the_cursor_is_neither_announced_nor_counted() {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    let run = Run::new(true);
+    let (items, next) = run.batch(&journal, 61, 1000, &[span]);
+    assert_eq!(next, 101);
+    assert_eq!(shape(&items), readings(61..=100));
+    assert_eq!((run.thinned(), run.lost()), (0, 0));
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_cursor_inside_a_span_has_it_announced_from_the_cursor_on() {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    let run = Run::new(true);
+    // 30 was thinned away: the hole between the cursor and reading 31 is thinning.
+    let (items, next) = run.batch(&journal, 30, 1000, &[span]);
+    assert_eq!(next, 101);
+    let mut expected = vec!["t30..60/2".to_owned()];
+    expected.extend(readings((31..=59).step_by(2)));
+    expected.extend(readings(60..=100));
+    assert_eq!(shape(&items), expected);
+    assert_eq!(marker_of(&items)[0].ingest_ms, at_ms(31));
+    assert_eq!(run.thinned(), 15, "30, 32 … 58");
+    assert_eq!(run.lost(), 0);
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_batch_ending_mid_span_leaves_the_next_one_unannounced_until_the_run_restarts() {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    let run = Run::new(true);
+    // 20 readings, then 21, 23, 25, 27, 29.
+    let (items, next) = run.batch(&journal, 1, 25, &[span]);
+    assert_eq!(next, 30);
+    assert_eq!(marker_of(&items).len(), 1);
+    assert_eq!(run.thinned(), 4, "22 … 28");
+    // The next batch starts inside the span it was told about: no second marker.
+    let (items, next) = run.batch(&journal, next, 1000, &[span]);
+    assert_eq!(next, 101);
+    assert_eq!(shape(&items)[0], "r31");
+    assert!(marker_of(&items).is_empty());
+    assert_eq!(run.thinned(), 19, "every thinned reading counted once");
+
+    // After a restart the run's memory is gone: the span is announced from the cursor.
+    let restarted = Run::new(true);
+    let (items, _) = restarted.batch(&journal, 30, 1000, &[span]);
+    assert_eq!(shape(&items)[..2], ["t30..60/2", "r31"]);
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_real_gap_beside_a_span_stays_a_gap_and_the_span_is_not_one() {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    // Readings 15..=20 removed whole (drop-oldest or max_age), right before the span.
+    thin(&journal, &[15, 16, 17, 18, 19, 20], (21, 60, 2)).unwrap();
+    let run = Run::new(true);
+    let (items, _) = run.batch(&journal, 1, 1000, &[span]);
+    let mut expected = readings(1..=14);
+    expected.extend(["g15..20".to_owned(), "t21..60/2".to_owned()]);
+    expected.extend(readings((21..=59).step_by(2)));
+    assert_eq!(shape(&items)[..expected.len()], expected[..]);
+    assert_eq!(
+        items[14],
+        Item::Gap(Gap {
+            first: 15,
+            last: 20,
+            ingest_ms: at_ms(21),
+        })
+    );
+    assert!(items.windows(2).all(|w| w[0].position() < w[1].position()));
+    assert_eq!((run.lost(), run.thinned()), (6, 19));
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn two_spans_in_one_batch_are_announced_each_in_front_of_its_own_first_reading() {
+    let (_dir, journal, writer) = hundred().await;
+    let older = thin_span(&journal, 21, 40, 4);
+    let newer = thin_span(&journal, 41, 60, 2);
+    let run = Run::new(true);
+    let (items, next) = run.batch(&journal, 1, 1000, &[older, newer]);
+    assert_eq!(next, 101);
+    let mut expected = readings(1..=20);
+    expected.push("t21..40/4".to_owned());
+    expected.extend(readings([21, 25, 29, 33, 37, 40]));
+    expected.push("t41..60/2".to_owned());
+    expected.extend(readings((41..=59).step_by(2)));
+    expected.extend(readings(60..=100));
+    assert_eq!(shape(&items), expected);
+    assert_eq!(run.thinned(), 14 + 9);
+    assert_eq!(run.lost(), 0);
+    drop(journal);
+    writer.join();
+}
+
+#[test]
+fn a_hole_across_a_span_edge_is_split_into_thinning_and_a_gap() {
+    let span = ThinnedSpan {
+        first: 10,
+        last: 20,
+        factor: 2,
+        first_ms: 0,
+        last_ms: 0,
+    };
+    assert_eq!(
+        assemble::split_hole(5, 25, &[span]),
+        vec![(5, 9, false), (10, 20, true), (21, 25, false)]
+    );
+    assert_eq!(assemble::split_hole(12, 14, &[span]), vec![(12, 14, true)]);
+    assert_eq!(assemble::split_hole(1, 3, &[span]), vec![(1, 3, false)]);
 }

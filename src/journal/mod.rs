@@ -44,6 +44,7 @@ mod commit;
 pub mod retention;
 mod sessions;
 pub mod store;
+pub(crate) mod test_support;
 mod trouble;
 pub mod writer;
 

@@ -70,6 +70,13 @@ pub struct ForwardCounters {
     pub gap_markers_sent: AtomicU64,
     /// Readings those gap markers stand for.
     pub gap_readings: AtomicU64,
+    /// Readings `on_full = "thin"` removed before this upstream sent them (holes inside a
+    /// thinned span: a lower resolution, not a loss), counted as the forwarder reads past
+    /// them.
+    pub thinned_readings: AtomicU64,
+    /// Thinned markers the upstream acknowledged: each announces a span of readings held
+    /// at a lower resolution.
+    pub thinned_markers_sent: AtomicU64,
     /// Bytes tidegate wrote to this upstream's sockets: Kafka requests as sent (compressed,
     /// framed, under TLS as TLS records), for MQTT the encoded PUBLISH packets. What
     /// `bandwidth` limits.

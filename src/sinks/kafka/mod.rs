@@ -35,6 +35,14 @@
 //! and `tidegate-gap` = `first..last`, the inclusive range of readings `drop-oldest` removed
 //! before this upstream sent them.
 //!
+//! A thinned marker ([`Item::Thinned`]) becomes a record with key `$tidegate/thinned`
+//! ([`THINNED_KEY`]), an empty value, the same three headers (`tidegate-seq` = the first
+//! sequence it announces), `tidegate-thinned` = `first..last` (the inclusive range
+//! `on_full = "thin"` holds at a lower resolution) and `tidegate-thin-factor` = `N` (about
+//! one reading in `N` per topic kept), timestamped with the ingest time of the reading it
+//! stands in front of. It goes before the range's first reading this upstream gets, which
+//! may carry the same `tidegate-seq`: a consumer tells them apart by the key.
+//!
 //! # The live lane
 //!
 //! [`KafkaSink::live`] is the same sink for an upstream's live lane: it sends to
@@ -57,8 +65,14 @@
 //! * **Acknowledged means acknowledged.** `send` returns `Ok` only when every record of the
 //!   batch has been acknowledged with `acks=all`; that is the forwarder's only reason to
 //!   advance its cursor.
+//! * **Records are told apart by position.** Every rule below compares an item's
+//!   [`Position`](crate::record::Position): its `tidegate-seq` and whether it is a thinned
+//!   marker, which stands just before the reading of the same number. A marker and a
+//!   reading that share a number are two records, ordered marker first, in the acknowledged
+//!   memory and in the tail read alike (the tail read knows a marker by its
+//!   `tidegate-thinned` header).
 //! * **A retry never resends what was acknowledged.** When some partitions succeed and
-//!   others fail, the acknowledged sequence numbers are remembered for that batch (keyed by
+//!   others fail, the acknowledged positions are remembered for that batch (keyed by
 //!   its first sequence number); the retry of the same batch skips them. What is skipped
 //!   is always a prefix of each key's records, so skipping never reorders. The memory is
 //!   cleared on success and whenever a batch with another first sequence arrives.
@@ -66,9 +80,9 @@
 //! * **Nothing already in the topic is sent again** (exactly once across crashes). Before
 //!   the first send, and after any send whose outcome is unknown (timeout, connection lost,
 //!   any failed produce), the sink reads the tail of every partition
-//!   ([`highest_delivered`]) for the highest `tidegate-seq` carrying this gateway's id
-//!   *and* the journal's epoch, and skips every record at or below it for that partition.
-//!   That is sound because the sink writes each partition in increasing sequence order
+//!   ([`highest_delivered`]) for the highest position carrying this gateway's id *and* the
+//!   journal's epoch, and skips every record at or below it for that partition. That is
+//!   sound because the sink writes each partition in increasing position order
 //!   (see the first rule), so what a partition holds of this journal is a prefix of what
 //!   was meant for it. Produce requests are never retried inside rskafka (the producing
 //!   client has a zero retry deadline), so no request is repeated behind this check, and
@@ -127,9 +141,18 @@ pub const HEADER_GAP: &str = "tidegate-gap";
 /// shared topic can tell a sampled current value from the complete history.
 pub const HEADER_LIVE: &str = "tidegate-live";
 
+/// Header of a thinned marker: `first..last`, the readings `on_full = "thin"` holds at a
+/// lower resolution, from the first this upstream had not sent.
+pub const HEADER_THINNED: &str = "tidegate-thinned";
+/// Header of a thinned marker: `N`, decimal; about one reading in `N` per topic of the
+/// range is held (and delivered).
+pub const HEADER_THIN_FACTOR: &str = "tidegate-thin-factor";
+
 /// Key of the Kafka record that carries a gap. Reserved: ingest refuses every `$` topic, so
 /// no reading has this key.
 pub const GAP_KEY: &str = "$tidegate/gap";
+/// Key of the Kafka record that carries a thinned marker; reserved like [`GAP_KEY`].
+pub const THINNED_KEY: &str = "$tidegate/thinned";
 
 /// Delivers batches to one Kafka topic. See the [module docs](self) for the guarantees.
 pub struct KafkaSink {
@@ -157,11 +180,11 @@ pub struct KafkaSink {
     /// `max_batch` of the upstream: with two batches unconfirmed at most, it bounds how far
     /// back the tail read must look.
     max_batch: usize,
-    /// Per partition, the highest sequence of this gateway and epoch the last tail read
+    /// Per partition, the highest position of this gateway and epoch the last tail read
     /// found there: records at or below it are in the topic already and are skipped.
     /// `None` when the topic's state is unknown (start, after a failure): read the tails
     /// before sending anything.
-    delivered: Option<Vec<Option<u64>>>,
+    delivered: Option<Vec<Option<crate::record::Position>>>,
     /// The upstream's counters, from [`Sink::attach`].
     counters: Option<Arc<ForwardCounters>>,
     /// Since when requests whose outcome is unknown may still be applied by the broker
@@ -259,7 +282,7 @@ impl Sink for KafkaSink {
         let Some(first) = batch.first() else {
             return Ok(());
         };
-        self.acked.start_batch(first.seq());
+        self.acked.start_batch(first.position());
         let partitions = match &self.connection {
             Some(connection) => connection.partitions.clone(),
             None => {

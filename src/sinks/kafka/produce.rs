@@ -16,10 +16,10 @@ use tracing::debug;
 use super::errors::{Failure, Severity};
 use super::{
     partition_for_key, KafkaSink, GAP_KEY, HEADER_EPOCH, HEADER_GAP, HEADER_GATEWAY, HEADER_LIVE,
-    HEADER_SEQ,
+    HEADER_SEQ, HEADER_THINNED, HEADER_THIN_FACTOR, THINNED_KEY,
 };
 use crate::config::Compression;
-use crate::record::Item;
+use crate::record::{Item, Position};
 use crate::sinks::SinkError;
 
 /// Most estimated bytes in one produce request. Brokers refuse a record batch above
@@ -33,27 +33,28 @@ pub(super) const MAX_REQUEST_BYTES: usize = 960 * 1024;
 /// estimate for [`MAX_REQUEST_BYTES`].
 pub(super) const RECORD_OVERHEAD_BYTES: usize = 64;
 
-/// The sequence numbers of one batch the cluster has acknowledged, so the retry of that
-/// batch sends only the rest.
+/// The positions (see [`Position`]) of one batch the cluster has acknowledged, so the retry
+/// of that batch sends only the rest. Keyed by position, not sequence number: a thinned
+/// marker shares its number with the reading after it.
 #[derive(Debug, Default)]
 pub(super) struct AckedMemory {
-    /// First sequence number of the batch the set belongs to.
-    pub(super) batch_first_seq: Option<u64>,
-    /// Acknowledged sequence numbers of that batch.
-    pub(super) seqs: HashSet<u64>,
+    /// Where the batch the set belongs to starts.
+    pub(super) batch_first: Option<Position>,
+    /// Acknowledged positions of that batch.
+    pub(super) seqs: HashSet<Position>,
 }
 
 impl AckedMemory {
-    /// Forgets everything unless `first_seq` starts the batch the memory belongs to.
-    pub(super) fn start_batch(&mut self, first_seq: u64) {
-        if self.batch_first_seq != Some(first_seq) {
-            self.batch_first_seq = Some(first_seq);
+    /// Forgets everything unless `first` starts the batch the memory belongs to.
+    pub(super) fn start_batch(&mut self, first: Position) {
+        if self.batch_first != Some(first) {
+            self.batch_first = Some(first);
             self.seqs.clear();
         }
     }
 
     pub(super) fn clear(&mut self) {
-        self.batch_first_seq = None;
+        self.batch_first = None;
         self.seqs.clear();
     }
 }
@@ -81,7 +82,7 @@ impl KafkaSink {
                         if live {
                             record.headers.insert(HEADER_LIVE.to_owned(), b"1".to_vec());
                         }
-                        (item.seq(), record)
+                        (item.position(), record)
                     })
                     .collect();
                 produce_partition(
@@ -119,7 +120,7 @@ impl KafkaSink {
         failures.sort_by_key(|(_, _, f)| f.verdict().severity != Severity::Fatal);
         let acked = batch
             .iter()
-            .filter(|item| self.acked.seqs.contains(&item.seq()))
+            .filter(|item| self.acked.seqs.contains(&item.position()))
             .count();
         let failed = failures.len();
         let Some((partition, unacked, failure)) = failures.into_iter().next() else {
@@ -146,29 +147,34 @@ impl KafkaSink {
 /// in `acked`.
 pub(super) fn plan<'a>(
     batch: &'a [Item],
-    acked: &HashSet<u64>,
+    acked: &HashSet<Position>,
     partitions: usize,
 ) -> Vec<Vec<&'a Item>> {
     let mut plan = vec![Vec::new(); partitions.max(1)];
-    for item in batch.iter().filter(|item| !acked.contains(&item.seq())) {
+    for item in batch
+        .iter()
+        .filter(|item| !acked.contains(&item.position()))
+    {
         let partition = partition_for_key(key(item), partitions);
         plan[partition].push(item);
     }
     plan
 }
 
-/// The Kafka key of an item: a reading's topic, or [`GAP_KEY`] for a gap. It decides the
-/// partition, so every gap of this journal goes to one partition, in order.
+/// The Kafka key of an item: a reading's topic, [`GAP_KEY`] for a gap, [`THINNED_KEY`] for
+/// a thinned marker. It decides the partition, so every gap of this journal goes to one
+/// partition, in order, and every thinned marker to one.
 pub(super) fn key(item: &Item) -> &[u8] {
     match item {
         Item::Reading(r) => r.reading.topic.as_bytes(),
         Item::Gap(_) => GAP_KEY.as_bytes(),
+        Item::Thinned(_) => THINNED_KEY.as_bytes(),
     }
 }
 
 /// Splits one partition's records into produce requests of at most [`MAX_REQUEST_BYTES`]
 /// (estimated); a single larger record goes alone and the broker decides.
-pub(super) fn chunk(records: Vec<(u64, KafkaRecord)>) -> Vec<Vec<(u64, KafkaRecord)>> {
+pub(super) fn chunk(records: Vec<(Position, KafkaRecord)>) -> Vec<Vec<(Position, KafkaRecord)>> {
     let mut chunks = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
@@ -190,8 +196,8 @@ pub(super) fn chunk(records: Vec<(u64, KafkaRecord)>) -> Vec<Vec<(u64, KafkaReco
 /// What happened to one partition's share of a batch.
 pub(super) struct PartitionOutcome {
     partition: usize,
-    /// Sequence numbers the broker acknowledged.
-    acked: Vec<u64>,
+    /// Positions the broker acknowledged.
+    acked: Vec<Position>,
     /// Records not acknowledged (the failed request and every later one).
     unacked: usize,
     failure: Option<Failure>,
@@ -202,14 +208,14 @@ pub(super) struct PartitionOutcome {
 pub(super) async fn produce_partition(
     partition: usize,
     client: Arc<PartitionClient>,
-    records: Vec<(u64, KafkaRecord)>,
+    records: Vec<(Position, KafkaRecord)>,
     compression: KafkaCompression,
     timeout: Duration,
 ) -> PartitionOutcome {
     let total = records.len();
     let mut acked = Vec::with_capacity(total);
     for chunk in chunk(records) {
-        let (seqs, records): (Vec<u64>, Vec<KafkaRecord>) = chunk.into_iter().unzip();
+        let (seqs, records): (Vec<Position>, Vec<KafkaRecord>) = chunk.into_iter().unzip();
         let count = records.len();
         let failure =
             match tokio::time::timeout(timeout, client.produce(records, compression)).await {
@@ -244,7 +250,8 @@ pub(super) async fn produce_partition(
 
 /// Maps one batch item to the Kafka record tidegate sends: a reading keyed by its topic
 /// with its payload as value; a gap keyed [`GAP_KEY`] with an empty value and the range in
-/// the [`HEADER_GAP`] header as `first..last`.
+/// the [`HEADER_GAP`] header as `first..last`; a thinned marker keyed [`THINNED_KEY`] with
+/// an empty value, the range in [`HEADER_THINNED`] and the factor in [`HEADER_THIN_FACTOR`].
 pub(super) fn to_kafka_record(item: &Item, gateway_id: &str, epoch: Option<u64>) -> KafkaRecord {
     let mut headers = BTreeMap::new();
     headers.insert(HEADER_GATEWAY.to_owned(), gateway_id.as_bytes().to_vec());
@@ -258,6 +265,17 @@ pub(super) fn to_kafka_record(item: &Item, gateway_id: &str, epoch: Option<u64>)
             headers.insert(
                 HEADER_GAP.to_owned(),
                 format!("{}..{}", g.first, g.last).into_bytes(),
+            );
+            Vec::new()
+        }
+        Item::Thinned(t) => {
+            headers.insert(
+                HEADER_THINNED.to_owned(),
+                format!("{}..{}", t.first, t.last).into_bytes(),
+            );
+            headers.insert(
+                HEADER_THIN_FACTOR.to_owned(),
+                t.factor.to_string().into_bytes(),
             );
             Vec::new()
         }

@@ -1,8 +1,8 @@
 //! The tail read that makes delivery into Kafka exactly once: before the first send, and
 //! after any send of unknown outcome, the sink reads the end of every partition for the
-//! highest `tidegate-seq` under this gateway's id and the journal's epoch, and skips what
-//! is at or below it. It keeps *nothing already in the topic is sent again* (see the
-//! [module docs](super)).
+//! highest position (`tidegate-seq`, and whether the record is a thinned marker) under this
+//! gateway's id and the journal's epoch, and skips what is at or below it. It keeps
+//! *nothing already in the topic is sent again* (see the [module docs](super)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,10 @@ use rskafka::record::Record as KafkaRecord;
 use tracing::{debug, info};
 
 use super::produce::key;
-use super::{partition_for_key, KafkaSink, HEADER_EPOCH, HEADER_GATEWAY, HEADER_SEQ};
-use crate::record::Item;
+use super::{
+    partition_for_key, KafkaSink, HEADER_EPOCH, HEADER_GATEWAY, HEADER_SEQ, HEADER_THINNED,
+};
+use crate::record::{Item, Position, Slot};
 use crate::sinks::SinkError;
 use crate::telemetry::add;
 
@@ -66,8 +68,8 @@ impl KafkaSink {
                 .get(p)
                 .copied()
                 .flatten()
-                .is_some_and(|d| item.seq() <= d)
-                && self.acked.seqs.insert(item.seq())
+                .is_some_and(|d| item.position() <= d)
+                && self.acked.seqs.insert(item.position())
             {
                 skipped += 1;
             }
@@ -80,12 +82,12 @@ impl KafkaSink {
         }
     }
 
-    /// The highest sequence of this gateway and epoch in each partition; see the module
+    /// The highest position of this gateway and epoch in each partition; see the module
     /// docs. A failure drops the connection, like a failed produce.
     pub(super) async fn read_tails(
         &mut self,
         partitions: &[Arc<PartitionClient>],
-    ) -> Result<Vec<Option<u64>>, SinkError> {
+    ) -> Result<Vec<Option<Position>>, SinkError> {
         let Some(epoch) = self.epoch else {
             return Ok(vec![None; partitions.len()]);
         };
@@ -108,7 +110,8 @@ impl KafkaSink {
         let outcome = futures::future::try_join_all(reads).await;
         match outcome {
             Ok(found) => {
-                info!(upstream = %self.target.upstream, epoch, highest_delivered = ?found, took = ?started.elapsed(), "Read the topic's tail: records at or below these sequences (per partition) are there already and will not be sent again.");
+                let seqs: Vec<Option<u64>> = found.iter().map(|p| p.map(|p| p.seq)).collect();
+                info!(upstream = %self.target.upstream, epoch, highest_delivered = ?seqs, took = ?started.elapsed(), "Read the topic's tail: records at or below these sequences (per partition) are there already and will not be sent again.");
                 Ok(found)
             }
             Err(e) => {
@@ -122,8 +125,9 @@ impl KafkaSink {
 /// Whose a Kafka record is, as far as de-duplication cares.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Owner {
-    /// This gateway and epoch, with its sequence number.
-    Ours(u64),
+    /// This gateway and epoch, with its position: its sequence number, and whether it is
+    /// a thinned marker (which stands just before a reading of the same number).
+    Ours(Position),
     /// This gateway under another epoch (or none: an older build). Epochs of one gateway
     /// follow each other in time, so nothing of the current epoch lies before it.
     OurGatewayEarlier,
@@ -148,22 +152,29 @@ pub(super) fn owner(record: &KafkaRecord, gateway: &str, epoch: u64) -> Owner {
         .get(HEADER_SEQ)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
     {
-        Some(seq) => Owner::Ours(seq),
+        Some(seq) => Owner::Ours(Position {
+            seq,
+            slot: if record.headers.contains_key(HEADER_THINNED) {
+                Slot::Thinned
+            } else {
+                Slot::Record
+            },
+        }),
         None => Owner::Other,
     }
 }
 
 /// Reads one partition backwards from its end, in growing windows, for the highest
-/// `tidegate-seq` of `gateway` under `epoch`. Stops at the first window holding one (the
-/// partition holds this journal's records in sequence order, so the newest is the
-/// highest), at a record of this gateway under an earlier epoch, at the partition's start,
+/// position (`tidegate-seq`, a thinned marker before a reading of the same number) of
+/// `gateway` under `epoch`. Stops at the first window holding one (the partition holds
+/// this journal's records in position order, so the newest is the highest), at a record of this gateway under an earlier epoch, at the partition's start,
 /// or `limit` records back (`None` then: nothing of ours within reach).
 pub async fn highest_delivered(
     client: &PartitionClient,
     gateway: &str,
     epoch: u64,
     limit: i64,
-) -> Result<Option<u64>, KafkaError> {
+) -> Result<Option<Position>, KafkaError> {
     let latest = client.get_offset(OffsetAt::Latest).await?;
     let start_offset = client.get_offset(OffsetAt::Earliest).await?;
     // The high watermark a fetch reports is the authority: Tansu answers ListOffsets
@@ -178,7 +189,7 @@ pub async fn highest_delivered(
     while end > floor {
         let start = end.saturating_sub(window).max(floor);
         let mut offset = start;
-        let mut highest: Option<u64> = None;
+        let mut highest: Option<Position> = None;
         let mut earlier_epoch = false;
         while offset < end {
             let (records, _) = client

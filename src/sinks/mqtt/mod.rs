@@ -18,6 +18,11 @@
 //! | user property `tidegate-gateway` (MQTT 5) | the gateway id                         |
 //! | user property `tidegate-seq` (MQTT 5)     | the journal sequence, decimal ASCII    |
 //!
+//! The bridge has no marker record: it asks for no gap or thinned markers
+//! ([`Sink::wants_gap_markers`] is false), so readings removed by drop-oldest or
+//! `max_age`, and readings thinning removed, are counted and logged by the forwarder only;
+//! a consumer sees the `tidegate-seq` numbers skip.
+//!
 //! # The live lane
 //!
 //! [`MqttSink::live`] is the same sink for an upstream's live lane: topic
@@ -89,9 +94,9 @@ pub struct MqttSink {
     ctx: Ctx,
     /// The live connection; `None` before the first send and after any failure.
     conn: Option<Connection>,
-    /// First sequence of the batch being retried and how many of its records (from the
-    /// front) the broker already acknowledged.
-    acked: Option<(u64, usize)>,
+    /// Where the batch being retried starts and how many of its records (from the front)
+    /// the broker already acknowledged.
+    acked: Option<(crate::record::Position, usize)>,
     /// Connections made, for the log: the first is logged at INFO, reconnects at DEBUG
     /// (the forwarder logs the outage and the recovery).
     connects: u64,
@@ -282,9 +287,9 @@ impl Ctx {
             while queued < todo.len() && queued - acked_count < window {
                 let r: &Record = match &todo[queued] {
                     Item::Reading(r) => r,
-                    // The bridge has no gap record of its own (it does not ask for gap
-                    // markers): nothing to publish, so nothing to wait for.
-                    Item::Gap(_) => {
+                    // The bridge has no marker record of its own (it asks for no gap or
+                    // thinned markers): nothing to publish, so nothing to wait for.
+                    Item::Gap(_) | Item::Thinned(_) => {
                         acked[queued] = true;
                         acked_count += 1;
                         queued += 1;
@@ -412,7 +417,7 @@ impl Sink for MqttSink {
             return Ok(());
         };
         let skip = match self.acked {
-            Some((seq, n)) if seq == first.seq() => n.min(batch.len()),
+            Some((at, n)) if at == first.position() => n.min(batch.len()),
             _ => 0,
         };
         // A connection that failed while idle (the broker restarted, say) is replaced
@@ -437,7 +442,7 @@ impl Sink for MqttSink {
             Some(e) => {
                 // Dropping `conn` closes the socket and forgets whatever rumqttc still
                 // held for this connection (see the module docs).
-                self.acked = Some((first.seq(), skip + done));
+                self.acked = Some((first.position(), skip + done));
                 Err(e)
             }
         }

@@ -24,7 +24,7 @@ use super::produce::*;
 use super::tail::*;
 use super::*;
 use crate::config::{Compression, UpstreamConfig, UpstreamKind};
-use crate::record::{Gap, Item, Reading, Record, SourceKind};
+use crate::record::{Gap, Item, Position, Reading, Record, Slot, SourceKind, Thinned};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -48,6 +48,14 @@ fn upstream(broker: &str, topic: &str) -> UpstreamConfig {
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
         ..UpstreamConfig::new("test-cluster", UpstreamKind::Kafka)
+    }
+}
+
+/// Where a reading (or gap) of sequence `seq` stands.
+fn at(seq: u64) -> Position {
+    Position {
+        seq,
+        slot: Slot::Record,
     }
 }
 

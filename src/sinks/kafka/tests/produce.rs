@@ -56,8 +56,13 @@ fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
     let b = items(&batch(500, 60, &keys));
     let first = plan(&b, &HashSet::new(), 3);
     // Partition 0 was acknowledged in full, partition 1 half of it, partition 2 not at all.
-    let mut acked: HashSet<u64> = first[0].iter().map(|r| r.seq()).collect();
-    acked.extend(first[1].iter().take(first[1].len() / 2).map(|r| r.seq()));
+    let mut acked: HashSet<Position> = first[0].iter().map(|r| r.position()).collect();
+    acked.extend(
+        first[1]
+            .iter()
+            .take(first[1].len() / 2)
+            .map(|r| r.position()),
+    );
 
     let retry = plan(&b, &acked, 3);
     assert!(
@@ -77,7 +82,7 @@ fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
         retry[2].iter().map(|r| r.seq()).collect::<Vec<_>>(),
         first[2].iter().map(|r| r.seq()).collect::<Vec<_>>()
     );
-    let resent: HashSet<u64> = retry.iter().flatten().map(|r| r.seq()).collect();
+    let resent: HashSet<Position> = retry.iter().flatten().map(|r| r.position()).collect();
     assert!(
         resent.is_disjoint(&acked),
         "nothing acknowledged is sent twice"
@@ -87,29 +92,29 @@ fn a_retry_skips_what_was_acknowledged_and_keeps_every_keys_order() {
 #[test]
 fn the_acknowledged_memory_is_forgotten_when_a_new_batch_arrives() {
     let mut memory = AckedMemory::default();
-    memory.start_batch(10);
-    memory.seqs.extend([10, 11, 12]);
-    memory.start_batch(10);
+    memory.start_batch(at(10));
+    memory.seqs.extend([at(10), at(11), at(12)]);
+    memory.start_batch(at(10));
     assert_eq!(
         memory.seqs.len(),
         3,
         "a retry of the same batch keeps the memory"
     );
-    memory.start_batch(13);
+    memory.start_batch(at(13));
     assert!(
         memory.seqs.is_empty(),
         "a new batch starts with nothing acknowledged"
     );
-    assert_eq!(memory.batch_first_seq, Some(13));
+    assert_eq!(memory.batch_first, Some(at(13)));
 }
 
 #[test]
 fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit() {
     let payload = Bytes::from(vec![b'x'; 100 * 1024]);
-    let records: Vec<(u64, KafkaRecord)> = (0..25)
+    let records: Vec<(Position, KafkaRecord)> = (0..25)
         .map(|seq| {
             (
-                seq,
+                at(seq),
                 to_kafka_record(
                     &Item::Reading(record(seq, "k", payload.clone())),
                     GATEWAY,
@@ -120,7 +125,7 @@ fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit(
         .collect();
     let chunks = chunk(records);
     assert!(chunks.len() > 1);
-    let flattened: Vec<u64> = chunks.iter().flatten().map(|(s, _)| *s).collect();
+    let flattened: Vec<u64> = chunks.iter().flatten().map(|(s, _)| s.seq).collect();
     assert_eq!(
         flattened,
         (0..25).collect::<Vec<_>>(),
@@ -135,7 +140,7 @@ fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit(
     }
     // A record above the limit still goes, alone.
     let huge = vec![(
-        0,
+        at(0),
         to_kafka_record(
             &Item::Reading(record(0, "k", vec![0u8; 2 << 20])),
             GATEWAY,
@@ -175,6 +180,69 @@ fn a_gap_marker_maps_to_the_reserved_key_an_empty_value_and_the_gap_header() {
         Some(EPOCH),
     );
     assert!(!plain.headers.contains_key(HEADER_GAP));
+}
+
+#[test]
+fn a_thinned_marker_maps_to_the_reserved_key_an_empty_value_and_its_range_and_factor() {
+    let marker = Item::Thinned(Thinned {
+        first: 17,
+        last: 940,
+        factor: 8,
+        ingest_ms: 1_764_000_000_000,
+    });
+    let k = to_kafka_record(&marker, GATEWAY, Some(EPOCH));
+    assert_eq!(k.key.as_deref(), Some(&b"$tidegate/thinned"[..]));
+    assert_eq!(k.value.as_deref(), Some(&b""[..]));
+    assert_eq!(k.timestamp.timestamp_millis(), 1_764_000_000_000);
+    let header = |n: &str| {
+        k.headers
+            .get(n)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header(HEADER_THINNED).as_deref(), Some("17..940"));
+    assert_eq!(header(HEADER_THIN_FACTOR).as_deref(), Some("8"));
+    assert_eq!(
+        header(HEADER_SEQ).as_deref(),
+        Some("17"),
+        "the first sequence it announces"
+    );
+    assert_eq!(header(HEADER_EPOCH).as_deref(), Some("4242"));
+    assert_eq!(header(HEADER_GATEWAY).as_deref(), Some(GATEWAY));
+    assert!(!k.headers.contains_key(HEADER_GAP));
+    let plain = to_kafka_record(
+        &Item::Reading(record(17, "dev/1", "x")),
+        GATEWAY,
+        Some(EPOCH),
+    );
+    assert!(!plain.headers.contains_key(HEADER_THINNED));
+    assert!(!plain.headers.contains_key(HEADER_THIN_FACTOR));
+}
+
+#[test]
+fn a_marker_acknowledged_alone_does_not_hide_the_reading_of_its_sequence_from_the_retry() {
+    // One partition: the marker and the reading it announces share it and a sequence.
+    let marker = Item::Thinned(Thinned {
+        first: 5,
+        last: 90,
+        factor: 2,
+        ingest_ms: 0,
+    });
+    let b = vec![
+        Item::Reading(record(4, "dev/1", "x")),
+        marker,
+        Item::Reading(record(5, "dev/1", "x")),
+        Item::Reading(record(7, "dev/1", "x")),
+    ];
+    let acked: HashSet<Position> = b[..2].iter().map(Item::position).collect();
+    let retry = plan(&b, &acked, 1);
+    assert_eq!(
+        retry[0]
+            .iter()
+            .map(|i| (i.seq(), i.as_reading().is_some()))
+            .collect::<Vec<_>>(),
+        vec![(5, true), (7, true)],
+        "the reading 5 goes; the marker 5 does not go again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ fn only_records_of_this_gateway_and_epoch_count_as_ours() {
         GATEWAY,
         Some(EPOCH),
     );
-    assert_eq!(owner(&r, GATEWAY, EPOCH), Owner::Ours(9));
+    assert_eq!(owner(&r, GATEWAY, EPOCH), Owner::Ours(at(9)));
     assert_eq!(owner(&r, GATEWAY, EPOCH + 1), Owner::OurGatewayEarlier);
     assert_eq!(owner(&r, "gw-other", EPOCH), Owner::Other);
     r.headers.remove(HEADER_EPOCH);
@@ -19,6 +19,31 @@ fn only_records_of_this_gateway_and_epoch_count_as_ours() {
         Owner::OurGatewayEarlier,
         "an older build"
     );
+}
+
+#[test]
+fn a_thinned_marker_of_ours_stands_just_before_the_reading_of_its_sequence() {
+    let marker = to_kafka_record(
+        &Item::Thinned(Thinned {
+            first: 9,
+            last: 20,
+            factor: 4,
+            ingest_ms: 0,
+        }),
+        GATEWAY,
+        Some(EPOCH),
+    );
+    let Owner::Ours(m) = owner(&marker, GATEWAY, EPOCH) else {
+        panic!("a marker of this gateway and epoch is ours")
+    };
+    assert_eq!(
+        m,
+        Position {
+            seq: 9,
+            slot: Slot::Thinned
+        }
+    );
+    assert!(m < at(9) && m > at(8));
 }
 
 /// Every record of `topic` (all partitions): per partition, the sequence numbers of
@@ -36,7 +61,7 @@ async fn ours_by_partition(
         out.push(
             read.iter()
                 .filter_map(|r| match owner(r, gateway, epoch) {
-                    Owner::Ours(seq) => Some(seq),
+                    Owner::Ours(p) => Some(p.seq),
                     _ => None,
                 })
                 .collect(),
@@ -102,6 +127,85 @@ async fn after_a_restart_records_already_in_the_topic_are_skipped_and_the_rest_a
         (1..=400).collect::<Vec<_>>(),
         "every record exactly once"
     );
+}
+
+/// Readings 1..=40 with 11..=30 thinned to every other one, a marker announcing 11..30 in
+/// front of reading 11, as the forwarder sends them.
+fn thinned_batch(keys: &[String]) -> Vec<Item> {
+    let mut out = Vec::new();
+    for r in journal(1, 40, keys) {
+        if (11..=30).contains(&r.seq) && r.seq % 2 == 0 {
+            continue;
+        }
+        if r.seq == 11 {
+            out.push(Item::Thinned(Thinned {
+                first: 11,
+                last: 30,
+                factor: 2,
+                ingest_ms: r.reading.ingest_ms,
+            }));
+        }
+        out.push(Item::Reading(r));
+    }
+    out
+}
+
+/// The records of ours in `topic`'s one partition, as (seq, is a thinned marker).
+async fn ours_with_markers(broker: &str, topic: &str) -> Vec<(u64, bool)> {
+    read_partition(broker, topic, 0)
+        .await
+        .iter()
+        .filter_map(|r| match owner(r, GATEWAY, EPOCH) {
+            Owner::Ours(p) => Some((p.seq, p.slot == Slot::Thinned)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_between_a_marker_and_its_reading_both_arrive_exactly_once() {
+    let tansu = Tansu::start().expect("tansu starts");
+    // One partition, so the marker and the reading sharing its sequence sit side by side.
+    let config = upstream(&tansu.addr(), "thinned");
+    let keys = vec!["dev/1".to_owned(), "dev/2".to_owned()];
+    let whole = thinned_batch(&keys);
+    let marker_at = whole
+        .iter()
+        .position(|i| matches!(i, Item::Thinned(_)))
+        .expect("the batch has a marker");
+    // Before the "crash", the batch got as far as the marker, not the reading 11 after it.
+    let mut before = KafkaSink::new(&config, GATEWAY);
+    counters_of(&mut before, EPOCH);
+    before.send(&whole[..=marker_at]).await.expect("delivered");
+    drop(before);
+
+    // After the restart the whole batch is sent again: only the reading 11 and later go.
+    let mut after = KafkaSink::new(&config, GATEWAY);
+    let counters = counters_of(&mut after, EPOCH);
+    after.send(&whole).await.expect("delivered");
+    assert_eq!(
+        crate::telemetry::get(&counters.duplicates_skipped),
+        marker_at as u64 + 1
+    );
+    let expected: Vec<(u64, bool)> = whole
+        .iter()
+        .map(|i| (i.seq(), matches!(i, Item::Thinned(_))))
+        .collect();
+    assert_eq!(
+        ours_with_markers(&tansu.addr(), "thinned").await,
+        expected,
+        "every reading and the marker exactly once, the marker just before reading 11"
+    );
+
+    // A crash after the reading 11 too: nothing of the batch goes again.
+    let mut again = KafkaSink::new(&config, GATEWAY);
+    let counters = counters_of(&mut again, EPOCH);
+    again.send(&whole).await.expect("delivered");
+    assert_eq!(
+        crate::telemetry::get(&counters.duplicates_skipped),
+        whole.len() as u64
+    );
+    assert_eq!(ours_with_markers(&tansu.addr(), "thinned").await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +294,7 @@ async fn the_tail_read_steps_over_others_records_up_to_its_limit_and_no_further(
         highest_delivered(&client, GATEWAY, EPOCH, 1000)
             .await
             .expect("tail read"),
-        Some(30)
+        Some(at(30))
     );
     assert_eq!(
         highest_delivered(&client, GATEWAY, EPOCH, 400)
