@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, OnFull};
 use crate::http::StatusSnapshot;
 use crate::journal::Summary;
 
@@ -225,6 +225,18 @@ pub fn render(
             summary.expired_total
         );
     }
+    if summary.thinned_total > 0
+        || !summary.thinned.is_empty()
+        || config.journal.on_full == OnFull::Thin
+    {
+        let held = crate::http::resolution::describe(&summary.thinned)
+            .unwrap_or_else(|| "the history held is at full resolution".to_owned());
+        let _ = writeln!(
+            s,
+            "thinned   {} readings removed by on_full = \"thin\"; {held}",
+            summary.thinned_total
+        );
+    }
     if summary.upstreams.is_empty() {
         let _ = writeln!(
             s,
@@ -287,6 +299,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::ThinnedSpan;
 
     fn summary(expired_total: u64) -> Summary {
         Summary {
@@ -327,6 +340,45 @@ mod tests {
         let text = render_with(&summary(7), &config);
         assert!(
             text.contains("expired   7 readings removed by journal.max_age (unset now)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_resolution_of_the_history_held() {
+        let mut config = Config::default();
+        assert!(
+            !render_with(&summary(0), &config).contains("thinned"),
+            "drop-oldest, nothing thinned: no line"
+        );
+        config.journal.on_full = OnFull::Thin;
+        let text = render_with(&summary(0), &config);
+        assert!(
+            text.contains(
+                "thinned   0 readings removed by on_full = \"thin\"; the history held is at full resolution"
+            ),
+            "{text}"
+        );
+        let hour: u64 = 3_600_000;
+        let span = |first, first_h, last_h, factor| ThinnedSpan {
+            first,
+            last: first + 999,
+            factor,
+            first_ms: 1_800_000_000_000 + first_h * hour,
+            last_ms: 1_800_000_000_000 + last_h * hour,
+        };
+        let thinned = Summary {
+            thinned_total: 1234,
+            thinned: vec![span(1, 0, 4, 8), span(1001, 4, 6, 8), span(2001, 6, 8, 2)],
+            ..summary(0)
+        };
+        // Spans held speak even once on_full is set back to drop-oldest.
+        config.journal.on_full = OnFull::DropOldest;
+        let text = render_with(&thinned, &config);
+        assert!(
+            text.contains(
+                "thinned   1234 readings removed by on_full = \"thin\"; oldest 6h at 1/8, then 2h at 1/2"
+            ),
             "{text}"
         );
     }

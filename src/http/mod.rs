@@ -29,6 +29,7 @@
 
 pub mod history;
 pub mod metrics;
+pub mod resolution;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -44,7 +45,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::journal::{Journal, Summary};
+use crate::journal::{Journal, Summary, ThinnedSpan};
 use crate::telemetry::{
     get as read, ForwardCounters, IngestCounters, ModbusCounters, MqttSubscribeCounters,
     SerialCounters,
@@ -472,6 +473,17 @@ pub struct JournalStatus {
     /// Readings removed for `journal.max_age` since start (absent from daemons without it).
     #[serde(default)]
     pub expired_total: u64,
+    /// Readings removed by `on_full = "thin"` since start (absent from daemons without it).
+    #[serde(default)]
+    pub thinned_total: u64,
+    /// The thinned spans held, oldest first (empty when the journal could not be read, or
+    /// from daemons without thinning).
+    #[serde(default)]
+    pub thinned: Vec<ThinnedSpan>,
+    /// The resolution of the history held, in words ([`resolution::describe`]); absent
+    /// while no span is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
     pub failed: bool,
 }
 
@@ -511,6 +523,10 @@ pub struct UpstreamStatus {
     pub sent_total: u64,
     pub failures_total: u64,
     pub retries_total: u64,
+    /// Readings `on_full = "thin"` removed before it had them (absent from daemons without
+    /// thinning).
+    #[serde(default)]
+    pub thinned_readings_total: u64,
     /// Records delivered per second over the last sample interval.
     pub sent_per_s: Option<f64>,
     /// While it is failing, the last attempt's error (TLS, login, unreachable, …).
@@ -558,6 +574,7 @@ impl StatusSnapshot {
                     sent_total: read(&u.counters.sent),
                     failures_total: read(&u.counters.failures),
                     retries_total: read(&u.counters.retries),
+                    thinned_readings_total: read(&u.counters.thinned_readings),
                     sent_per_s: sample.map(|s| s.sent_per_s),
                     last_error: u.counters.last_error.lock().ok().and_then(|e| e.clone()),
                     uplink: uplink::UplinkStatus::read(
@@ -588,6 +605,9 @@ impl StatusSnapshot {
                 rejected_full_total: read(&c.rejected_full),
                 dropped_full_total: read(&c.dropped_full),
                 expired_total: read(&c.expired),
+                thinned_total: read(&c.thinned),
+                thinned: summary.map(|s| s.thinned.clone()).unwrap_or_default(),
+                resolution: summary.and_then(|s| resolution::describe(&s.thinned)),
                 failed: sources.journal.is_failed(),
             },
             ingest: IngestStatus {

@@ -105,10 +105,13 @@ impl SinkError {
 
 /// One upstream protocol.
 pub trait Sink: Send {
-    /// Delivers `batch` — items in journal order: readings with contiguous sequence
-    /// numbers, and a [`Gap`](crate::record::Gap) in place of readings removed before this
-    /// upstream had them (only for a sink that [wants them](Sink::wants_gap_markers)) —
-    /// and resolves once the upstream has acknowledged all of them.
+    /// Delivers `batch` — items in journal order (increasing
+    /// [`Position`](crate::record::Position)): readings, a [`Gap`](crate::record::Gap) in
+    /// place of readings removed before this upstream had them, and a
+    /// [`Thinned`](crate::record::Thinned) marker in front of the first reading of a span
+    /// kept at a lower resolution (markers only for a sink that
+    /// [wants them](Sink::wants_gap_markers)) — and resolves once the upstream has
+    /// acknowledged all of them.
     ///
     /// On error the forwarder calls `send` again with the *same* batch before anything
     /// later. A sink may remember which part of that batch was already acknowledged and
@@ -121,10 +124,11 @@ pub trait Sink: Send {
     /// upstream's counters. A sink that de-duplicates after a restart needs the epoch.
     fn attach(&mut self, _attachment: Attachment) {}
 
-    /// Whether the forwarder should put a gap marker ([`Item::Gap`]) into
-    /// a batch where `drop-oldest` removed readings this upstream had not sent. A sink
-    /// that says yes must deliver the marker as its protocol's explicit gap record; others
-    /// see only readings.
+    /// Whether the forwarder should put markers into a batch: a gap marker ([`Item::Gap`])
+    /// where `drop-oldest` or `max_age` removed readings this upstream had not sent, and a
+    /// thinned marker ([`Item::Thinned`]) in front of a span `on_full = "thin"` holds at a
+    /// lower resolution. A sink that says yes must deliver each as its protocol's explicit
+    /// marker record; others see only readings (the forwarder counts and logs the rest).
     fn wants_gap_markers(&self) -> bool {
         false
     }

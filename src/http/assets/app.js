@@ -130,6 +130,14 @@
     setText("journal-records", fmtInt(s.journal.records));
     setText("journal-bytes", fmtBytes(s.journal.bytes_held));
     setText("journal-max", fmtBytes(s.journal.max_size));
+    // The resolution of the history held, once on_full = "thin" has thinned some of it.
+    var resolution = $("journal-resolution");
+    if (resolution && s.journal.resolution) {
+      resolution.textContent = "thinned: " + s.journal.resolution;
+      resolution.hidden = false;
+    } else if (resolution) {
+      resolution.hidden = true;
+    }
     setText("mqtt-connections", fmtInt(s.ingest.mqtt_connections));
 
     var held = s.journal.records || 0;

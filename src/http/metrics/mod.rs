@@ -18,10 +18,10 @@
 //! | `tidegate_mqtt_connections_accepted_total`, `…_refused_total` | counter | — |
 //! | `tidegate_mqtt_auth_refused_total` | counter | `reason` (bad_credentials, not_authorized, client_id, subscribe, revoked) |
 //! | `tidegate_journal_records`, `tidegate_journal_bytes`, `tidegate_journal_max_bytes`, `tidegate_journal_disk_bytes` | gauge | — |
-//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_expired_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
+//! | `tidegate_journal_appended_total`, `…_commits_total`, `…_rejected_full_total`, `…_dropped_full_total`, `…_expired_total`, `…_thinned_total`, `…_trimmed_total`, `…_refused_unwritable_total`, `…_reopens_total` | counter | — |
 //! | `tidegate_journal_commit_duration_seconds` | histogram | — (write transaction, including its sync) |
 //! | `tidegate_journal_failed` | gauge | — 1 after an LMDB error |
-//! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total`, `…_duplicates_skipped_total`, `…_gap_markers_total`, `…_gap_readings_total` | counter | `upstream`, `kind` |
+//! | `tidegate_upstream_sent_total`, `…_batches_total`, `…_send_failures_total`, `…_retries_total`, `…_lost_total`, `…_corrupt_skipped_total`, `…_duplicates_skipped_total`, `…_gap_markers_total`, `…_gap_readings_total`, `…_thinned_readings_total`, `…_thinned_markers_total` | counter | `upstream`, `kind` |
 //! | `tidegate_upstream_connected`, `tidegate_upstream_backlog_records`, `tidegate_upstream_oldest_unsent_age_seconds` | gauge | `upstream`, `kind` |
 //! | `tidegate_upstream_wire_bytes_total`, `tidegate_upstream_wire_received_bytes_total` | counter | `upstream`, `lane` (backlog; live with a live lane) |
 //! | `tidegate_upstream_bandwidth_bytes_per_second` | gauge | `upstream` (with a `bandwidth`) |
@@ -390,6 +390,11 @@ impl Collector for DaemonCollector {
                 &c.expired,
             ),
             (
+                "tidegate_journal_thinned",
+                "Readings removed by on_full = \"thin\" (the spans they were in are kept at a lower resolution), since start.",
+                &c.thinned,
+            ),
+            (
                 "tidegate_journal_trimmed",
                 "Readings removed because every upstream had them, since start.",
                 &c.trimmed,
@@ -476,6 +481,16 @@ impl Collector for DaemonCollector {
                 "tidegate_upstream_gap_readings",
                 "Readings the gap markers sent to this upstream stand for.",
                 |c| &c.gap_readings,
+            ),
+            (
+                "tidegate_upstream_thinned_readings",
+                "Readings on_full = \"thin\" removed before this upstream had them (it gets the span at a lower resolution, not a gap).",
+                |c| &c.thinned_readings,
+            ),
+            (
+                "tidegate_upstream_thinned_markers",
+                "Thinned markers sent in front of spans held at a lower resolution.",
+                |c| &c.thinned_markers_sent,
             ),
         ] {
             family(

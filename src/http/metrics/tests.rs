@@ -39,6 +39,8 @@ async fn the_exposition_parses_and_reads_the_counters_the_stages_keep() {
     add(&counters.duplicates_skipped, 5);
     add(&counters.gap_markers_sent, 1);
     add(&counters.gap_readings, 7);
+    add(&counters.thinned_readings, 19);
+    add(&counters.thinned_markers_sent, 2);
     add(&counters.wire_sent, 4096);
     add(&counters.wire_received, 512);
     // A second upstream on a constrained uplink: bandwidth, budget (spent), windows, and a
@@ -117,6 +119,9 @@ async fn the_exposition_parses_and_reads_the_counters_the_stages_keep() {
     assert_eq!(value("tidegate_upstream_duplicates_skipped_total"), 5.0);
     assert_eq!(value("tidegate_upstream_gap_markers_total"), 1.0);
     assert_eq!(value("tidegate_upstream_gap_readings_total"), 7.0);
+    assert_eq!(value("tidegate_upstream_thinned_readings_total"), 19.0);
+    assert_eq!(value("tidegate_upstream_thinned_markers_total"), 2.0);
+    assert_eq!(value("tidegate_journal_thinned_total"), 0.0);
     assert_eq!(value("tidegate_journal_refused_unwritable_total"), 0.0);
     assert_eq!(value("tidegate_journal_reopens_total"), 0.0);
     assert!(value("tidegate_upstream_oldest_unsent_age_seconds") >= 0.0);
