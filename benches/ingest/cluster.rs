@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use firmware_sim::testbed::{free_port, Tansu};
 use firmware_sim::{run_load, CancellationToken};
 
-use crate::support::{backlog, load, p50_p99, rss_mib, run_measured, start_tidegate, tidegate_bin};
+use crate::support::{
+    backlog, load, p50_p99, rss_mib, run_measured, start_tidegate, start_tidegate_with_journal,
+    status, tidegate_bin,
+};
 
 /// Phases 1 and 2: cluster up.
 pub(crate) fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, phases: &[u32]) {
@@ -66,20 +69,67 @@ pub(crate) fn cluster_up(rt: &tokio::runtime::Runtime, secs: u64, rate: f64, pha
     drop(gw);
 }
 
-/// Phase 3: a backlog built while the cluster is down, then drained.
-pub(crate) fn backlog_drain(rt: &tokio::runtime::Runtime, secs: u64) {
+/// Phase 3: a backlog of `readings` firmware-sim turbine readings (JSON, unpadded) built
+/// while the cluster is down, then drained; `runs` times each with the journal uncompressed
+/// (`compression = "none"`) and compressed (`"zstd"`, the default), alternating, so both
+/// see the same machine.
+pub(crate) fn backlog_drain(rt: &tokio::runtime::Runtime, readings: u64, runs: u32) {
+    println!("\n== 3. backlog drain: {readings} turbine JSON readings journaled while the cluster was down, then forwarded to Kafka (3 partitions); compression none and zstd alternating, {runs} run(s) each");
+    println!(
+        "{:<6} {:<12} {:>10} {:>14} {:>12} {:>14} {:>10}",
+        "run", "compression", "backlog", "B/reading", "ingest /s", "drain /s", "drain s"
+    );
+    let mut totals: [(f64, f64); 2] = [(0.0, 0.0); 2];
+    for run in 1..=runs {
+        for (i, compression) in ["none", "zstd"].into_iter().enumerate() {
+            let d = drain_once(rt, readings, compression);
+            println!(
+                "{run:<6} {compression:<12} {:>10} {:>14.1} {:>12.0} {:>14.0} {:>10.2}",
+                d.held, d.bytes_per_reading, d.ingest_per_sec, d.drain_per_sec, d.took
+            );
+            totals[i].0 += d.ingest_per_sec;
+            totals[i].1 += d.drain_per_sec;
+        }
+    }
+    let [(none_in, none_out), (zstd_in, zstd_out)] = totals;
+    println!(
+        "zstd / none (means over the runs): ingest {:.2}, drain {:.2}",
+        zstd_in / none_in,
+        zstd_out / none_out
+    );
+    println!("legend: drain /s = backlog / (broker start to empty backlog, connecting included); B/reading = status bytes_held / records with the backlog built");
+}
+
+/// What one fill-and-drain of phase 3 measured.
+struct Drain {
+    held: u64,
+    bytes_per_reading: f64,
+    ingest_per_sec: f64,
+    drain_per_sec: f64,
+    took: f64,
+}
+
+fn drain_once(rt: &tokio::runtime::Runtime, readings: u64, compression: &str) -> Drain {
     let dir = tempfile::tempdir().expect("tempdir");
     let kafka = free_port().expect("a free port");
     let mqtt = free_port().expect("a free port");
-    let _gw = start_tidegate(dir.path(), mqtt, Some((kafka, "drain")), "");
-    let opts = load(mqtt, Duration::from_secs(secs / 2 + 1), None);
+    let journal = format!("compression = \"{compression}\"");
+    let _gw = start_tidegate_with_journal(dir.path(), mqtt, Some((kafka, "drain")), &journal);
+    let mut opts = load(mqtt, Duration::from_secs(0), None);
+    opts.fleet.workload.duration = None;
+    opts.fleet.workload.payload_size = None;
+    opts.fleet.workload.count = Some(readings.div_ceil(opts.fleet.workload.devices as u64));
     let r = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
-    let held = backlog(&tidegate_bin(), dir.path());
+    let bin = tidegate_bin();
+    let s = status(&bin, dir.path());
+    let held = s["upstreams"][0]["backlog"].as_u64().unwrap_or(0);
+    let bytes = s["bytes_held"].as_u64().unwrap_or(0);
+    let records = s["records"].as_u64().unwrap_or(0).max(1);
     let started = Instant::now();
     let _tansu = Tansu::start_on(kafka).expect("Tansu starts");
-    while backlog(&tidegate_bin(), dir.path()) > 0 {
+    while backlog(&bin, dir.path()) > 0 {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "backlog did not drain"
@@ -87,6 +137,11 @@ pub(crate) fn backlog_drain(rt: &tokio::runtime::Runtime, secs: u64) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let took = started.elapsed().as_secs_f64();
-    println!("\n== 3. backlog drain: {held} readings journaled while the cluster was down ({:.0}/s ingest)", r.acked_per_sec);
-    println!("forwarded             {:>10.0} readings/s (broker start to empty backlog, {took:.2} s, includes connecting)", held as f64 / took);
+    Drain {
+        held,
+        bytes_per_reading: bytes as f64 / records as f64,
+        ingest_per_sec: r.acked_per_sec,
+        drain_per_sec: held as f64 / took,
+        took,
+    }
 }

@@ -1,5 +1,6 @@
 //! Phase 4: tidegate against Mosquitto under the same fleet, at saturation and at one
-//! steady rate, side by side with their CPU, memory and the ratio.
+//! steady rate, side by side with their CPU, memory and the ratio; tidegate twice, with the
+//! journal compressed (`compression = "zstd"`, the default) and not (`"none"`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -7,7 +8,9 @@ use std::time::Duration;
 use firmware_sim::testbed::{free_port, mosquitto_bin, Mosquitto};
 use firmware_sim::{LoadOptions, LoadReport};
 
-use crate::support::{load, print_load_average, run_measured, start_tidegate, status_mib};
+use crate::support::{
+    load, print_load_average, run_measured, start_tidegate_with_journal, status_mib,
+};
 
 /// What one broker did under one load, for the side-by-side table.
 struct Side {
@@ -84,10 +87,11 @@ fn mosquitto_version() -> String {
 /// Phase 4: the same fleet and load against tidegate and Mosquitto, at saturation and at
 /// `rate` readings/s per device; each run gets a fresh broker.
 pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, rate: f64) {
-    let run_tidegate = |rate: Option<f64>| {
+    let run_tidegate = |rate: Option<f64>, compression: &str| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mqtt = free_port().expect("a free port");
-        let gw = start_tidegate(dir.path(), mqtt, None, "");
+        let journal = format!("compression = \"{compression}\"");
+        let gw = start_tidegate_with_journal(dir.path(), mqtt, None, &journal);
         let mut opts = load(mqtt, Duration::from_secs(secs), None);
         opts.fleet.workload.rate = rate;
         measure(rt, gw.pid().expect("tidegate is running"), opts)
@@ -104,9 +108,11 @@ pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, ra
         let on_disk = std::fs::metadata(&db).map(|m| m.len()).ok();
         (side, on_disk)
     };
-    let tg_sat = run_tidegate(None);
+    let tg_sat = run_tidegate(None, "zstd");
+    let raw_sat = run_tidegate(None, "none");
     let (mq_sat, mq_sat_db) = run_mosquitto(None);
-    let tg_steady = run_tidegate(Some(rate));
+    let tg_steady = run_tidegate(Some(rate), "zstd");
+    let raw_steady = run_tidegate(Some(rate), "none");
     let (mq_steady, mq_steady_db) = run_mosquitto(Some(rate));
 
     let version = mosquitto_version();
@@ -114,47 +120,54 @@ pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, ra
         "\n== 4. tidegate vs Mosquitto {version}: 100 devices x 100 in flight, QoS 1, 100 B, {secs} s per run, no forwarding"
     );
     println!(
-        "{:<16} {:<24} {:>12} {:>12} {:>8}",
-        "run", "figure", "tidegate", "mosquitto", "ratio"
+        "{:<16} {:<24} {:>12} {:>12} {:>12} {:>8} {:>10}",
+        "run", "figure", "tidegate", "tg (none)", "mosquitto", "ratio", "zstd/none"
     );
-    let row = |run: &str, figure: &str, t: f64, m: f64, digits: usize| {
-        let ratio = if m > 0.0 {
-            format!("{:.2}", t / m)
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
         } else {
             "-".to_owned()
-        };
-        println!("{run:<16} {figure:<24} {t:>12.digits$} {m:>12.digits$} {ratio:>8}");
+        }
+    };
+    let row = |run: &str, figure: &str, t: f64, n: f64, m: f64, digits: usize| {
+        println!(
+            "{run:<16} {figure:<24} {t:>12.digits$} {n:>12.digits$} {m:>12.digits$} {:>8} {:>10}",
+            ratio(t, m),
+            ratio(t, n)
+        );
     };
     let ms = |us: u64| us as f64 / 1000.0;
     let steady_label = format!("steady {:.0}/s", 100.0 * rate);
-    for (run, t, m) in [
-        ("saturation", &tg_sat, &mq_sat),
-        (steady_label.as_str(), &tg_steady, &mq_steady),
+    for (run, t, n, m) in [
+        ("saturation", &tg_sat, &raw_sat, &mq_sat),
+        (steady_label.as_str(), &tg_steady, &raw_steady, &mq_steady),
     ] {
-        row(
-            run,
-            "acked readings/s",
-            t.report.acked_per_sec,
-            m.report.acked_per_sec,
-            0,
-        );
-        row(
-            "",
-            "PUBACK p50 (ms)",
-            ms(t.report.puback.p50_us),
-            ms(m.report.puback.p50_us),
-            2,
-        );
-        row(
-            "",
-            "PUBACK p99 (ms)",
-            ms(t.report.puback.p99_us),
-            ms(m.report.puback.p99_us),
-            2,
-        );
-        row("", "broker CPU (cores)", t.cores, m.cores, 2);
-        row("", "broker peak RSS (MiB)", t.peak_rss, m.peak_rss, 1);
-        let unacked = t.report.fleet.unacked() + m.report.fleet.unacked();
+        // (figure, its value for each side, decimals); the run's name on the first row.
+        let rows = [
+            (
+                "acked readings/s",
+                [t, n, m].map(|s| s.report.acked_per_sec),
+                0,
+            ),
+            (
+                "PUBACK p50 (ms)",
+                [t, n, m].map(|s| ms(s.report.puback.p50_us)),
+                2,
+            ),
+            (
+                "PUBACK p99 (ms)",
+                [t, n, m].map(|s| ms(s.report.puback.p99_us)),
+                2,
+            ),
+            ("broker CPU (cores)", [t, n, m].map(|s| s.cores), 2),
+            ("broker peak RSS (MiB)", [t, n, m].map(|s| s.peak_rss), 1),
+        ];
+        for (i, (figure, [tv, nv, mv], digits)) in rows.into_iter().enumerate() {
+            row(if i == 0 { run } else { "" }, figure, tv, nv, mv, digits);
+        }
+        let unacked =
+            t.report.fleet.unacked() + n.report.fleet.unacked() + m.report.fleet.unacked();
         if unacked > 0 {
             println!("{:<16} {unacked} readings left unacknowledged", "");
         }
@@ -163,7 +176,11 @@ pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, ra
     // rate means the generator (or the machine) could not keep the pace: the latencies of
     // that run are not those of a steady load.
     let offered = 100.0 * rate;
-    for (name, side) in [("tidegate", &tg_steady), ("Mosquitto", &mq_steady)] {
+    for (name, side) in [
+        ("tidegate", &tg_steady),
+        ("tidegate (none)", &raw_steady),
+        ("Mosquitto", &mq_steady),
+    ] {
         let published = side.report.published_per_sec;
         if published < 0.95 * offered {
             println!(
@@ -174,8 +191,10 @@ pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, ra
     print_load_average(4);
     let db = |b: Option<u64>| b.map_or("none".to_owned(), |b| format!("{b} bytes"));
     let legend = [
-        "legend: ratio = tidegate / Mosquitto. Acked readings/s over the whole run (ramp-up and",
-        "  drain included). Same load generator, same cores as both brokers.",
+        "legend: tidegate: the default journal (compression = \"zstd\"); tg (none): compression =",
+        "  \"none\"; ratio = tidegate / Mosquitto; zstd/none = tidegate / tg (none). Acked",
+        "  readings/s over the whole run (ramp-up and drain included). Same load generator, same",
+        "  cores as every broker.",
         "  tidegate PUBACKs a reading only after the LMDB commit holding it is fsync'd (group",
         "  commit); with no upstream configured its journal keeps every reading.",
         "  Mosquitto: `persistence true` and a disconnected QoS 1 subscriber on turbines/#, so it",

@@ -21,7 +21,18 @@ pub(crate) fn start_tidegate(
     upstream: Option<(u16, &str)>,
     mqtt_extra: &str,
 ) -> Process {
-    start_daemon(&tidegate_bin(), dir, mqtt, upstream, mqtt_extra, "")
+    start_daemon(&tidegate_bin(), dir, mqtt, upstream, mqtt_extra, "", "")
+}
+
+/// [`start_tidegate`] with `journal_extra` appended to the `[journal]` table (e.g.
+/// `compression = "none"`).
+pub(crate) fn start_tidegate_with_journal(
+    dir: &Path,
+    mqtt: u16,
+    upstream: Option<(u16, &str)>,
+    journal_extra: &str,
+) -> Process {
+    start_daemon(&tidegate_bin(), dir, mqtt, upstream, "", "", journal_extra)
 }
 
 /// The `tidegate` binary of this build.
@@ -29,8 +40,9 @@ pub(crate) fn tidegate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tidegate"))
 }
 
-/// [`start_tidegate`] with another binary `bin` (an older build, for a side-by-side run)
-/// and `upstream_extra` appended to the `[[upstream]]` table.
+/// [`start_tidegate`] with another binary `bin` (an older build, for a side-by-side run),
+/// `upstream_extra` appended to the `[[upstream]]` table and `journal_extra` to the
+/// `[journal]` table (keys an older build does not know make it refuse the config).
 pub(crate) fn start_daemon(
     bin: &Path,
     dir: &Path,
@@ -38,10 +50,11 @@ pub(crate) fn start_daemon(
     upstream: Option<(u16, &str)>,
     mqtt_extra: &str,
     upstream_extra: &str,
+    journal_extra: &str,
 ) -> Process {
     let config = dir.join("tidegate.toml");
     let mut toml = format!(
-        "[gateway]\nid = \"gw-bench\"\n[journal]\ndir = \"{}\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
+        "[gateway]\nid = \"gw-bench\"\n[journal]\ndir = \"{}\"\n{journal_extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
         dir.join("journal").display()
     );
     if let Some((kafka, topic)) = upstream {
@@ -167,13 +180,19 @@ pub(crate) fn raise_fd_limit() -> u64 {
 /// The first upstream's backlog, as `bin status` reports it for the daemon configured in
 /// `dir`; `u64::MAX` if it cannot tell.
 pub(crate) fn backlog(bin: &Path, dir: &Path) -> u64 {
+    status(bin, dir)["upstreams"][0]["backlog"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
+}
+
+/// `bin status --json` for the daemon configured in `dir` (`null` if it printed no JSON).
+pub(crate) fn status(bin: &Path, dir: &Path) -> serde_json::Value {
     let out = Command::new(bin)
         .args(["status", "--json", "--config"])
         .arg(dir.join("tidegate.toml"))
         .output()
         .expect("tidegate status");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["upstreams"][0]["backlog"].as_u64().unwrap_or(u64::MAX)
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// `p50 … ms   p99 … ms` of a latency summary.

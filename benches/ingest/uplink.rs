@@ -125,6 +125,7 @@ fn drain_behind_link(
         Some((link_port, "history")),
         "",
         &extra,
+        "",
     );
     let outage = Instant::now();
     build_backlog(rt, mqtt, readings);
@@ -239,6 +240,7 @@ fn full_speed_drain(
         Some((kafka, "drain")),
         "",
         upstream_extra,
+        "",
     );
     let pid = gw.pid().expect("tidegate is running");
     build_backlog(rt, mqtt, readings);
