@@ -250,7 +250,7 @@ pub struct Thinned {
 #[non_exhaustive]
 pub enum DecodeError {
     /// The value was written by a newer tidegate with a format this build does not know.
-    #[error("record {seq} has format version {found}, newer than the {FORMAT_VERSION} this build reads; upgrade tidegate to read this journal")]
+    #[error("record {seq} has format version {found}, newer than this build reads; upgrade tidegate to read this journal")]
     FutureVersion { seq: u64, found: u8 },
     /// The value ends before its declared fields do.
     #[error("record {seq} is truncated: {len} bytes")]
@@ -322,6 +322,14 @@ pub fn encode_into(seq: u64, reading: &Reading, out: &mut Vec<u8>) {
     let start = out.len();
     out.reserve(reading.encoded_len());
     out.push(FORMAT_VERSION);
+    encode_fields(reading, out);
+    let crc = checksum(seq, &out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends the reading's fields (flags to payload, the table above without version and
+/// checksum) to `out`: the form in which the journal's compressed blocks hold a reading.
+pub fn encode_fields(reading: &Reading, out: &mut Vec<u8>) {
     out.push((reading.qos & 0b11) | if reading.retain { 0b100 } else { 0 });
     out.extend_from_slice(&reading.ingest_ms.to_le_bytes());
     out.push(reading.source_kind.to_byte());
@@ -331,8 +339,6 @@ pub fn encode_into(seq: u64, reading: &Reading, out: &mut Vec<u8>) {
     out.extend_from_slice(reading.topic.as_bytes());
     out.extend_from_slice(&(reading.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&reading.payload);
-    let crc = checksum(seq, &out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Encodes `reading` under sequence `seq` into a new buffer.
@@ -381,7 +387,24 @@ pub fn decode(seq: u64, value: &[u8]) -> Result<Record, DecodeError> {
             computed,
         });
     }
-    let mut r = Cursor { buf: body, pos: 1 };
+    let (record, used) = decode_fields(seq, &body[1..])?;
+    if used != body.len() - 1 {
+        return Err(DecodeError::Malformed {
+            seq,
+            what: "trailing bytes after payload",
+        });
+    }
+    Ok(record)
+}
+
+/// Decodes the fields [`encode_fields`] wrote at the start of `buf` as the reading `seq`;
+/// returns it and the bytes it took. The caller checks the bytes' checksum.
+pub fn decode_fields(seq: u64, buf: &[u8]) -> Result<(Record, usize), DecodeError> {
+    let truncated = || DecodeError::Truncated {
+        seq,
+        len: buf.len(),
+    };
+    let mut r = Cursor { buf, pos: 0 };
     let flags = r.take(1).ok_or_else(truncated)?[0];
     let ingest_ms = u64::from_le_bytes(r.array::<8>().ok_or_else(truncated)?);
     let kind_byte = r.take(1).ok_or_else(truncated)?[0];
@@ -395,17 +418,11 @@ pub fn decode(seq: u64, value: &[u8]) -> Result<Record, DecodeError> {
     let topic = r.take(topic_len).ok_or_else(truncated)?;
     let payload_len = u32::from_le_bytes(r.array::<4>().ok_or_else(truncated)?) as usize;
     let payload = r.take(payload_len).ok_or_else(truncated)?;
-    if r.pos != body.len() {
-        return Err(DecodeError::Malformed {
-            seq,
-            what: "trailing bytes after payload",
-        });
-    }
     let qos = flags & 0b11;
     if qos == 3 {
         return Err(DecodeError::Malformed { seq, what: "QoS 3" });
     }
-    Ok(Record {
+    let record = Record {
         seq,
         reading: Reading {
             ingest_ms,
@@ -426,7 +443,8 @@ pub fn decode(seq: u64, value: &[u8]) -> Result<Record, DecodeError> {
             qos,
             retain: flags & 0b100 != 0,
         },
-    })
+    };
+    Ok((record, r.pos))
 }
 
 /// A bounds-checked reader over a byte slice.

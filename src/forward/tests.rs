@@ -103,11 +103,13 @@ fn at_ms(n: u64) -> u64 {
     1_800_000_000_000 + n * 1000
 }
 
-/// A journal holding readings 1..=100 (upstream "up" at cursor 1), and its writer.
+/// A journal holding readings 1..=100 (upstream "up" at cursor 1), and its writer. One
+/// record per value, so `thin` below can delete single readings.
 async fn hundred() -> (tempfile::TempDir, Journal, crate::journal::WriterHandle) {
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig {
         dir: dir.path().to_owned(),
+        compression: crate::config::JournalCompression::None,
         ..JournalConfig::default()
     };
     let (journal, writer) = Journal::open(&config, &["up".to_owned()]).unwrap();

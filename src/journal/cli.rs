@@ -7,9 +7,13 @@
 //!
 //! # What `check` verifies
 //!
-//! * every record decodes: format version, lengths, CRC-32 over sequence and contents;
-//! * the sequence numbers held are contiguous (`first..=last`, the journal's invariant 3);
-//! * `meta`: `next_seq` is past the last record, `bytes_held` matches the records held;
+//! * every value decodes: format version, lengths, CRC-32 over the key and contents (one per
+//!   record, or one per block of readings: a bad block is named by its seq range and the
+//!   number of readings lost with it);
+//! * the sequence numbers held are contiguous (`first..=last`, the journal's invariant 3)
+//!   except inside the spans thinning recorded;
+//! * `meta`: `next_seq` is past the last record, `bytes_held` matches the values held and
+//!   `readings_held` the readings they carry;
 //! * every cursor lies in `1..=next_seq`.
 //!
 //! It goes through every record rather than stopping at the first bad one, so the summary
@@ -20,9 +24,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::block;
 use super::store::{accounted_size, Store};
 use super::JournalError;
-use crate::record::{self, Record};
+use crate::record::Record;
 
 /// Why a command could not run (as opposed to finding a bad journal).
 #[derive(Debug, thiserror::Error)]
@@ -93,33 +98,65 @@ pub fn check(
     let store = Store::open_read_only(dir)?;
     let txn = store.read_txn()?;
     let meta = store.meta(&txn)?;
+    let spans = store.thinned_spans(&txn, 0, u64::MAX)?;
+    let thinned = |from: u64, to: u64| spans.iter().any(|s| s.first < from && to < s.last);
     let mut report = CheckReport::default();
     let mut expected: Option<u64> = None;
     let mut bytes = 0u64;
+    let mut readings = 0u64;
+    let mut decoded = Vec::new();
     for item in store.raw_from(&txn, 0)? {
-        let (seq, value) = item?;
-        report.records += 1;
-        report.first_seq.get_or_insert(seq);
-        report.last_seq = Some(seq);
+        let (key, value) = item?;
+        let info = block::info(key, value);
         bytes += accounted_size(value.len());
-        if let Some(want) = expected {
-            if seq != want {
-                report.problems.push((
-                    want,
+        report.first_seq.get_or_insert(key);
+        report.last_seq = Some(info.last);
+        decoded.clear();
+        let seqs: Vec<u64> = match block::decode(key, value, &mut decoded) {
+            Ok(()) => decoded.iter().map(|r| r.seq).collect(),
+            Err(e) => {
+                let what = if info.block {
                     format!(
-                        "sequence not contiguous: {want}..={} missing before {seq}",
-                        seq - 1
-                    ),
-                ));
+                        "block {key}..={} ({} readings, all lost with it): {e}",
+                        info.last, info.count
+                    )
+                } else {
+                    e.to_string()
+                };
+                report.problems.push((key, what));
+                vec![key]
             }
+        };
+        for seq in seqs {
+            if let Some(want) = expected.filter(|want| seq != *want) {
+                if !thinned(want - 1, seq) {
+                    report.problems.push((
+                        want,
+                        format!(
+                            "sequence not contiguous: {want}..={} missing before {seq}, outside every thinned span",
+                            seq - 1
+                        ),
+                    ));
+                }
+            }
+            expected = Some(seq + 1);
         }
-        expected = Some(seq + 1);
-        if let Err(e) = record::decode(seq, value) {
-            report.problems.push((seq, e.to_string()));
-        }
-        if every > 0 && report.records % every == 0 {
+        expected = Some(info.last + 1);
+        let before = report.records / every.max(1);
+        report.records += info.count;
+        readings += info.count;
+        if every > 0 && report.records / every > before {
             progress(report.records);
         }
+    }
+    if readings != meta.readings_held {
+        report.problems.push((
+            0,
+            format!(
+                "meta readings_held {} but the values held carry {readings}",
+                meta.readings_held
+            ),
+        ));
     }
     if let Some(last) = report.last_seq {
         if meta.next_seq <= last {
@@ -201,29 +238,42 @@ pub fn dump(
     let store = Store::open_read_only(dir)?;
     let txn = store.read_txn()?;
     let mut report = DumpReport::default();
-    for item in store.raw_from(&txn, from)? {
-        if limit.is_some_and(|l| report.records >= l) {
-            break;
-        }
-        let (seq, value) = item?;
-        report.records += 1;
-        match record::decode(seq, value) {
-            Ok(r) => {
-                serde_json::to_writer(&mut *out, &dump_line(&r)).map_err(std::io::Error::from)?;
+    let mut decoded = Vec::new();
+    'values: for item in store.raw_from(&txn, store.key_holding(&txn, from)?)? {
+        let (key, value) = item?;
+        decoded.clear();
+        match block::decode(key, value, &mut decoded) {
+            Ok(()) => {
+                for r in decoded.iter().filter(|r| r.seq >= from) {
+                    if limit.is_some_and(|l| report.records >= l) {
+                        break 'values;
+                    }
+                    report.records += 1;
+                    serde_json::to_writer(&mut *out, &dump_line(r))
+                        .map_err(std::io::Error::from)?;
+                    out.write_all(b"\n")?;
+                }
             }
             Err(e) => {
+                if block::info(key, value).last < from {
+                    continue;
+                }
+                if limit.is_some_and(|l| report.records >= l) {
+                    break;
+                }
+                report.records += 1;
                 report.bad += 1;
                 serde_json::to_writer(
                     &mut *out,
                     &DumpError {
-                        seq,
+                        seq: key,
                         error: e.to_string(),
                     },
                 )
                 .map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
             }
         }
-        out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(report)

@@ -9,12 +9,21 @@ use std::time::{Duration, Instant};
 
 use heed::RoTxn;
 
+use super::block::{self, Entry, Packer};
 use super::retention::EXPIRE_MAX_RECORDS;
 use super::sessions::{self, Sessions};
-use super::store::{accounted_size, Meta, Store};
+use super::store::{accounted_size, Meta, Removed, Store};
+use super::thin;
 use super::writer::PendingAppend;
-use crate::config::{JournalConfig, OnFull};
+use crate::config::{JournalCompression, JournalConfig, OnFull};
 use crate::record;
+
+/// The writer's reusable encoding state: a buffer for format-1 records and the block
+/// packer with its zstd context.
+pub(super) struct Codec {
+    pub(super) buf: Vec<u8>,
+    pub(super) packer: Packer,
+}
 
 /// What one committed transaction did.
 #[derive(Default)]
@@ -29,6 +38,9 @@ pub(super) struct Outcome {
     pub(super) dropped_last: Option<u64>,
     pub(super) dropped_first: Option<u64>,
     pub(super) trimmed: u64,
+    /// Readings removed by thinning, and the coarsest factor a span reached.
+    pub(super) thinned: u64,
+    pub(super) thin_factor: u32,
     pub(super) meta: Meta,
     pub(super) first_seq: Option<u64>,
     /// Readings removed for `max_age`, and the span they covered.
@@ -57,15 +69,6 @@ pub(super) struct Extras {
     pub(super) expire_before_ms: Option<u64>,
 }
 
-/// Records removed from the front before every upstream had them (`drop-oldest`, or
-/// `max_age`).
-struct Removed {
-    count: u64,
-    bytes: u64,
-    first: u64,
-    last: u64,
-}
-
 /// Accounts for `removed` in `meta` and adds the upstreams that had not sent all of it to
 /// `behind`: their cursor now points before the first record held, which their forwarder
 /// turns into a gap marker.
@@ -78,6 +81,7 @@ fn account_removed(
     behind: &mut Vec<String>,
 ) -> Result<(), heed::Error> {
     meta.bytes_held = meta.bytes_held.saturating_sub(removed.bytes);
+    meta.readings_held = meta.readings_held.saturating_sub(removed.count);
     for name in upstreams {
         if store.cursors.get(txn, name)?.unwrap_or(0) <= removed.last && !behind.contains(name) {
             behind.push(name.clone());
@@ -91,7 +95,7 @@ pub(super) fn commit(
     store: &Store,
     config: &JournalConfig,
     upstreams: &[String],
-    buf: &mut Vec<u8>,
+    codec: &mut Codec,
     appends: &[PendingAppend],
     cursors: &[(String, u64)],
     extras: Extras,
@@ -105,6 +109,8 @@ pub(super) fn commit(
     let mut txn = store.write_txn()?;
     let mut meta = store.meta(&txn)?;
     let mut out = Outcome::default();
+    // Whether readings left the front (the thinned spans are then fitted to it).
+    let mut front_moved = false;
 
     // Cursor moves first: what they free is available to this commit's readings.
     for (upstream, next_seq) in cursors {
@@ -120,23 +126,20 @@ pub(super) fn commit(
         for name in upstreams {
             min = min.min(store.cursors.get(&txn, name)?.unwrap_or(0));
         }
-        let (n, bytes) = store.delete_range(&mut txn, ..min)?;
-        out.trimmed = n;
-        meta.bytes_held = meta.bytes_held.saturating_sub(bytes);
+        let trimmed = store.remove_front(&mut txn, |v, _| v.last < min)?;
+        out.trimmed = trimmed.count;
+        meta.bytes_held = meta.bytes_held.saturating_sub(trimmed.bytes);
+        meta.readings_held = meta.readings_held.saturating_sub(trimmed.count);
+        front_moved |= trimmed.count > 0;
     }
 
     // Age limit: from the front, as drop-oldest, a bounded span per commit.
     if let Some(cutoff) = expire_before_ms {
         let (end, more) = store.expired_end(&txn, cutoff, EXPIRE_MAX_RECORDS)?;
         if let Some(end) = end {
-            let (count, bytes) = store.delete_range(&mut txn, ..end)?;
-            if count > 0 {
-                let removed = Removed {
-                    count,
-                    bytes,
-                    first: end - count,
-                    last: end - 1,
-                };
+            let removed = store.remove_front(&mut txn, |v, _| v.last < end)?;
+            if removed.count > 0 {
+                front_moved = true;
                 account_removed(store, &txn, upstreams, &removed, &mut meta, &mut out.behind)?;
                 meta.expired_total += removed.count;
                 out.expired = removed.count;
@@ -147,45 +150,51 @@ pub(super) fn commit(
         out.expiry_more = Some(more);
     }
 
-    // Size policy.
+    // Size policy. What this commit's readings will take is estimated before they are
+    // stored: their format-1 size, times the ratio recent blocks showed when compressing
+    // (corrected after the appends below). Under `reject` the estimate is the format-1
+    // size, which a block never exceeds by more than its header, so the cap holds.
     let limit = config.journal_max();
+    let compress = config.compression == JournalCompression::Zstd;
     let sizes: Vec<u64> = appends
         .iter()
         .flat_map(|a| a.readings.iter().map(|r| accounted_size(r.encoded_len())))
         .collect();
-    let incoming: u64 = sizes.iter().sum();
-    let mut budget = u64::MAX; // bytes of readings this commit may accept
+    let raw_incoming: u64 = sizes.iter().sum();
+    let ratio = if compress { codec.packer.ratio } else { 1.0 };
+    let estimate = |raw: u64| (raw as f64 * ratio).ceil() as u64;
+    let incoming = estimate(raw_incoming);
+    let mut budget = u64::MAX; // format-1 bytes of readings this commit may accept
     match config.on_full {
-        // Thinning is not yet built: until then a full journal under "thin" drops the
-        // oldest readings.
         OnFull::DropOldest | OnFull::Thin => {
             let mut need = (meta.bytes_held + incoming).saturating_sub(limit);
             if force_full {
                 need = need.max(meta.bytes_held / 8 + incoming);
             }
             if need > 0 {
-                let (n, bytes, last) = store.delete_oldest(&mut txn, need)?;
-                if let Some(last) = last.filter(|_| n > 0) {
-                    let removed = Removed {
-                        count: n,
-                        bytes,
-                        first: last + 1 - n,
-                        last,
-                    };
-                    account_removed(store, &txn, upstreams, &removed, &mut meta, &mut out.behind)?;
-                    meta.dropped_total += removed.count;
-                    out.dropped = removed.count;
-                    out.dropped_last = Some(removed.last);
-                    out.dropped_first = Some(removed.first);
-                }
-                budget = limit.saturating_sub(meta.bytes_held);
+                make_room(
+                    store,
+                    &mut txn,
+                    config,
+                    codec,
+                    upstreams,
+                    need,
+                    u64::MAX,
+                    &mut meta,
+                    &mut out,
+                )?;
+                front_moved = true;
+                let room = limit.saturating_sub(meta.bytes_held) as f64;
+                budget = (room / ratio.max(0.01)) as u64;
             }
         }
         OnFull::Reject => {
             budget = if force_full {
                 0
             } else {
-                limit.saturating_sub(meta.bytes_held)
+                limit
+                    .saturating_sub(meta.bytes_held)
+                    .saturating_sub(if compress { block::HEADER as u64 } else { 0 })
             };
         }
     }
@@ -198,6 +207,9 @@ pub(super) fn commit(
     let mut full = false;
     let mut fenced_now: HashSet<usize> = HashSet::new();
     let mut sessions = Sessions::default();
+    let mut entries: Vec<Entry> = Vec::new();
+    let first_new = meta.next_seq;
+    let mut raw_accepted = 0;
     for a in appends {
         let first = meta.next_seq;
         let mut accepted = 0;
@@ -229,17 +241,42 @@ pub(super) fn commit(
                 continue;
             }
             budget -= size;
-            buf.clear();
-            record::encode_into(meta.next_seq, r, buf);
-            store.append(&mut txn, meta.next_seq, buf)?;
+            raw_accepted += size;
+            if compress {
+                entries.push(Entry::new(meta.next_seq, r));
+            } else {
+                codec.buf.clear();
+                record::encode_into(meta.next_seq, r, &mut codec.buf);
+                store.append(&mut txn, meta.next_seq, &codec.buf)?;
+                meta.bytes_held += size;
+            }
             meta.next_seq += 1;
-            meta.bytes_held += size;
+            meta.readings_held += 1;
             accepted += 1;
             if let Some(p) = packet {
                 sessions.remember(store, &txn, r, p.pkid)?;
             }
         }
         out.appended.push((first, accepted));
+    }
+    if !entries.is_empty() {
+        let before = meta.bytes_held;
+        store_blocks(store, &mut txn, &mut codec.packer, entries, &mut meta)?;
+        codec
+            .packer
+            .observe(raw_accepted, meta.bytes_held.saturating_sub(before));
+        // The estimate was low: make the rest of the room now, from readings older than
+        // this commit's.
+        if meta.bytes_held > limit && config.on_full != OnFull::Reject {
+            let need = meta.bytes_held - limit;
+            make_room(
+                store, &mut txn, config, codec, upstreams, need, first_new, &mut meta, &mut out,
+            )?;
+            front_moved = true;
+        }
+    }
+    if front_moved {
+        store.fit_spans_to_front(&mut txn)?;
     }
     sessions.store(
         store,
@@ -260,4 +297,79 @@ pub(super) fn commit(
     txn.commit()?;
     out.took = started.elapsed();
     Ok(out)
+}
+
+/// Frees at least `need` accounted bytes from readings before `before`: by thinning under
+/// `on_full = "thin"` while some of them are above `thin_max_factor`, and by deleting the
+/// oldest for the rest.
+#[allow(clippy::too_many_arguments)]
+fn make_room(
+    store: &Store,
+    txn: &mut heed::RwTxn<'_>,
+    config: &JournalConfig,
+    codec: &mut Codec,
+    upstreams: &[String],
+    need: u64,
+    before: u64,
+    meta: &mut Meta,
+    out: &mut Outcome,
+) -> Result<(), heed::Error> {
+    let mut freed = 0;
+    if config.on_full == OnFull::Thin {
+        let thinned = thin::thin(store, txn, config, codec, need, before, meta.bytes_held)?;
+        freed = thinned.bytes;
+        meta.bytes_held = meta.bytes_held.saturating_sub(thinned.bytes);
+        meta.readings_held = meta.readings_held.saturating_sub(thinned.removed);
+        meta.thinned_total += thinned.removed;
+        out.thinned += thinned.removed;
+        out.thin_factor = out.thin_factor.max(thinned.factor);
+    }
+    if freed >= need {
+        return Ok(());
+    }
+    let rest = need - freed;
+    let removed = store.remove_front(txn, |v, bytes| bytes < rest && v.last < before)?;
+    if removed.count > 0 {
+        account_removed(store, txn, upstreams, &removed, meta, &mut out.behind)?;
+        meta.dropped_total += removed.count;
+        out.dropped += removed.count;
+        out.dropped_last = Some(removed.last);
+        out.dropped_first = out.dropped_first.or(Some(removed.first));
+    }
+    Ok(())
+}
+
+/// Stores `entries` (this commit's readings, in seq order) as blocks: the open block at the
+/// tail is extended while it fits a page, then new blocks follow.
+fn store_blocks(
+    store: &Store,
+    txn: &mut heed::RwTxn<'_>,
+    packer: &mut Packer,
+    entries: Vec<Entry>,
+    meta: &mut Meta,
+) -> Result<(), heed::Error> {
+    let mut all = Vec::new();
+    let mut reopened = None;
+    if let Some((key, value)) = store.last_value(txn)? {
+        // A block with room left is reopened; one that fails to decode stays as it is
+        // (`journal check` names it) and the readings go to a new block.
+        if block::info(key, value).block && value.len() + block::REOPEN_MARGIN < block::PAGE_FIT {
+            if let Ok(old) = block::entries(key, value) {
+                reopened = Some((key, accounted_size(value.len())));
+                all = old;
+            }
+        }
+    }
+    all.extend(entries);
+    for (key, value) in packer.pack(&all) {
+        match reopened {
+            Some((old_key, old_bytes)) if old_key == key => {
+                store.put_value(txn, key, &value)?;
+                meta.bytes_held = meta.bytes_held.saturating_sub(old_bytes);
+            }
+            _ => store.append(txn, key, &value)?,
+        }
+        meta.bytes_held += accounted_size(value.len());
+    }
+    Ok(())
 }

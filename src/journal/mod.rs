@@ -7,9 +7,11 @@
 //! # Layout
 //!
 //! * [`store`]: the LMDB environment and its databases;
+//! * [`block`]: the values of `records`: page-sized zstd blocks of readings, or one record;
 //! * [`writer`]: the one thread that writes to it, grouping requests into shared commits;
 //! * `commit`: what one group's write transaction does (cursor moves, size policy, appends);
 //! * `trouble`: the refusing state after a failed write (reopen, reserve file, recovery);
+//! * `thin`: `on_full = "thin"`, halving the resolution of the oldest history;
 //! * `sessions`: the per-client re-send memory ([`Packet`]) and its pruning;
 //! * [`retention`]: the rules for what is kept (size cap, age limit, map size, drop
 //!   summaries).
@@ -23,14 +25,19 @@
 //!    everything queued (up to `commit_max_records`, waiting at most `commit_interval` for
 //!    company) and commits it in one transaction, so many devices share one sync.
 //! 3. **Contiguous, increasing sequence numbers.** Sequence numbers are assigned in commit
-//!    order and never reused; the records held are always one range `first..=last`.
-//! 4. **Bounded.** The accounted size of the records held stays at or under
-//!    `journal.max_size`. When a commit would pass it, `drop-oldest` deletes from the front
-//!    (counted and logged) and `reject` refuses the readings that do not fit (the caller
-//!    does not acknowledge them). The LMDB map grows as needed instead of failing.
-//! 5. **Removed only once delivered everywhere.** A record is deleted when every configured
-//!    upstream's cursor has passed it, by `drop-oldest`, or once older than
-//!    `journal.max_age` (from the front too, see [`retention`]); never otherwise.
+//!    order and never reused; the readings held are one range `first..=last`, with holes
+//!    only where thinning removed readings, each inside a span it recorded
+//!    ([`ThinnedSpan`]).
+//! 4. **Bounded.** The accounted size of the values held (compressed blocks are counted as
+//!    stored) stays at or under `journal.max_size`. When a commit would pass it,
+//!    `drop-oldest` deletes from the front (counted and logged), `thin` halves the
+//!    resolution of the oldest history first, and `reject` refuses the readings that do not
+//!    fit (the caller does not acknowledge them). The LMDB map grows as needed instead of
+//!    failing.
+//! 5. **Removed only once delivered everywhere.** A reading is deleted when every configured
+//!    upstream's cursor has passed it (a whole value at a time), by `drop-oldest` or `thin`,
+//!    or once older than `journal.max_age` (from the front too, see [`retention`]); never
+//!    otherwise.
 //! 6. **Never a retried sync.** A commit that fails with an I/O error (a full disk, EIO)
 //!    is never retried on the same environment: the writer refuses the readings it held
 //!    (they are not acknowledged, so devices keep them), closes the environment and opens
@@ -39,12 +46,15 @@
 //!    says why). Any other LMDB error fails closed: the writer answers every later request
 //!    with [`JournalError::Failed`] and the daemon stops for systemd to restart it.
 
+pub mod block;
 pub mod cli;
 mod commit;
 pub mod retention;
 mod sessions;
 pub mod store;
+#[cfg(test)]
 pub(crate) mod test_support;
+mod thin;
 mod trouble;
 pub mod writer;
 
@@ -480,9 +490,9 @@ impl Journal {
             let txn = store.read_txn()?;
             let lm = |e| JournalError::lmdb("read", e);
             let records = store.read_from(&txn, from, max, max_bytes).map_err(lm)?;
-            let last = records.iter().rev().find_map(|r| match r {
-                Ok(r) => Some(r.seq),
-                Err(e) => Some(e.seq()),
+            let last = records.last().map(|r| match r {
+                Ok(r) => r.seq,
+                Err(e) => e.seq(),
             });
             let thinned = match last {
                 Some(last) => store.thinned_spans(&txn, from, last).map_err(lm)?,
@@ -667,10 +677,7 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
     let lm = |e| JournalError::lmdb("read", e);
     let meta = store.meta(&txn).map_err(lm)?;
     let bounds = store.bounds(&txn).map_err(lm)?;
-    let records = match bounds {
-        Some((first, last)) => last - first + 1,
-        None => 0,
-    };
+    let records = meta.readings_held;
     let mut upstreams = Vec::new();
     for (name, cursor) in store.cursors(&txn).map_err(lm)? {
         let backlog = match bounds {

@@ -5,9 +5,10 @@
 //!
 //! | database  | key                    | value                                        |
 //! |-----------|------------------------|----------------------------------------------|
-//! | `records` | seq, big-endian u64    | the record encoding of [`crate::record`]     |
+//! | `records` | first seq, big-endian u64 | a block of readings or one record ([`super::block`]) |
 //! | `cursors` | upstream name (UTF-8)  | next seq to send, big-endian u64             |
-//! | `meta`    | `format`, `next_seq`, `bytes_held`, `dropped_total`, `expired_total`, `epoch` | u64, big-endian |
+//! | `meta`    | `format`, `next_seq`, `bytes_held`, `readings_held`, `dropped_total`, `expired_total`, `thinned_total`, `epoch` | u64, big-endian |
+//! | `thinned` | first seq of a thinned span, big-endian u64 | last seq, factor, first and last ingest ms ([`super::ThinnedSpan`]) |
 //!
 //! `epoch` is chosen at random when the journal is created (or first opened by a build that
 //! knows it) and never changes: a journal that is deleted and created again restarts its
@@ -15,23 +16,28 @@
 //! for good. Upstreams carry it (Kafka header `tidegate-epoch`) so that the Kafka sink's
 //! de-duplication after a restart compares only readings of this very journal.
 //!
-//! Sequence numbers held are always one contiguous range `first..=last`: records are only
-//! appended at the end and only removed from the front (delivered to every upstream, or
-//! dropped by `drop-oldest` or for `max_age`). `next_seq` is kept in `meta` so a number is
-//! never reused even when every record has been removed.
+//! Sequence numbers held lie in one range `first..=last`: readings are only appended at the
+//! end and removed from the front (delivered to every upstream, or dropped by `drop-oldest`
+//! or for `max_age`), a whole value at a time. Inside the range only thinning removes
+//! readings, and every hole it leaves lies in a span of `thinned`. `next_seq` is kept in
+//! `meta` so a number is never reused even when every record has been removed.
 
-use std::ops::RangeBounds;
+use std::ops::Bound;
 use std::path::Path;
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, RoTxn, RwTxn};
 
-use super::JournalError;
+use super::block::{self, ValueInfo};
+use super::{JournalError, ThinnedSpan};
 use crate::record::{self, Record};
 
-/// Version of the journal layout (databases and meta keys), separate from the record format.
-pub const JOURNAL_FORMAT: u64 = 1;
+/// Version of the journal layout (databases and meta keys), separate from the value format.
+/// 2: blocks of readings may be stored, thinning may leave holes named in `thinned`. This
+/// build opens layout 1 and marks it 2 at its first read-write open, so an older build
+/// refuses it rather than misread it.
+pub const JOURNAL_FORMAT: u64 = 2;
 
 /// LMDB page size assumed for space accounting.
 const PAGE: u64 = 4096;
@@ -40,7 +46,7 @@ const PAGE: u64 = 4096;
 const ENTRY_OVERHEAD: u64 = 24;
 
 /// Values larger than this go to overflow pages, which are allocated whole.
-const OVERFLOW_THRESHOLD: u64 = PAGE / 2 - 64;
+pub(super) const OVERFLOW_THRESHOLD: u64 = PAGE / 2 - 64;
 
 /// The space a value of `len` bytes is accounted for in `bytes_held`.
 ///
@@ -59,6 +65,7 @@ pub type RecordsDb = Database<'static, U64<BigEndian>, Bytes>;
 pub type CursorsDb = Database<'static, Str, U64<BigEndian>>;
 pub type MetaDb = Database<'static, Str, U64<BigEndian>>;
 pub type SessionsDb = Database<'static, Str, Bytes>;
+pub type ThinnedDb = Database<'static, U64<BigEndian>, Bytes>;
 
 /// An open LMDB environment with its databases.
 pub struct Store {
@@ -71,6 +78,9 @@ pub struct Store {
     /// uses it. Journals of earlier releases gain it at their first read-write open; those
     /// releases ignore it.
     pub sessions: Option<SessionsDb>,
+    /// The thinned spans (see [`super::ThinnedSpan`]). Absent only in a read-only store of a
+    /// journal no build with thinning has opened for writing: it has no spans.
+    pub thinned: Option<ThinnedDb>,
 }
 
 /// Counters persisted in `meta`.
@@ -78,6 +88,8 @@ pub struct Store {
 pub struct Meta {
     pub next_seq: u64,
     pub bytes_held: u64,
+    /// Readings held (not `last - first + 1` once thinning left holes).
+    pub readings_held: u64,
     /// Readings deleted by `drop-oldest` before every upstream had them, since the journal
     /// was created.
     pub dropped_total: u64,
@@ -87,6 +99,15 @@ pub struct Meta {
     /// Readings removed by `on_full = "thin"`, since the journal was created (or first
     /// opened by a build with thinning).
     pub thinned_total: u64,
+}
+
+/// Values removed from the front: readings, accounted bytes, first and last seq.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub count: u64,
+    pub bytes: u64,
+    pub first: u64,
+    pub last: u64,
 }
 
 /// Creates the journal directory (and any missing parents) private to the service user,
@@ -141,7 +162,7 @@ impl Store {
 
     fn open_with(dir: &Path, map_size: usize, read_only: bool) -> Result<Store, JournalError> {
         let mut opts = EnvOpenOptions::new();
-        opts.max_dbs(4);
+        opts.max_dbs(5);
         if map_size > 0 {
             opts.map_size(map_size);
         }
@@ -157,61 +178,78 @@ impl Store {
         let missing = || JournalError::Missing {
             dir: dir.to_owned(),
         };
-        let (records, cursors, meta, sessions): (RecordsDb, CursorsDb, MetaDb, Option<SessionsDb>) =
-            if read_only {
-                let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
-                let opened = env
-                    .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
-                        // Not `sessions`: only the writer uses it (see [`Store::sessions`]).
-                        Ok(CommitOrAbort::<_, ()>::Commit((
-                            dbo.open_database(rtxn, Some("records"))?,
-                            dbo.open_database(rtxn, Some("cursors"))?,
-                            dbo.open_database(rtxn, Some("meta"))?,
-                        )))
-                    })
-                    .map_err(|e| JournalError::lmdb("open", e))?;
-                match opened {
-                    CommitOrAbort::Commit((Some(r), Some(c), Some(m))) => (r, c, m, None),
-                    _ => return Err(missing()),
-                }
-            } else {
-                let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
-                let created = env
-                    .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
-                        let records =
-                            dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
-                        let cursors =
-                            dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
-                        let meta =
-                            dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
-                        let sessions = dbo.create_database::<Str, Bytes>(wtxn, Some("sessions"))?;
-                        if meta.get(wtxn, "format")?.is_none() {
-                            meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
+        type Dbs = (
+            RecordsDb,
+            CursorsDb,
+            MetaDb,
+            Option<SessionsDb>,
+            Option<ThinnedDb>,
+        );
+        let (records, cursors, meta, sessions, thinned): Dbs = if read_only {
+            let rtxn = env.read_txn().map_err(|e| JournalError::lmdb("open", e))?;
+            let opened = env
+                .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                    // Not `sessions`: only the writer uses it (see [`Store::sessions`]).
+                    Ok(CommitOrAbort::<_, ()>::Commit((
+                        dbo.open_database(rtxn, Some("records"))?,
+                        dbo.open_database(rtxn, Some("cursors"))?,
+                        dbo.open_database(rtxn, Some("meta"))?,
+                        dbo.open_database(rtxn, Some("thinned"))?,
+                    )))
+                })
+                .map_err(|e| JournalError::lmdb("open", e))?;
+            match opened {
+                CommitOrAbort::Commit((Some(r), Some(c), Some(m), t)) => (r, c, m, None, t),
+                _ => return Err(missing()),
+            }
+        } else {
+            let wtxn = env.write_txn().map_err(|e| JournalError::lmdb("open", e))?;
+            let created = env
+                .create_databases_and_commit(wtxn, |dbo, wtxn| -> Result<_, heed::Error> {
+                    let records =
+                        dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("records"))?;
+                    let cursors =
+                        dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("cursors"))?;
+                    let meta = dbo.create_database::<Str, U64<BigEndian>>(wtxn, Some("meta"))?;
+                    let sessions = dbo.create_database::<Str, Bytes>(wtxn, Some("sessions"))?;
+                    let thinned =
+                        dbo.create_database::<U64<BigEndian>, Bytes>(wtxn, Some("thinned"))?;
+                    let stored = meta.get(wtxn, "format")?;
+                    // Marked with this build's layout at once (a newer one is refused
+                    // below, before anything is written under it).
+                    if stored.is_none_or(|f| f < JOURNAL_FORMAT) {
+                        if stored.is_some() && meta.get(wtxn, "readings_held")?.is_none() {
+                            // A journal of layout 1 holds one record per value.
+                            meta.put(wtxn, "readings_held", &records.len(wtxn)?)?;
                         }
-                        // Random rather than a time: a gateway without a real-time clock may
-                        // boot at the same wrong time every time. Never 0, which means "none".
-                        if meta.get(wtxn, "epoch")?.is_none() {
-                            meta.put(wtxn, "epoch", &rand::random::<u64>().max(1))?;
-                        }
-                        Ok(CommitOrAbort::<_, ()>::Commit((
-                            records,
-                            cursors,
-                            meta,
-                            Some(sessions),
-                        )))
-                    })
-                    .map_err(|e| JournalError::lmdb("open", e))?;
-                match created {
-                    CommitOrAbort::Commit(dbs) => dbs,
-                    CommitOrAbort::Abort(()) => return Err(missing()),
-                }
-            };
+                        meta.put(wtxn, "format", &JOURNAL_FORMAT)?;
+                    }
+                    // Random rather than a time: a gateway without a real-time clock may
+                    // boot at the same wrong time every time. Never 0, which means "none".
+                    if meta.get(wtxn, "epoch")?.is_none() {
+                        meta.put(wtxn, "epoch", &rand::random::<u64>().max(1))?;
+                    }
+                    Ok(CommitOrAbort::<_, ()>::Commit((
+                        records,
+                        cursors,
+                        meta,
+                        Some(sessions),
+                        Some(thinned),
+                    )))
+                })
+                .map_err(|e| JournalError::lmdb("open", e))?;
+            match created {
+                CommitOrAbort::Commit(dbs) => dbs,
+                CommitOrAbort::Abort(()) => return Err(missing()),
+            }
+        };
         let store = Store {
             env,
             records,
             cursors,
             meta,
             sessions,
+            thinned,
         };
         store.check_format()?;
         if !read_only {
@@ -250,9 +288,7 @@ impl Store {
             .last(&rtxn)
             .map_err(|e| JournalError::lmdb("read", e))?
         {
-            if let Err(e @ record::DecodeError::FutureVersion { .. }) = record::decode(seq, value) {
-                return Err(JournalError::Decode(e));
-            }
+            super::block::check_version(seq, value).map_err(JournalError::Decode)?;
         }
         Ok(())
     }
@@ -274,6 +310,12 @@ impl Store {
             None => self.records.last(txn)?.map(|(seq, _)| seq + 1).unwrap_or(1),
         };
         let bytes_held = self.meta.get(txn, "bytes_held")?.unwrap_or(0);
+        let readings_held = match self.meta.get(txn, "readings_held")? {
+            Some(n) => n,
+            // Only a journal of layout 1 (one record per value) lacks it, and only when
+            // opened read-only before any build with blocks wrote to it.
+            None => self.records.len(txn)?,
+        };
         let dropped_total = self.meta.get(txn, "dropped_total")?.unwrap_or(0);
         let expired_total = self.meta.get(txn, "expired_total")?.unwrap_or(0);
         let thinned_total = self.meta.get(txn, "thinned_total")?.unwrap_or(0);
@@ -281,6 +323,7 @@ impl Store {
             thinned_total,
             next_seq,
             bytes_held,
+            readings_held,
             dropped_total,
             expired_total,
         })
@@ -341,68 +384,77 @@ impl Store {
         if meta.thinned_total > 0 {
             self.meta.put(txn, "thinned_total", &meta.thinned_total)?;
         }
+        self.meta.put(txn, "readings_held", &meta.readings_held)?;
         self.meta.put(txn, "bytes_held", &meta.bytes_held)
     }
 
-    /// Appends one encoded record; `seq` must exceed every key held.
-    pub fn append(&self, txn: &mut RwTxn<'_>, seq: u64, value: &[u8]) -> Result<(), heed::Error> {
+    /// Appends one value under `key`; `key` must exceed every key held.
+    pub fn append(&self, txn: &mut RwTxn<'_>, key: u64, value: &[u8]) -> Result<(), heed::Error> {
         self.records
-            .put_with_flags(txn, PutFlags::APPEND, &seq, value)
+            .put_with_flags(txn, PutFlags::APPEND, &key, value)
+    }
+
+    /// Stores `value` under `key`, replacing what is there (the open block at the tail,
+    /// rewritten by each commit; blocks rewritten by thinning).
+    pub fn put_value(
+        &self,
+        txn: &mut RwTxn<'_>,
+        key: u64,
+        value: &[u8],
+    ) -> Result<(), heed::Error> {
+        self.records.put(txn, &key, value)
+    }
+
+    /// The last value held, with its key.
+    pub fn last_value<'t>(
+        &self,
+        txn: &'t RoTxn<'_>,
+    ) -> Result<Option<(u64, &'t [u8])>, heed::Error> {
+        self.records.last(txn)
     }
 
     /// First and last sequence held, if any.
     pub fn bounds(&self, txn: &RoTxn<'_>) -> Result<Option<(u64, u64)>, heed::Error> {
         let first = self.records.first(txn)?.map(|(s, _)| s);
-        let last = self.records.last(txn)?.map(|(s, _)| s);
+        let last = self
+            .records
+            .last(txn)?
+            .map(|(key, value)| block::info(key, value).last);
         Ok(first.zip(last))
     }
 
-    /// Deletes every record in `range`; returns (count, accounted bytes) removed.
-    pub fn delete_range(
+    /// Deletes values from the front while `go` says so of each (given its header and the
+    /// accounted bytes removed so far); returns what went.
+    pub fn remove_front(
         &self,
         txn: &mut RwTxn<'_>,
-        range: impl RangeBounds<u64>,
-    ) -> Result<(u64, u64), heed::Error> {
-        let mut count = 0;
-        let mut bytes = 0;
-        let mut iter = self.records.range_mut(txn, &range)?;
-        while let Some(item) = iter.next() {
-            let (_, value) = item?;
-            bytes += accounted_size(value.len());
-            count += 1;
-            // SAFETY: no reference into the database is kept across the deletion.
-            unsafe { iter.del_current()? };
-        }
-        Ok((count, bytes))
-    }
-
-    /// Deletes from the front until at least `need` accounted bytes are freed or `limit`
-    /// (exclusive) is reached. Returns (count, bytes, last seq removed).
-    pub fn delete_oldest(
-        &self,
-        txn: &mut RwTxn<'_>,
-        need: u64,
-    ) -> Result<(u64, u64, Option<u64>), heed::Error> {
-        let mut count = 0;
-        let mut bytes = 0;
-        let mut last = None;
+        mut go: impl FnMut(&ValueInfo, u64) -> bool,
+    ) -> Result<Removed, heed::Error> {
+        let mut removed = Removed::default();
         let mut iter = self.records.iter_mut(txn)?;
-        while bytes < need {
-            let Some(item) = iter.next() else { break };
-            let (seq, value) = item?;
-            bytes += accounted_size(value.len());
-            count += 1;
-            last = Some(seq);
+        while let Some(item) = iter.next() {
+            let (key, value) = item?;
+            let info = block::info(key, value);
+            if !go(&info, removed.bytes) {
+                break;
+            }
+            if removed.count == 0 {
+                removed.first = info.first;
+            }
+            removed.last = info.last;
+            removed.count += info.count;
+            removed.bytes += accounted_size(value.len());
             // SAFETY: no reference into the database is kept across the deletion.
             unsafe { iter.del_current()? };
         }
-        Ok((count, bytes, last))
+        Ok(removed)
     }
 
-    /// The front records ingested before `cutoff_ms`, at most `max` of them: the first seq
-    /// after them (`None` if the first record held is not older), and whether more such
-    /// records may follow. A record that fails its checksum cannot be dated; it is removed
-    /// with the dated records after it, and stops the span if none follows.
+    /// The front values whose readings were all ingested before `cutoff_ms`, at most about
+    /// `max` readings of them: the first key after them (`None` if the first value held
+    /// has a newer reading), and whether more such values may follow. A value that cannot
+    /// be dated (it fails its checksum) is removed with the dated values after it, and
+    /// stops the span if none follows.
     pub fn expired_end(
         &self,
         txn: &RoTxn<'_>,
@@ -410,21 +462,25 @@ impl Store {
         max: u64,
     ) -> Result<(Option<u64>, bool), heed::Error> {
         let mut end = None;
-        for (seen, item) in (0..).zip(self.records.iter(txn)?) {
-            let (seq, value) = item?;
-            if seen == max {
+        let mut seen = 0;
+        for item in self.records.iter(txn)? {
+            let (key, value) = item?;
+            if seen >= max {
                 return Ok((end, end.is_some()));
             }
-            match record::decode(seq, value) {
-                Ok(r) if r.reading.ingest_ms < cutoff_ms => end = Some(seq + 1),
-                Ok(_) => break,
-                Err(_) => continue,
+            let info = block::info(key, value);
+            seen += info.count;
+            match info.newest_ms {
+                Some(ms) if ms < cutoff_ms => end = Some(info.last + 1),
+                Some(_) => break,
+                None => continue,
             }
         }
         Ok((end, false))
     }
 
-    /// Reads up to `max` records starting at `from` (or the first held after it).
+    /// Reads up to `max` readings (and about `max_bytes` of them) starting at `from` (or the
+    /// first held after it). A value that cannot be decoded is one error in place.
     pub fn read_from(
         &self,
         txn: &RoTxn<'_>,
@@ -434,40 +490,137 @@ impl Store {
     ) -> Result<Vec<Result<Record, record::DecodeError>>, heed::Error> {
         let mut out = Vec::with_capacity(max.min(4096));
         let mut bytes = 0usize;
-        for item in self.records.range(txn, &(from..))? {
-            let (seq, value) = item?;
-            if out.len() >= max || (!out.is_empty() && bytes + value.len() > max_bytes) {
+        let mut decoded = Vec::new();
+        'values: for item in self.records.range(txn, &(self.key_holding(txn, from)?..))? {
+            let (key, value) = item?;
+            if out.len() >= max || (!out.is_empty() && bytes >= max_bytes) {
                 break;
             }
-            bytes += value.len();
-            out.push(record::decode(seq, value));
+            decoded.clear();
+            if let Err(e) = block::decode(key, value, &mut decoded) {
+                if block::info(key, value).last >= from {
+                    out.push(Err(e));
+                }
+                continue;
+            }
+            for r in decoded.drain(..) {
+                if r.seq < from {
+                    continue;
+                }
+                let len = r.reading.encoded_len();
+                if out.len() >= max || (!out.is_empty() && bytes + len > max_bytes) {
+                    break 'values;
+                }
+                bytes += len;
+                out.push(Ok(r));
+            }
         }
         Ok(out)
     }
 
-    /// Ingest time of the record `seq`, or of the first held after it.
+    /// The key of the value holding `seq`, or `seq` itself when none does (then the
+    /// values after it are the ones to read).
+    pub fn key_holding(&self, txn: &RoTxn<'_>, seq: u64) -> Result<u64, heed::Error> {
+        Ok(match self.records.rev_range(txn, &(..=seq))?.next() {
+            Some(item) => {
+                let (key, value) = item?;
+                if block::info(key, value).last >= seq {
+                    key
+                } else {
+                    seq
+                }
+            }
+            None => seq,
+        })
+    }
+
+    /// Ingest time of the reading `seq`, or of the first held after it.
     pub fn ingest_ms_at_or_after(
         &self,
         txn: &RoTxn<'_>,
         seq: u64,
     ) -> Result<Option<u64>, heed::Error> {
-        match self.records.range(txn, &(seq..))?.next() {
-            Some(item) => {
-                let (s, v) = item?;
-                Ok(record::decode(s, v).ok().map(|r| r.reading.ingest_ms))
-            }
-            None => Ok(None),
-        }
+        Ok(self
+            .read_from(txn, seq, 1, usize::MAX)?
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .map(|r| r.reading.ingest_ms))
     }
 
     /// The thinned spans that overlap `from..=to`, oldest first.
     pub fn thinned_spans(
         &self,
-        _txn: &RoTxn<'_>,
-        _from: u64,
-        _to: u64,
-    ) -> Result<Vec<super::ThinnedSpan>, heed::Error> {
-        Ok(Vec::new())
+        txn: &RoTxn<'_>,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ThinnedSpan>, heed::Error> {
+        let Some(db) = self.thinned else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        if let Some(item) = db.rev_range(txn, &(..=from))?.next() {
+            let (first, value) = item?;
+            if let Some(span) = decode_span(first, value).filter(|s| s.last >= from) {
+                out.push(span);
+            }
+        }
+        for item in db.range(txn, &(Bound::Excluded(from), Bound::Included(to)))? {
+            let (first, value) = item?;
+            out.extend(decode_span(first, value));
+        }
+        Ok(out)
+    }
+
+    /// Stores `span`, replacing any span starting at the same seq. The caller keeps spans
+    /// from overlapping.
+    pub fn put_span(&self, txn: &mut RwTxn<'_>, span: &ThinnedSpan) -> Result<(), heed::Error> {
+        if let Some(db) = self.thinned {
+            let mut value = Vec::with_capacity(28);
+            value.extend_from_slice(&span.last.to_le_bytes());
+            value.extend_from_slice(&span.factor.to_le_bytes());
+            value.extend_from_slice(&span.first_ms.to_le_bytes());
+            value.extend_from_slice(&span.last_ms.to_le_bytes());
+            db.put(txn, &span.first, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the span starting at `first`.
+    pub fn delete_span(&self, txn: &mut RwTxn<'_>, first: u64) -> Result<(), heed::Error> {
+        if let Some(db) = self.thinned {
+            db.delete(txn, &first)?;
+        }
+        Ok(())
+    }
+
+    /// After readings were removed from the front: drops the spans that end before the
+    /// first reading held and starts the one it lies in at it, so every span begins and
+    /// ends with a reading held.
+    pub fn fit_spans_to_front(&self, txn: &mut RwTxn<'_>) -> Result<(), heed::Error> {
+        let first = self.read_from(txn, 0, 1, usize::MAX)?.into_iter().next();
+        let (first_seq, first_ms) = match first {
+            Some(Ok(r)) => (r.seq, Some(r.reading.ingest_ms)),
+            Some(Err(e)) => (e.seq(), None),
+            None => (u64::MAX, None),
+        };
+        for span in self.thinned_spans(txn, 0, first_seq)? {
+            if span.first >= first_seq {
+                continue;
+            }
+            self.delete_span(txn, span.first)?;
+            if span.last >= first_seq && span.last > first_seq {
+                self.put_span(
+                    txn,
+                    &ThinnedSpan {
+                        first: first_seq,
+                        first_ms: first_ms.unwrap_or(span.first_ms),
+                        ..span
+                    },
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// All cursors stored, by upstream name.
@@ -497,6 +650,19 @@ impl Store {
         // this process hold no transaction across a call into the writer.
         unsafe { self.env.resize(new_size) }
     }
+}
+
+fn decode_span(first: u64, value: &[u8]) -> Option<ThinnedSpan> {
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(value.get(at..at + 8)?.try_into().ok()?))
+    };
+    Some(ThinnedSpan {
+        first,
+        last: u64_at(0)?,
+        factor: u32::from_le_bytes(value.get(8..12)?.try_into().ok()?),
+        first_ms: u64_at(12)?,
+        last_ms: u64_at(20)?,
+    })
 }
 
 /// The `meta` key of one field of an upstream's budget usage.

@@ -1,13 +1,12 @@
 //! Test support for stages that read the journal: make the holes thinning leaves (delete
 //! given readings) and describe the span they lie in, before the writer thins by itself.
-#![cfg(test)]
 
 use super::{Journal, JournalError, ThinnedSpan};
 
 /// Deletes the readings `seqs` from `journal`, as thinning does inside a span, and returns
 /// the span `first..=last` at `factor` as the journal describes it (ingest times of its
-/// first and last reading; both must be held). Records only: `bytes_held` and the span
-/// table are left as they are.
+/// first and last reading; both must be held). Records only, and one record per value
+/// (`compression = "none"`): `bytes_held` and the span table are left as they are.
 pub(crate) fn thin(
     journal: &Journal,
     seqs: &[u64],

@@ -7,8 +7,11 @@ use bytes::Bytes;
 use bytesize::ByteSize;
 
 use super::*;
-use crate::config::{JournalConfig, OnFull};
+use crate::config::{JournalCompression, JournalConfig, OnFull};
 use crate::record::SourceKind;
+
+mod blocks;
+mod thinning;
 
 fn config(dir: &Path) -> JournalConfig {
     JournalConfig {
@@ -18,6 +21,8 @@ fn config(dir: &Path) -> JournalConfig {
         max_age: None,
         commit_interval: Duration::ZERO,
         commit_max_records: 10_000,
+        // Per-reading semantics; the block format has tests of its own below.
+        compression: JournalCompression::None,
         ..JournalConfig::default()
     }
 }
@@ -382,7 +387,7 @@ async fn a_record_of_a_newer_format_is_refused_at_open() {
         let store = guard.as_ref().unwrap();
         let mut txn = store.write_txn().unwrap();
         let mut value = record::encode(2, &reading("a", 2, 10));
-        value[0] = record::FORMAT_VERSION + 1;
+        value[0] = super::block::BLOCK_VERSION + 1;
         store.append(&mut txn, 2, &value).unwrap();
         txn.commit().unwrap();
         drop(guard);

@@ -108,6 +108,18 @@ pub(crate) fn spawn(
     committed: watch::Sender<u64>,
     clock: AgeClock,
 ) -> Result<std::thread::JoinHandle<()>, JournalError> {
+    let codec = commit::Codec {
+        buf: Vec::with_capacity(1 << 16),
+        packer: super::block::Packer::new(config.compression_level).map_err(|source| {
+            JournalError::Io {
+                what: format!(
+                    "set up zstd at journal.compression_level = {}",
+                    config.compression_level
+                ),
+                source,
+            }
+        })?,
+    };
     std::thread::Builder::new()
         .name("journal-writer".into())
         .spawn(move || {
@@ -122,13 +134,15 @@ pub(crate) fn spawn(
                 config,
                 expiry,
                 expiries: Summarizer::new(Duration::from_secs(10)),
+                thins: Summarizer::new(Duration::from_secs(10)),
+                thin_factor: 0,
                 upstreams,
                 committed,
                 poisoned: false,
                 trouble,
                 drops: Summarizer::new(Duration::from_secs(10)),
                 rejects: Summarizer::new(Duration::from_secs(10)),
-                buf: Vec::with_capacity(1 << 16),
+                codec,
                 prune: PruneSchedule::new(),
             };
             writer.run(rx);
@@ -150,13 +164,16 @@ struct Writer {
     trouble: DiskTrouble,
     drops: Summarizer,
     rejects: Summarizer,
-    /// Reused encoding buffer.
-    buf: Vec<u8>,
+    /// Reused encoding state.
+    codec: commit::Codec,
     /// When the next commit also removes re-send memories past [`super::SESSION_TTL`].
     prune: PruneSchedule,
     /// When the next commit also removes readings past `journal.max_age`.
     expiry: ExpirySchedule,
     expiries: Summarizer,
+    thins: Summarizer,
+    /// The coarsest factor thinning reached since its last log line.
+    thin_factor: u32,
 }
 
 /// One append request inside a group.
@@ -427,7 +444,7 @@ impl Writer {
             store,
             &self.config,
             &self.upstreams,
-            &mut self.buf,
+            &mut self.codec,
             appends,
             cursors,
             commit::Extras {
@@ -468,6 +485,7 @@ impl Writer {
         c.rejected_full.fetch_add(o.rejected, Ordering::Relaxed);
         c.dropped_full.fetch_add(o.dropped, Ordering::Relaxed);
         c.expired.fetch_add(o.expired, Ordering::Relaxed);
+        c.thinned.fetch_add(o.thinned, Ordering::Relaxed);
         c.trimmed.fetch_add(o.trimmed, Ordering::Relaxed);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.commit_latency.observe(o.took);
@@ -491,6 +509,21 @@ impl Writer {
                 "Journal full: dropped the oldest readings to make room (on_full = \"drop-oldest\")."
             );
             self.drops.reset();
+        }
+        if o.thinned > 0 {
+            self.thins.add(o.thinned, None, None);
+            self.thin_factor = self.thin_factor.max(o.thin_factor);
+        }
+        if self.thins.due(now) {
+            tracing::warn!(
+                thinned = self.thins.pending,
+                factor = self.thin_factor,
+                max_size = %self.config.max_size,
+                total = c.thinned.load(Ordering::Relaxed),
+                "Journal full: thinned the oldest history to make room (on_full = \"thin\"); upstreams get thinned markers for it."
+            );
+            self.thins.reset();
+            self.thin_factor = 0;
         }
         if o.expired > 0 {
             self.expiries
