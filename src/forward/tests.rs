@@ -146,23 +146,9 @@ impl Run {
         }
     }
 
-    /// The batch of at most `max` records at `cursor`, as the forwarder makes it. `spans`
-    /// stand in for the journal's span table while it returns none.
-    fn batch(&self, journal: &Journal, cursor: u64, max: usize, spans: &[ThinnedSpan]) -> Batch {
-        let mut read = journal.read_batch(cursor, max, 1 << 20).unwrap();
-        let last = read.records.last().map(|r| match r {
-            Ok(r) => r.seq,
-            Err(e) => e.seq(),
-        });
-        if read.thinned.is_empty() {
-            if let Some(last) = last {
-                read.thinned = spans
-                    .iter()
-                    .filter(|s| s.last >= cursor && s.first <= last)
-                    .copied()
-                    .collect();
-            }
-        }
+    /// The batch of at most `max` records at `cursor`, as the forwarder makes it.
+    fn batch(&self, journal: &Journal, cursor: u64, max: usize) -> Batch {
+        let read = journal.read_batch(cursor, max, 1 << 20).unwrap();
         batch_from(
             "up",
             &self.counters,
@@ -215,7 +201,7 @@ async fn a_span_ahead_of_the_cursor_is_announced_in_front_of_its_first_reading_a
     assert_eq!((span.first_ms, span.last_ms), (at_ms(21), at_ms(60)));
 
     let run = Run::new(true);
-    let (items, next) = run.batch(&journal, 1, 1000, &[span]);
+    let (items, next) = run.batch(&journal, 1, 1000);
     assert_eq!(next, 101);
     let mut expected = readings(1..=20);
     expected.push("t21..60/2".to_owned());
@@ -236,7 +222,7 @@ async fn a_span_ahead_of_the_cursor_is_announced_in_front_of_its_first_reading_a
 
     // A sink that wants no markers gets the readings alone; the counting is the same.
     let quiet = Run::new(false);
-    let (items, _) = quiet.batch(&journal, 1, 1000, &[span]);
+    let (items, _) = quiet.batch(&journal, 1, 1000);
     assert!(items.iter().all(|i| i.as_reading().is_some()));
     assert_eq!((quiet.thinned(), quiet.lost()), (19, 0));
 
@@ -247,9 +233,9 @@ async fn a_span_ahead_of_the_cursor_is_announced_in_front_of_its_first_reading_a
 #[tokio::test]
 async fn a_span_behind_the_cursor_is_neither_announced_nor_counted() {
     let (_dir, journal, writer) = hundred().await;
-    let span = thin_span(&journal, 21, 60, 2);
+    thin_span(&journal, 21, 60, 2);
     let run = Run::new(true);
-    let (items, next) = run.batch(&journal, 61, 1000, &[span]);
+    let (items, next) = run.batch(&journal, 61, 1000);
     assert_eq!(next, 101);
     assert_eq!(shape(&items), readings(61..=100));
     assert_eq!((run.thinned(), run.lost()), (0, 0));
@@ -260,10 +246,10 @@ async fn a_span_behind_the_cursor_is_neither_announced_nor_counted() {
 #[tokio::test]
 async fn a_cursor_inside_a_span_has_it_announced_from_the_cursor_on() {
     let (_dir, journal, writer) = hundred().await;
-    let span = thin_span(&journal, 21, 60, 2);
+    thin_span(&journal, 21, 60, 2);
     let run = Run::new(true);
     // 30 was thinned away: the hole between the cursor and reading 31 is thinning.
-    let (items, next) = run.batch(&journal, 30, 1000, &[span]);
+    let (items, next) = run.batch(&journal, 30, 1000);
     assert_eq!(next, 101);
     let mut expected = vec!["t30..60/2".to_owned()];
     expected.extend(readings((31..=59).step_by(2)));
@@ -279,15 +265,15 @@ async fn a_cursor_inside_a_span_has_it_announced_from_the_cursor_on() {
 #[tokio::test]
 async fn a_batch_ending_mid_span_leaves_the_next_one_unannounced_until_the_run_restarts() {
     let (_dir, journal, writer) = hundred().await;
-    let span = thin_span(&journal, 21, 60, 2);
+    thin_span(&journal, 21, 60, 2);
     let run = Run::new(true);
     // 20 readings, then 21, 23, 25, 27, 29.
-    let (items, next) = run.batch(&journal, 1, 25, &[span]);
+    let (items, next) = run.batch(&journal, 1, 25);
     assert_eq!(next, 30);
     assert_eq!(marker_of(&items).len(), 1);
     assert_eq!(run.thinned(), 4, "22 … 28");
     // The next batch starts inside the span it was told about: no second marker.
-    let (items, next) = run.batch(&journal, next, 1000, &[span]);
+    let (items, next) = run.batch(&journal, next, 1000);
     assert_eq!(next, 101);
     assert_eq!(shape(&items)[0], "r31");
     assert!(marker_of(&items).is_empty());
@@ -295,7 +281,7 @@ async fn a_batch_ending_mid_span_leaves_the_next_one_unannounced_until_the_run_r
 
     // After a restart the run's memory is gone: the span is announced from the cursor.
     let restarted = Run::new(true);
-    let (items, _) = restarted.batch(&journal, 30, 1000, &[span]);
+    let (items, _) = restarted.batch(&journal, 30, 1000);
     assert_eq!(shape(&items)[..2], ["t30..60/2", "r31"]);
     drop(journal);
     writer.join();
@@ -304,11 +290,11 @@ async fn a_batch_ending_mid_span_leaves_the_next_one_unannounced_until_the_run_r
 #[tokio::test]
 async fn a_real_gap_beside_a_span_stays_a_gap_and_the_span_is_not_one() {
     let (_dir, journal, writer) = hundred().await;
-    let span = thin_span(&journal, 21, 60, 2);
+    thin_span(&journal, 21, 60, 2);
     // Readings 15..=20 removed whole (drop-oldest or max_age), right before the span.
     thin(&journal, &[15, 16, 17, 18, 19, 20], (21, 60, 2)).unwrap();
     let run = Run::new(true);
-    let (items, _) = run.batch(&journal, 1, 1000, &[span]);
+    let (items, _) = run.batch(&journal, 1, 1000);
     let mut expected = readings(1..=14);
     expected.extend(["g15..20".to_owned(), "t21..60/2".to_owned()]);
     expected.extend(readings((21..=59).step_by(2)));
@@ -330,10 +316,10 @@ async fn a_real_gap_beside_a_span_stays_a_gap_and_the_span_is_not_one() {
 #[tokio::test]
 async fn two_spans_in_one_batch_are_announced_each_in_front_of_its_own_first_reading() {
     let (_dir, journal, writer) = hundred().await;
-    let older = thin_span(&journal, 21, 40, 4);
-    let newer = thin_span(&journal, 41, 60, 2);
+    thin_span(&journal, 21, 40, 4);
+    thin_span(&journal, 41, 60, 2);
     let run = Run::new(true);
-    let (items, next) = run.batch(&journal, 1, 1000, &[older, newer]);
+    let (items, next) = run.batch(&journal, 1, 1000);
     assert_eq!(next, 101);
     let mut expected = readings(1..=20);
     expected.push("t21..40/4".to_owned());
@@ -363,4 +349,148 @@ fn a_hole_across_a_span_edge_is_split_into_thinning_and_a_gap() {
     );
     assert_eq!(assemble::split_hole(12, 14, &[span]), vec![(12, 14, true)]);
     assert_eq!(assemble::split_hole(1, 3, &[span]), vec![(1, 3, false)]);
+}
+
+/// A sink that records every batch it is handed, refusing the first `refuse` attempts.
+struct Recorder {
+    attempts: Arc<Mutex<Vec<Vec<Item>>>>,
+    markers: bool,
+    refuse: usize,
+}
+
+impl Sink for Recorder {
+    async fn send(&mut self, batch: &[Item]) -> Result<(), SinkError> {
+        self.attempts
+            .lock()
+            .expect("not poisoned")
+            .push(batch.to_vec());
+        if self.refuse > 0 {
+            self.refuse -= 1;
+            return Err(SinkError::retryable("refused by the test"));
+        }
+        Ok(())
+    }
+
+    fn wants_gap_markers(&self) -> bool {
+        self.markers
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_run_sends_one_marker_per_span_across_its_batches_and_retries() {
+    let (_dir, journal, writer) = hundred().await;
+    let span = thin_span(&journal, 21, 60, 2);
+    assert_eq!(
+        journal.read_batch(1, 1000, 1 << 20).unwrap().thinned,
+        vec![span],
+        "the journal keeps the span"
+    );
+    let mut config = UpstreamConfig::new("up", crate::config::UpstreamKind::Kafka);
+    config.max_batch = 25;
+    config.linger = Duration::ZERO;
+    config.backoff_initial = Duration::from_millis(1);
+    config.backoff_max = Duration::from_millis(5);
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let counters = Arc::new(ForwardCounters::default());
+    let sink = Recorder {
+        attempts: attempts.clone(),
+        markers: true,
+        refuse: 1,
+    };
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Forwarder::new(config, journal.clone(), sink, counters.clone()).run(shutdown.clone()),
+    );
+    // Guard only: the run ends well before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while journal.cursor("up").unwrap() != Some(101) {
+        assert!(Instant::now() < deadline, "the forwarder did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    run.await.unwrap();
+
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts[0], attempts[1],
+        "the refused batch is sent again as it was"
+    );
+    let delivered: Vec<Item> = attempts[1..].concat();
+    let mut expected = readings(1..=20);
+    expected.push("t21..60/2".to_owned());
+    expected.extend(readings((21..=59).step_by(2)));
+    expected.extend(readings(60..=100));
+    assert_eq!(shape(&delivered), expected);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(get(&counters.thinned_markers_sent), 1);
+    assert_eq!(get(&counters.thinned_readings), 19);
+    assert_eq!(get(&counters.sent), 81, "readings only");
+    assert_eq!(get(&counters.lost_to_drop_oldest), 0);
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn after_the_writer_thins_every_hole_a_forwarder_reads_is_announced_and_none_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        dir: dir.path().to_owned(),
+        max_size: bytesize::ByteSize::kib(512),
+        on_full: crate::config::OnFull::Thin,
+        ..JournalConfig::default()
+    };
+    let (journal, writer) = Journal::open(&config, &["up".to_owned()]).unwrap();
+    // Ten devices, the upstream never sending, until the journal has thinned a while.
+    let mut n = 0;
+    while journal.counters().thinned.load(Ordering::Relaxed) < 20_000 {
+        let round: Vec<Reading> = (n..n + 50)
+            .flat_map(|n| {
+                (0..10).map(move |d| {
+                    let mut r = reading_at(n, at_ms(n));
+                    r.topic = format!("turbines/wt-{d:02}/telemetry");
+                    r.payload =
+                        Bytes::from(format!("{{\"d\":{d},\"n\":{n},\"wind\":7.{}}}", n % 10));
+                    r
+                })
+            })
+            .collect();
+        journal.append(round).await.unwrap();
+        n += 50;
+    }
+    let summary = journal.summary().unwrap();
+    assert!(!summary.thinned.is_empty());
+    assert_eq!(summary.dropped_total, 0, "thinning alone made room");
+
+    // Read it all as one run would, in small batches.
+    let run = Run::new(true);
+    let mut cursor = 1;
+    let mut items = Vec::new();
+    loop {
+        let (batch, next) = run.batch(&journal, cursor, 500);
+        if batch.is_empty() {
+            break;
+        }
+        items.extend(batch);
+        cursor = next;
+    }
+    assert_eq!(run.lost(), 0, "no hole outside a span");
+    assert_eq!(run.thinned(), summary.thinned_total);
+    assert!(items.windows(2).all(|w| w[0].position() < w[1].position()));
+    // Every hole between readings delivered lies in a range a marker announced before it.
+    let markers = marker_of(&items);
+    assert!(markers.len() >= summary.thinned.len());
+    let mut last = 0;
+    for r in items.iter().filter_map(Item::as_reading) {
+        for missing in last + 1..r.seq {
+            assert!(
+                markers
+                    .iter()
+                    .any(|t| t.first <= missing && missing <= t.last),
+                "seq {missing} is missing and no marker announced it"
+            );
+        }
+        last = r.seq;
+    }
+    drop(journal);
+    writer.join();
 }

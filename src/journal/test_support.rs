@@ -1,12 +1,13 @@
-//! Test support for stages that read the journal: make the holes thinning leaves (delete
-//! given readings) and describe the span they lie in, before the writer thins by itself.
+//! Test support for stages that read the journal: thin a chosen span by hand (delete given
+//! readings, record the span), so a test decides exactly where the holes are.
 
 use super::{Journal, JournalError, ThinnedSpan};
 
-/// Deletes the readings `seqs` from `journal`, as thinning does inside a span, and returns
-/// the span `first..=last` at `factor` as the journal describes it (ingest times of its
-/// first and last reading; both must be held). Records only, and one record per value
-/// (`compression = "none"`): `bytes_held` and the span table are left as they are.
+/// Deletes the readings `seqs` from `journal`, as thinning does inside a span, and records
+/// the span `first..=last` at `factor` in the span table, as the journal describes it
+/// (ingest times of its first and last reading; both must be held), returning it. One
+/// record per value (`compression = "none"`); `bytes_held` is left as it is. The caller
+/// keeps spans from overlapping.
 pub(crate) fn thin(
     journal: &Journal,
     seqs: &[u64],
@@ -18,18 +19,19 @@ pub(crate) fn thin(
         for seq in seqs {
             store.records.delete(&mut txn, seq).map_err(lm)?;
         }
-        txn.commit().map_err(lm)?;
-        let txn = store.read_txn()?;
         let ingest = |seq| -> Result<u64, JournalError> {
             let at = store.ingest_ms_at_or_after(&txn, seq).map_err(lm)?;
             Ok(at.expect("a span's first and last readings are held"))
         };
-        Ok(ThinnedSpan {
+        let span = ThinnedSpan {
             first,
             last,
             factor,
             first_ms: ingest(first)?,
             last_ms: ingest(last)?,
-        })
+        };
+        store.put_span(&mut txn, &span).map_err(lm)?;
+        txn.commit().map_err(lm)?;
+        Ok(span)
     })
 }
