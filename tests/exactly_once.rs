@@ -98,7 +98,8 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
             dir,
             kafka_port,
             "gaps",
-            "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
+            // Stored as sent, so ~2.4 MB overflow the 1 MiB (compressed, they would fit).
+            "max_size = \"1MiB\"\non_full = \"drop-oldest\"\ncompression = \"none\"",
         )
     });
     // ~2.4 MB into a 1 MiB journal with the cluster down.
