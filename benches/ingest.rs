@@ -35,6 +35,8 @@
 //! Environment: `TIDEGATE_BENCH_SECS` (default 10) sets the length of phases 1, 2 and 4;
 //! `TIDEGATE_BENCH_RATE` (default 500) the per-device rate of phase 2;
 //! `TIDEGATE_BENCH_COMPARE_RATE` (default 200) the per-device rate of phase 4's steady run;
+//! `TIDEGATE_BENCH_COMPARE_PAIRS` (default 1) phase 4's saturation runs of tidegate with
+//! zstd and none (the median ratio is printed when more than one);
 //! `TIDEGATE_BENCH_DRAIN_READINGS` (default 500000) and `TIDEGATE_BENCH_DRAIN_RUNS`
 //! (default 2) phase 3's backlog and its runs per compression;
 //! `TIDEGATE_BENCH_DENSITY_READINGS` (default 100000) the readings of each run of phase 8;
@@ -114,7 +116,12 @@ fn main() {
         );
     }
     if phases.contains(&4) {
-        compare_with_mosquitto(&rt, secs, compare_rate);
+        compare_with_mosquitto(
+            &rt,
+            secs,
+            compare_rate,
+            env_or("TIDEGATE_BENCH_COMPARE_PAIRS", 1),
+        );
     }
     if phases.contains(&5) {
         fleet_of_devices(&rt, fleet_devices, fleet_secs, fd_limit);

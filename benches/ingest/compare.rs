@@ -85,8 +85,15 @@ fn mosquitto_version() -> String {
 }
 
 /// Phase 4: the same fleet and load against tidegate and Mosquitto, at saturation and at
-/// `rate` readings/s per device; each run gets a fresh broker.
-pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, rate: f64) {
+/// `rate` readings/s per device; each run gets a fresh broker. Then `pairs - 1` more
+/// saturation runs of tidegate with zstd and none, alternating: on a shared machine one
+/// pair's ratio moves by ±20 %, so the median of several is the figure to compare.
+pub(crate) fn compare_with_mosquitto(
+    rt: &tokio::runtime::Runtime,
+    secs: u64,
+    rate: f64,
+    pairs: u32,
+) {
     let run_tidegate = |rate: Option<f64>, compression: &str| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mqtt = free_port().expect("a free port");
@@ -187,6 +194,26 @@ pub(crate) fn compare_with_mosquitto(rt: &tokio::runtime::Runtime, secs: u64, ra
                 "!! steady run against {name}: {published:.0} readings/s published of {offered:.0} offered: the generator could not keep the pace (busy machine?)"
             );
         }
+    }
+    let mut ratios = vec![tg_sat.report.acked_per_sec / raw_sat.report.acked_per_sec];
+    for _ in 1..pairs {
+        let zstd = run_tidegate(None, "zstd").report.acked_per_sec;
+        let none = run_tidegate(None, "none").report.acked_per_sec;
+        println!(
+            "saturation pair: zstd {zstd:.0}/s, none {none:.0}/s, ratio {:.2}",
+            zstd / none
+        );
+        ratios.push(zstd / none);
+    }
+    if ratios.len() > 1 {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "saturation, zstd / none over {} pairs: median {:.2} (from {:.2} to {:.2})",
+            ratios.len(),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
     }
     print_load_average(4);
     let db = |b: Option<u64>| b.map_or("none".to_owned(), |b| format!("{b} bytes"));
