@@ -280,7 +280,9 @@ fn set_layout_version(dir: &Path, version: u64) {
 fn a_journal_from_a_newer_tidegate_is_refused_with_upgrade_tidegate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let journal = copy_fixture(dir.path());
-    set_layout_version(&journal, 2);
+    // One past the layout this build writes.
+    let newer = tidegate::journal::store::JOURNAL_FORMAT + 1;
+    set_layout_version(&journal, newer);
     let config = dir.path().join("tidegate.toml");
     std::fs::write(&config, base_config(&journal, free_port())).expect("write");
 
@@ -288,7 +290,10 @@ fn a_journal_from_a_newer_tidegate_is_refused_with_upgrade_tidegate() {
         let out = tidegate(args, &config);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("layout version 2"), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("layout version {newer}")),
+            "{args:?}: {err}"
+        );
         assert!(err.contains("Upgrade tidegate"), "{args:?}: {err}");
     }
 }
@@ -317,13 +322,15 @@ fn set_last_record_version(dir: &Path, version: u8) {
 fn records_from_a_newer_tidegate_are_refused_with_upgrade_tidegate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let journal = copy_fixture(dir.path());
-    set_last_record_version(&journal, 2);
+    // One past every value format this build reads: records and compressed blocks.
+    let newer = tidegate::journal::block::BLOCK_VERSION.max(tidegate::record::FORMAT_VERSION) + 1;
+    set_last_record_version(&journal, newer);
     let config = dir.path().join("tidegate.toml");
     std::fs::write(&config, base_config(&journal, free_port())).expect("write");
     let out = tidegate(&["run"], &config);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("format version 2"), "{err}");
+    assert!(err.contains(&format!("format version {newer}")), "{err}");
     assert!(err.to_lowercase().contains("upgrade tidegate"), "{err}");
 }
 
