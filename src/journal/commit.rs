@@ -276,7 +276,16 @@ pub(super) fn commit(
         }
     }
     if front_moved {
-        store.fit_spans_to_front(&mut txn)?;
+        // Below the lowest cursor everything was delivered; past what drop-oldest or the
+        // age limit removed, a hole at the front is thinning (see `fit_spans_to_front`).
+        let mut keep_from = u64::MAX;
+        for name in upstreams {
+            keep_from = keep_from.min(store.cursors.get(&txn, name)?.unwrap_or(0));
+        }
+        if let Some(lost) = out.dropped_last.max(out.expired_last) {
+            keep_from = keep_from.max(lost + 1);
+        }
+        store.fit_spans_to_front(&mut txn, keep_from)?;
     }
     sessions.store(
         store,

@@ -616,13 +616,15 @@ pub struct ReadBatch {
 /// one span per sequence number; spans do not overlap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThinnedSpan {
-    /// First and last sequence number of the span (both held: a span begins and ends with
-    /// readings it kept).
+    /// First and last sequence number of the span. `last` is a reading held; so is
+    /// `first`, unless the readings before it were delivered to every upstream and trimmed:
+    /// it is then the lowest cursor inside the span, so the hole from there to the first
+    /// reading held still reads as thinning.
     pub first: u64,
     pub last: u64,
     /// Readings of the span were halved this many times over: 2, 4, 8 …
     pub factor: u32,
-    /// Ingest time of the span's first and last reading, ms since the Unix epoch.
+    /// Ingest time of the span's first and last reading held, ms since the Unix epoch.
     pub first_ms: u64,
     pub last_ms: u64,
 }

@@ -595,25 +595,37 @@ impl Store {
     }
 
     /// After readings were removed from the front: drops the spans that end before the
-    /// first reading held and starts the one it lies in at it, so every span begins and
-    /// ends with a reading held.
-    pub fn fit_spans_to_front(&self, txn: &mut RwTxn<'_>) -> Result<(), heed::Error> {
+    /// front and starts the one the front lies in at it, so every span ends with a reading
+    /// held and begins with one, or at `keep_from`.
+    ///
+    /// `keep_from` is the lowest sequence no upstream may have sent, past what drop-oldest
+    /// or the age limit removed: readings before it left the front delivered everywhere,
+    /// while a reading from it on that is not held was thinned away inside the span. The
+    /// span keeps naming those, so a forwarder whose cursor lies between `keep_from` and
+    /// the first reading held still knows the hole as thinning, not loss.
+    pub fn fit_spans_to_front(
+        &self,
+        txn: &mut RwTxn<'_>,
+        keep_from: u64,
+    ) -> Result<(), heed::Error> {
         let first = self.read_from(txn, 0, 1, usize::MAX)?.into_iter().next();
         let (first_seq, first_ms) = match first {
             Some(Ok(r)) => (r.seq, Some(r.reading.ingest_ms)),
             Some(Err(e)) => (e.seq(), None),
             None => (u64::MAX, None),
         };
+        let start = keep_from.min(first_seq);
         for span in self.thinned_spans(txn, 0, first_seq)? {
-            if span.first >= first_seq {
+            if span.first >= start {
                 continue;
             }
             self.delete_span(txn, span.first)?;
-            if span.last >= first_seq && span.last > first_seq {
+            // A span reduced to the first reading held alone names no hole.
+            if span.last >= start && (span.last > first_seq || start < first_seq) {
                 self.put_span(
                     txn,
                     &ThinnedSpan {
-                        first: first_seq,
+                        first: start,
                         first_ms: first_ms.unwrap_or(span.first_ms),
                         ..span
                     },

@@ -11,7 +11,8 @@
 //! every chunk is at the maximum it deletes from the front.
 //!
 //! Invariants kept: every hole thinning makes lies inside a span of `thinned`, spans do not
-//! overlap, each begins and ends with a reading held, and span boundaries fall on value
+//! overlap, each ends with a reading held and begins with one (or, at the front, at the
+//! lowest cursor: see `Store::fit_spans_to_front`), and span boundaries fall on value
 //! boundaries (a chunk is whole values and its readings are packed into values of its
 //! own), so a later round can take a span, or part of one, whole.
 
@@ -214,18 +215,22 @@ fn thin_chunk(
     // The chunk becomes a span of twice its factor; the parts of the span it lay in on
     // either side keep theirs.
     let factor = chunk.factor.saturating_mul(2);
+    let mut span_first = first.0;
     if let Some(span) = chunk.span {
         store.delete_span(txn, span.first)?;
         if span.first < first.0 {
-            if let Some((seq, ms)) = reading_before(store, txn, first.0)? {
-                store.put_span(
+            match reading_before(store, txn, first.0)? {
+                Some((seq, ms)) => store.put_span(
                     txn,
                     &ThinnedSpan {
                         last: seq,
                         last_ms: ms,
                         ..span
                     },
-                )?;
+                )?,
+                // Nothing held before the chunk: the span began at the lowest cursor
+                // (`Store::fit_spans_to_front`); the new one keeps that start.
+                None => span_first = span.first,
             }
         }
         if span.last > last.0 {
@@ -244,7 +249,7 @@ fn thin_chunk(
     store.put_span(
         txn,
         &ThinnedSpan {
-            first: first.0,
+            first: span_first,
             last: last.0,
             factor,
             first_ms: first.1,
