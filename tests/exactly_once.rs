@@ -5,7 +5,10 @@
 //! - readings `drop-oldest` removed before a dead upstream got them reach it as one explicit
 //!   gap marker naming exactly the journal sequences it never received;
 //! - readings `journal.max_age` removed before a dead upstream got them do the same, under
-//!   the daemon's age-clock test hook.
+//!   the daemon's age-clock test hook;
+//! - readings `on_full = "thin"` removed before a dead upstream got them are announced by
+//!   thinned markers, never a gap, and a crash in the middle of the drain sends no reading
+//!   twice.
 //!
 //! The crash loop (many SIGKILLs under load) is `tests/crash_loop.rs`; the sink's own
 //! de-duplication tests (other gateways, other epochs, an empty topic, the bounded tail
@@ -39,6 +42,18 @@ fn config(mqtt_port: u16, dir: &Path, kafka_port: u16, topic: &str, journal: &st
 /// The usual test fleet ([`Fleet`]) of `devices` turbines sending `count` readings each.
 fn fleet(gw: &Gateway, devices: usize, count: u64) -> Fleet {
     Fleet::new(gw.mqtt_addr(), devices).count(count)
+}
+
+/// Offers ~2.4 MB (10 devices × 600 readings of 400 B) to the gateway's 1 MiB journal
+/// while its cluster is down; every reading is acknowledged (the journal makes room).
+/// Returns the fleet's report and `status --json` afterwards.
+async fn overflow(gw: &Gateway) -> (firmware_sim::FleetReport, serde_json::Value) {
+    let report = fleet(gw, 10, 600).payload_size(400).run().await;
+    assert!(
+        report.all_acked(),
+        "a full journal makes room for every reading"
+    );
+    (report, status_json(gw))
 }
 
 fn header<'a>(r: &'a KafkaReading, name: &str) -> Option<&'a str> {
@@ -102,10 +117,7 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
             "max_size = \"1MiB\"\non_full = \"drop-oldest\"\ncompression = \"none\"",
         )
     });
-    // ~2.4 MB into a 1 MiB journal with the cluster down.
-    let report = fleet(&gw, 10, 600).payload_size(400).run().await;
-    assert!(report.all_acked(), "drop-oldest accepts every reading");
-    let before = status_json(&gw);
+    let (report, before) = overflow(&gw).await;
     let dropped = before["dropped_total"].as_u64().expect("dropped_total");
     let next_seq = before["next_seq"].as_u64().expect("next_seq");
     assert!(dropped > 0, "{before}");
@@ -259,6 +271,121 @@ async fn readings_past_max_age_before_a_dead_upstream_had_them_arrive_as_one_gap
         last - first + 1
     );
     assert_eq!(status_json(&gw)["expired_total"].as_u64(), Some(400));
+}
+
+/// `first..last` and the factor of a thinned marker.
+fn thinned_range(r: &KafkaReading) -> (u64, u64, u64) {
+    let (first, last) = header(r, "tidegate-thinned")
+        .and_then(|g| g.split_once(".."))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .expect("tidegate-thinned is first..last");
+    let factor = header(r, "tidegate-thin-factor")
+        .and_then(|f| f.parse().ok())
+        .expect("tidegate-thin-factor is decimal");
+    (first, last, factor)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thinned_readings_reach_a_dead_upstream_as_thinned_markers_and_a_crash_mid_drain_sends_none_twice(
+) {
+    let kafka_port = free_port();
+    let mut gw = Gateway::start_fresh(|mqtt, dir| {
+        config(
+            mqtt,
+            dir,
+            kafka_port,
+            "thinned",
+            "max_size = \"1MiB\"\non_full = \"thin\"\ncompression = \"none\"",
+        ) + "bandwidth = \"32KiB\"\n" // a drain of seconds, so the crash falls inside it
+    });
+    let (report, before) = overflow(&gw).await;
+    let thinned_total = before["thinned_total"].as_u64().expect("thinned_total");
+    let next_seq = before["next_seq"].as_u64().expect("next_seq");
+    assert!(thinned_total > 0, "{before}");
+    assert_eq!(before["dropped_total"].as_u64(), Some(0), "{before}");
+    let status = gw.command(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!(
+            "thinned   {thinned_total} readings removed by on_full = \"thin\"; oldest"
+        )),
+        "{text}"
+    );
+
+    // The upstream comes back; the daemon is killed once the drain has begun.
+    let tansu = Tansu::start_on(kafka_port);
+    eventually(&gw, "the drain to begin", DRAIN, async || {
+        let cursor = common::status::upstream(&status_json(&gw), "cluster")["cursor"]
+            .as_u64()
+            .unwrap_or(1);
+        if cursor > 1 {
+            Ok(())
+        } else {
+            Err(format!("cursor {cursor}"))
+        }
+    })
+    .await;
+    let cursor_at_crash = common::status::upstream(&status_json(&gw), "cluster")["cursor"]
+        .as_u64()
+        .unwrap_or(1);
+    gw.restart();
+    wait_for_backlog(&gw, "cluster", 0).await;
+
+    let records = read_topic(&tansu.brokers(), "thinned").await.expect("read");
+    assert!(
+        records.iter().all(|r| r.header("tidegate-gap").is_none()),
+        "thinning is no loss: no gap marker"
+    );
+    let (markers, readings): (Vec<&KafkaReading>, Vec<&KafkaReading>) = records
+        .iter()
+        .partition(|r| r.header("tidegate-thinned").is_some());
+    assert!(!markers.is_empty());
+    let mut announced = Vec::new();
+    for m in &markers {
+        let (first, last, factor) = thinned_range(m);
+        assert_eq!(m.key.as_deref(), Some(&b"$tidegate/thinned"[..]));
+        assert!(m.payload.is_empty(), "a marker has an empty value");
+        assert_eq!(seq_of(m), first, "tidegate-seq of a marker is its first");
+        assert!(
+            first <= last && factor >= 2,
+            "{first}..{last} at 1/{factor}"
+        );
+        announced.push((first, last));
+    }
+    let seqs: Vec<u64> = readings.iter().map(|r| seq_of(r)).collect();
+    let delivered: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(
+        seqs.len(),
+        delivered.len(),
+        "no reading twice across the crash"
+    );
+    let unannounced: Vec<u64> = (1..next_seq)
+        .filter(|s| !delivered.contains(s))
+        .filter(|s| !announced.iter().any(|(a, b)| a <= s && s <= b))
+        .collect();
+    assert!(
+        unannounced.is_empty(),
+        "readings neither delivered nor announced as thinned: {unannounced:?}"
+    );
+    let never = next_seq - 1 - delivered.len() as u64;
+    // A batch the forwarder had read before thinning reached it is still delivered whole,
+    // so fewer readings may be absent than thinning removed, never more.
+    assert!(
+        never <= thinned_total,
+        "{never} absent, {thinned_total} thinned"
+    );
+    println!(
+        "thin: acknowledged {}, thinned_total {thinned_total}, delivered {} readings, {never} absent (all announced), {} thinned markers, crash at cursor {cursor_at_crash} of {next_seq}",
+        report.acked(),
+        delivered.len(),
+        markers.len()
+    );
+    let v = firmware_sim::check(&records, &report);
+    assert_eq!(
+        (v.replays, v.duplicates(), v.out_of_order()),
+        (0, 0, 0),
+        "{v}"
+    );
 }
 
 /// The forwarder itself, in process, over a real journal: the topic already holds journal

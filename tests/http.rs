@@ -208,12 +208,13 @@ async fn status_json_matches_the_journal_and_carries_the_daemons_live_figures() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_503_with_the_reason_while_a_full_journal_refuses_readings() {
-    // 1 MiB under "reject", nothing forwarded: a few thousand readings fill it.
+    // 1 MiB under "reject", nothing forwarded: a few thousand readings fill it (stored as
+    // sent; compressed, they would not).
     let gw = Gateway::start_fresh(|mqtt, dir| {
         config(
             mqtt,
             dir,
-            "max_size = \"1MiB\"\non_full = \"reject\"\n",
+            "max_size = \"1MiB\"\non_full = \"reject\"\ncompression = \"none\"\n",
             None,
         )
         .replace("[mqtt]\n", "[mqtt]\nmax_packet = \"64KiB\"\n")

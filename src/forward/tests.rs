@@ -430,13 +430,15 @@ async fn a_forwarder_run_sends_one_marker_per_span_across_its_batches_and_retrie
     writer.join();
 }
 
-#[tokio::test]
-async fn after_the_writer_thins_every_hole_a_forwarder_reads_is_announced_and_none_is_a_gap() {
+/// A journal of ten devices (one record per value, `on_full = "thin"`) that the writer
+/// thinned by itself while upstream "up" sent nothing.
+async fn thinned_by_the_writer() -> (tempfile::TempDir, Journal, crate::journal::WriterHandle) {
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig {
         dir: dir.path().to_owned(),
         max_size: bytesize::ByteSize::kib(512),
         on_full: crate::config::OnFull::Thin,
+        compression: crate::config::JournalCompression::None,
         ..JournalConfig::default()
     };
     let (journal, writer) = Journal::open(&config, &["up".to_owned()]).unwrap();
@@ -457,6 +459,12 @@ async fn after_the_writer_thins_every_hole_a_forwarder_reads_is_announced_and_no
         journal.append(round).await.unwrap();
         n += 50;
     }
+    (dir, journal, writer)
+}
+
+#[tokio::test]
+async fn after_the_writer_thins_every_hole_a_forwarder_reads_is_announced_and_none_is_a_gap() {
+    let (_dir, journal, writer) = thinned_by_the_writer().await;
     let summary = journal.summary().unwrap();
     assert!(!summary.thinned.is_empty());
     assert_eq!(summary.dropped_total, 0, "thinning alone made room");
@@ -491,6 +499,50 @@ async fn after_the_writer_thins_every_hole_a_forwarder_reads_is_announced_and_no
         }
         last = r.seq;
     }
+    drop(journal);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_cursor_on_a_thinned_reading_after_the_front_was_trimmed_still_reads_thinning() {
+    let (_dir, journal, writer) = thinned_by_the_writer().await;
+    let span = journal.summary().unwrap().thinned[0];
+    // A reading thinning removed, past the span's first: the upstream sent everything before
+    // it, so the journal trims the front up to the next reading held.
+    let held: Vec<u64> = journal
+        .read_from(span.first, 1000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().seq)
+        .collect();
+    let cursor = held
+        .windows(2)
+        .find(|w| w[1] > w[0] + 1)
+        .map(|w| w[0] + 1)
+        .expect("the span has a hole");
+    journal.set_cursor("up", cursor).await.unwrap();
+    let front = journal.summary().unwrap().first_seq.unwrap();
+    assert!(front > cursor, "the front was trimmed past the cursor");
+
+    let run = Run::new(true);
+    // One record: the only hole is the one from the cursor to the front.
+    let (items, _) = run.batch(&journal, cursor, 1);
+    assert_eq!(
+        run.lost(),
+        0,
+        "the hole at the front is thinning, not a gap"
+    );
+    assert_eq!(run.thinned(), front - cursor);
+    let Item::Thinned(t) = items[0] else {
+        panic!(
+            "the batch starts with a thinned marker: {:?}",
+            shape(&items)
+        )
+    };
+    assert_eq!(
+        (t.first, t.last, t.factor),
+        (cursor, span.last, span.factor)
+    );
     drop(journal);
     writer.join();
 }
