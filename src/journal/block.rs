@@ -249,6 +249,9 @@ pub fn entries(key: u64, value: &[u8]) -> Result<Vec<Entry>, DecodeError> {
 pub struct Packer {
     compressor: zstd::bulk::Compressor<'static>,
     raw: Vec<u8>,
+    /// Stored against raw bytes of the last block made: the first guess of how many
+    /// readings fill the next.
+    block_ratio: f64,
     /// Stored bytes against raw record bytes of recent blocks, to estimate what a commit
     /// will take before it is packed.
     pub ratio: f64,
@@ -259,6 +262,7 @@ impl Packer {
         Ok(Packer {
             compressor: zstd::bulk::Compressor::new(level)?,
             raw: Vec::new(),
+            block_ratio: 0.25,
             ratio: 1.0,
         })
     }
@@ -307,6 +311,7 @@ impl Packer {
         let crc = checksum(first, &out[..21], body);
         out.extend_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(body);
+        self.block_ratio = (out.len() as f64 / self.raw.len().max(1) as f64).clamp(0.01, 1.5);
         out
     }
 
@@ -326,13 +331,15 @@ impl Packer {
     /// longest), and its block.
     fn fill(&mut self, entries: &[Entry]) -> (usize, Vec<u8>) {
         let max_n = entries.len().min(u16::MAX as usize);
-        let mut ratio = 0.25;
-        if max_n == entries.len() {
+        let raw: usize = entries.iter().map(|e| e.fields.len() + 2).sum();
+        let mut ratio = self.block_ratio;
+        // Small enough to be one block at a plausible ratio: try it whole (the open tail
+        // block at low rates). A large commit is cut by the ratio of the blocks before.
+        if max_n == entries.len() && raw <= 16 * PAGE_FIT {
             let whole = self.block(entries);
             if whole.len() <= PAGE_FIT || max_n == 1 {
                 return (max_n, whole);
             }
-            let raw: usize = entries.iter().map(|e| e.fields.len() + 2).sum();
             ratio = whole.len() as f64 / raw.max(1) as f64;
         }
         // Guess the count from the ratio, then correct: a guess that fits is grown once
