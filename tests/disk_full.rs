@@ -26,8 +26,9 @@ const TOPIC: &str = "disk";
 /// What the tests need of the machine for a disk of their own.
 const NEEDS: &str = "a tmpfs of its own (root and mount(8))";
 /// The `[journal]` keys of every test here: `max_size` far above what the disk holds, so
-/// that only the disk can fill up, and `reject`, so that nothing is dropped.
-const JOURNAL: &str = "max_size = \"256MiB\"\non_full = \"reject\"";
+/// that only the disk can fill up, `reject`, so that nothing is dropped, and readings stored
+/// uncompressed, so that the fleet's megabytes are megabytes on the disk.
+const JOURNAL: &str = "max_size = \"256MiB\"\non_full = \"reject\"\ncompression = \"none\"";
 /// The reserve file the journal writer keeps next to its environment
 /// (`tidegate::journal::writer::RESERVE_FILE`).
 const RESERVE_FILE: &str = "reserve.tidegate";

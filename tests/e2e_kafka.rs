@@ -175,7 +175,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_reading() {
 async fn drop_oldest_at_a_tiny_max_size_counts_every_drop_and_reports_what_the_upstream_lost() {
     let kafka_port = free_port();
     let gw = start_gateway(
-        "max_size = \"1MiB\"\non_full = \"drop-oldest\"",
+        "max_size = \"1MiB\"\non_full = \"drop-oldest\"\ncompression = \"none\"",
         &[Upstream::cluster(kafka_port, "dropped")],
     );
     // ~2.4 MB into a 1 MiB journal with the cluster down.
@@ -249,7 +249,7 @@ async fn reject_with_mqtt_5_refuses_with_0x97_and_devices_deliver_in_order_later
 async fn reject_then_deliver(protocol: Protocol, topic: &str) {
     let kafka_port = free_port();
     let gw = start_gateway(
-        "max_size = \"1MiB\"\non_full = \"reject\"",
+        "max_size = \"1MiB\"\non_full = \"reject\"\ncompression = \"none\"",
         &[Upstream::cluster(kafka_port, topic)],
     );
     let run = fleet(&gw, 10, 600)

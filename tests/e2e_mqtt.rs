@@ -367,8 +367,11 @@ async fn a_full_journal_under_reject_leaves_the_messages_with_the_broker_until_t
     let kafka_port = free_port();
     let url = format!("mqtt://127.0.0.1:{}", local.port());
     let gw = Gateway::start_fresh(|port, dir| {
-        gateway_section_with(port, dir, "max_size = \"1MiB\"\non_full = \"reject\"")
-            + &subscription(&url, "")
+        gateway_section_with(
+            port,
+            dir,
+            "max_size = \"1MiB\"\non_full = \"reject\"\ncompression = \"none\"",
+        ) + &subscription(&url, "")
             + &kafka_upstream("cluster", kafka_port, "full")
     });
     wait_for_subscription(&gw).await;

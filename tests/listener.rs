@@ -40,6 +40,8 @@ impl Harness {
             max_age: None,
             commit_interval: Duration::from_millis(1),
             commit_max_records: 10_000,
+            // Stored as sent, so the sizes the tests publish fill the journal.
+            compression: tidegate::config::JournalCompression::None,
             ..JournalConfig::default()
         };
         let (journal, writer) = Journal::open(&jc, &["k".to_string()]).expect("journal");

@@ -385,6 +385,8 @@ async fn frames_a_full_journal_refuses_under_reject_are_counted_and_the_rest_kee
     let tj = TestJournal::open_with(JournalConfig {
         max_size: bytesize::ByteSize::mib(1),
         on_full: OnFull::Reject,
+        // Stored as sent, so 1 MiB of frames fills it.
+        compression: tidegate::config::JournalCompression::None,
         ..JournalConfig::default()
     });
     let mut line = SerialLine::open(&SerialTarget::Pty, 115_200).expect("pty");

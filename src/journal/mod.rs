@@ -616,10 +616,10 @@ pub struct ReadBatch {
 /// one span per sequence number; spans do not overlap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThinnedSpan {
-    /// First and last sequence number of the span. `last` is a reading held; so is
-    /// `first`, unless the readings before it were delivered to every upstream and trimmed:
-    /// it is then the lowest cursor inside the span, so the hole from there to the first
-    /// reading held still reads as thinning.
+    /// First and last sequence number of the span. Usually readings held; where thinning
+    /// split a span the parts meet at sequence numbers (so the holes between the readings on
+    /// either side stay inside one of them), and at the front `first` is the lowest cursor,
+    /// so the hole from there to the first reading held still reads as thinning.
     pub first: u64,
     pub last: u64,
     /// Readings of the span were halved this many times over: 2, 4, 8 …

@@ -11,10 +11,12 @@
 //! every chunk is at the maximum it deletes from the front.
 //!
 //! Invariants kept: every hole thinning makes lies inside a span of `thinned`, spans do not
-//! overlap, each ends with a reading held and begins with one (or, at the front, at the
-//! lowest cursor: see `Store::fit_spans_to_front`), and span boundaries fall on value
-//! boundaries (a chunk is whole values and its readings are packed into values of its
-//! own), so a later round can take a span, or part of one, whole.
+//! overlap (neighbours of equal factor are merged), and the readings of a span are whole
+//! values (a chunk is whole values and its readings are packed into values of its own), so
+//! a later round can take a span, or part of one, whole. A span's ends are sequence
+//! numbers: where a round splits a span, each part ends where the other begins, so the
+//! holes between them stay covered; at the front a span begins at the lowest cursor (see
+//! `Store::fit_spans_to_front`).
 
 use std::collections::HashMap;
 
@@ -213,49 +215,65 @@ fn thin_chunk(
     }
 
     // The chunk becomes a span of twice its factor; the parts of the span it lay in on
-    // either side keep theirs.
+    // either side keep theirs. The parts are cut at sequence numbers, not at readings held,
+    // so the holes an earlier round left between the chunk and its neighbours stay inside
+    // a span.
     let factor = chunk.factor.saturating_mul(2);
-    let mut span_first = first.0;
+    let mut new = ThinnedSpan {
+        first: first.0,
+        last: last.0,
+        factor,
+        first_ms: first.1,
+        last_ms: last.1,
+    };
     if let Some(span) = chunk.span {
         store.delete_span(txn, span.first)?;
         if span.first < first.0 {
-            match reading_before(store, txn, first.0)? {
-                Some((seq, ms)) => store.put_span(
-                    txn,
-                    &ThinnedSpan {
-                        last: seq,
-                        last_ms: ms,
-                        ..span
-                    },
-                )?,
-                // Nothing held before the chunk: the span began at the lowest cursor
-                // (`Store::fit_spans_to_front`); the new one keeps that start.
-                None => span_first = span.first,
-            }
+            let last_ms = reading_before(store, txn, first.0)?.map_or(span.first_ms, |r| r.1);
+            store.put_span(
+                txn,
+                &ThinnedSpan {
+                    last: first.0 - 1,
+                    last_ms,
+                    ..span
+                },
+            )?;
         }
         if span.last > last.0 {
-            if let Some((seq, ms)) = reading_after(store, txn, last.0)? {
-                store.put_span(
-                    txn,
-                    &ThinnedSpan {
-                        first: seq,
-                        first_ms: ms,
-                        ..span
-                    },
-                )?;
-            }
+            let first_ms = reading_after(store, txn, last.0)?.map_or(span.last_ms, |r| r.1);
+            store.put_span(
+                txn,
+                &ThinnedSpan {
+                    first: last.0 + 1,
+                    first_ms,
+                    ..span
+                },
+            )?;
         }
     }
-    store.put_span(
-        txn,
-        &ThinnedSpan {
-            first: span_first,
-            last: last.0,
-            factor,
-            first_ms: first.1,
-            last_ms: last.1,
-        },
-    )?;
+    // One span per run of equal factor: a span right before or after at the new factor is
+    // merged in, so the table (and the markers upstreams get) stays short.
+    if let Some(before) = new.first.checked_sub(1) {
+        if let Some(prev) = store
+            .thinned_spans(txn, before, before)?
+            .into_iter()
+            .find(|p| p.last == before && p.factor == factor)
+        {
+            store.delete_span(txn, prev.first)?;
+            new.first = prev.first;
+            new.first_ms = prev.first_ms;
+        }
+    }
+    if let Some(next) = store
+        .thinned_spans(txn, new.last + 1, new.last + 1)?
+        .into_iter()
+        .find(|n| n.first == new.last + 1 && n.factor == factor)
+    {
+        store.delete_span(txn, next.first)?;
+        new.last = next.last;
+        new.last_ms = next.last_ms;
+    }
+    store.put_span(txn, &new)?;
     Ok(Thinned {
         bytes: old_bytes.saturating_sub(new_bytes),
         removed,

@@ -174,7 +174,7 @@ async fn readings_a_full_journal_refuses_are_counted_as_lost_and_polling_goes_on
     let dir = tempfile::tempdir().expect("temp dir");
     let port = dir.path().join("ttyRS485");
     let mut rig = Rig::start(&format!(
-        "[journal]\nmax_size = \"1MiB\"\non_full = \"reject\"\n[mqtt]\nmax_packet = \"64KiB\"\n{}",
+        "[journal]\nmax_size = \"1MiB\"\non_full = \"reject\"\ncompression = \"none\"\n[mqtt]\nmax_packet = \"64KiB\"\n{}",
         section(
             &port,
             &slave(1, "wt-0001", &register("wind_ms", "input", 0, "", "", 0.01))
