@@ -199,9 +199,18 @@ pub fn render(
         summary.last_seq.map_or("-".into(), |v| v.to_string()),
         summary.next_seq
     );
+    let per_reading = if summary.records > 0 {
+        format!(
+            "; {:.0} B per reading (compression {})",
+            summary.bytes_held as f64 / summary.records as f64,
+            config.journal.compression
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "size      {} of {} max ({:.1}%), {} on disk",
+        "size      {} of {} max ({:.1}%), {} on disk{per_reading}",
         bytesize::ByteSize::b(summary.bytes_held),
         config.journal.max_size,
         summary.bytes_held as f64 * 100.0 / max as f64,
@@ -321,6 +330,23 @@ mod tests {
 
     fn render_with(summary: &Summary, config: &Config) -> String {
         render(summary, config, 0, Err(&LiveError::Disabled))
+    }
+
+    #[test]
+    fn status_shows_the_bytes_each_reading_takes_and_the_compression() {
+        let config = Config::default();
+        let mut held = summary(0);
+        assert!(
+            !render_with(&held, &config).contains("per reading"),
+            "none held"
+        );
+        held.records = 1000;
+        held.bytes_held = 33_500;
+        let text = render_with(&held, &config);
+        assert!(
+            text.contains("on disk; 34 B per reading (compression zstd)"),
+            "{text}"
+        );
     }
 
     #[test]

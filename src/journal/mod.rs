@@ -668,7 +668,8 @@ pub struct UpstreamSummary {
     pub name: String,
     /// Next sequence to send.
     pub cursor: u64,
-    /// Records held that it has not yet delivered.
+    /// Readings held that it has not yet delivered (sequence numbers from its cursor on,
+    /// at most the readings held: holes thinning left inside that range are not subtracted).
     pub backlog: u64,
     /// Ingest time of its oldest unsent record, ms since the epoch.
     pub oldest_unsent_ms: Option<u64>,
@@ -682,8 +683,12 @@ fn summarize(store: &Store) -> Result<Summary, JournalError> {
     let records = meta.readings_held;
     let mut upstreams = Vec::new();
     for (name, cursor) in store.cursors(&txn).map_err(lm)? {
+        // Sequence numbers from the cursor on; thinning may have left holes among them, so
+        // never more than the readings held.
         let backlog = match bounds {
-            Some((first, last)) if cursor <= last => last + 1 - cursor.max(first),
+            Some((first, last)) if cursor <= last => {
+                (last + 1 - cursor.max(first)).min(meta.readings_held)
+            }
             _ => 0,
         };
         let oldest_unsent_ms = if backlog > 0 {
