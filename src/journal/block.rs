@@ -234,15 +234,57 @@ impl Entry {
     }
 }
 
-/// Re-reads a block's readings as entries (to extend the open block at the tail, or to
-/// thin). Errors as [`decode`].
+/// Re-reads a block's readings as entries, to extend the open block at the tail: the
+/// fields are cut out of the checked body as they are, without building readings. Errors
+/// as [`decode`] (a block that does not decode whole is not reopened).
 pub fn entries(key: u64, value: &[u8]) -> Result<Vec<Entry>, DecodeError> {
-    let mut records = Vec::new();
-    decode(key, value, &mut records)?;
-    Ok(records
-        .iter()
-        .map(|r| Entry::new(r.seq, &r.reading))
-        .collect())
+    if value.first() != Some(&BLOCK_VERSION) {
+        let r = record::decode(key, value)?;
+        return Ok(vec![Entry::new(r.seq, &r.reading)]);
+    }
+    let raw = raw_body(key, value)?;
+    let count = u16::from_le_bytes([value[2], value[3]]) as usize;
+    let malformed = || DecodeError::Malformed {
+        seq: key,
+        what: "block entry overruns the block",
+    };
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_le_bytes(raw.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    let mut out = Vec::with_capacity(count);
+    let mut pos = 0;
+    let mut seq = key;
+    for _ in 0..count {
+        let (delta, used) =
+            read_varint(raw.get(pos..).ok_or_else(malformed)?).ok_or_else(malformed)?;
+        seq = seq.checked_add(delta).ok_or_else(malformed)?;
+        pos += used;
+        let start = pos;
+        // flags 1, ingest time 8, source kind 1, then source, topic and payload by length.
+        let ingest: [u8; 8] = raw
+            .get(start + 1..start + 9)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(malformed)?;
+        let source = u16_at(start + 10).ok_or_else(malformed)?;
+        let topic = u16_at(start + 12 + source).ok_or_else(malformed)?;
+        let at = start + 14 + source + topic;
+        let payload = raw
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(malformed)? as usize;
+        let end = at + 4 + payload;
+        out.push(Entry {
+            seq,
+            ingest_ms: u64::from_le_bytes(ingest),
+            fields: raw.get(start..end).ok_or_else(malformed)?.to_vec(),
+        });
+        pos = end;
+    }
+    if pos != raw.len() {
+        return Err(malformed());
+    }
+    Ok(out)
 }
 
 /// Makes block values; owns the zstd context so commits do not allocate one each.
@@ -419,6 +461,25 @@ mod tests {
             assert_eq!(r.seq, n);
             assert_eq!(r.reading, reading(n, 120));
         }
+    }
+
+    #[test]
+    fn entries_cut_from_a_block_make_the_same_block_again() {
+        let mut packer = Packer::new(1).expect("zstd");
+        let entries: Vec<Entry> = [3u64, 4, 8, 9, 300]
+            .iter()
+            .map(|&n| Entry::new(n, &reading(n, 90)))
+            .collect();
+        let value = packer.block(&entries);
+        let back = super::entries(3, &value).expect("entries");
+        assert_eq!(back.len(), entries.len());
+        for (a, b) in back.iter().zip(&entries) {
+            assert_eq!(
+                (a.seq, a.ingest_ms, &a.fields),
+                (b.seq, b.ingest_ms, &b.fields)
+            );
+        }
+        assert_eq!(packer.block(&back), value);
     }
 
     #[test]
