@@ -103,15 +103,7 @@ fn readings(format: PayloadFormat, devices: usize, count: usize) -> Vec<Reading>
 
 /// A reading's fields as a block holds them: today's record without version and CRC.
 fn block_entry(reading: &Reading, out: &mut Vec<u8>) {
-    out.push((reading.qos & 0b11) | if reading.retain { 0b100 } else { 0 });
-    out.extend_from_slice(&reading.ingest_ms.to_le_bytes());
-    out.push(1);
-    out.extend_from_slice(&(reading.source.len() as u16).to_le_bytes());
-    out.extend_from_slice(reading.source.as_bytes());
-    out.extend_from_slice(&(reading.topic.len() as u16).to_le_bytes());
-    out.extend_from_slice(reading.topic.as_bytes());
-    out.extend_from_slice(&(reading.payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&reading.payload);
+    tidegate::record::encode_fields(reading, out);
 }
 
 struct Zstd {

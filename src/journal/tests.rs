@@ -269,8 +269,16 @@ async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
             .unwrap();
         assert_eq!(a.accepted, chunk.len(), "drop-oldest always accepts");
     }
+    check_dropped_oldest(&j, total, ByteSize::mib(1));
+    close(j, w);
+}
+
+/// After `total` readings went into a journal of `max_size` under `drop-oldest`: some were
+/// dropped, each reading is held or counted as dropped, the newest are held, contiguous,
+/// and the cap held.
+fn check_dropped_oldest(j: &Journal, total: u64, max_size: ByteSize) {
     let c = j.counters();
-    let held = read_all(&j, 0);
+    let held = read_all(j, 0);
     let dropped = c.dropped_full.load(Ordering::Relaxed);
     assert!(dropped > 0);
     assert_eq!(
@@ -278,7 +286,7 @@ async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
         total,
         "every reading is either held or counted as dropped"
     );
-    assert!(c.bytes_held.load(Ordering::Relaxed) <= ByteSize::mib(1).as_u64());
+    assert!(c.bytes_held.load(Ordering::Relaxed) <= max_size.as_u64());
     assert_eq!(
         held.last().unwrap().seq,
         total,
@@ -288,7 +296,7 @@ async fn drop_oldest_keeps_the_journal_under_max_size_and_counts_every_drop() {
         held.windows(2).all(|w| w[1].seq == w[0].seq + 1),
         "what is held stays contiguous"
     );
-    close(j, w);
+    assert_eq!(j.summary().unwrap().records, held.len() as u64);
 }
 
 #[tokio::test]
