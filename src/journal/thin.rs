@@ -105,9 +105,18 @@ fn choose(
             .copied()
     };
     let tail = store.last_value(txn)?.map(|(key, _)| key);
+    // Skip the front already at the maximum through the span table rather than value by
+    // value: after a long outage it is most of the journal.
+    let Some((mut start, _)) = store.records.first(txn)? else {
+        return Ok(None);
+    };
+    while let Some(s) = span_of(start).filter(|s| s.factor >= max_factor) {
+        start = s.last + 1;
+    }
+    let start = store.key_holding(txn, start)?;
     let mut chunk: Option<Chunk> = None;
     let mut bytes = 0;
-    for item in store.records.iter(txn)? {
+    for item in store.records.range(txn, &(start..))? {
         let (key, value) = item?;
         let info = block::info(key, value);
         if Some(key) == tail || info.last >= before {
