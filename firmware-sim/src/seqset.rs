@@ -51,6 +51,35 @@ impl SeqSet {
                 .is_some_and(|(_, &e)| e >= end)
     }
 
+    /// The counters of `start..=end` not in the set, as inclusive ranges in increasing order.
+    pub fn gaps_in(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        if start > end {
+            return out;
+        }
+        // The first counter of `start..=end` not yet accounted for.
+        let mut next = start;
+        let from = self
+            .ranges
+            .range(..=start)
+            .next_back()
+            .map_or(start, |(&s, _)| s);
+        for (&s, &e) in self.ranges.range(from..=end) {
+            if e < next {
+                continue;
+            }
+            if s > next {
+                out.push((next, s - 1));
+            }
+            match e.checked_add(1) {
+                Some(n) if n <= end => next = n,
+                _ => return out,
+            }
+        }
+        out.push((next, end));
+        out
+    }
+
     /// Adds `v`; returns `false` if it was already present.
     pub fn insert(&mut self, v: u64) -> bool {
         if self.contains(v) {
@@ -311,6 +340,17 @@ mod tests {
         assert!(s.contains_range(1, 3) && s.contains_range(2, 2) && s.contains_range(9, 10));
         assert!(!s.contains_range(3, 7) && !s.contains_range(8, 9) && !s.contains_range(10, 11));
         assert!(!s.contains_range(3, 2), "an empty range is not held");
+    }
+
+    #[test]
+    fn gaps_in_lists_what_a_range_lacks() {
+        let s: SeqSet = [1, 2, 3, 7, 9, 10].into_iter().collect();
+        assert_eq!(s.gaps_in(1, 10), vec![(4, 6), (8, 8)]);
+        assert_eq!(s.gaps_in(2, 12), vec![(4, 6), (8, 8), (11, 12)]);
+        assert_eq!(s.gaps_in(0, 1), vec![(0, 0)]);
+        assert_eq!(s.gaps_in(5, 5), vec![(5, 5)]);
+        assert!(s.gaps_in(9, 10).is_empty() && s.gaps_in(2, 1).is_empty());
+        assert_eq!(SeqSet::new().gaps_in(3, 4), vec![(3, 4)]);
     }
 
     #[test]

@@ -14,11 +14,13 @@ use super::{
 };
 
 /// A hole in a device's counters as delivered: the counters between two readings that
-/// arrived one after the other, with the journal sequences (`tidegate-seq`) of both. Whether
-/// thinning announced it is only known once every marker is read, so it is kept until
-/// the report.
+/// arrived one after the other, with the journal sequences (`tidegate-seq`) of both and
+/// their journal. Whether thinning announced it is only known once every record is read,
+/// so it is kept until the report.
 #[derive(Debug, Clone, Copy)]
 struct Hole {
+    /// Index of the journal in [`Checker::journals`].
+    journal: usize,
     /// Counter and journal sequence of the reading before the hole.
     after: (u64, u64),
     /// Counter and journal sequence of the reading after it.
@@ -31,8 +33,9 @@ struct Stream {
     seen: SeqSet,
     /// Highest counter seen that was not a duplicate.
     last_new: u64,
-    /// The journal sequence of the reading of `last_new`, if it carried a valid one.
-    last_journal_seq: Option<u64>,
+    /// The journal (index in [`Checker::journals`]) and sequence of the reading of
+    /// `last_new`, if it carried a valid one.
+    last_journal_seq: Option<(usize, u64)>,
     /// Holes between consecutive new counters, for telling thinned from missing.
     holes: Vec<Hole>,
     received: u64,
@@ -56,13 +59,24 @@ pub struct Checker {
     gap_markers: u64,
     gap_readings: u64,
     thinned_markers: u64,
-    /// Journal sequences the thinned markers announced (markers of one span may repeat or
-    /// overlap: each batch that sends part of a span announces the rest of it).
-    announced: SeqSet,
+    /// Per journal (gateway and epoch), what its markers announced and what arrived.
+    journals: Vec<JournalSeqs>,
+    /// Index in `journals` by (`tidegate-gateway`, `tidegate-epoch`) header values.
+    journal_index: HashMap<(Vec<u8>, Vec<u8>), usize>,
     thin_factor_max: u64,
     /// (gateway, epoch, seq) header values seen, to count replays.
     journal_ids: std::collections::HashSet<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     replays: u64,
+}
+
+/// One journal's sequences, as the topic tells them.
+#[derive(Debug, Default)]
+struct JournalSeqs {
+    /// Sequences the thinned markers announced (markers of one span may repeat or overlap:
+    /// a forwarder that starts inside a span announces the rest of it).
+    announced: SeqSet,
+    /// Sequences of the records that arrived, readings or not.
+    delivered: SeqSet,
 }
 
 impl Checker {
@@ -91,7 +105,8 @@ impl Checker {
             match (parse_range(span), factor) {
                 (Some((first, last)), Some(factor)) if first <= last && factor >= 2 => {
                     self.thinned_markers += 1;
-                    self.announced.insert_range(first, last);
+                    let j = self.journal_of(r);
+                    self.journals[j].announced.insert_range(first, last);
                     self.thin_factor_max = self.thin_factor_max.max(factor);
                 }
                 _ => self.unparseable += 1,
@@ -107,6 +122,14 @@ impl Checker {
                 self.replays += 1;
             }
         }
+        let journal = self.journal_of(r);
+        let journal_seq = r
+            .header(SEQ_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        if let Some(seq) = journal_seq {
+            // Any record, reading or not: a journal sequence that arrived was not thinned.
+            self.journals[journal].delivered.insert(seq);
+        }
         let Some(id) = ReadingId::parse(&r.payload) else {
             self.unparseable += 1;
             return None;
@@ -121,21 +144,12 @@ impl Checker {
             Some(v) if !v.is_empty() => {}
             _ => s.missing_gateway_header += 1,
         }
-        let journal_seq = match r.header(SEQ_HEADER) {
-            None => {
-                s.missing_seq_header += 1;
-                None
-            }
-            Some(v) => {
-                let seq = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|t| t.parse::<u64>().ok());
-                if seq.is_none() {
-                    s.bad_seq_header += 1;
-                }
-                seq
-            }
-        };
+        match (r.header(SEQ_HEADER), journal_seq) {
+            (None, _) => s.missing_seq_header += 1,
+            (Some(_), None) => s.bad_seq_header += 1,
+            (Some(_), Some(_)) => {}
+        }
+        let journal_seq = journal_seq.map(|seq| (journal, seq));
         if r.key.as_deref() != Some(topic_for(&id.device).as_bytes()) {
             s.wrong_key += 1;
         }
@@ -152,10 +166,13 @@ impl Checker {
                 if let (true, Some(after), Some(before)) =
                     (id.seq > s.last_new + 1, s.last_journal_seq, journal_seq)
                 {
-                    s.holes.push(Hole {
-                        after: (s.last_new, after),
-                        before: (id.seq, before),
-                    });
+                    if after.0 == before.0 {
+                        s.holes.push(Hole {
+                            journal: before.0,
+                            after: (s.last_new, after.1),
+                            before: (id.seq, before.1),
+                        });
+                    }
                 }
                 s.last_new = id.seq;
                 s.last_journal_seq = journal_seq;
@@ -164,17 +181,51 @@ impl Checker {
         Some(id)
     }
 
-    /// The counters of `s` that thinning announced: inside a hole whose journal sequences
-    /// in between were all announced by thinned markers.
+    /// The journal of a record: its (`tidegate-gateway`, `tidegate-epoch`) header values.
+    fn journal_of(&mut self, r: &KafkaReading) -> usize {
+        let key = (
+            r.header(GATEWAY_HEADER).unwrap_or_default().to_vec(),
+            r.header(EPOCH_HEADER).unwrap_or_default().to_vec(),
+        );
+        let next = self.journals.len();
+        let index = *self.journal_index.entry(key).or_insert(next);
+        if index == next {
+            self.journals.push(JournalSeqs::default());
+        }
+        index
+    }
+
+    /// The counters of `s` that thinning announced: inside a hole where some journal
+    /// sequence between the two readings around it never arrived, and every one that never
+    /// arrived was announced by thinned markers. (Sequences between them that arrived are
+    /// other devices' readings, or readings a forwarder had read before thinning took them
+    /// and delivered whole.)
     fn thinnable(&self, s: &Stream) -> SeqSet {
         let mut out = SeqSet::new();
         for h in &s.holes {
+            let j = &self.journals[h.journal];
             let (after, before) = (h.after.1, h.before.1);
-            if after + 1 < before && self.announced.contains_range(after + 1, before - 1) {
+            if j.announced.is_empty() || after + 1 >= before {
+                continue;
+            }
+            let never = j.delivered.gaps_in(after + 1, before - 1);
+            if !never.is_empty() && never.iter().all(|&(a, b)| j.announced.contains_range(a, b)) {
                 out.insert_range(h.after.0 + 1, h.before.0 - 1);
             }
         }
         out
+    }
+
+    /// The announced journal sequences of every journal, as inclusive ranges in increasing
+    /// order (one journal per topic in practice).
+    fn thinned_spans(&self) -> Vec<(u64, u64)> {
+        let mut spans: Vec<(u64, u64)> = self
+            .journals
+            .iter()
+            .flat_map(|j| j.announced.ranges())
+            .collect();
+        spans.sort_unstable();
+        spans
     }
 
     fn device_verify(&self, s: &Stream, boot: u64, expected: &SeqSet) -> DeviceVerify {
@@ -275,7 +326,7 @@ impl Checker {
             gap_markers: self.gap_markers,
             gap_readings: self.gap_readings,
             thinned_markers: self.thinned_markers,
-            thinned_spans: self.announced.ranges().collect(),
+            thinned_spans: self.thinned_spans(),
             thin_factor_max: self.thin_factor_max,
             replays: self.replays,
         }

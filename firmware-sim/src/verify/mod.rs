@@ -19,10 +19,12 @@
 //!   sequences) and a `tidegate-thin-factor` header (`N`), which tidegate sends in front of a
 //!   span of the journal that `on_full = "thin"` kept at about 1/N per topic; they are not
 //!   readings and are counted apart, with the journal sequences they announce and the
-//!   largest factor. A device's counters missing between two of its delivered readings
-//!   whose `tidegate-seq` values have every journal sequence between them announced are
-//!   **thinned**, not missing (thinning announced them), and reported apart with the widest
-//!   such hole per device;
+//!   largest factor. A device's counters missing between two of its delivered readings are
+//!   **thinned**, not missing, when some journal sequence between the two `tidegate-seq`
+//!   values never arrived and every one that never arrived was announced (those that did
+//!   arrive are other devices' readings, or readings a forwarder had read before thinning
+//!   took them); they are reported apart, with the widest such hole per device. Sequences
+//!   are compared within one journal (`tidegate-gateway` and `tidegate-epoch`);
 //! - **replays**: records whose (`tidegate-gateway`, `tidegate-epoch`, `tidegate-seq`) was
 //!   seen before — the gateway sent one journal record twice. A device that re-sends a
 //!   reading whose PUBACK it never got makes a duplicate with a *new* journal sequence,

@@ -294,13 +294,32 @@ fn a_hole_whose_journal_sequences_were_all_announced_is_thinned_not_missing() {
     // Device 3: counters 1 and 2 before its first delivered reading are missing even inside
     // a span: thinning keeps each topic's first reading of a span.
     s.extend(journaled_stream(3, &[(3, 24), (4, 26)], 200));
+    // Device 4: 2..=4 missing between journal 30 and 35, where 31 and 32 arrived (device
+    // 5's readings, delivered whole) and 33 and 34 were announced: thinned.
+    s.extend(journaled_stream(4, &[(1, 30), (5, 35)], 400));
+    s.extend(journaled_stream(5, &[(1, 31), (2, 32)], 500));
+    // Device 6: 2 missing between journal 40 and 41, with no journal sequence between
+    // them: never journaled, so missing whatever was announced.
+    s.extend(journaled_stream(6, &[(1, 40), (3, 41)], 600));
     // Two markers of one span, the second from an upstream cursor inside it, and one more
     // span; overlapping announcements are one union of journal sequences.
     s.push(thinned_marker("3..5", Some("2"), 300));
     s.push(thinned_marker("5..7", Some("4"), 301));
     s.push(thinned_marker("15..16", Some("2"), 302));
     s.push(thinned_marker("21..26", Some("2"), 303));
-    let v = check(&s, &fleet(&[(1, 1..=9), (2, 1..=7), (3, 1..=4)]));
+    s.push(thinned_marker("33..34", Some("8"), 304));
+    s.push(thinned_marker("38..45", Some("2"), 305));
+    let v = check(
+        &s,
+        &fleet(&[
+            (1, 1..=9),
+            (2, 1..=7),
+            (3, 1..=4),
+            (4, 1..=5),
+            (5, 1..=2),
+            (6, 1..=3),
+        ]),
+    );
 
     let d1 = &v.devices["wt-0001"];
     assert_eq!(
@@ -315,6 +334,9 @@ fn a_hole_whose_journal_sequences_were_all_announced_is_thinned_not_missing() {
     let d3 = &v.devices["wt-0003"];
     assert_eq!(d3.missing, vec![(1, 2)]);
     assert_eq!(d3.thinned_count, 0);
+    let d4 = &v.devices["wt-0004"];
+    assert_eq!((d4.missing_count, d4.thinned.clone()), (0, vec![(2, 4)]));
+    assert_eq!(v.devices["wt-0006"].missing, vec![(2, 2)]);
 
     assert_eq!(
         (
@@ -322,15 +344,15 @@ fn a_hole_whose_journal_sequences_were_all_announced_is_thinned_not_missing() {
             v.thinned_spans.clone(),
             v.thin_factor_max
         ),
-        (4, vec![(3, 7), (15, 16), (21, 26)], 4)
+        (6, vec![(3, 7), (15, 16), (21, 26), (33, 34), (38, 45)], 8)
     );
-    assert_eq!((v.thinned(), v.widest_thinned_hole()), (4, 3));
+    assert_eq!((v.thinned(), v.widest_thinned_hole()), (7, 3));
     assert_eq!((v.foreign, v.unparseable, v.replays), (0, 0, 0), "{v}");
     let text = v.to_string();
     assert!(
-        text.contains("4 thinned (widest hole 3)")
+        text.contains("7 thinned (widest hole 3)")
             && text.contains(
-                "4 thinned markers announcing 13 journal sequences in 3 spans (factor up to 4)"
+                "6 thinned markers announcing 23 journal sequences in 5 spans (factor up to 8)"
             ),
         "{text}"
     );
