@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{eventually, free_port, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
-use firmware_sim::verify::{read_topic, KafkaReading};
+use firmware_sim::verify::{read_topic, Checker, KafkaReading};
 use firmware_sim::{device_id, CancellationToken, FleetReport, VerifyReport};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -133,17 +133,20 @@ struct Outage {
 }
 
 impl Outage {
-    /// Telemetry readings and markers, for the verifier (alarms are not turbine readings).
-    fn telemetry(&self) -> Vec<KafkaReading> {
-        self.records
-            .iter()
-            .filter(|r| !is_alarm(r))
-            .cloned()
-            .collect()
-    }
-
+    /// The verifier's report on the telemetry and markers; the alarms count only as journal
+    /// sequences that arrived.
     fn verify(&self) -> VerifyReport {
-        firmware_sim::check(&self.telemetry(), &self.report)
+        let mut c = Checker::new();
+        let mut records: Vec<&KafkaReading> = self.records.iter().collect();
+        records.sort_by_key(|r| (r.partition, r.offset));
+        for r in records {
+            if is_alarm(r) {
+                c.add_other(r);
+            } else {
+                c.add(r);
+            }
+        }
+        c.report(Some(&self.report))
     }
 
     fn alarms_delivered(&self) -> BTreeSet<(String, u64)> {
@@ -233,6 +236,23 @@ async fn outage(on_full: &str, per_device: Option<u64>) -> Outage {
     }
 }
 
+/// The thinned spans of a `status --json`, as "N spans: F1×a, F2×b …" (factor and count).
+fn spans(status: &serde_json::Value) -> String {
+    let mut by_factor: BTreeMap<u64, usize> = BTreeMap::new();
+    let spans = status["thinned"].as_array().cloned().unwrap_or_default();
+    for s in &spans {
+        *by_factor
+            .entry(s["factor"].as_u64().unwrap_or(0))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = by_factor
+        .iter()
+        .rev()
+        .map(|(f, n)| format!("{n} at 1/{f}"))
+        .collect();
+    format!("{} spans ({})", spans.len(), parts.join(", "))
+}
+
 fn print_side_by_side(thin: &Outage, tv: &VerifyReport, drop: &Outage, dv: &VerifyReport) {
     let (th, dh) = (thin.longest_holes(tv), drop.longest_holes(dv));
     let lost = |o: &Outage| o.alarms.difference(&o.alarms_delivered()).count();
@@ -251,7 +271,7 @@ fn print_side_by_side(thin: &Outage, tv: &VerifyReport, drop: &Outage, dv: &Veri
             },
             o.status["dropped_total"],
             o.status["thinned_total"],
-            o.status["thinned"],
+            spans(&o.status),
             v.received(),
             v.missing(),
             v.thinned(),

@@ -123,9 +123,7 @@ impl Checker {
             }
         }
         let journal = self.journal_of(r);
-        let journal_seq = r
-            .header(SEQ_HEADER)
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+        let journal_seq = journal_seq(r);
         if let Some(seq) = journal_seq {
             // Any record, reading or not: a journal sequence that arrived was not thinned.
             self.journals[journal].delivered.insert(seq);
@@ -179,6 +177,16 @@ impl Checker {
             }
         }
         Some(id)
+    }
+
+    /// Notes a record of the topic that is not a turbine reading and is not to be checked
+    /// as one (other data the gateway forwards to the same topic, e.g. alarms): only its
+    /// journal sequence counts, as delivered, so that the holes around it are told right.
+    pub fn add_other(&mut self, r: &KafkaReading) {
+        let journal = self.journal_of(r);
+        if let Some(seq) = journal_seq(r) {
+            self.journals[journal].delivered.insert(seq);
+        }
     }
 
     /// The journal of a record: its (`tidegate-gateway`, `tidegate-epoch`) header values.
@@ -558,6 +566,14 @@ impl fmt::Display for VerifyReport {
             self.thin_factor_max
         )
     }
+}
+
+/// A record's `tidegate-seq`, if it is a decimal number.
+fn journal_seq(r: &KafkaReading) -> Option<u64> {
+    std::str::from_utf8(r.header(SEQ_HEADER)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Parses a marker's `first..last` (decimal, inclusive).

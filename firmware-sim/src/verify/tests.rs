@@ -369,3 +369,27 @@ fn without_a_fleet_report_a_thinned_hole_is_not_a_gap_and_a_bad_marker_is_unpars
     assert_eq!((d.missing_count, d.thinned.clone()), (0, vec![(2, 3)]));
     assert_eq!((v.thinned_markers, v.unparseable, v.foreign), (1, 2, 0));
 }
+
+#[test]
+fn a_record_noted_as_other_data_counts_as_delivered_between_thinned_readings() {
+    // Journal 2 is device 1's alarm, not a turbine reading; 3..=5 were thinned.
+    let mut s = journaled_stream(1, &[(1, 1), (3, 6)], 0);
+    s.push(thinned_marker("3..5", Some("4"), 10));
+    let mut alarm = journaled(1, 2, 2, 20);
+    alarm.payload = br#"{"alarm":1}"#.to_vec();
+    let mut c = Checker::new();
+    for r in &s {
+        c.add(r);
+    }
+    let without = c.report(None);
+    assert_eq!(
+        without.devices["wt-0001"].missing,
+        vec![(2, 2)],
+        "2 looks lost"
+    );
+    c.add_other(&alarm);
+    let with = c.report(None);
+    let d = &with.devices["wt-0001"];
+    assert_eq!((d.missing_count, d.thinned.clone()), (0, vec![(2, 2)]));
+    assert_eq!((with.unparseable, with.foreign), (0, 0));
+}
