@@ -39,7 +39,9 @@
 //! zstd and none (the median ratio is printed when more than one);
 //! `TIDEGATE_BENCH_DRAIN_READINGS` (default 500000) and `TIDEGATE_BENCH_DRAIN_RUNS`
 //! (default 2) phase 3's backlog and its runs per compression;
-//! `TIDEGATE_BENCH_DENSITY_READINGS` (default 100000) the readings of each run of phase 8;
+//! `TIDEGATE_BENCH_DENSITY_READINGS` (default 100000) the readings of each run of phase 8
+//! and `TIDEGATE_BENCH_DENSITY_RATE` (default: as fast as the windows allow) each turbine's
+//! readings per second there;
 //! `TIDEGATE_BENCH_FLEET` (default 10000) and `TIDEGATE_BENCH_FLEET_SECS` (default 30) the
 //! devices and length of phase 5; `TIDEGATE_BENCH_PHASES` (e.g. `4,5`; default all) which
 //! phases run (all but 6 and 7 by default); `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
@@ -142,6 +144,12 @@ fn main() {
         );
     }
     if phases.contains(&8) {
-        journal_density(&rt, env_or("TIDEGATE_BENCH_DENSITY_READINGS", 100_000));
+        journal_density(
+            &rt,
+            env_or("TIDEGATE_BENCH_DENSITY_READINGS", 100_000),
+            std::env::var("TIDEGATE_BENCH_DENSITY_RATE")
+                .ok()
+                .and_then(|r| r.parse().ok()),
+        );
     }
 }

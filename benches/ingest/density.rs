@@ -38,10 +38,11 @@ impl Held {
 }
 
 /// A fresh daemon without an upstream (its journal keeps every reading) and `compression`,
-/// offered `readings` readings in `format` by 100 turbines; what `status --json` then says.
+/// offered `readings` readings in `format` by 100 turbines, each at `rate` readings/s (as
+/// fast as the windows allow without); what `status --json` then says.
 fn held_after(
     rt: &tokio::runtime::Runtime,
-    readings: u64,
+    (readings, rate): (u64, Option<f64>),
     format: PayloadFormat,
     compression: &str,
 ) -> Held {
@@ -53,6 +54,7 @@ fn held_after(
     opts.fleet.workload.duration = None;
     opts.fleet.workload.payload_size = None;
     opts.fleet.workload.payload_format = format;
+    opts.fleet.workload.rate = rate;
     opts.fleet.workload.count = Some(readings.div_ceil(opts.fleet.workload.devices as u64));
     rt.block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
@@ -64,9 +66,14 @@ fn held_after(
     }
 }
 
-/// Phase 8: `readings` of each payload form into a journal with each compression.
-pub(crate) fn journal_density(rt: &tokio::runtime::Runtime, readings: u64) {
-    println!("\n== 8. readings held per GiB: {readings} firmware-sim readings from 100 turbines into a daemon without upstream, status --json bytes_held / records");
+/// Phase 8: `readings` of each payload form into a journal with each compression, from
+/// turbines sending `rate` readings/s each (as fast as their windows allow without: each
+/// turbine's readings then come in runs, which compress better than a paced fleet's).
+pub(crate) fn journal_density(rt: &tokio::runtime::Runtime, readings: u64, rate: Option<f64>) {
+    let pace = rate.map_or("as fast as 100 in flight allow".to_owned(), |r| {
+        format!("{r}/s each")
+    });
+    println!("\n== 8. readings held per GiB: {readings} firmware-sim readings from 100 turbines ({pace}) into a daemon without upstream, status --json bytes_held / records");
     println!(
         "{:<8} {:<12} {:>10} {:>12} {:>11} {:>16} {:>8} {:>12}",
         "payload",
@@ -83,8 +90,8 @@ pub(crate) fn journal_density(rt: &tokio::runtime::Runtime, readings: u64) {
         ("json", PayloadFormat::Json),
         ("binary", PayloadFormat::Binary),
     ] {
-        let none = held_after(rt, readings, format, "none");
-        let zstd = held_after(rt, readings, format, "zstd");
+        let none = held_after(rt, (readings, rate), format, "none");
+        let zstd = held_after(rt, (readings, rate), format, "zstd");
         for (compression, h) in [("none", &none), ("zstd", &zstd)] {
             println!(
                 "{name:<8} {compression:<12} {:>10} {:>12} {:>11.1} {:>16.0} {:>7.2}× {:>12}",
