@@ -55,8 +55,6 @@ pub struct ValueInfo {
     pub last: u64,
     /// Readings in the value.
     pub count: u64,
-    /// Newest ingest time in the value (`None` for a record that cannot be read).
-    pub newest_ms: Option<u64>,
     /// Whether it is a block (else one format-1 record).
     pub block: bool,
 }
@@ -68,13 +66,10 @@ pub fn info(key: u64, value: &[u8]) -> ValueInfo {
     if value.first() == Some(&BLOCK_VERSION) && value.len() >= HEADER {
         let count = u16::from_le_bytes([value[2], value[3]]) as u64;
         let span = u32::from_le_bytes([value[9], value[10], value[11], value[12]]) as u64;
-        let mut newest = [0u8; 8];
-        newest.copy_from_slice(&value[13..21]);
         ValueInfo {
             first: key,
             last: key + span,
             count: count.max(1),
-            newest_ms: Some(u64::from_le_bytes(newest)),
             block: true,
         }
     } else {
@@ -82,9 +77,20 @@ pub fn info(key: u64, value: &[u8]) -> ValueInfo {
             first: key,
             last: key,
             count: 1,
-            newest_ms: record::decode(key, value).ok().map(|r| r.reading.ingest_ms),
             block: false,
         }
+    }
+}
+
+/// The newest ingest time in the value stored under `key`: from a block's header, or by
+/// decoding a record (`None` when that fails its checksum: it cannot be dated).
+pub fn newest_ms(key: u64, value: &[u8]) -> Option<u64> {
+    if value.first() == Some(&BLOCK_VERSION) && value.len() >= HEADER {
+        let mut newest = [0u8; 8];
+        newest.copy_from_slice(&value[13..21]);
+        Some(u64::from_le_bytes(newest))
+    } else {
+        record::decode(key, value).ok().map(|r| r.reading.ingest_ms)
     }
 }
 

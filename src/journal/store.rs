@@ -470,7 +470,7 @@ impl Store {
             }
             let info = block::info(key, value);
             seen += info.count;
-            match info.newest_ms {
+            match block::newest_ms(key, value) {
                 Some(ms) if ms < cutoff_ms => end = Some(info.last + 1),
                 Some(_) => break,
                 None => continue,

@@ -307,7 +307,7 @@ async fn max_age_removes_a_block_once_its_newest_reading_is_past_the_limit() {
         let store = guard.as_ref().unwrap();
         let txn = store.read_txn().unwrap();
         let (key, value) = store.records.first(&txn).unwrap().unwrap();
-        block::info(key, value).newest_ms.unwrap()
+        block::newest_ms(key, value).unwrap()
     };
     assert!(newest_of_first >= cutoff);
     assert!(read_all(&j, 0).iter().any(|r| r.seq == 1002));
