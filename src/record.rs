@@ -19,7 +19,10 @@
 //!
 //! # Encoding (version 1)
 //!
-//! The journal stores each record as its value under the key `seq` (big-endian u64):
+//! With `journal.compression = "none"`, and in journals of earlier releases, the journal
+//! stores each record as its value under the key `seq` (big-endian u64), as below. With
+//! `"zstd"` it stores blocks of readings (`journal::block`), each reading there as the
+//! fields below from flags to payload ([`encode_fields`]), under one checksum per block.
 //!
 //! ```text
 //! offset  size  field
