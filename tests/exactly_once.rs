@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::metrics::scrape;
-use common::{eventually, free_port, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
+use common::{eventually, free_port, seq_of, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
 use firmware_sim::verify::{read_topic, KafkaReading};
 use firmware_sim::CancellationToken;
 
@@ -56,16 +56,6 @@ async fn overflow(gw: &Gateway) -> (firmware_sim::FleetReport, serde_json::Value
     (report, status_json(gw))
 }
 
-fn header<'a>(r: &'a KafkaReading, name: &str) -> Option<&'a str> {
-    r.header(name).and_then(|v| std::str::from_utf8(v).ok())
-}
-
-fn seq_of(r: &KafkaReading) -> u64 {
-    header(r, "tidegate-seq")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("record without a decimal tidegate-seq: {r:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_sends_nothing_the_topic_already_holds_and_every_record_names_its_epoch() {
     let tansu = Tansu::start();
@@ -93,7 +83,7 @@ async fn a_restart_sends_nothing_the_topic_already_holds_and_every_record_names_
     assert!(
         records
             .iter()
-            .all(|r| header(r, "tidegate-epoch") == Some(epoch_text.as_str())),
+            .all(|r| r.header_str("tidegate-epoch") == Some(epoch_text.as_str())),
         "every record carries tidegate-epoch = {epoch}"
     );
     assert!(
@@ -132,15 +122,14 @@ async fn readings_dropped_before_a_dead_upstream_had_them_arrive_as_one_gap_mark
         .collect();
     assert_eq!(markers.len(), 1, "one gap, one marker");
     let marker = markers[0];
-    let (first, last) = header(marker, "tidegate-gap")
-        .and_then(|g| g.split_once(".."))
-        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+    let (first, last) = marker
+        .range("tidegate-gap")
         .expect("tidegate-gap is first..last");
     assert_eq!(marker.key.as_deref(), Some(&b"$tidegate/gap"[..]));
     assert!(marker.payload.is_empty(), "a marker has an empty value");
     assert_eq!(seq_of(marker), last, "tidegate-seq of a marker is its last");
-    assert_eq!(header(marker, "tidegate-gateway"), Some("gw-once"));
-    assert!(header(marker, "tidegate-epoch").is_some());
+    assert_eq!(marker.header_str("tidegate-gateway"), Some("gw-once"));
+    assert!(marker.header_str("tidegate-epoch").is_some());
 
     // Exact: the marker names precisely the journal sequences the topic never received.
     let delivered: BTreeSet<u64> = records
@@ -239,9 +228,8 @@ async fn readings_past_max_age_before_a_dead_upstream_had_them_arrive_as_one_gap
         .filter(|r| r.header("tidegate-gap").is_some())
         .collect();
     assert_eq!(markers.len(), 1, "one gap, one marker");
-    let (first, last) = header(markers[0], "tidegate-gap")
-        .and_then(|g| g.split_once(".."))
-        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+    let (first, last) = markers[0]
+        .range("tidegate-gap")
         .expect("tidegate-gap is first..last");
     let delivered: BTreeSet<u64> = records
         .iter()
@@ -271,18 +259,6 @@ async fn readings_past_max_age_before_a_dead_upstream_had_them_arrive_as_one_gap
         last - first + 1
     );
     assert_eq!(status_json(&gw)["expired_total"].as_u64(), Some(400));
-}
-
-/// `first..last` and the factor of a thinned marker.
-fn thinned_range(r: &KafkaReading) -> (u64, u64, u64) {
-    let (first, last) = header(r, "tidegate-thinned")
-        .and_then(|g| g.split_once(".."))
-        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
-        .expect("tidegate-thinned is first..last");
-    let factor = header(r, "tidegate-thin-factor")
-        .and_then(|f| f.parse().ok())
-        .expect("tidegate-thin-factor is decimal");
-    (first, last, factor)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +318,9 @@ async fn thinned_readings_reach_a_dead_upstream_as_thinned_markers_and_a_crash_m
     assert!(!markers.is_empty());
     let mut announced = Vec::new();
     for m in &markers {
-        let (first, last, factor) = thinned_range(m);
+        let (first, last, factor) = m
+            .thinned()
+            .expect("a thinned marker names first..last and its factor");
         assert_eq!(m.key.as_deref(), Some(&b"$tidegate/thinned"[..]));
         assert!(m.payload.is_empty(), "a marker has an empty value");
         assert_eq!(seq_of(m), first, "tidegate-seq of a marker is its first");

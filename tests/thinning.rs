@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{eventually, free_port, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
+use common::{eventually, free_port, seq_of, status_json, wait_for_backlog, Fleet, Gateway, Tansu};
 use firmware_sim::verify::{read_topic, Checker, KafkaReading};
 use firmware_sim::{device_id, CancellationToken, FleetReport, VerifyReport};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -54,25 +54,8 @@ fn config(mqtt_port: u16, dir: &Path, kafka_port: u16, on_full: &str) -> String 
     )
 }
 
-fn header<'a>(r: &'a KafkaReading, name: &str) -> Option<&'a str> {
-    r.header(name).and_then(|v| std::str::from_utf8(v).ok())
-}
-
-fn seq_of(r: &KafkaReading) -> u64 {
-    header(r, "tidegate-seq")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("record without a decimal tidegate-seq: {r:?}"))
-}
-
 fn is_alarm(r: &KafkaReading) -> bool {
     r.key.as_deref().is_some_and(|k| k.ends_with(b"/alarm"))
-}
-
-/// A thinned marker's span and factor.
-fn thinned(r: &KafkaReading) -> Option<(u64, u64, u64)> {
-    let (a, b) = header(r, "tidegate-thinned")?.split_once("..")?;
-    let factor = header(r, "tidegate-thin-factor")?.parse().ok()?;
-    Some((a.parse().ok()?, b.parse().ok()?, factor))
 }
 
 /// An alarm reading's (device, number).
@@ -372,12 +355,12 @@ async fn thinning_keeps_every_devices_whole_outage_and_every_alarm_and_its_marke
     let delivered: BTreeSet<u64> = thin
         .records
         .iter()
-        .filter(|r| thinned(r).is_none())
+        .filter(|r| r.thinned().is_none())
         .map(seq_of)
         .collect();
     // One span per `last`: a batch from a cursor inside a span announces the rest of it.
     let mut spans: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for (first, last, factor) in thin.records.iter().filter_map(thinned) {
+    for (first, last, factor) in thin.records.iter().filter_map(KafkaReading::thinned) {
         let span = spans.entry(last).or_insert((first, factor));
         assert_eq!(span.1, factor, "one span, one factor");
         span.0 = span.0.min(first);
@@ -401,7 +384,7 @@ async fn thinning_keeps_every_devices_whole_outage_and_every_alarm_and_its_marke
         let held: Vec<&KafkaReading> = thin
             .records
             .iter()
-            .filter(|r| thinned(r).is_none() && (first..=last).contains(&seq_of(r)))
+            .filter(|r| r.thinned().is_none() && (first..=last).contains(&seq_of(r)))
             .collect();
         let topics: BTreeSet<&[u8]> = held.iter().filter_map(|r| r.key.as_deref()).collect();
         let alarms = alarm_seqs.range(first..=last).count() as u64;

@@ -31,3 +31,10 @@ pub use brokers::{free_port, port_open, Mosquitto, Tansu};
 pub use daemon::{http_get, Gateway};
 pub use fleet::Fleet;
 pub use status::{eventually, status_json, wait_for_backlog};
+
+/// A Kafka record's journal sequence (`tidegate-seq`); the test fails on a record without a
+/// decimal one.
+pub fn seq_of(r: &firmware_sim::verify::KafkaReading) -> u64 {
+    r.journal_seq()
+        .unwrap_or_else(|| panic!("record without a decimal tidegate-seq: {r:?}"))
+}

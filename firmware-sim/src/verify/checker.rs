@@ -10,7 +10,7 @@ use crate::telemetry::{topic_for, ReadingId};
 
 use super::{
     KafkaReading, EPOCH_HEADER, GAP_HEADER, GATEWAY_HEADER, MAX_EXAMPLES, SEQ_HEADER,
-    THINNED_HEADER, THIN_FACTOR_HEADER,
+    THINNED_HEADER,
 };
 
 /// A hole in a device's counters as delivered: the counters between two readings that
@@ -88,8 +88,8 @@ impl Checker {
     /// Checks one record; returns its parsed identity (`None` if the payload is not a reading).
     pub fn add(&mut self, r: &KafkaReading) -> Option<ReadingId> {
         self.readings += 1;
-        if let Some(gap) = r.header(GAP_HEADER) {
-            match parse_range(gap) {
+        if r.header(GAP_HEADER).is_some() {
+            match r.range(GAP_HEADER) {
                 Some((first, last)) if first <= last => {
                     self.gap_markers += 1;
                     self.gap_readings += last - first + 1;
@@ -98,12 +98,9 @@ impl Checker {
             }
             return None;
         }
-        if let Some(span) = r.header(THINNED_HEADER) {
-            let factor = r
-                .header(THIN_FACTOR_HEADER)
-                .and_then(|f| std::str::from_utf8(f).ok()?.parse::<u64>().ok());
-            match (parse_range(span), factor) {
-                (Some((first, last)), Some(factor)) if first <= last && factor >= 2 => {
+        if r.header(THINNED_HEADER).is_some() {
+            match r.thinned() {
+                Some((first, last, factor)) if first <= last && factor >= 2 => {
                     self.thinned_markers += 1;
                     let j = self.journal_of(r);
                     self.journals[j].announced.insert_range(first, last);
@@ -123,7 +120,7 @@ impl Checker {
             }
         }
         let journal = self.journal_of(r);
-        let journal_seq = journal_seq(r);
+        let journal_seq = r.journal_seq();
         if let Some(seq) = journal_seq {
             // Any record, reading or not: a journal sequence that arrived was not thinned.
             self.journals[journal].delivered.insert(seq);
@@ -184,7 +181,7 @@ impl Checker {
     /// journal sequence counts, as delivered, so that the holes around it are told right.
     pub fn add_other(&mut self, r: &KafkaReading) {
         let journal = self.journal_of(r);
-        if let Some(seq) = journal_seq(r) {
+        if let Some(seq) = r.journal_seq() {
             self.journals[journal].delivered.insert(seq);
         }
     }
@@ -566,18 +563,4 @@ impl fmt::Display for VerifyReport {
             self.thin_factor_max
         )
     }
-}
-
-/// A record's `tidegate-seq`, if it is a decimal number.
-fn journal_seq(r: &KafkaReading) -> Option<u64> {
-    std::str::from_utf8(r.header(SEQ_HEADER)?)
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// Parses a marker's `first..last` (decimal, inclusive).
-fn parse_range(value: &[u8]) -> Option<(u64, u64)> {
-    let (a, b) = std::str::from_utf8(value).ok()?.split_once("..")?;
-    Some((a.parse().ok()?, b.parse().ok()?))
 }

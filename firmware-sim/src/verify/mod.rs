@@ -96,6 +96,30 @@ impl KafkaReading {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_slice())
     }
+
+    /// The value of header `name` as text, if present and UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.header(name)?).ok()
+    }
+
+    /// The record's journal sequence (`tidegate-seq`), if it is a decimal number.
+    pub fn journal_seq(&self) -> Option<u64> {
+        self.header_str(SEQ_HEADER)?.parse().ok()
+    }
+
+    /// The `first..last` range (decimal, inclusive) in header `name`: a gap marker's
+    /// ([`GAP_HEADER`]) or a thinned marker's ([`THINNED_HEADER`]).
+    pub fn range(&self, name: &str) -> Option<(u64, u64)> {
+        let (a, b) = self.header_str(name)?.split_once("..")?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    }
+
+    /// A thinned marker's span and factor, if this record is one and both parse.
+    pub fn thinned(&self) -> Option<(u64, u64, u64)> {
+        let (first, last) = self.range(THINNED_HEADER)?;
+        let factor = self.header_str(THIN_FACTOR_HEADER)?.parse().ok()?;
+        Some((first, last, factor))
+    }
 }
 
 /// Errors of reading Kafka.
