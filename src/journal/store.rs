@@ -534,6 +534,16 @@ impl Store {
         })
     }
 
+    /// The reading `seq`, or the first held after it (an error in place if its value does
+    /// not decode).
+    pub fn first_from(
+        &self,
+        txn: &RoTxn<'_>,
+        seq: u64,
+    ) -> Result<Option<Result<Record, record::DecodeError>>, heed::Error> {
+        Ok(self.read_from(txn, seq, 1, usize::MAX)?.into_iter().next())
+    }
+
     /// Ingest time of the reading `seq`, or of the first held after it.
     pub fn ingest_ms_at_or_after(
         &self,
@@ -541,9 +551,7 @@ impl Store {
         seq: u64,
     ) -> Result<Option<u64>, heed::Error> {
         Ok(self
-            .read_from(txn, seq, 1, usize::MAX)?
-            .into_iter()
-            .next()
+            .first_from(txn, seq)?
             .and_then(|r| r.ok())
             .map(|r| r.reading.ingest_ms))
     }
@@ -608,8 +616,7 @@ impl Store {
         txn: &mut RwTxn<'_>,
         keep_from: u64,
     ) -> Result<(), heed::Error> {
-        let first = self.read_from(txn, 0, 1, usize::MAX)?.into_iter().next();
-        let (first_seq, first_ms) = match first {
+        let (first_seq, first_ms) = match self.first_from(txn, 0)? {
             Some(Ok(r)) => (r.seq, Some(r.reading.ingest_ms)),
             Some(Err(e)) => (e.seq(), None),
             None => (u64::MAX, None),

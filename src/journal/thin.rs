@@ -336,9 +336,7 @@ fn reading_after(
     seq: u64,
 ) -> Result<Option<(u64, u64)>, heed::Error> {
     Ok(store
-        .read_from(txn, seq + 1, 1, usize::MAX)?
-        .into_iter()
-        .next()
+        .first_from(txn, seq + 1)?
         .and_then(|r| r.ok())
         .map(|r| (r.seq, r.reading.ingest_ms)))
 }
