@@ -6,6 +6,11 @@
 //! time it was read minus the `ts` the device stamped on it when it sampled it (ms
 //! resolution, so figures carry up to 1 ms of rounding). Both clocks are this machine's.
 //!
+//! The report gives the generator's own CPU over the fleet's run ([`LoadReport::generator_cpu`]),
+//! so every figure says whether the generator was the limit; with
+//! [`FleetOptions::fixed_payload`] the devices patch one payload per boot instead of
+//! sampling and encoding each reading, for runs where it would be.
+//!
 //! With [`LoadOptions::link`], the run also hosts a shaping [`Link`] (the gateway sends to
 //! its listening address) from before the fleet starts until the last reading is read back,
 //! and reports what went through it ([`LinkSummary`]).
@@ -111,6 +116,10 @@ pub struct KafkaLoadReport {
     pub end_to_end: LatencySummary,
     /// Readings of this run read per second, from the start of the run to the last one read.
     pub forwarded_per_sec: f64,
+    /// Readings of this run read by the time the fleet finished (its last PUBACK): set
+    /// against the fleet's acknowledged readings, whether forwarding kept up during the run
+    /// or left a backlog to drain after it. A lower bound, since the reader may lag.
+    pub forwarded_during_run: u64,
     /// From the end of publishing to the last acknowledged reading being readable.
     pub drain_time: Duration,
 }
@@ -130,6 +139,25 @@ pub struct LoadReport {
     pub kafka: Option<KafkaLoadReport>,
     /// What went through the shaping link, when the run had one.
     pub link: Option<LinkSummary>,
+    /// CPU this process used (user + system, `getrusage(RUSAGE_SELF)`) from the start of
+    /// the fleet to its end: the devices, and with a Kafka target the reader checking it.
+    /// Against [`FleetReport::elapsed`] it tells whether the generator was the limit.
+    pub generator_cpu: Duration,
+    /// Whether the devices sent fixed payloads ([`FleetOptions::fixed_payload`]).
+    pub fixed_payload: bool,
+}
+
+impl LoadReport {
+    /// The generator's CPU over the fleet's run, in cores (1.0 = one core all the time).
+    pub fn generator_cores(&self) -> f64 {
+        self.generator_cpu.as_secs_f64() / self.fleet.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The generator's CPU per reading published, in µs; 10 µs per reading is one core per
+    /// 100,000 readings/s.
+    pub fn generator_us_per_reading(&self) -> f64 {
+        self.generator_cpu.as_secs_f64() * 1e6 / self.fleet.published().max(1) as f64
+    }
 }
 
 impl fmt::Display for LoadReport {
@@ -151,7 +179,17 @@ impl fmt::Display for LoadReport {
             "acked rate       {:>12.0} readings/s   (published {:.0}/s)",
             self.acked_per_sec, self.published_per_sec
         )?;
-        write!(f, "publish→PUBACK   {}", self.puback.short())?;
+        writeln!(f, "publish→PUBACK   {}", self.puback.short())?;
+        write!(
+            f,
+            "generator CPU    {:.2} cores ({:.2} s user+sys over {:.2} s), {:.2} µs/reading = {:.2} cores per 100k readings/s; {} payloads",
+            self.generator_cores(),
+            self.generator_cpu.as_secs_f64(),
+            fl.elapsed.as_secs_f64(),
+            self.generator_us_per_reading(),
+            self.generator_us_per_reading() / 10.0,
+            if self.fixed_payload { "fixed" } else { "model" }
+        )?;
         let injected = fl.injected();
         if injected.total() > 0 {
             write!(f, "\ninjected faults  {injected}")?;
@@ -171,8 +209,10 @@ impl fmt::Display for LoadReport {
             )?;
             writeln!(
                 f,
-                "forwarded rate   {:>12.0} readings/s",
-                k.forwarded_per_sec
+                "forwarded rate   {:>12.0} readings/s   ({} read back by the fleet's end: {:.2} of acked)",
+                k.forwarded_per_sec,
+                k.forwarded_during_run,
+                k.forwarded_during_run as f64 / fl.acked().max(1) as f64
             )?;
             write!(f, "publish→Kafka    {}", k.end_to_end.short())?;
         }
@@ -417,7 +457,10 @@ pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<Load
         })
     });
 
+    let cpu_before = process_cpu();
     let fleet = run_fleet_with_progress(fleet_opts, stop.clone(), progress.clone()).await;
+    let generator_cpu = process_cpu().saturating_sub(cpu_before);
+    let forwarded_during_run = forwarded.load(Ordering::Relaxed);
     let fleet = match fleet {
         Ok(f) => f,
         Err(e) => {
@@ -443,6 +486,7 @@ pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<Load
                 received: outcome.received,
                 end_to_end: outcome.e2e.summary(),
                 forwarded_per_sec: outcome.received as f64 / span.as_secs_f64().max(1e-9),
+                forwarded_during_run,
                 drain_time: outcome
                     .completed_at
                     .unwrap_or_else(Instant::now)
@@ -463,5 +507,23 @@ pub async fn run_load(opts: LoadOptions, stop: CancellationToken) -> Result<Load
         fleet,
         kafka,
         link: link.as_ref().map(Link::summary),
+        generator_cpu,
+        fixed_payload: opts.fleet.fixed_payload,
     })
+}
+
+/// CPU time (user + system) this process has used so far; zero if the kernel will not
+/// say, which then shows as a generator using no CPU.
+fn process_cpu() -> Duration {
+    use nix::libc;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes the struct we pass, which outlives the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }

@@ -54,6 +54,14 @@ enum Command {
         /// Write the fleet report (JSON) to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Build each device's payload once and per reading only write its counter and ts
+        /// into it (fixed-width fields), instead of sampling the turbine model and encoding
+        /// every reading: for saturation runs where the generator's own CPU (the summary's
+        /// "generator CPU" line) would be the limit. Payloads keep the device, boot, counter
+        /// and ts that PUBACK accounting and --kafka verification read; their sensor values
+        /// stay those of the first reading. Works with --payload-format json or binary.
+        #[arg(long)]
+        fixed_payload: bool,
         #[command(flatten)]
         fleet: FleetArgs,
         #[command(flatten)]
@@ -247,10 +255,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             topic,
             kafka_timeout,
             report,
+            fixed_payload,
             link,
         } => {
             let mut o = LoadOptions::default();
             fleet.apply(&mut o.fleet)?;
+            o.fleet.fixed_payload = fixed_payload;
             o.link = link.options();
             if let Some(topic) = topic {
                 if kafka.is_empty() {

@@ -46,7 +46,20 @@ fn assert_exactly_acked(r: &FleetReport, devices: usize, per_device: Option<u64>
 }
 
 async fn accounting_is_exact(protocol: Protocol) {
+    exact_accounting(protocol, false).await;
+}
+
+/// Fixed payloads (`load --fixed-payload`: one payload per boot, its counter and ts
+/// patched per reading) carry each reading's own identity: the accounting and what the
+/// broker passes on are as exact as with the model's payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_payloads_are_accounted_exactly() {
+    exact_accounting(Protocol::V4, true).await;
+}
+
+async fn exact_accounting(protocol: Protocol, fixed_payload: bool) {
     let (broker, mut o) = broker_and_fleet(protocol);
+    o.fixed_payload = fixed_payload;
     let (devices, per_device) = (12, 400);
     let sub = Subscriber::start(&broker.addr(), "verifier", Until::Messages).await;
 

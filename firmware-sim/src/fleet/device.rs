@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
+use tokio::sync::TryAcquireError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
@@ -16,6 +17,7 @@ use tracing::{debug, warn, Instrument};
 use super::driver::{drive, lock, DeviceShared, DriverOutcome};
 use super::link::{self, Client, Link, LinkSettings};
 use super::options::{Protocol, Qos};
+use super::payload::Payloads;
 use super::report::{BootReport, DeviceReport};
 use super::RunConfig;
 use crate::faults::{Fault, FaultCounts, FaultRng};
@@ -368,8 +370,17 @@ async fn publish_readings(
     let deadline = cfg.deadline;
     let far = cfg.start + Duration::from_secs(365 * 24 * 3600);
     let until = deadline.unwrap_or(far);
+    // One timer for the whole boot: a new `sleep_until` per reading would register and
+    // cancel a timer each time, a cost the generator would add to every reading.
+    let end = tokio::time::sleep_until(until);
+    tokio::pin!(end);
     let plan = &opts.workload.faults;
-    let mut buf = Vec::with_capacity(opts.workload.payload_size.unwrap_or(192));
+    // Without faults the fault rng's draws decide nothing: skip them.
+    let no_faults = plan.is_empty();
+    let mut payloads = Payloads::new(
+        opts.fixed_payload,
+        opts.workload.payload_size.unwrap_or(192),
+    );
     let mut published = 0u64;
     loop {
         let index = life.published_total + 1;
@@ -391,25 +402,34 @@ async fn publish_readings(
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(until) => break,
+                _ = &mut end => break,
                 _ = t.tick() => {}
             }
         } else if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
         if qos1 {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(until) => break,
-                p = shared.window.acquire() => p,
+            // A free slot in the window is taken at once; only a full window waits.
+            let permit = match shared.window.try_acquire() {
+                Ok(p) => Some(p),
+                Err(TryAcquireError::Closed) => None,
+                Err(TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    _ = &mut end => break,
+                    p = shared.window.acquire() => p.ok(),
+                },
             };
             match permit {
-                Ok(p) => p.forget(),
-                Err(_) => break,
+                Some(p) => p.forget(),
+                None => break,
             }
         }
-        let faults = plan.decide(index, &mut life.fault_rng);
+        let faults = if no_faults {
+            Vec::new()
+        } else {
+            plan.decide(index, &mut life.fault_rng)
+        };
         for &f in &faults {
             match f {
                 // Done before this reading (the reboot by the caller, between two boots).
@@ -423,15 +443,17 @@ async fn publish_readings(
                 _ => {}
             }
         }
-        let reading = life.turbine.step(plan.skew(now_ms()));
-        reading.encode(
+        let (seq, payload) = payloads.next(
+            &mut life.turbine,
+            plan.skew(now_ms()),
             opts.workload.payload_format,
             opts.workload.payload_size,
-            &mut buf,
         );
-        let payload = Bytes::copy_from_slice(&buf);
         for &f in faults.iter().filter(|f| f.is_garbage()) {
-            if let Some(garbage) = plan.garbage_payload(f, &reading, &buf) {
+            let garbage = payloads
+                .last()
+                .and_then(|(reading, bytes)| plan.garbage_payload(f, reading, bytes));
+            if let Some(garbage) = garbage {
                 if publish_extra(client, topic, garbage.into(), stop, until).await {
                     life.injected.add(f);
                 }
@@ -439,7 +461,7 @@ async fn publish_readings(
         }
         let duplicate = faults.contains(&Fault::Duplicate).then(|| payload.clone());
         if qos1 {
-            lock(&shared.outstanding).insert(reading.seq, payload.clone());
+            lock(&shared.outstanding).insert(seq, payload.clone());
         }
         // QoS 1 never waits here: the window bounds what is outstanding, and the request
         // channel holds a window's worth. QoS 0 waits for the connection.
@@ -449,13 +471,13 @@ async fn publish_readings(
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep_until(until) => break,
+                _ = &mut end => break,
                 ok = client.publish(topic, opts.qos, payload) => ok,
             }
         };
         if !sent {
             if qos1 {
-                lock(&shared.outstanding).remove(&reading.seq);
+                lock(&shared.outstanding).remove(&seq);
             }
             warn!("MQTT client closed; device stops publishing");
             break;

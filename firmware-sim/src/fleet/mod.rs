@@ -8,6 +8,8 @@
 //! - `device`: one device's boots and its publisher;
 //! - `driver`: the event-loop driver, one loop for both MQTT versions over `link`;
 //! - `link`: rumqttc's v3.1.1 and v5 clients behind one small interface;
+//! - `payload`: each reading's payload, from the turbine model or one fixed payload per
+//!   boot patched in place ([`FleetOptions::fixed_payload`]);
 //! - `tracker`: the exact mapping of PUBACKs to reading counters;
 //! - `tls`: the TLS files every device of a fleet shares.
 //!
@@ -35,6 +37,7 @@ mod device;
 mod driver;
 mod link;
 mod options;
+mod payload;
 mod report;
 mod tls;
 pub(crate) mod tracker;

@@ -81,6 +81,13 @@ pub struct FleetOptions {
     pub credentials: Option<(String, String)>,
     /// TLS instead of plain TCP, loaded once for every device ([`TlsOptions::load`]).
     pub tls: Option<TlsOptions>,
+    /// Build each boot's payload once, from its first reading, and per reading only write
+    /// the counter and `ts` into it (fixed-width fields), instead of stepping the turbine
+    /// model and encoding a new reading. For load runs where the generator's own CPU would
+    /// otherwise be the limit. The payload still carries device, boot, counter and `ts`
+    /// (verification and the PUBACK accounting read them as usual); its sensor values are
+    /// those of the boot's first reading.
+    pub fixed_payload: bool,
 }
 
 impl Default for FleetOptions {
@@ -104,6 +111,7 @@ impl Default for FleetOptions {
             ramp_up: Duration::ZERO,
             credentials: None,
             tls: None,
+            fixed_payload: false,
         }
     }
 }
