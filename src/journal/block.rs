@@ -28,6 +28,8 @@
 //! remove whole blocks without decompressing them. One CRC covers the block: a flipped byte
 //! anywhere makes the whole block unreadable and `journal check` names it by its key.
 
+use std::cell::RefCell;
+
 use crate::record::{self, DecodeError, Record};
 
 /// The value format of a block.
@@ -143,7 +145,7 @@ fn raw_body(key: u64, value: &[u8]) -> Result<Vec<u8>, DecodeError> {
     if value[1] & FLAG_ZSTD == 0 {
         return Ok(body.to_vec());
     }
-    let raw = zstd::bulk::decompress(body, raw_len).map_err(|_| DecodeError::Malformed {
+    let raw = decompress(body, raw_len).map_err(|_| DecodeError::Malformed {
         seq: key,
         what: "block does not decompress",
     })?;
@@ -154,6 +156,26 @@ fn raw_body(key: u64, value: &[u8]) -> Result<Vec<u8>, DecodeError> {
         });
     }
     Ok(raw)
+}
+
+thread_local! {
+    /// One zstd decompression context per thread that reads blocks (the journal writer
+    /// reopening its tail block, each forwarder, status): making one allocates and
+    /// initialises about 100 KiB, which per block cost more than the decompression itself.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// `zstd::bulk::decompress` with this thread's reused context.
+fn decompress(body: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        d.decompress(body, raw_len)
+    })
 }
 
 fn parse_entries(

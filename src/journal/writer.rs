@@ -108,18 +108,15 @@ pub(crate) fn spawn(
     committed: watch::Sender<u64>,
     clock: AgeClock,
 ) -> Result<std::thread::JoinHandle<()>, JournalError> {
-    let codec = commit::Codec {
-        buf: Vec::with_capacity(1 << 16),
-        packer: super::block::Packer::new(config.compression_level).map_err(|source| {
-            JournalError::Io {
-                what: format!(
-                    "set up zstd at journal.compression_level = {}",
-                    config.compression_level
-                ),
-                source,
-            }
-        })?,
-    };
+    let codec = commit::Codec::new(super::block::Packer::new(config.compression_level).map_err(
+        |source| JournalError::Io {
+            what: format!(
+                "set up zstd at journal.compression_level = {}",
+                config.compression_level
+            ),
+            source,
+        },
+    )?);
     std::thread::Builder::new()
         .name("journal-writer".into())
         .spawn(move || {

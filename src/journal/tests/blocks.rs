@@ -313,3 +313,35 @@ async fn max_age_removes_a_block_once_its_newest_reading_is_past_the_limit() {
     assert!(read_all(&j, 0).iter().any(|r| r.seq == 1002));
     close(j, w);
 }
+
+#[tokio::test]
+async fn the_open_block_is_read_again_when_it_changed_behind_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, w) = Journal::open(&zstd(dir.path()), &[]).unwrap();
+    let sent = fill(&j, 3, 1, 3).await;
+    // The writer keeps the open block (readings 1 to 3) to extend it. Rewrite it behind
+    // the writer's back as thinning would, without reading 2.
+    {
+        let guard = j.watch.shared.store.read().unwrap();
+        let store = guard.as_ref().unwrap();
+        let mut txn = store.write_txn().unwrap();
+        let (key, value) = store.records.last(&txn).unwrap().unwrap();
+        assert_eq!(key, 1);
+        let mut kept = block::entries(key, value.to_vec().as_slice()).unwrap();
+        assert_eq!(kept.len(), 3, "one open block holds the first commit");
+        kept.remove(1);
+        let mut packer = block::Packer::new(1).unwrap();
+        let [(k, thinned)] = packer.pack(&kept).try_into().unwrap();
+        store.put_value(&mut txn, k, &thinned).unwrap();
+        txn.commit().unwrap();
+    }
+    let later = turbine(0, 1);
+    j.append(vec![later.clone()]).await.unwrap();
+    let back = read_all(&j, 1);
+    let seqs: Vec<u64> = back.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 3, 4], "the block as stored, then the new reading");
+    assert_eq!(back[0].reading, sent[0]);
+    assert_eq!(back[1].reading, sent[2]);
+    assert_eq!(back[2].reading, later);
+    close(j, w);
+}
