@@ -64,7 +64,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Credits the PUBACK for `pkid`: the counter leaves `outstanding` and frees a window slot.
 fn acknowledge(t: &mut AckTracker, pkid: u16, shared: &DeviceShared, progress: &FleetProgress) {
-    if let Some((seq, _)) = t.on_puback(pkid, Instant::now()) {
+    if let Some((seq, latency)) = t.on_puback(pkid, Instant::now()) {
         let (removed, empty) = {
             let mut o = lock(&shared.outstanding);
             let removed = o.remove(&seq).is_some();
@@ -73,6 +73,7 @@ fn acknowledge(t: &mut AckTracker, pkid: u16, shared: &DeviceShared, progress: &
         if removed {
             shared.window.add_permits(1);
             progress.acked.fetch_add(1, Ordering::Relaxed);
+            progress.record_puback(latency);
         } else {
             // Acknowledged twice (a re-send of an already acknowledged reading).
             debug!(seq, "PUBACK for a reading no longer outstanding");

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,10 @@ pub struct FleetProgress {
     pub disconnects: AtomicU64,
     /// Devices that finished.
     pub finished: AtomicU64,
+    /// Publish → PUBACK latency of the readings acknowledged since the last
+    /// [`FleetProgress::take_puback`]: a long run reports it per interval, where the whole
+    /// run's histogram would hide a slow hour in a fast day.
+    pub puback: Mutex<Histogram>,
 }
 
 /// A point-in-time copy of [`FleetProgress`].
@@ -53,6 +58,20 @@ impl FleetProgress {
             disconnects: self.disconnects.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts one reading's publish → PUBACK latency in the current interval.
+    pub fn record_puback(&self, latency: Duration) {
+        self.puback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_duration(latency);
+    }
+
+    /// The latencies recorded since the last call, leaving an empty histogram for the next
+    /// interval.
+    pub fn take_puback(&self) -> Histogram {
+        std::mem::take(&mut *self.puback.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
