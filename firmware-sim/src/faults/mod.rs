@@ -28,7 +28,10 @@
 //! - [`Fault::Reboot`]: before this reading the device restarts: its counter restarts at 1
 //!   under a new boot id (over MQTT it also drops its connection and connects again);
 //! - [`Fault::Flap`] (MQTT): before this reading the device's connection drops without
-//!   DISCONNECT; it reconnects with backoff and re-sends what was not acknowledged;
+//!   DISCONNECT; it reconnects with backoff and re-sends what was not acknowledged. Every
+//!   N-th reading ([`FaultPlan::flap_every`], the whole fleet in step) or with a
+//!   probability per reading ([`FaultPlan::flap_rate`], devices at random moments: a steady
+//!   share of a fleet reconnecting each minute, as in a long soak);
 //! - [`FaultPlan::clock_skew_ms`] is added to every reading's `ts`;
 //! - [`FaultPlan::burst`] sends readings back-to-back instead of at the configured rate.
 //!
@@ -76,6 +79,10 @@ pub struct FaultPlan {
     /// reconnects with backoff and re-sends what was not acknowledged.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub flap_every: Option<u64>,
+    /// MQTT only: probability per reading that the connection drops (no DISCONNECT) before
+    /// it; e.g. at 5 readings/s, 1/6000 reconnects about 5 % of the devices each minute.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub flap_rate: f64,
     /// Add this many ms to every reading's timestamp (negative: the device clock is behind).
     #[arg(
         long,
@@ -122,7 +129,7 @@ pub enum InvalidPlan {
     #[error("noise, bad CRC and truncated frames are serial faults")]
     SerialOnly,
     /// A flap asked of a serial device.
-    #[error("flap_every is an MQTT fault; a serial line has no connection")]
+    #[error("flap_every and flap_rate are MQTT faults; a serial line has no connection")]
     MqttOnly,
 }
 
@@ -169,6 +176,7 @@ impl Default for FaultPlan {
             duplicate_rate: 0.0,
             reboot_every: None,
             flap_every: None,
+            flap_rate: 0.0,
             clock_skew_ms: 0,
             burst: None,
             noise_rate: 0.0,
@@ -303,9 +311,9 @@ impl std::fmt::Display for FaultCounts {
 }
 
 /// The random source of one device's fault decisions (and, separately, of the bytes of its
-/// line noise, so drawing noise never shifts the decisions).
+/// line noise and of its random flaps, so drawing either never shifts the decisions).
 #[derive(Debug, Clone)]
-pub struct FaultRng(StdRng, StdRng);
+pub struct FaultRng(StdRng, StdRng, StdRng);
 
 impl FaultRng {
     /// The fault source of device number `n` of a fleet seeded with `seed` (independent of
@@ -319,6 +327,7 @@ impl FaultRng {
         FaultRng(
             StdRng::seed_from_u64(z),
             StdRng::seed_from_u64(z ^ 0x5EED_F017_5E00_0000),
+            StdRng::seed_from_u64(z ^ 0xF1A9_F1A9_0000_0000),
         )
     }
 
@@ -351,6 +360,12 @@ impl FaultPlan {
         if self.flap_every == Some(0) {
             return Err(InvalidPlan::ZeroPeriod("flap_every"));
         }
+        if !(0.0..=1.0).contains(&self.flap_rate) {
+            return Err(InvalidPlan::Rate {
+                name: "flap_rate",
+                rate: self.flap_rate,
+            });
+        }
         if let Some((count, every)) = self.burst {
             if count == 0 || every == 0 {
                 return Err(InvalidPlan::ZeroPeriod("burst count and every"));
@@ -376,7 +391,7 @@ impl FaultPlan {
     /// has no connection to flap).
     pub fn validate_for_serial(&self) -> Result<(), InvalidPlan> {
         self.validate()?;
-        if self.flap_every.is_some() {
+        if self.flap_every.is_some() || self.flap_rate > 0.0 {
             return Err(InvalidPlan::MqttOnly);
         }
         Ok(())
@@ -395,7 +410,8 @@ impl FaultPlan {
 
     /// The faults of a device's `reading`-th reading (1-based, counted over the whole run,
     /// reboots included), in the order they happen: a reboot first, then the garbage sent
-    /// before the reading, then a duplicate. Draws exactly six numbers from `rng` per call.
+    /// before the reading, then a duplicate. Draws exactly six numbers from `rng` per call
+    /// for the rates, and one more from a stream of its own with a [`FaultPlan::flap_rate`].
     pub fn decide(&self, reading: u64, rng: &mut FaultRng) -> Vec<Fault> {
         let mut faults = Vec::new();
         if self.reboot_due(reading) {
@@ -403,6 +419,12 @@ impl FaultPlan {
         }
         if let Some(every) = self.flap_every.filter(|&e| e > 0) {
             if reading > 1 && (reading - 1) % every == 0 {
+                faults.push(Fault::Flap);
+            }
+        }
+        if self.flap_rate > 0.0 {
+            let draw: f64 = rng.2.random();
+            if draw < self.flap_rate && !faults.contains(&Fault::Flap) {
                 faults.push(Fault::Flap);
             }
         }

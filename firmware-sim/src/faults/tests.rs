@@ -104,6 +104,36 @@ fn reboots_flaps_and_bursts_follow_their_period() {
 }
 
 #[test]
+fn a_flap_rate_drops_devices_at_their_own_moments_and_moves_no_other_fault() {
+    let flapping = FaultPlan {
+        flap_rate: 0.01,
+        ..plan()
+    };
+    // The other faults fall on exactly the same readings as without flaps.
+    let mut a = FaultRng::new(9, 1);
+    let mut b = FaultRng::new(9, 1);
+    let mut flaps = Vec::new();
+    for i in 1..=20_000 {
+        let plain = plan().decide(i, &mut a);
+        let mut with = flapping.decide(i, &mut b);
+        if with.first() == Some(&Fault::Flap) {
+            flaps.push(i);
+            with.remove(0);
+        }
+        assert_eq!(plain, with, "reading {i}");
+    }
+    // About 1 % of 20 000 (± ~3.5 σ), at moments of this device's own.
+    assert!((150..=250).contains(&flaps.len()), "{}", flaps.len());
+    let other = flapping.expected(9, 2, 20_000).flap;
+    let mut c = FaultRng::new(9, 2);
+    let other_flaps: Vec<u64> = (1..=20_000)
+        .filter(|&i| flapping.decide(i, &mut c).contains(&Fault::Flap))
+        .collect();
+    assert_eq!(other, other_flaps.len() as u64);
+    assert_ne!(flaps, other_flaps);
+}
+
+#[test]
 fn bad_plans_are_refused() {
     let bad = [
         FaultPlan {
@@ -139,6 +169,17 @@ fn bad_plans_are_refused() {
     };
     assert!(flapping.validate_for_mqtt().is_ok());
     assert!(flapping.validate_for_serial().is_err());
+    let random_flaps = FaultPlan {
+        flap_rate: 0.001,
+        ..FaultPlan::default()
+    };
+    assert!(random_flaps.validate_for_mqtt().is_ok());
+    assert!(random_flaps.validate_for_serial().is_err());
+    let not_a_probability = FaultPlan {
+        flap_rate: 1.5,
+        ..FaultPlan::default()
+    };
+    assert!(not_a_probability.validate().is_err());
 }
 
 #[test]
