@@ -26,6 +26,8 @@
 //!   simulator creates or a given device ([`run_serial`]);
 //! - [`modbus`]: turbines as Modbus RTU slaves on a pseudo-terminal, with silent ids,
 //!   exceptions and corrupted answers on demand ([`ModbusBus`]);
+//! - [`soak`]: a fleet sampled while it runs, a CSV row per interval with that interval's
+//!   publish → PUBACK percentiles, for soaks of hours ([`soak::run_sampled`]);
 //! - [`seqset`] and [`latency`]: the counter sets and histograms the reports are made of;
 //! - [`testbed`]: real brokers (Tansu, Mosquitto) and other child processes on loopback
 //!   ports, for the tests of tidegate and of this crate and for the benchmark;
@@ -48,6 +50,7 @@ pub mod load;
 pub mod modbus;
 pub mod seqset;
 pub mod serial;
+pub mod soak;
 pub mod telemetry;
 pub mod testbed;
 pub mod verify;

@@ -118,6 +118,10 @@ enum Command {
     /// `link: LISTEN -> TARGET`, then a line per --report-every with the bytes up and down
     /// and their rates, until Ctrl-C or SIGTERM, then the totals and the largest 5 s window.
     Link(LinkArgs),
+    /// `fleet` for long runs: the same fleet and report, plus one CSV row per
+    /// --sample-every (appended to --samples) with the readings published and acknowledged,
+    /// the devices connected and that interval's publish→PUBACK p50/p99/max.
+    Soak(firmware_sim::soak::SoakArgs),
 }
 
 async fn run_serial(workload: WorkloadArgs, args: SerialArgs) -> Result<ExitCode> {
@@ -231,6 +235,21 @@ fn print_fleet(report: &FleetReport) {
     }
 }
 
+/// Prints a fleet's report, writes it to `report` if given, and exits 1 if a QoS 1 reading
+/// was left unacknowledged or a PUBACK could not be matched.
+fn finish_fleet(r: &FleetReport, report: Option<&PathBuf>) -> Result<ExitCode> {
+    print_fleet(r);
+    if let Some(path) = report {
+        write_report(path, r)?;
+    }
+    let ok = r.qos == Qos::AtMostOnce || (r.unacked() == 0 && r.anomalies() == 0);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Fleet { fleet, report } => {
@@ -238,16 +257,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fleet.apply(&mut o)?;
             let stop = stop_on_ctrl_c();
             let r = firmware_sim::run_fleet(o, stop).await?;
-            print_fleet(&r);
-            if let Some(path) = &report {
-                write_report(path, &r)?;
-            }
-            let ok = r.qos == Qos::AtMostOnce || (r.unacked() == 0 && r.anomalies() == 0);
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            finish_fleet(&r, report.as_ref())
+        }
+        Command::Soak(args) => {
+            let report = args.report.clone();
+            let r = firmware_sim::soak::run_cli(args, stop_on_ctrl_c()).await?;
+            finish_fleet(&r, report.as_ref())
         }
         Command::Load {
             fleet,
