@@ -97,6 +97,7 @@ fn serial_fault_flags_inject_exactly_what_the_seed_decides() {
         oversized_bytes: 9000,
         reboot_every: Some(100),
         flap_every: None,
+        flap_rate: 0.0,
         clock_skew_ms: -5000,
         burst: Some((3, 30)),
     };

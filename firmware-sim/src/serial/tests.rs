@@ -175,6 +175,7 @@ async fn injected_faults_are_counted_and_the_good_readings_all_decode() {
             duplicate_rate: 0.05,
             reboot_every: Some(150),
             flap_every: None,
+            flap_rate: 0.0,
             clock_skew_ms: -60_000,
             burst: Some((5, 50)),
             noise_rate: 0.05,
