@@ -19,14 +19,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --kills) CRASH_KILLS="$2"; shift 2 ;;
-        --kills=*) CRASH_KILLS="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=scripts/endurance-common.sh
+source scripts/endurance-common.sh
+one_flag kills CRASH_KILLS "$@"
 
 KILLS="${CRASH_KILLS:-500}"
 SEED="${CRASH_SEED:-$(( $(od -An -N2 -tu2 /dev/urandom) ))}"
@@ -37,19 +32,13 @@ RATE="${CRASH_RATE:-100}"
 OUT="${CRASH_OUT:-$(mktemp -d /tmp/tidegate-crash.XXXXXX)}"
 mkdir -p "$OUT"
 
-# shellcheck source=scripts/endurance-common.sh
-source scripts/endurance-common.sh
+endurance_setup
 
 KAFKA_PORT="$(free_port)"
 MQTT_PORT="$(free_port)"
 
 step "Tansu on 127.0.0.1:$KAFKA_PORT"
-"$TIDEGATE_TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ >"$OUT/tansu.log" 2>&1 &
-PIDS+=($!)
-wait_port "$KAFKA_PORT"
+start_tansu "$KAFKA_PORT" "$KAFKA_PORT" "$OUT/tansu.log"
 
 # As tests/crash_loop.rs: small batches and a short linger, so that many batches are in
 # flight or awaiting their cursor store at any moment and kills land in the window the

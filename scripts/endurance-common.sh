@@ -1,29 +1,51 @@
-# Shared by scripts/soak.sh and scripts/crash-loop.sh (sourced, not run): the brokers (through
-# scripts/brokers.sh), the open-file limit, the release binaries, free loopback ports, and the
-# processes a script starts, stopped when it exits. Defines TIDEGATE and SIM (the release
-# binaries), PIDS (append every background process), `step`, `free_port`, `wait_port`,
-# `seconds` and `verify_counts`.
+# Shared by scripts/soak.sh and scripts/crash-loop.sh (sourced, not run). Sourcing defines
+# functions only:
+# - `one_flag NAME VAR "$@"`: the one flag a script takes, `--NAME VALUE` or `--NAME=VALUE`
+#   into the variable VAR, or -h/--help (prints the script's header comment and exits);
+# - `endurance_setup`: the brokers (scripts/brokers.sh, as scripts/bench.sh installs them),
+#   the open-file limit, the release binaries (TIDEGATE and SIM), and PIDS, the background
+#   processes of the script, all stopped when it exits, whatever the exit;
+# - `start_tansu PORT ADVERTISED LOG`, `free_port`, `wait_port`, `seconds` and
+#   `verify_counts`.
 
-# shellcheck source=scripts/brokers.sh
-source scripts/brokers.sh
+one_flag() {
+    local flag="$1" var="$2"
+    shift 2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            "--$flag") printf -v "$var" '%s' "$2"; shift 2 ;;
+            "--$flag="*) printf -v "$var" '%s' "${1#*=}"; shift ;;
+            -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+            *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+        esac
+    done
+}
 
-# One socket per device in the fleet and in tidegate, and some headroom.
-hard="$(ulimit -Hn)"
-if [ "$hard" != "unlimited" ] && [ "$hard" -lt 65536 ]; then
-    ulimit -Hn 65536 2>/dev/null || true
+endurance_setup() {
+    # shellcheck source=scripts/brokers.sh
+    source scripts/brokers.sh
+
+    # One socket per device in the fleet and in tidegate, and some headroom.
+    local hard
     hard="$(ulimit -Hn)"
-fi
-ulimit -Sn "$hard"
+    if [ "$hard" != "unlimited" ] && [ "$hard" -lt 65536 ]; then
+        ulimit -Hn 65536 2>/dev/null || true
+        hard="$(ulimit -Hn)"
+    fi
+    ulimit -Sn "$hard"
 
-step "building release binaries (tidegate, firmware-sim)"
-cargo build --release -p tidegate --bin tidegate -p firmware-sim --bin firmware-sim
-TIDEGATE="${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate"
-SIM="${CARGO_TARGET_DIR:-$PWD/target}/release/firmware-sim"
-echo "tidegate: $TIDEGATE ($(git rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
+    step "building release binaries (tidegate, firmware-sim)"
+    cargo build --release -p tidegate --bin tidegate -p firmware-sim --bin firmware-sim
+    TIDEGATE="${CARGO_TARGET_DIR:-$PWD/target}/release/tidegate"
+    SIM="${CARGO_TARGET_DIR:-$PWD/target}/release/firmware-sim"
+    echo "tidegate: $TIDEGATE ($(git rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
 
-# Every background process the script starts; all are stopped (SIGTERM, then waited for) on
-# exit, whatever the exit.
-PIDS=()
+    PIDS=()
+    trap stop_all EXIT
+    trap 'exit 130' INT TERM
+}
+
+# SIGTERM to every process in PIDS, then waits for them.
 stop_all() {
     local pid
     for pid in "${PIDS[@]}"; do
@@ -33,8 +55,18 @@ stop_all() {
         wait "$pid" 2>/dev/null || true
     done
 }
-trap stop_all EXIT
-trap 'exit 130' INT TERM
+
+# Tansu (Kafka protocol, in-memory storage) on 127.0.0.1:$1, telling clients to connect to
+# 127.0.0.1:$2 (a link in front of it, or $1 itself), logging to $3; sets TANSU_PID.
+start_tansu() {
+    "$TIDEGATE_TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$1" \
+        --advertised-listener-url "tcp://127.0.0.1:$2" \
+        --storage-engine memory://tansu/ >"$3" 2>&1 &
+    TANSU_PID=$!
+    PIDS+=("$TANSU_PID")
+    wait_port "$1"
+}
 
 # A free TCP port on 127.0.0.1.
 free_port() {

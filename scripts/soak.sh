@@ -18,8 +18,9 @@
 #   the gateway's Kafka client stays behind it;
 # - every SOAK_SAMPLE_EVERY a row goes to samples.csv: the gateway's RssAnon and RssFile
 #   (/proc/PID/status), open fds (/proc/PID/fd), the journal as `tidegate status --json`
-#   reports it (readings held, bytes held, bytes on disk, the upstream's backlog) and the
-#   fleet's latest interval row;
+#   reports it (readings held, bytes held, bytes on disk, the upstream's backlog), tidegate's
+#   CPU (share of one core over the interval), Tansu's RSS (it keeps the topic in memory,
+#   roughly 100 bytes a reading) and the fleet's latest interval row;
 # - at the end it prints the first 10 minutes against the last 10 (means and maxima) and runs
 #   `firmware-sim verify --report`: every acknowledged reading in Kafka, per device in order,
 #   none duplicated. Exits non-zero if any of that fails.
@@ -36,14 +37,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --duration) SOAK_DURATION="$2"; shift 2 ;;
-        --duration=*) SOAK_DURATION="${1#*=}"; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
-    esac
-done
+# shellcheck source=scripts/endurance-common.sh
+source scripts/endurance-common.sh
+one_flag duration SOAK_DURATION "$@"
 
 DURATION="${SOAK_DURATION:-2h}"
 DEVICES="${SOAK_DEVICES:-1000}"
@@ -55,8 +51,7 @@ SAMPLE_EVERY="${SOAK_SAMPLE_EVERY:-15s}"
 OUT="${SOAK_OUT:-$(mktemp -d /tmp/tidegate-soak.XXXXXX)}"
 mkdir -p "$OUT"
 
-# shellcheck source=scripts/endurance-common.sh
-source scripts/endurance-common.sh
+endurance_setup
 
 DURATION_S="$(seconds "$DURATION")"
 FLAP_S="$(seconds "$FLAP_EVERY")"
@@ -73,13 +68,7 @@ MQTT_PORT="$(free_port)"
 HTTP_PORT="$(free_port)"
 
 step "Tansu on 127.0.0.1:$KAFKA_PORT, advertised through the link on 127.0.0.1:$LINK_PORT"
-"$TIDEGATE_TANSU_BIN" broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$LINK_PORT" \
-    --storage-engine memory://tansu/ >"$OUT/tansu.log" 2>&1 &
-TANSU_PID=$!
-PIDS+=("$TANSU_PID")
-wait_port "$KAFKA_PORT"
+start_tansu "$KAFKA_PORT" "$LINK_PORT" "$OUT/tansu.log"
 
 # One outage per flap period that ends before the run does.
 OUTAGES=()
