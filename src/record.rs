@@ -344,6 +344,17 @@ pub fn encode_fields(reading: &Reading, out: &mut Vec<u8>) {
     out.extend_from_slice(&reading.payload);
 }
 
+/// Appends a record of already encoded `fields` (as [`encode_fields`] makes them) under
+/// sequence `seq` to `out`: the same bytes [`encode_into`] gives for the reading.
+pub fn encode_fields_as_record(seq: u64, fields: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.reserve(fields.len() + 5);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(fields);
+    let crc = checksum(seq, &out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
 /// Encodes `reading` under sequence `seq` into a new buffer.
 pub fn encode(seq: u64, reading: &Reading) -> Vec<u8> {
     let mut out = Vec::with_capacity(reading.encoded_len());

@@ -44,10 +44,6 @@ pub const PAGE_FIT: usize = super::store::OVERFLOW_THRESHOLD as usize;
 
 const FLAG_ZSTD: u8 = 1;
 
-/// A tail block with less room left than this is not reopened: one more reading would
-/// hardly fit, and trying costs a compression per commit.
-pub const REOPEN_MARGIN: usize = 48;
-
 /// What a value's header says, without decoding its readings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValueInfo {
@@ -262,6 +258,19 @@ impl Entry {
     }
 }
 
+impl Entry {
+    /// The bytes this entry adds to a block's raw body (its fields and, about, the seq delta).
+    pub fn raw_len(&self) -> usize {
+        self.fields.len() + 2
+    }
+
+    /// Appends this entry as a format-1 record (one reading, uncompressed) to `out`: how a
+    /// reading waits at the tail until a block's worth is there to seal.
+    pub fn single_into(&self, out: &mut Vec<u8>) {
+        record::encode_fields_as_record(self.seq, &self.fields, out);
+    }
+}
+
 /// Re-reads a block's readings as entries, to extend the open block at the tail: the
 /// fields are cut out of the checked body as they are, without building readings. Errors
 /// as [`decode`] (a block that does not decode whole is not reopened).
@@ -325,6 +334,8 @@ pub struct Packer {
     /// Stored bytes against raw record bytes of recent blocks, to estimate what a commit
     /// will take before it is packed.
     pub ratio: f64,
+    /// Raw bytes given to zstd so far (each reading should be about once).
+    pub compressed_raw: u64,
 }
 
 impl Packer {
@@ -334,12 +345,13 @@ impl Packer {
             raw: Vec::new(),
             block_ratio: 0.25,
             ratio: 1.0,
+            compressed_raw: 0,
         })
     }
 
-    /// Takes in what a commit stored: `stored` accounted bytes for readings of `raw`
-    /// format-1 bytes. Large commits weigh more, so the estimate follows the readings
-    /// without jumping at single-reading commits (whose tail rewrites say little).
+    /// Takes in what a sealed block stored: `stored` accounted bytes for readings of `raw`
+    /// format-1 bytes. Weighed by its raw bytes, so the estimate follows the readings
+    /// without jumping at one odd block.
     pub fn observe(&mut self, raw: u64, stored: u64) {
         if raw == 0 {
             return;
@@ -347,6 +359,12 @@ impl Packer {
         let weight = (raw as f64 / 65_536.0).min(0.5);
         let seen = stored as f64 / raw as f64;
         self.ratio = (self.ratio * (1.0 - weight) + seen * weight).clamp(0.02, 1.2);
+    }
+
+    /// Raw body bytes that fill a block to a page at the ratio of the last block made: the
+    /// readings waiting at the tail are sealed into a block once they reach it.
+    pub fn seal_target(&self) -> usize {
+        ((PAGE_FIT - HEADER) as f64 / self.block_ratio.max(0.01)) as usize
     }
 
     /// Encodes `entries` (in seq order, at least one) as one block.
@@ -361,6 +379,7 @@ impl Packer {
             newest = newest.max(e.ingest_ms);
             self.raw.extend_from_slice(&e.fields);
         }
+        self.compressed_raw += self.raw.len() as u64;
         let compressed = self
             .compressor
             .compress(&self.raw)
@@ -399,7 +418,7 @@ impl Packer {
 
     /// A prefix of `entries` whose block fits a page (at least one entry, nearly the
     /// longest), and its block.
-    fn fill(&mut self, entries: &[Entry]) -> (usize, Vec<u8>) {
+    pub fn fill(&mut self, entries: &[Entry]) -> (usize, Vec<u8>) {
         let max_n = entries.len().min(u16::MAX as usize);
         let raw: usize = entries.iter().map(|e| e.fields.len() + 2).sum();
         let mut ratio = self.block_ratio;

@@ -18,12 +18,11 @@ use super::writer::PendingAppend;
 use crate::config::{JournalCompression, JournalConfig, OnFull};
 use crate::record;
 
-/// The writer's reusable encoding state: a buffer for format-1 records, the block
-/// packer with its zstd context, and the open tail block as last written.
+/// The writer's reusable encoding state: a buffer for format-1 records and the block
+/// packer with its zstd context.
 pub(super) struct Codec {
     pub(super) buf: Vec<u8>,
     pub(super) packer: Packer,
-    pub(super) tail: Option<Tail>,
 }
 
 impl Codec {
@@ -31,22 +30,8 @@ impl Codec {
         Codec {
             buf: Vec::with_capacity(1 << 16),
             packer,
-            tail: None,
         }
     }
-}
-
-/// The open block at the tail as this writer last stored it, with its readings as
-/// entries, so that the next commit extends it without decompressing and parsing it again
-/// (at one reading per commit that was a third of the commit's CPU). It is used only
-/// while the stored value is byte for byte the one kept here: same key and same bytes
-/// (CRC included) is the same block, so an aborted transaction, thinning, a trim or a
-/// reopened environment can never make it serve stale readings; anything else falls back
-/// to reading the block.
-pub(super) struct Tail {
-    key: u64,
-    value: Vec<u8>,
-    entries: Vec<Entry>,
 }
 
 /// What one committed transaction did.
@@ -233,7 +218,6 @@ pub(super) fn commit(
     let mut sessions = Sessions::default();
     let mut entries: Vec<Entry> = Vec::new();
     let first_new = meta.next_seq;
-    let mut raw_accepted = 0;
     for a in appends {
         let first = meta.next_seq;
         let mut accepted = 0;
@@ -265,7 +249,6 @@ pub(super) fn commit(
                 continue;
             }
             budget -= size;
-            raw_accepted += size;
             if compress {
                 entries.push(Entry::new(meta.next_seq, r));
             } else {
@@ -284,11 +267,7 @@ pub(super) fn commit(
         out.appended.push((first, accepted));
     }
     if !entries.is_empty() {
-        let before = meta.bytes_held;
         store_blocks(store, &mut txn, codec, entries, &mut meta)?;
-        codec
-            .packer
-            .observe(raw_accepted, meta.bytes_held.saturating_sub(before));
         // The estimate was low: make the rest of the room now, from readings older than
         // this commit's.
         if meta.bytes_held > limit && config.on_full != OnFull::Reject {
@@ -351,7 +330,7 @@ fn make_room(
     if config.on_full == OnFull::Thin {
         let thinned = thin::thin(store, txn, config, codec, need, before, meta.bytes_held)?;
         freed = thinned.bytes;
-        meta.bytes_held = meta.bytes_held.saturating_sub(thinned.bytes);
+        meta.bytes_held = (meta.bytes_held + thinned.grown).saturating_sub(thinned.bytes);
         meta.readings_held = meta.readings_held.saturating_sub(thinned.removed);
         meta.thinned_total += thinned.removed;
         out.thinned += thinned.removed;
@@ -372,8 +351,14 @@ fn make_room(
     Ok(())
 }
 
-/// Stores `entries` (this commit's readings, in seq order) as blocks: the open block at the
-/// tail is extended while it fits a page, then new blocks follow.
+/// Stores `entries` (this commit's readings, in seq order) compressed. Readings wait at the
+/// tail as single records (format 1, uncompressed) until the run of them holds a block's
+/// worth ([`Packer::seal_target`]); then full blocks are sealed off the run's front, each
+/// replacing the single records it holds, in the same transaction. So each reading is
+/// compressed about once whatever the commit size (rewriting an open block at the tail
+/// instead compressed it again with every commit: at one reading per commit, nearly half
+/// of a commit's instructions), blocks stay page-sized, and at most a block's worth of
+/// readings is held uncompressed.
 fn store_blocks(
     store: &Store,
     txn: &mut heed::RwTxn<'_>,
@@ -381,47 +366,136 @@ fn store_blocks(
     entries: Vec<Entry>,
     meta: &mut Meta,
 ) -> Result<(), heed::Error> {
-    let mut all = Vec::new();
-    let mut reopened = None;
-    let kept = codec.tail.take();
-    if let Some((key, value)) = store.last_value(txn)? {
-        // A block with room left is reopened; one that fails to decode stays as it is
-        // (`journal check` names it) and the readings go to a new block.
-        if block::info(key, value).block && value.len() + block::REOPEN_MARGIN < block::PAGE_FIT {
-            let old = match kept {
-                Some(t) if t.key == key && t.value == value => Ok(t.entries),
-                _ => block::entries(key, value),
-            };
-            if let Ok(old) = old {
-                reopened = Some((key, accounted_size(value.len())));
-                all = old;
+    let target = codec.packer.seal_target();
+    let new_raw: usize = entries.iter().map(Entry::raw_len).sum();
+    let run = store.trailing_singles(txn, target.saturating_mul(2))?;
+    let run_raw: usize = run.iter().map(|(_, len)| len.saturating_sub(3)).sum();
+    if run_raw + new_raw < target {
+        return store_singles(store, txn, &mut codec.buf, &entries, meta);
+    }
+    // Seal: the waiting readings (oldest first) and this commit's, cut into full blocks.
+    // A waiting record that does not decode stays as it is (`journal check` names it);
+    // only the readings after it are sealed.
+    let mut all: Vec<Entry> = Vec::new();
+    let mut stored_len = std::collections::HashMap::new();
+    for &(key, len) in run.iter().rev() {
+        let value = store.records.get(txn, &key)?.unwrap_or_default();
+        match block::entries(key, value) {
+            Ok(mut e) => {
+                all.append(&mut e);
+                stored_len.insert(key, len);
+            }
+            Err(_) => {
+                all.clear();
+                stored_len.clear();
             }
         }
     }
     all.extend(entries);
-    let blocks = codec.packer.pack(&all);
-    let Some(last_key) = blocks.last().map(|b| b.0) else {
-        return Ok(());
-    };
-    for (key, value) in &blocks {
-        match reopened {
-            Some((old_key, old_bytes)) if old_key == *key => {
-                store.put_value(txn, *key, value)?;
-                meta.bytes_held = meta.bytes_held.saturating_sub(old_bytes);
+    let mut pos = 0;
+    let mut rest: usize = all.iter().map(Entry::raw_len).sum();
+    while pos < all.len() && rest >= target {
+        let (n, value) = codec.packer.fill(&all[pos..]);
+        let sealed = &all[pos..pos + n];
+        let key = sealed[0].seq;
+        let mut raw_stored = 0;
+        for e in sealed {
+            raw_stored += accounted_size(e.fields.len() + 5);
+            if let Some(len) = stored_len.get(&e.seq) {
+                meta.bytes_held = meta.bytes_held.saturating_sub(accounted_size(*len));
+                if e.seq != key {
+                    store.delete_value(txn, e.seq)?;
+                }
             }
-            _ => store.append(txn, *key, value)?,
         }
-        meta.bytes_held += accounted_size(value.len());
+        if stored_len.contains_key(&key) {
+            store.put_value(txn, key, &value)?;
+        } else {
+            store.append(txn, key, &value)?;
+        }
+        let stored = accounted_size(value.len());
+        meta.bytes_held += stored;
+        codec.packer.observe(raw_stored, stored);
+        rest -= sealed.iter().map(Entry::raw_len).sum::<usize>();
+        pos += n;
     }
-    if let Some((_, value)) = blocks.into_iter().last() {
-        if value.len() + block::REOPEN_MARGIN < block::PAGE_FIT {
-            let from = all.partition_point(|e| e.seq < last_key);
-            codec.tail = Some(Tail {
-                key: last_key,
-                value,
-                entries: all.split_off(from),
-            });
-        }
+    let unsealed: Vec<Entry> = all
+        .drain(pos..)
+        .filter(|e| !stored_len.contains_key(&e.seq))
+        .collect();
+    store_singles(store, txn, &mut codec.buf, &unsealed, meta)
+}
+
+/// Appends `entries` as single records at the tail.
+fn store_singles(
+    store: &Store,
+    txn: &mut heed::RwTxn<'_>,
+    buf: &mut Vec<u8>,
+    entries: &[Entry],
+    meta: &mut Meta,
+) -> Result<(), heed::Error> {
+    for e in entries {
+        buf.clear();
+        e.single_into(buf);
+        store.append(txn, e.seq, buf)?;
+        meta.bytes_held += accounted_size(buf.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Reading, SourceKind};
+
+    #[test]
+    fn commits_of_one_reading_compress_each_reading_about_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 64 << 20).unwrap();
+        let mut codec = Codec::new(Packer::new(1).unwrap());
+        let mut meta = Meta::default();
+        let mut raw = 0u64;
+        for seq in 1..=800u64 {
+            let reading = Reading {
+                ingest_ms: 1_700_000_000_000 + seq,
+                source_kind: SourceKind::MqttListener,
+                source: format!("wt-{:02}", seq % 10),
+                topic: format!("turbines/wt-{:02}/telemetry", seq % 10),
+                payload: bytes::Bytes::from(format!(
+                    "{{\"counter\":{seq},\"wind\":{}.{},\"rpm\":{}}}",
+                    seq % 13,
+                    seq % 7,
+                    900 + seq % 300
+                )),
+                qos: 1,
+                retain: false,
+            };
+            let entry = Entry::new(seq, &reading);
+            raw += entry.raw_len() as u64;
+            let mut txn = store.write_txn().unwrap();
+            store_blocks(&store, &mut txn, &mut codec, vec![entry], &mut meta).unwrap();
+            txn.commit().unwrap();
+        }
+        // Every reading is compressed when its block is sealed, plus the few tries `fill`
+        // makes to fit a page; rewriting an open block each commit compressed each reading
+        // dozens of times.
+        let per_reading = codec.packer.compressed_raw as f64 / raw as f64;
+        assert!(
+            per_reading < 3.0,
+            "each reading compressed {per_reading:.1} times"
+        );
+        // And the store holds what meta accounts for, every reading in order.
+        let txn = store.read_txn().unwrap();
+        let mut held = 0;
+        let mut seqs = Vec::new();
+        for item in store.records.iter(&txn).unwrap() {
+            let (key, value) = item.unwrap();
+            held += accounted_size(value.len());
+            let mut out = Vec::new();
+            block::decode(key, value, &mut out).unwrap();
+            seqs.extend(out.iter().map(|r| r.seq));
+        }
+        assert_eq!(held, meta.bytes_held);
+        assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
+    }
 }

@@ -394,8 +394,35 @@ impl Store {
             .put_with_flags(txn, PutFlags::APPEND, &key, value)
     }
 
-    /// Stores `value` under `key`, replacing what is there (the open block at the tail,
-    /// rewritten by each commit; blocks rewritten by thinning).
+    /// The single records (format 1) after the last block, newest first, as (key, value
+    /// length), up to about `max_bytes` of values: the readings waiting to be sealed into a
+    /// block. Bounded so that a long run (a journal written uncompressed before) costs a
+    /// commit no more than a block's worth.
+    pub fn trailing_singles(
+        &self,
+        txn: &RoTxn<'_>,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, usize)>, heed::Error> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in self.records.rev_iter(txn)? {
+            let (key, value) = item?;
+            if bytes >= max_bytes || block::info(key, value).block {
+                break;
+            }
+            bytes += value.len();
+            out.push((key, value.len()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes the value under `key` (a single record sealed into a block).
+    pub fn delete_value(&self, txn: &mut RwTxn<'_>, key: u64) -> Result<bool, heed::Error> {
+        self.records.delete(txn, &key)
+    }
+
+    /// Stores `value` under `key`, replacing what is there (a single record at the tail
+    /// replaced by the block sealed from it; blocks rewritten by thinning).
     pub fn put_value(
         &self,
         txn: &mut RwTxn<'_>,

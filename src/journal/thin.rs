@@ -43,6 +43,10 @@ const CHUNK_MAX: u64 = 2 * 1024 * 1024;
 pub(super) struct Thinned {
     /// Accounted bytes freed.
     pub(super) bytes: u64,
+    /// Accounted bytes added by chunks whose readings, packed again, took more room than
+    /// before (few removed from a chunk of partly filled blocks): counted so that
+    /// `bytes_held` stays exact.
+    pub(super) grown: u64,
     /// Readings removed.
     pub(super) removed: u64,
     /// The coarsest factor a chunk reached.
@@ -73,6 +77,7 @@ pub(super) fn thin(
         };
         let round = thin_chunk(store, txn, config, codec, &chunk)?;
         done.bytes += round.bytes;
+        done.grown += round.grown;
         done.removed += round.removed;
         done.factor = done.factor.max(round.factor);
     }
@@ -285,6 +290,7 @@ fn thin_chunk(
     store.put_span(txn, &new)?;
     Ok(Thinned {
         bytes: old_bytes.saturating_sub(new_bytes),
+        grown: new_bytes.saturating_sub(old_bytes),
         removed,
         factor,
     })

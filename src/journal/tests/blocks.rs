@@ -315,33 +315,53 @@ async fn max_age_removes_a_block_once_its_newest_reading_is_past_the_limit() {
 }
 
 #[tokio::test]
-async fn the_open_block_is_read_again_when_it_changed_behind_the_writer() {
+async fn readings_wait_as_single_records_until_a_page_sized_block_is_sealed_from_them() {
     let dir = tempfile::tempdir().unwrap();
     let (j, w) = Journal::open(&zstd(dir.path()), &[]).unwrap();
-    let sent = fill(&j, 3, 1, 3).await;
-    // The writer keeps the open block (readings 1 to 3) to extend it. Rewrite it behind
-    // the writer's back as thinning would, without reading 2.
-    {
+    // One reading per commit, as devices that wait for each acknowledgement send them.
+    let sent = fill(&j, 10, 60, 1).await;
+    let (values, last_block) = {
         let guard = j.watch.shared.store.read().unwrap();
         let store = guard.as_ref().unwrap();
-        let mut txn = store.write_txn().unwrap();
-        let (key, value) = store.records.last(&txn).unwrap().unwrap();
-        assert_eq!(key, 1);
-        let mut kept = block::entries(key, value.to_vec().as_slice()).unwrap();
-        assert_eq!(kept.len(), 3, "one open block holds the first commit");
-        kept.remove(1);
-        let mut packer = block::Packer::new(1).unwrap();
-        let [(k, thinned)] = packer.pack(&kept).try_into().unwrap();
-        store.put_value(&mut txn, k, &thinned).unwrap();
-        txn.commit().unwrap();
-    }
-    let later = turbine(0, 1);
-    j.append(vec![later.clone()]).await.unwrap();
+        let txn = store.read_txn().unwrap();
+        let mut values = Vec::new();
+        for item in store.records.iter(&txn).unwrap() {
+            let (key, value) = item.unwrap();
+            values.push((block::info(key, value), value.len()));
+        }
+        let last_block = values.iter().rposition(|(i, _)| i.block).unwrap();
+        (values, last_block)
+    };
+    // Blocks, each within a page, then only the single records waiting at the tail.
+    assert!(values[..=last_block]
+        .iter()
+        .all(|(i, len)| i.block && *len <= block::PAGE_FIT));
+    let waiting: usize = values[last_block + 1..].iter().map(|(_, len)| len).sum();
+    let in_blocks: u64 = values[..=last_block].iter().map(|(i, _)| i.count).sum();
+    assert!(
+        values.len() - last_block - 1 < 120,
+        "{} waiting",
+        values.len() - last_block - 1
+    );
+    assert!(
+        waiting < 8 * block::PAGE_FIT,
+        "{waiting} bytes waiting uncompressed"
+    );
+    assert!(in_blocks >= 500, "{in_blocks} of 600 readings in blocks");
+    // Blocks are full: a handful of readings short of a page at most.
+    let blocks = last_block as u64 + 1;
+    assert!(
+        in_blocks / blocks >= 40,
+        "{} readings per block",
+        in_blocks / blocks
+    );
     let back = read_all(&j, 1);
-    let seqs: Vec<u64> = back.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, vec![1, 3, 4], "the block as stored, then the new reading");
-    assert_eq!(back[0].reading, sent[0]);
-    assert_eq!(back[1].reading, sent[2]);
-    assert_eq!(back[2].reading, later);
+    assert_eq!(back.len(), sent.len());
+    for (i, (r, s)) in back.iter().zip(&sent).enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+        assert_eq!(&r.reading, s);
+    }
     close(j, w);
+    let report = cli::check(dir.path(), 0, |_| {}).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
