@@ -3,10 +3,11 @@
 //! With `journal.compression = "zstd"` the journal stores readings in **blocks**: one LMDB
 //! value holds the readings from its key (the first seq) on, compressed together, and is
 //! cut to fit one leaf page ([`PAGE_FIT`] bytes), so a block never costs an overflow page
-//! (why: docs/design.md, "Compression at rest"). The block at the tail is rewritten by each
-//! commit until it is full. With `compression = "none"`, and in journals of earlier
-//! releases, a value is one record of [`crate::record`]'s format 1. Both kinds may share a
-//! journal; the first byte tells them apart.
+//! (why: docs/design.md, "Compression at rest"). New readings wait at the tail as single
+//! records of [`crate::record`]'s format 1 until a block's worth is there
+//! ([`Packer::seal_target`]); then full blocks are sealed from them. With `compression =
+//! "none"`, and in journals of earlier releases, every value is one format-1 record. Both
+//! kinds may share a journal; the first byte tells them apart.
 //!
 //! ```text
 //! offset  size  field
@@ -155,8 +156,8 @@ fn raw_body(key: u64, value: &[u8]) -> Result<Vec<u8>, DecodeError> {
 }
 
 thread_local! {
-    /// One zstd decompression context per thread that reads blocks (the journal writer
-    /// reopening its tail block, each forwarder, status): making one allocates and
+    /// One zstd decompression context per thread that reads blocks (each forwarder,
+    /// status, thinning in the writer): making one allocates and
     /// initialises about 100 KiB, which per block cost more than the decompression itself.
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { RefCell::new(None) };
@@ -271,9 +272,9 @@ impl Entry {
     }
 }
 
-/// Re-reads a block's readings as entries, to extend the open block at the tail: the
-/// fields are cut out of the checked body as they are, without building readings. Errors
-/// as [`decode`] (a block that does not decode whole is not reopened).
+/// Re-reads a value's readings as entries (to seal the single records waiting at the tail
+/// into a block): a block's fields are cut out of the checked body as they are, without
+/// building readings. Errors as [`decode`].
 pub fn entries(key: u64, value: &[u8]) -> Result<Vec<Entry>, DecodeError> {
     if value.first() != Some(&BLOCK_VERSION) {
         let r = record::decode(key, value)?;
