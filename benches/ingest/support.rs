@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use firmware_sim::testbed::Process;
+use firmware_sim::testbed::{free_port, Process};
 use firmware_sim::{
     run_load, CancellationToken, KafkaTarget, LatencySummary, LoadOptions, LoadReport,
 };
@@ -53,8 +53,11 @@ pub(crate) fn start_daemon(
     journal_extra: &str,
 ) -> Process {
     let config = dir.join("tidegate.toml");
+    // A free port for the HTTP listener: phases run two daemons at once (phase 1), and
+    // the default port may be taken by another daemon on the machine.
+    let http = free_port().expect("a free port");
     let mut toml = format!(
-        "[gateway]\nid = \"gw-bench\"\n[journal]\ndir = \"{}\"\n{journal_extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
+        "[gateway]\nid = \"gw-bench\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[journal]\ndir = \"{}\"\n{journal_extra}\n[mqtt]\nlisten = \"127.0.0.1:{mqtt}\"\n{mqtt_extra}",
         dir.join("journal").display()
     );
     if let Some((kafka, topic)) = upstream {
@@ -90,23 +93,111 @@ pub(crate) fn load(mqtt: u16, duration: Duration, kafka: Option<(u16, &str)>) ->
     opts
 }
 
-/// A field of `/proc/PID/status` in MiB (the kernel reports kB); 0 if unreadable.
+/// What one load run did against one broker process.
+pub(crate) struct Measured {
+    /// The load's report, with the generator's own CPU.
+    pub(crate) report: LoadReport,
+    /// The broker's CPU during the run, in cores.
+    pub(crate) cores: f64,
+    /// The broker's memory over the run.
+    pub(crate) rss: RssPeaks,
+}
+
+impl Measured {
+    /// The generator's CPU during the run, in cores.
+    pub(crate) fn generator_cores(&self) -> f64 {
+        self.report.generator_cores()
+    }
+}
+
 /// Runs `opts` against the process `pid` (the broker the load is aimed at): the load's
-/// report and the CPU that process used meanwhile, in cores.
-pub(crate) fn run_measured(
-    rt: &tokio::runtime::Runtime,
-    pid: u32,
-    opts: LoadOptions,
-) -> (LoadReport, f64) {
+/// report, and the CPU and peak memory that process used meanwhile.
+pub(crate) fn run_measured(rt: &tokio::runtime::Runtime, pid: u32, opts: LoadOptions) -> Measured {
+    let sampler = RssSampler::start(pid);
     let cpu_before = cpu_secs(pid);
     let started = Instant::now();
     let report = rt
         .block_on(run_load(opts, CancellationToken::new()))
         .expect("load run");
     let cores = (cpu_secs(pid) - cpu_before) / started.elapsed().as_secs_f64();
-    (report, cores)
+    Measured {
+        report,
+        cores,
+        rss: sampler.finish(),
+    }
 }
 
+/// Peaks of a process's resident memory over a run, MiB, from `/proc/PID/status`:
+/// `RssAnon` is the process's own memory (heap, stacks); `RssFile` is file pages mapped
+/// into it, for tidegate mostly the journal's LMDB map, which is page cache the kernel can
+/// reclaim, not memory the daemon holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RssPeaks {
+    pub(crate) anon: f64,
+    pub(crate) file: f64,
+}
+
+/// Samples a process's `RssAnon` and `RssFile` on a thread of its own every
+/// [`RSS_SAMPLE_EVERY`] until [`RssSampler::finish`]: the peaks a run reached, which the
+/// figures at its end (or `VmHWM`, which mixes both) would not tell.
+pub(crate) struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<RssPeaks>,
+}
+
+/// How often [`RssSampler`] reads `/proc/PID/status`.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+impl RssSampler {
+    /// Starts sampling `pid`.
+    pub(crate) fn start(pid: u32) -> RssSampler {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = RssPeaks::default();
+            loop {
+                peaks.anon = peaks.anon.max(status_mib(pid, "RssAnon:"));
+                peaks.file = peaks.file.max(status_mib(pid, "RssFile:"));
+                if flag.load(Ordering::Relaxed) {
+                    return peaks;
+                }
+                std::thread::sleep(RSS_SAMPLE_EVERY);
+            }
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling (after one last sample) and returns the peaks.
+    pub(crate) fn finish(self) -> RssPeaks {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// A row of a side-by-side table: the figure's name, how to read it off one run, and its
+/// decimals.
+pub(crate) type Row<T> = (&'static str, fn(&T) -> f64, usize);
+
+/// `a / b` with two decimals, `-` when `b` is zero.
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// `met` or `NOT met`, for the lines that compare a figure with a goal of issue 16.
+pub(crate) fn goal(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// A field of `/proc/PID/status` in MiB (the kernel reports kB); 0 if unreadable.
 pub(crate) fn status_mib(pid: u32, name: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -116,11 +207,6 @@ pub(crate) fn status_mib(pid: u32, name: &str) -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
-}
-
-/// (peak RSS, anonymous RSS) of a process, in MiB.
-pub(crate) fn rss_mib(pid: u32) -> (f64, f64) {
-    (status_mib(pid, "VmHWM:"), status_mib(pid, "RssAnon:"))
 }
 
 /// CPU seconds (user + system) a process has used; `pid` may be `"self"`.
