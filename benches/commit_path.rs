@@ -1,5 +1,7 @@
 //! The journal's commit path alone, for devices that wait for each acknowledgement: `K`
-//! tasks each submit one reading (with its MQTT packet id, as the listener does) and wait
+//! tasks each submit one reading (with its MQTT packet id, as the listener does; ids cycle
+//! through 1..65535 as paho-based firmware does, so each client's re-send memory holds its
+//! full 1,024 entries) and wait
 //! for it to be durable before the next, against a journal in a temporary directory, so
 //! the figures are the journal's without the network, MQTT or a load generator.
 //!
