@@ -52,10 +52,12 @@
 //! * [`accept`]: the accept loops, the connection limit and the TLS handshake;
 //! * [`session`]: CONNECT, admission and authentication, takeover of a client id;
 //! * [`reader`]: the read loop, one function per packet kind;
+//! * [`read_buffer`]: a connection's read buffer, sized to its traffic;
 //! * [`writer`]: the write half, which awaits commits and keeps the ack order;
 //! * [`subscriptions`]: a connection's local subscription.
 
 mod accept;
+mod read_buffer;
 mod reader;
 mod session;
 mod subscriptions;

@@ -14,9 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::read_buffer::ReadBuffer;
 use super::session::ConnAuth;
 use super::subscriptions::{sub_codes, Subscriptions};
-use super::writer::{Action, Out};
+use super::writer::{Action, LocalReading, Out, Pending};
 use super::{Ctx, LogLimit};
 use crate::ingest::codec::{
     self, AckReason, CodecError, DisconnectReason, Frame, Inbound, Publish, Version,
@@ -24,12 +25,6 @@ use crate::ingest::codec::{
 use crate::journal::{now_ms, Fence, Packet};
 use crate::record::{Reading, SourceKind};
 use crate::telemetry::add;
-
-/// Smallest read (and initial buffer) of a connection.
-pub(super) const MIN_READ: usize = 1024;
-/// Largest read of a connection: enough for a fast publisher's window of readings in one
-/// journal submission.
-const MAX_READ: usize = 64 * 1024;
 
 /// How often a repeating refusal is logged at most, per connection.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,7 +50,7 @@ pub(super) struct Conn<'a> {
 }
 
 /// A connection's reader: its session's parts and what it keeps between reads.
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     conn: Conn<'a>,
     /// Publishes refused on this connection as outside its rights, and their log limit.
     refused: u32,
@@ -73,8 +68,8 @@ struct Reader<'a> {
 struct Batch {
     readings: Vec<Reading>,
     packets: Vec<Option<Packet>>,
-    /// (topic, payload, retain) for local subscribers, while any are open.
-    local: Vec<(String, Bytes, bool)>,
+    /// For local subscribers, while any are open.
+    local: Vec<LocalReading>,
     actions: Vec<Action>,
 }
 
@@ -93,60 +88,68 @@ impl Batch {
     }
 }
 
+impl<'a> Reader<'a> {
+    pub(super) fn new(conn: Conn<'a>) -> Reader<'a> {
+        Reader {
+            conn,
+            refused: 0,
+            refusal_log: LogLimit::new(REFUSAL_LOG_INTERVAL),
+            subscriptions: Subscriptions::default(),
+            fence: Fence::new(),
+        }
+    }
+}
+
 /// Reads packets until the device leaves, an error, takeover, revocation or shutdown.
 /// Returns the reason to give the device (MQTT 5), if any.
+///
+/// Takes its state by reference: an async fn keeps its arguments for its whole life
+/// beside what it moves them into, and this one lives as long as the connection.
 pub(super) async fn read_loop<R: AsyncRead + Unpin>(
     rd: &mut R,
-    mut buf: BytesMut,
-    conn: Conn<'_>,
+    buf: &mut ReadBuffer,
+    reader: &mut Reader<'_>,
     keep_alive: u16,
-    writer_done: &CancellationToken,
     revoke: &CancellationToken,
 ) -> Option<DisconnectReason> {
-    let max = conn.ctx.config.max_packet.as_u64() as usize;
+    let max = reader.conn.ctx.config.max_packet.as_u64() as usize;
     // MQTT: the server may close after 1.5 keep-alive periods of silence.
     let idle = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
-    let mut reader = Reader {
-        conn,
-        refused: 0,
-        refusal_log: LogLimit::new(REFUSAL_LOG_INTERVAL),
-        subscriptions: Subscriptions::default(),
-        fence: Fence::new(),
-    };
-    let mut read_size = ReadSize::default();
     loop {
         // Parse everything already buffered into one journal submission.
         let mut batch = Batch::default();
-        let stop = reader.parse(&mut buf, max, &mut batch).await;
-        if let ControlFlow::Break(reason) = reader.submit(batch).await {
+        let stop = reader.parse(buf.bytes(), max, &mut batch).await;
+        if let ControlFlow::Break(reason) = reader.submit(&mut batch).await {
             return reason;
         }
         if let ControlFlow::Break(reason) = stop {
             return reason;
         }
 
-        buf.reserve(read_size.get());
-        let spare = buf.capacity() - buf.len();
+        buf.prepare();
+        let bytes = buf.bytes();
         let read = async {
             match idle {
-                Some(d) => tokio::time::timeout(d, rd.read_buf(&mut buf)).await.ok(),
-                None => Some(rd.read_buf(&mut buf).await),
+                Some(d) => tokio::time::timeout(d, rd.read_buf(bytes)).await.ok(),
+                None => Some(rd.read_buf(bytes).await),
             }
         };
-        tokio::select! {
+        let n = tokio::select! {
             // A child of conn_token: one wait covers shutdown, takeover and revocation, so
             // authentication adds nothing to a read.
             _ = revoke.cancelled() => return Some(reader.revoked()),
-            _ = writer_done.cancelled() => return None,
+            // The writer dropped its end: it has stopped (a failed write, a refusal).
+            _ = reader.conn.tx.closed() => return None,
             r = read => match r {
                 None => {
                     tracing::info!("Closing connection: no packet within 1.5 keep-alive periods.");
                     return Some(DisconnectReason::KeepAliveTimeout);
                 }
                 Some(Ok(0)) | Some(Err(_)) => return None,
-                Some(Ok(n)) => read_size.record(n, spare),
+                Some(Ok(n)) => n,
             },
-        }
+        };
+        buf.record(n);
     }
 }
 
@@ -175,7 +178,11 @@ impl Reader<'_> {
                 batch.actions.push(Action::PubComp(pkid));
             }
             Inbound::PingReq => batch.actions.push(Action::PingResp),
-            Inbound::Subscribe { pkid, filters } => self.subscribe(pkid, filters, batch).await,
+            // Boxed: opening a subscription awaits the bus through several layers, and that
+            // state, kept inline, would size every connection's task for its whole life.
+            Inbound::Subscribe { pkid, filters } => {
+                Box::pin(self.subscribe(pkid, filters, batch)).await
+            }
             Inbound::Unsubscribe { pkid, filters } => {
                 batch.actions.push(Action::UnsubAck { pkid, filters })
             }
@@ -334,13 +341,13 @@ impl Reader<'_> {
 
     /// Hands a batch's readings to the journal (one submission, behind the connection's
     /// fence) and its actions to the writer. Breaks when the journal or the writer is gone.
-    async fn submit(&self, batch: Batch) -> Flow {
+    async fn submit(&self, batch: &mut Batch) -> Flow {
         let Batch {
             readings,
             packets,
             local,
             actions,
-        } = batch;
+        } = std::mem::take(batch);
         if readings.is_empty() && actions.is_empty() {
             return ControlFlow::Continue(());
         }
@@ -349,11 +356,15 @@ impl Reader<'_> {
         } else {
             let ctx = self.conn.ctx;
             add(&ctx.counters.readings_received, readings.len() as u64);
-            match ctx
-                .journal
-                .submit_packets(readings, packets, Some(self.fence.clone()))
-                .await
-            {
+            // Boxed, one allocation a batch: the submission holds the request twice over
+            // while it waits for room in the journal's queue, and kept inline that would
+            // size every connection's task, idle or not, for its whole life.
+            let submission = Box::pin(ctx.journal.submit_packets(
+                readings,
+                packets,
+                Some(self.fence.clone()),
+            ));
+            match submission.await {
                 Ok(rx) => Some(rx),
                 Err(e) => {
                     tracing::error!(error = %e, "Journal unavailable; closing the connection without acknowledging.");
@@ -361,11 +372,11 @@ impl Reader<'_> {
                 }
             }
         };
-        let out = Out::Batch {
+        let out = Out::Batch(Box::new(Pending {
             commit,
             actions,
             local,
-        };
+        }));
         if self.conn.tx.send(out).await.is_err() {
             return ControlFlow::Break(None);
         }
@@ -384,35 +395,6 @@ impl Reader<'_> {
             add(&ctx.counters.auth_revoked, 1);
             tracing::info!("Closing connection: a reload changed or removed the device's credentials or rights; it must log in again.");
             DisconnectReason::NotAuthorized
-        }
-    }
-}
-
-/// How much buffer space a connection's next read gets: it doubles while reads fill the
-/// space they were given (a fast publisher) and halves back while they use less than a
-/// quarter of it, between [`MIN_READ`] and [`MAX_READ`]. A device sending a reading a
-/// second keeps a 1 KiB buffer; one with a window of readings in flight gets one
-/// submission per window.
-#[derive(Debug, Clone, Copy)]
-struct ReadSize(usize);
-
-impl Default for ReadSize {
-    fn default() -> ReadSize {
-        ReadSize(MIN_READ)
-    }
-}
-
-impl ReadSize {
-    fn get(self) -> usize {
-        self.0
-    }
-
-    /// Adjusts after a read of `n` bytes into `spare` bytes of space.
-    fn record(&mut self, n: usize, spare: usize) {
-        if n >= spare {
-            self.0 = (self.0 * 2).min(MAX_READ);
-        } else if n < self.0 / 4 {
-            self.0 = (self.0 / 2).max(MIN_READ);
         }
     }
 }
@@ -456,25 +438,5 @@ mod tests {
         assert!(validate_topic(Bytes::from_static(b"a/#")).is_err());
         assert!(validate_topic(Bytes::from_static(b"")).is_err());
         assert!(validate_topic(Bytes::from_static(b"\xff\xfe")).is_err());
-    }
-
-    #[test]
-    fn read_size_grows_for_fast_publishers_and_shrinks_back_for_slow_ones() {
-        let mut r = ReadSize::default();
-        assert_eq!(r.get(), MIN_READ);
-        // A reading a second: small reads never grow it.
-        r.record(120, MIN_READ);
-        assert_eq!(r.get(), MIN_READ);
-        // Reads that fill their space double it, up to the limit.
-        for _ in 0..20 {
-            let spare = r.get();
-            r.record(spare, spare);
-        }
-        assert_eq!(r.get(), MAX_READ);
-        // Quiet again: it halves back to the minimum.
-        for _ in 0..20 {
-            r.record(100, r.get());
-        }
-        assert_eq!(r.get(), MIN_READ);
     }
 }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::reader::{read_loop, Conn, MIN_READ};
+use super::read_buffer::{ReadBuffer, MIN_READ};
+use super::reader::{read_loop, Conn, Reader};
 use super::writer::{Out, Writer};
 use super::Ctx;
 use crate::ingest::auth::{self, AuthState, Denied, Grant, Identity, Rights};
@@ -55,8 +56,8 @@ struct ClientId {
 /// owned halves and pays for no indirection). `device` is the name on a verified client
 /// certificate.
 pub(super) async fn handle<R, W>(
-    mut rd: R,
-    mut wr: W,
+    rd: R,
+    wr: W,
     peer: SocketAddr,
     device: Option<String>,
     ctx: Arc<Ctx>,
@@ -64,12 +65,50 @@ pub(super) async fn handle<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    // Buffers start small and grow with the traffic (see `ReadSize`): a gateway holds
+    // The task of a connection is as large as its largest state, for its whole life, and
+    // a gateway holds thousands of them. So the CONNECT and admission are boxed (they end
+    // before the session runs; inline, their timers and the password check on the
+    // blocking pool would size the task), and the session is built inside the match, so
+    // that nothing but its running future is kept beside it.
+    let session = match Box::pin(admit_session(rd, wr, peer, device, &ctx)).await {
+        Some(admitted) => {
+            let span = tracing::info_span!("device", client_id = %admitted.client_id.id, %peer);
+            run(admitted, ctx).instrument(span)
+        }
+        None => return,
+    };
+    session.await
+}
+
+/// A device let in: its connection, what it sent with its CONNECT, and its rights.
+struct Admitted<R, W> {
+    rd: R,
+    wr: W,
+    /// What was read after the CONNECT and not parsed yet.
+    buf: BytesMut,
+    connect: ConnectInfo,
+    client_id: ClientId,
+    conn_id: u64,
+    auth: ConnAuth,
+}
+
+/// Reads the CONNECT and admits the device, or refuses it (`None`; answered, counted and
+/// logged).
+async fn admit_session<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    device: Option<String>,
+    ctx: &Ctx,
+) -> Option<Box<Admitted<R, W>>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Buffers start small and grow with the traffic (see `read_buffer`): a gateway holds
     // thousands of connections that each send a reading a second.
     let mut buf = BytesMut::with_capacity(MIN_READ);
-    let Some(mut connect) = first_connect(&mut rd, &mut wr, &mut buf, peer, &ctx).await else {
-        return;
-    };
+    let mut connect = first_connect(&mut rd, &mut wr, &mut buf, peer, ctx).await?;
     let conn_id = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
 
     // Authentication: the state in force now; a reload after this is caught when the
@@ -81,7 +120,7 @@ pub(super) async fn handle<R, W>(
         write_refusal(&mut wr, connect.version, Refusal::BadClientId).await;
         add(&ctx.counters.connections_refused, 1);
         tracing::warn!(%peer, "Refusing MQTT connection: empty client id with a persistent session.");
-        return;
+        return None;
     };
 
     let grant = match admit(
@@ -94,14 +133,14 @@ pub(super) async fn handle<R, W>(
     {
         Ok(g) => g,
         Err(denied) => {
-            let why = count_refusal(&ctx, denied);
+            let why = count_refusal(ctx, denied);
             write_refusal(&mut wr, connect.version, refusal(denied)).await;
             let _ = wr.shutdown().await;
             if let Some(skipped) = ctx.auth_log.allow() {
                 tracing::warn!(%peer, client_id = %client_id.id, username = identity.username().unwrap_or(""), reason = why, skipped, "Refusing MQTT connection: authentication failed.");
             }
             drain_before_close(&mut rd, REFUSED_DRAIN).await;
-            return;
+            return None;
         }
     };
     let rights = auth_state.rights(&grant, &identity, &client_id.id);
@@ -112,11 +151,15 @@ pub(super) async fn handle<R, W>(
         rights,
         max_refused: ctx.config.auth.max_refused_publishes,
     };
-
-    let span = tracing::info_span!("device", client_id = %client_id.id, %peer);
-    run(rd, wr, buf, ctx, connect, client_id, conn_id, auth)
-        .instrument(span)
-        .await
+    Some(Box::new(Admitted {
+        rd,
+        wr,
+        buf,
+        connect,
+        client_id,
+        conn_id,
+        auth,
+    }))
 }
 
 /// Reads the CONNECT within `mqtt.connect_timeout`; `None` when there is none to go on
@@ -300,20 +343,23 @@ async fn write_refusal<W: AsyncWrite + Unpin>(wr: &mut W, version: Version, refu
 /// An admitted session: takes the client id over, answers CONNACK, runs the reader here
 /// and the writer in its own task until either ends, then closes in order (last acks,
 /// then FIN, then drain) and releases the id.
-#[allow(clippy::too_many_arguments)]
-async fn run<R, W>(
-    mut rd: R,
-    mut wr: W,
-    buf: BytesMut,
-    ctx: Arc<Ctx>,
-    connect: ConnectInfo,
-    client_id: ClientId,
-    conn_id: u64,
-    auth: ConnAuth,
-) where
+///
+/// `session` comes boxed: an async fn keeps its arguments for its whole life, and this
+/// one lives as long as the connection.
+async fn run<R, W>(session: Box<Admitted<R, W>>, ctx: Arc<Ctx>)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Admitted {
+        mut rd,
+        mut wr,
+        buf,
+        connect,
+        client_id,
+        conn_id,
+        auth,
+    } = *session;
     let version = connect.version;
     let ClientId {
         id: client_id,
@@ -331,7 +377,6 @@ async fn run<R, W>(
     // is a duplicate and is not journaled again.
     let awaiting_rel = Arc::new(Mutex::new(HashSet::new()));
     let (tx, rx) = mpsc::channel::<Out>(64);
-    let writer_done = CancellationToken::new();
     let writer = Writer::new(
         wr,
         version,
@@ -339,7 +384,7 @@ async fn run<R, W>(
         ctx.bus.clone(),
         awaiting_rel.clone(),
     );
-    let writer = tokio::spawn(writer.run(rx, writer_done.clone()).in_current_span());
+    let writer = tokio::spawn(writer.run(rx).in_current_span());
     // Registered only now, with the connection running: a reload from here on
     // revokes it through `revoke`, and one since CONNECT already has.
     let revoke = ctx.auth.register(
@@ -349,7 +394,7 @@ async fn run<R, W>(
         &auth.grant,
         &conn_token,
     );
-    let conn = Conn {
+    let mut reader = Reader::new(Conn {
         ctx: &ctx,
         client_id: &client_id,
         version,
@@ -361,16 +406,10 @@ async fn run<R, W>(
         // (A device's username given as its id is its own, and is seen again.)
         remember_packets: !made_up,
         auth,
-    };
-    let reason = read_loop(
-        &mut rd,
-        buf,
-        conn,
-        connect.keep_alive,
-        &writer_done,
-        &revoke,
-    )
-    .await;
+    });
+    let mut buf = ReadBuffer::new(buf);
+    let reason = read_loop(&mut rd, &mut buf, &mut reader, connect.keep_alive, &revoke).await;
+    drop(reader);
     ctx.auth.unregister(conn_id);
     let _ = tx.send(Out::Close(reason)).await;
     drop(tx);
@@ -458,7 +497,10 @@ fn release_session(ctx: &Ctx, client_id: &str, conn_id: u64) {
 
 /// Reads and discards until the peer closes, for at most `limit`.
 async fn drain_before_close<R: AsyncRead + Unpin>(rd: &mut R, limit: Duration) {
-    let mut scratch = [0u8; 4096];
+    // On the heap, and only while draining: an array here would sit in every
+    // connection's task for its whole life, since the task is as large as its largest
+    // state.
+    let mut scratch = vec![0u8; 4096];
     let _ = tokio::time::timeout(limit, async {
         loop {
             match rd.read(&mut scratch).await {

@@ -114,8 +114,8 @@ impl SubscriptionHandle {
                             let _ = reply.send(granted);
                         }
                         m = sub.next() => {
-                            let Some((topic, payload, retain)) = m else { break };
-                            if out.send(Out::Deliver { topic, payload, retain }).await.is_err() {
+                            let Some(reading) = m else { break };
+                            if out.send(Out::Deliver(Box::new(reading))).await.is_err() {
                                 break;
                             }
                         }
