@@ -10,8 +10,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
+use futures::SinkExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::read_buffer::ReadBuffer;
@@ -39,7 +40,7 @@ pub(super) struct Conn<'a> {
     pub(super) client_id: &'a str,
     pub(super) version: Version,
     /// To the connection's writer.
-    pub(super) tx: &'a mpsc::Sender<Out>,
+    pub(super) tx: mpsc::Sender<Out>,
     /// Cancelled by shutdown or takeover; ends the local subscription with the connection.
     pub(super) conn_token: &'a CancellationToken,
     /// QoS 2 packet ids received and not yet released.
@@ -98,6 +99,12 @@ impl<'a> Reader<'a> {
             fence: Fence::new(),
         }
     }
+
+    /// Tells the writer to close the connection after what is queued (with `reason` to an
+    /// MQTT 5 device); the reader's end of the channel goes with it.
+    pub(super) async fn close(mut self, reason: Option<DisconnectReason>) {
+        let _ = self.conn.tx.send(Out::Close(reason)).await;
+    }
 }
 
 /// Reads packets until the device leaves, an error, takeover, revocation or shutdown.
@@ -110,6 +117,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
     buf: &mut ReadBuffer,
     reader: &mut Reader<'_>,
     keep_alive: u16,
+    writer_done: &CancellationToken,
     revoke: &CancellationToken,
 ) -> Option<DisconnectReason> {
     let max = reader.conn.ctx.config.max_packet.as_u64() as usize;
@@ -138,8 +146,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
             // A child of conn_token: one wait covers shutdown, takeover and revocation, so
             // authentication adds nothing to a read.
             _ = revoke.cancelled() => return Some(reader.revoked()),
-            // The writer dropped its end: it has stopped (a failed write, a refusal).
-            _ = reader.conn.tx.closed() => return None,
+            _ = writer_done.cancelled() => return None,
             r = read => match r {
                 None => {
                     tracing::info!("Closing connection: no packet within 1.5 keep-alive periods.");
@@ -317,7 +324,7 @@ impl Reader<'_> {
             .collect();
         let granted = self
             .subscriptions
-            .add(conn.ctx, conn.client_id, filters, conn.tx, conn.conn_token)
+            .add(conn.ctx, conn.client_id, filters, &conn.tx, conn.conn_token)
             .await;
         batch.actions.push(Action::SubAck {
             pkid,
@@ -341,7 +348,7 @@ impl Reader<'_> {
 
     /// Hands a batch's readings to the journal (one submission, behind the connection's
     /// fence) and its actions to the writer. Breaks when the journal or the writer is gone.
-    async fn submit(&self, batch: &mut Batch) -> Flow {
+    async fn submit(&mut self, batch: &mut Batch) -> Flow {
         let Batch {
             readings,
             packets,

@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::read_buffer::{ReadBuffer, MIN_READ};
 use super::reader::{read_loop, Conn, Reader};
-use super::writer::{Out, Writer};
+use super::writer::{self, Writer};
 use super::Ctx;
 use crate::ingest::auth::{self, AuthState, Denied, Grant, Identity, Rights};
 use crate::ingest::codec::{self, CodecError, ConnectInfo, Frame, Refusal, Version};
@@ -376,7 +375,8 @@ where
     // QoS 2 packet ids received and not yet released: a resend with one of these ids
     // is a duplicate and is not journaled again.
     let awaiting_rel = Arc::new(Mutex::new(HashSet::new()));
-    let (tx, rx) = mpsc::channel::<Out>(64);
+    let (tx, rx) = writer::channel();
+    let writer_done = CancellationToken::new();
     let writer = Writer::new(
         wr,
         version,
@@ -384,7 +384,7 @@ where
         ctx.bus.clone(),
         awaiting_rel.clone(),
     );
-    let writer = tokio::spawn(writer.run(rx).in_current_span());
+    let writer = tokio::spawn(writer.run(rx, writer_done.clone()).in_current_span());
     // Registered only now, with the connection running: a reload from here on
     // revokes it through `revoke`, and one since CONNECT already has.
     let revoke = ctx.auth.register(
@@ -398,7 +398,7 @@ where
         ctx: &ctx,
         client_id: &client_id,
         version,
-        tx: &tx,
+        tx,
         conn_token: &conn_token,
         awaiting_rel: &awaiting_rel,
         // A device's re-sends are recognised by its client id (journal::Packet); an id
@@ -408,11 +408,17 @@ where
         auth,
     });
     let mut buf = ReadBuffer::new(buf);
-    let reason = read_loop(&mut rd, &mut buf, &mut reader, connect.keep_alive, &revoke).await;
-    drop(reader);
+    let reason = read_loop(
+        &mut rd,
+        &mut buf,
+        &mut reader,
+        connect.keep_alive,
+        &writer_done,
+        &revoke,
+    )
+    .await;
     ctx.auth.unregister(conn_id);
-    let _ = tx.send(Out::Close(reason)).await;
-    drop(tx);
+    reader.close(reason).await;
     let _ = writer.await;
     // The writer has sent its last acks and FIN. Closing a socket with unread input
     // makes the kernel send RST, and the device could then lose those last acks

@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures::channel::mpsc as out_channel;
+use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -35,7 +37,7 @@ impl Subscriptions {
         ctx: &Ctx,
         client_id: &str,
         filters: Vec<String>,
-        out: &mpsc::Sender<Out>,
+        out: &out_channel::Sender<Out>,
         stop: &CancellationToken,
     ) -> Vec<bool> {
         if filters.is_empty() {
@@ -93,7 +95,7 @@ struct SubscriptionHandle {
 impl SubscriptionHandle {
     fn start(
         mut sub: Subscription,
-        out: mpsc::Sender<Out>,
+        mut out: out_channel::Sender<Out>,
         stop: CancellationToken,
         open: Arc<AtomicUsize>,
     ) -> Self {
