@@ -139,19 +139,25 @@ mod tests {
         held.push(b.bytes().split().freeze());
     }
 
-    #[test]
-    fn a_buffer_grown_in_a_burst_is_given_back_once_the_device_slows_down() {
+    /// A buffer after a burst: every read filled the space it was given, and the journal
+    /// committed and dropped each read's readings before the next.
+    fn after_a_burst() -> ReadBuffer {
         let mut b = ReadBuffer::new(BytesMut::with_capacity(MIN_READ));
         let mut in_journal = Vec::new();
-        // A burst: every read fills the space it was given.
         for _ in 0..12 {
             read(&mut b, usize::MAX, &mut in_journal);
-            // The journal commits and drops the readings.
             in_journal.clear();
         }
+        b
+    }
+
+    #[test]
+    fn a_buffer_grown_in_a_burst_is_given_back_once_the_device_slows_down() {
+        let mut b = after_a_burst();
         b.prepare();
         assert!(b.capacity() >= MAX_READ, "grew to {}", b.capacity());
         // A reading a second again, each one committed before the next arrives.
+        let mut in_journal = Vec::new();
         for _ in 0..20 {
             read(&mut b, 100, &mut in_journal);
             in_journal.clear();
@@ -166,12 +172,7 @@ mod tests {
 
     #[test]
     fn a_partial_packet_survives_the_buffer_being_given_back() {
-        let mut b = ReadBuffer::new(BytesMut::with_capacity(MIN_READ));
-        let mut in_journal = Vec::new();
-        for _ in 0..12 {
-            read(&mut b, usize::MAX, &mut in_journal);
-            in_journal.clear();
-        }
+        let mut b = after_a_burst();
         // Slow reads that leave the start of a packet behind each time.
         for i in 0..20u8 {
             b.prepare();
