@@ -67,9 +67,35 @@ pub(super) struct Sessions {
     clients: std::collections::HashMap<String, Remembered>,
 }
 
-/// One client's remembered publishes, (packet id, fingerprint) oldest first, and whether
-/// this commit changed them.
-type Remembered = (Vec<(u16, u32)>, bool);
+/// One client's remembered publishes as stored: 6-byte entries (packet id, fingerprint),
+/// oldest first, without the header; and whether this commit changed them. Kept as the
+/// row's bytes, so that loading, remembering and writing back a full row (1,024 entries,
+/// as a client cycling through every packet id has) are a few copies rather than a
+/// decoded list built and encoded again for every commit that touches the client.
+struct Remembered {
+    entries: Vec<u8>,
+    dirty: bool,
+}
+
+/// Bytes of one entry (and of the header).
+const ENTRY: usize = 6;
+
+impl Remembered {
+    fn entry(pkid: u16, fp: u32) -> [u8; ENTRY] {
+        let [p0, p1] = pkid.to_be_bytes();
+        let [f0, f1, f2, f3] = fp.to_be_bytes();
+        [p0, p1, f0, f1, f2, f3]
+    }
+
+    /// Where the entry of `pkid` is, if remembered.
+    fn position(&self, pkid: u16) -> Option<usize> {
+        let id = pkid.to_be_bytes();
+        self.entries
+            .chunks_exact(ENTRY)
+            .position(|c| c[..2] == id)
+            .map(|i| i * ENTRY)
+    }
+}
 
 impl Sessions {
     fn fingerprint(r: &Reading) -> u32 {
@@ -87,22 +113,26 @@ impl Sessions {
         client: &str,
     ) -> Result<&mut Remembered, heed::Error> {
         if !self.clients.contains_key(client) {
-            let mut list = Vec::new();
+            let mut entries = Vec::new();
             if let Some(db) = &store.sessions {
                 if let Some(bytes) = db.get(txn, client)? {
-                    list = bytes
-                        .chunks_exact(6)
-                        .filter(|c| c[..2] != [0, 0])
-                        .map(|c| {
-                            (
-                                u16::from_be_bytes([c[0], c[1]]),
-                                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
-                            )
-                        })
-                        .collect();
+                    // The header (packet id 0) is the row's first entry when there is one;
+                    // any other entry with packet id 0 is dropped the same way.
+                    entries.reserve(bytes.len() + ENTRY);
+                    for c in bytes.chunks_exact(ENTRY) {
+                        if c[..2] != [0, 0] {
+                            entries.extend_from_slice(c);
+                        }
+                    }
                 }
             }
-            self.clients.insert(client.to_owned(), (list, false));
+            self.clients.insert(
+                client.to_owned(),
+                Remembered {
+                    entries,
+                    dirty: false,
+                },
+            );
         }
         // Present: inserted just above when missing. Looked up by &str, so a client already
         // loaded costs no allocation per reading.
@@ -120,9 +150,9 @@ impl Sessions {
         r: &Reading,
         pkid: u16,
     ) -> Result<bool, heed::Error> {
-        let fp = Self::fingerprint(r);
-        let (list, _) = self.entries(store, txn, &r.source)?;
-        Ok(list.contains(&(pkid, fp)))
+        let want = Remembered::entry(pkid, Self::fingerprint(r));
+        let remembered = self.entries(store, txn, &r.source)?;
+        Ok(remembered.entries.chunks_exact(ENTRY).any(|c| c == want))
     }
 
     /// Records that `r`, sent under `pkid`, was journaled.
@@ -137,16 +167,21 @@ impl Sessions {
             // Not a QoS 1/2 packet id (and the row header's marker): nothing to remember.
             return Ok(());
         }
-        let fp = Self::fingerprint(r);
-        let (list, dirty) = self.entries(store, txn, &r.source)?;
+        let entry = Remembered::entry(pkid, Self::fingerprint(r));
+        let remembered = self.entries(store, txn, &r.source)?;
         // A packet id names one publish at a time: the newest use replaces older ones.
-        list.retain(|&(p, _)| p != pkid);
-        list.push((pkid, fp));
-        if list.len() > SESSION_PACKETS {
-            let excess = list.len() - SESSION_PACKETS;
-            list.drain(..excess);
+        while let Some(at) = remembered.position(pkid) {
+            remembered.entries.drain(at..at + ENTRY);
         }
-        *dirty = true;
+        remembered.entries.extend_from_slice(&entry);
+        let excess = remembered
+            .entries
+            .len()
+            .saturating_sub(SESSION_PACKETS * ENTRY);
+        if excess > 0 {
+            remembered.entries.drain(..excess);
+        }
+        remembered.dirty = true;
         Ok(())
     }
 
@@ -161,17 +196,14 @@ impl Sessions {
             return Ok(());
         };
         let mut bytes = Vec::new();
-        for (client, (list, dirty)) in self.clients {
-            if !dirty {
+        for (client, remembered) in self.clients {
+            if !remembered.dirty {
                 continue;
             }
             bytes.clear();
             bytes.extend_from_slice(&[0, 0]);
             bytes.extend_from_slice(&now.to_be_bytes());
-            for (p, fp) in list {
-                bytes.extend_from_slice(&p.to_be_bytes());
-                bytes.extend_from_slice(&fp.to_be_bytes());
-            }
+            bytes.extend_from_slice(&remembered.entries);
             db.put(txn, &client, &bytes)?;
         }
         Ok(())
