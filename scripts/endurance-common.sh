@@ -57,15 +57,14 @@ stop_all() {
 }
 
 # Tansu (Kafka protocol, in-memory storage) on 127.0.0.1:$1, telling clients to connect to
-# 127.0.0.1:$2 (a link in front of it, or $1 itself), logging to $3; sets TANSU_PID.
+# 127.0.0.1:$2 (a link in front of it, or $1 itself), logging to $3; sets TANSU_PID (the
+# caller keeps it in PIDS).
 start_tansu() {
     "$TIDEGATE_TANSU_BIN" broker \
         --listener-url "tcp://127.0.0.1:$1" \
         --advertised-listener-url "tcp://127.0.0.1:$2" \
         --storage-engine memory://tansu/ >"$3" 2>&1 &
     TANSU_PID=$!
-    PIDS+=("$TANSU_PID")
-    wait_port "$1"
 }
 
 # A free TCP port on 127.0.0.1.

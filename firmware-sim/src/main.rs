@@ -120,7 +120,10 @@ enum Command {
     Link(LinkArgs),
     /// `fleet` for long runs: the same fleet and report, plus one CSV row per
     /// --sample-every (appended to --samples) with the readings published and acknowledged,
-    /// the devices connected and that interval's publish→PUBACK p50/p99/max.
+    /// the devices connected and that interval's publish→PUBACK p50/p99/max; with --kafka,
+    /// reads the topic while it runs and checks it against the report at the end, as
+    /// `verify --report` does. Exits 1 if a reading was left unacknowledged or, with
+    /// --kafka, an acknowledged one is missing or out of order.
     Soak(firmware_sim::soak::SoakArgs),
 }
 
@@ -235,19 +238,23 @@ fn print_fleet(report: &FleetReport) {
     }
 }
 
-/// Prints a fleet's report, writes it to `report` if given, and exits 1 if a QoS 1 reading
+/// Prints a fleet's report and writes it to `report` if given; `false` if a QoS 1 reading
 /// was left unacknowledged or a PUBACK could not be matched.
-fn finish_fleet(r: &FleetReport, report: Option<&PathBuf>) -> Result<ExitCode> {
+fn finish_fleet(r: &FleetReport, report: Option<&PathBuf>) -> Result<bool> {
     print_fleet(r);
     if let Some(path) = report {
         write_report(path, r)?;
     }
-    let ok = r.qos == Qos::AtMostOnce || (r.unacked() == 0 && r.anomalies() == 0);
-    Ok(if ok {
+    Ok(r.qos == Qos::AtMostOnce || (r.unacked() == 0 && r.anomalies() == 0))
+}
+
+/// 0 if `ok`, else 1.
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -257,12 +264,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             fleet.apply(&mut o)?;
             let stop = stop_on_ctrl_c();
             let r = firmware_sim::run_fleet(o, stop).await?;
-            finish_fleet(&r, report.as_ref())
+            Ok(exit(finish_fleet(&r, report.as_ref())?))
         }
         Command::Soak(args) => {
             let report = args.report.clone();
             let r = firmware_sim::soak::run_cli(args, stop_on_ctrl_c()).await?;
-            finish_fleet(&r, report.as_ref())
+            let mut ok = finish_fleet(&r.fleet, report.as_ref())?;
+            if let Some(v) = r.kafka {
+                println!("{v}");
+                for p in v.problems().iter().take(20) {
+                    println!("{p}");
+                }
+                ok &= v.is_complete() && v.is_ok();
+            }
+            Ok(exit(ok))
         }
         Command::Load {
             fleet,

@@ -27,14 +27,17 @@ async fn sample_rows_split_the_acknowledged_readings_between_intervals() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("samples.csv");
 
-    let report = run_sampled(
+    let soak = run_sampled(
         o,
         &path,
         Duration::from_millis(250),
+        None,
         CancellationToken::new(),
     )
     .await
     .expect("fleet runs");
+    assert!(soak.kafka.is_none());
+    let report = soak.fleet;
 
     assert!(report.all_acked(), "unacked: {}", report.unacked());
     let flaps = report.injected().flap;
@@ -52,13 +55,14 @@ async fn sample_rows_split_the_acknowledged_readings_between_intervals() {
     assert!(rows.len() >= 4, "a row per 250 ms of a 2 s run: {text}");
     let (mut acked_before, mut in_intervals) = (0.0, 0.0);
     for r in &rows {
-        let [_, _, published, acked, _, _, in_interval, p50, p99, max] = r[..] else {
-            panic!("ten fields: {r:?}");
+        let [_, _, published, acked, _, _, in_interval, p50, p99, max, kafka] = r[..] else {
+            panic!("eleven fields: {r:?}");
         };
         // A reading acknowledged between a row's counters and its histogram is in the
         // histogram of that row and the counters of the next: only the sum is exact.
         assert!(acked >= acked_before && acked <= published, "{r:?}");
         assert!(p50 <= p99 && p99 <= max, "{r:?}");
+        assert_eq!(kafka, 0.0, "no topic followed: {r:?}");
         acked_before = acked;
         in_intervals += in_interval;
     }
