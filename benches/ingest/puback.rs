@@ -69,54 +69,90 @@ fn fleet_runs(rt: &tokio::runtime::Runtime, devices: usize, secs: u64) -> [Run; 
     [journal_only, with_kafka, mosquitto]
 }
 
-/// Phase 9: `fleets` (device counts) × 1 in flight, `secs` s per run.
+/// One round's figures of a fleet that the goals are held against.
+struct GoalFigures {
+    /// The journal-only tidegate's acknowledged/s and PUBACK p99.
+    acked: f64,
+    p99_us: u64,
+    /// Mosquitto's acknowledged/s.
+    mosquitto: f64,
+}
+
+/// Phase 9: `fleets` (device counts) × 1 in flight, `secs` s per run, `rounds` times
+/// (the brokers alternate within each round; with several rounds the goals are held
+/// against the medians, since one run on a shared machine moves a lot).
 pub(crate) fn devices_waiting_for_puback(
     rt: &tokio::runtime::Runtime,
     fleets: &[usize],
     secs: u64,
+    rounds: u32,
 ) {
     let version = mosquitto_version();
-    println!("\n== 9. devices that wait for each PUBACK: 1 in flight per device, QoS 1, 100 B fixed payloads, {secs} s per run; tidegate journal only, tidegate forwarding to Kafka (Tansu, 3 partitions), Mosquitto {version} (persistence, offline QoS 1 subscriber), one after the other, each fresh");
-    println!("| devices × 1 in flight | broker | acknowledged/s | PUBACK p50 / p99 (ms) | / Mosquitto | broker CPU (cores) | generator CPU (cores) | RssAnon peak (MiB) | RssFile peak (MiB) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut goals = Vec::new();
-    for &devices in fleets {
-        let runs = fleet_runs(rt, devices, secs);
-        let mosquitto = runs[2].measured.report.acked_per_sec;
-        for (name, run) in BROKERS.iter().zip(&runs) {
-            let m = &run.measured;
-            let r = &m.report;
-            let backlog = run
-                .backlog
-                .map_or(String::new(), |b| format!(" (backlog at the end: {b})"));
-            println!(
-                "| {devices} | {name}{backlog} | {:.0} | {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
-                r.acked_per_sec,
-                r.puback.p50_us as f64 / 1000.0,
-                r.puback.p99_us as f64 / 1000.0,
-                ratio(r.acked_per_sec, mosquitto),
-                m.cores,
-                m.generator_cores(),
-                m.rss.anon,
-                m.rss.file,
-            );
-            let unacked = r.fleet.unacked();
-            if unacked > 0 {
-                println!("!! {name}, {devices} devices: {unacked} readings left unacknowledged");
+    println!("\n== 9. devices that wait for each PUBACK: 1 in flight per device, QoS 1, 100 B fixed payloads, {secs} s per run; tidegate journal only, tidegate forwarding to Kafka (Tansu, 3 partitions), Mosquitto {version} (persistence, offline QoS 1 subscriber), one after the other, each fresh; {rounds} round(s)");
+    println!("| round | devices × 1 in flight | broker | acknowledged/s | PUBACK p50 / p99 (ms) | / Mosquitto | broker CPU (cores) | generator CPU (cores) | RssAnon peak (MiB) | RssFile peak (MiB) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    // Per fleet, the figures of each round the goals are held against.
+    let mut journal: Vec<(usize, Vec<GoalFigures>)> =
+        fleets.iter().map(|&d| (d, Vec::new())).collect();
+    for round in 1..=rounds {
+        for (devices, rounds_of) in journal.iter_mut() {
+            let devices = *devices;
+            let runs = fleet_runs(rt, devices, secs);
+            let mosquitto = runs[2].measured.report.acked_per_sec;
+            for (name, run) in BROKERS.iter().zip(&runs) {
+                let m = &run.measured;
+                let r = &m.report;
+                let backlog = run
+                    .backlog
+                    .map_or(String::new(), |b| format!(" (backlog at the end: {b})"));
+                println!(
+                    "| {round} | {devices} | {name}{backlog} | {:.0} | {:.2} / {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} |",
+                    r.acked_per_sec,
+                    r.puback.p50_us as f64 / 1000.0,
+                    r.puback.p99_us as f64 / 1000.0,
+                    ratio(r.acked_per_sec, mosquitto),
+                    m.cores,
+                    m.generator_cores(),
+                    m.rss.anon,
+                    m.rss.file,
+                );
+                let unacked = r.fleet.unacked();
+                if unacked > 0 {
+                    println!(
+                        "!! {name}, {devices} devices: {unacked} readings left unacknowledged"
+                    );
+                }
             }
+            let j = &runs[0].measured.report;
+            rounds_of.push(GoalFigures {
+                acked: j.acked_per_sec,
+                p99_us: j.puback.p99_us,
+                mosquitto,
+            });
         }
-        let journal = &runs[0].measured.report;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let of = if rounds > 1 {
+        " (medians over the rounds)"
+    } else {
+        ""
+    };
+    let mut goals = Vec::new();
+    for (devices, r) in journal {
+        let acked = median(r.iter().map(|x| x.acked).collect());
+        let p99_ms = median(r.iter().map(|x| x.p99_us as f64 / 1000.0).collect());
+        let mosquitto = median(r.iter().map(|x| x.mosquitto).collect());
         match devices {
             100 => goals.push(format!(
-                "goal, 100 x 1 in flight, journal only: acknowledged ≥ Mosquitto's ({:.0} vs {mosquitto:.0}/s) and PUBACK p99 ≤ 2 ms ({:.2} ms): {}",
-                journal.acked_per_sec,
-                journal.puback.p99_us as f64 / 1000.0,
-                goal(journal.acked_per_sec >= mosquitto && journal.puback.p99_us <= 2_000)
+                "goal, 100 x 1 in flight, journal only: acknowledged ≥ Mosquitto's ({acked:.0} vs {mosquitto:.0}/s) and PUBACK p99 ≤ 2 ms ({p99_ms:.2} ms){of}: {}",
+                goal(acked >= mosquitto && p99_ms <= 2.0)
             )),
             10 => goals.push(format!(
-                "goal, 10 x 1 in flight, journal only: ≥ 40,000 acknowledged/s ({:.0}/s): {}",
-                journal.acked_per_sec,
-                goal(journal.acked_per_sec >= 40_000.0)
+                "goal, 10 x 1 in flight, journal only: ≥ 40,000 acknowledged/s ({acked:.0}/s){of}: {}",
+                goal(acked >= 40_000.0)
             )),
             _ => {}
         }
