@@ -140,18 +140,43 @@ fn run_log(rt: &tokio::runtime::Runtime, devices: usize, secs: u64) -> Run {
     let size = 64 << 20;
     let file = log_file(&dir.path().join("log"), size);
     let writer = std::thread::spawn(move || log_writer(file, size, rx));
+    let sender = tx.clone();
+    let (acked, secs) = fleet(rt, devices, secs, move |d, n| {
+        let tx = sender.clone();
+        async move {
+            let (reply, done) = oneshot::channel();
+            tx.send((reading(d, n), reply)).await.expect("writer alive");
+            done.await.expect("answered");
+        }
+    });
+    drop(tx);
+    let (commits, commit_sum_s) = writer.join().expect("log writer");
+    Run {
+        acked,
+        commits,
+        commit_sum_s,
+        secs,
+    }
+}
+
+/// Runs `devices` tasks for `secs`, each sending its readings one at a time through
+/// `once(device, n)` and waiting for each; returns the readings acknowledged and the
+/// seconds it took.
+fn fleet<F, Fut>(rt: &tokio::runtime::Runtime, devices: usize, secs: u64, once: F) -> (u64, f64)
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let acked = rt.block_on(async {
         let mut tasks = Vec::new();
         for d in 0..devices {
-            let tx = tx.clone();
+            let once = once.clone();
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
-                    let (reply, done) = oneshot::channel();
-                    tx.send((reading(d, n), reply)).await.expect("writer alive");
-                    done.await.expect("answered");
+                    once(d, n).await;
                     n += 1;
                 }
                 n
@@ -163,15 +188,7 @@ fn run_log(rt: &tokio::runtime::Runtime, devices: usize, secs: u64) -> Run {
         }
         total
     });
-    let secs = started.elapsed().as_secs_f64();
-    drop(tx);
-    let (commits, commit_sum_s) = writer.join().expect("log writer");
-    Run {
-        acked,
-        commits,
-        commit_sum_s,
-        secs,
-    }
+    (acked, started.elapsed().as_secs_f64())
 }
 
 struct Run {
@@ -202,37 +219,22 @@ fn run(
             c.commits.load(Ordering::Relaxed),
         )
     };
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let started = Instant::now();
-    let acked = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for d in 0..devices {
-            let journal = journal.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    let pkid = (n % 65_535) as u16 + 1;
-                    let rx = journal
-                        .submit_packets(
-                            vec![reading(d, n)],
-                            vec![Some(Packet { pkid, dup: false })],
-                            None,
-                        )
-                        .await
-                        .expect("submit");
-                    rx.await.expect("writer alive").expect("appended");
-                    n += 1;
-                }
-                n
-            }));
+    let handle = journal.clone();
+    let (acked, secs) = fleet(rt, devices, secs, move |d, n| {
+        let journal = handle.clone();
+        async move {
+            let pkid = (n % 65_535) as u16 + 1;
+            let rx = journal
+                .submit_packets(
+                    vec![reading(d, n)],
+                    vec![Some(Packet { pkid, dup: false })],
+                    None,
+                )
+                .await
+                .expect("submit");
+            rx.await.expect("writer alive").expect("appended");
         }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.expect("device task");
-        }
-        total
     });
-    let secs = started.elapsed().as_secs_f64();
     let c = counters.counters();
     let out = Run {
         acked,
