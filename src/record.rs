@@ -326,6 +326,12 @@ pub fn encode_into(seq: u64, reading: &Reading, out: &mut Vec<u8>) {
     out.reserve(reading.encoded_len());
     out.push(FORMAT_VERSION);
     encode_fields(reading, out);
+    push_checksum(seq, start, out);
+}
+
+/// Appends the checksum of the record that starts at `start` in `out` (version and fields
+/// written), finishing it.
+fn push_checksum(seq: u64, start: usize, out: &mut Vec<u8>) {
     let crc = checksum(seq, &out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
 }
@@ -351,8 +357,7 @@ pub fn encode_fields_as_record(seq: u64, fields: &[u8], out: &mut Vec<u8>) {
     out.reserve(fields.len() + 5);
     out.push(FORMAT_VERSION);
     out.extend_from_slice(fields);
-    let crc = checksum(seq, &out[start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    push_checksum(seq, start, out);
 }
 
 /// Encodes `reading` under sequence `seq` into a new buffer.
