@@ -64,9 +64,26 @@ pub struct Checker {
     /// Index in `journals` by (`tidegate-gateway`, `tidegate-epoch`) header values.
     journal_index: HashMap<(Vec<u8>, Vec<u8>), usize>,
     thin_factor_max: u64,
-    /// (gateway, epoch, seq) header values seen, to count replays.
-    journal_ids: std::collections::HashSet<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// (gateway, epoch, seq) header values seen, to count replays, with where each was first
+    /// seen (partition, offset), to say where a replay sits.
+    journal_ids: HashMap<JournalRecordId, (i32, i64)>,
     replays: u64,
+    replay_examples: Vec<Replay>,
+}
+
+/// A journal record's identity in the topic: its `tidegate-gateway`, `tidegate-epoch` and
+/// `tidegate-seq` header values.
+type JournalRecordId = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// One journal record the topic holds twice: its `tidegate-seq` and the two places.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The `tidegate-seq` header, as text.
+    pub seq: String,
+    /// (partition, offset) of the first copy.
+    pub first: (i32, i64),
+    /// (partition, offset) of the copy seen again.
+    pub again: (i32, i64),
 }
 
 /// One journal's sequences, as the topic tells them.
@@ -112,11 +129,19 @@ impl Checker {
         }
         if let (Some(g), Some(s)) = (r.header(GATEWAY_HEADER), r.header(SEQ_HEADER)) {
             let e = r.header(EPOCH_HEADER).unwrap_or_default();
-            if !self
+            let here = (r.partition, r.offset);
+            if let Some(first) = self
                 .journal_ids
-                .insert((g.to_vec(), e.to_vec(), s.to_vec()))
+                .insert((g.to_vec(), e.to_vec(), s.to_vec()), here)
             {
                 self.replays += 1;
+                if self.replay_examples.len() < MAX_EXAMPLES {
+                    self.replay_examples.push(Replay {
+                        seq: String::from_utf8_lossy(s).into_owned(),
+                        first,
+                        again: here,
+                    });
+                }
             }
         }
         let journal = self.journal_of(r);
@@ -334,6 +359,7 @@ impl Checker {
             thinned_spans: self.thinned_spans(),
             thin_factor_max: self.thin_factor_max,
             replays: self.replays,
+            replay_examples: self.replay_examples.clone(),
         }
     }
 }
@@ -457,6 +483,8 @@ pub struct VerifyReport {
     /// Records whose (gateway, epoch, journal sequence) was seen before: the gateway sent a
     /// journal record twice (a device's own re-send has a new journal sequence).
     pub replays: u64,
+    /// The first few replays, with where both copies sit.
+    pub replay_examples: Vec<Replay>,
 }
 
 impl VerifyReport {
@@ -539,6 +567,13 @@ impl fmt::Display for VerifyReport {
                 d.out_of_order,
                 d.partitions.len(),
                 d.problems().join("; ")
+            )?;
+        }
+        for r in &self.replay_examples {
+            writeln!(
+                f,
+                "replayed tidegate-seq {}: first at partition {} offset {}, again at partition {} offset {}",
+                r.seq, r.first.0, r.first.1, r.again.0, r.again.1
             )?;
         }
         write!(

@@ -44,7 +44,7 @@ mod reader;
 #[cfg(test)]
 mod tests;
 
-pub use checker::{Checker, DeviceVerify, VerifyReport};
+pub use checker::{Checker, DeviceVerify, Replay, VerifyReport};
 pub use live::{read_live, LiveReading, LiveReport, LiveTable, LiveWatcher, LIVE_HEADER};
 pub use live_mqtt::MqttLiveWatcher;
 pub use reader::{read_topic, ClientOptions, PartitionReader, StartAt, TopicReader};

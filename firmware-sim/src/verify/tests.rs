@@ -209,8 +209,12 @@ fn other_boots_and_devices_are_foreign_and_a_silent_device_is_all_missing() {
 #[test]
 fn gap_markers_are_counted_apart_and_a_resent_journal_record_is_a_replay() {
     let mut s = stream(1, &[1, 2, 3]);
-    // The gateway sends journal record 2 again (same gateway, epoch, seq): a replay.
-    s.push(reading(1, 2, 1));
+    // The gateway sends journal record 2 again (same gateway, epoch, seq: "1"), at offset 3:
+    // a replay.
+    s.push(KafkaReading {
+        offset: 3,
+        ..reading(1, 2, 1)
+    });
     s.push(KafkaReading {
         key: Some(b"$tidegate/gap".to_vec()),
         payload: Vec::new(),
@@ -227,6 +231,17 @@ fn gap_markers_are_counted_apart_and_a_resent_journal_record_is_a_replay() {
         (v.replays, v.duplicates(), v.unparseable, v.foreign),
         (1, 1, 0, 0)
     );
+    assert_eq!(
+        v.replay_examples,
+        vec![Replay {
+            seq: "1".into(),
+            first: (1, 1),
+            again: (1, 3)
+        }]
+    );
+    assert!(v.to_string().contains(
+        "replayed tidegate-seq 1: first at partition 1 offset 1, again at partition 1 offset 3"
+    ));
     assert!(v.is_ok(), "{v}");
 }
 

@@ -35,6 +35,10 @@ pub(super) const TAIL_FIRST_WINDOW: i64 = 64;
 /// tail too early would miss it and send its records again. Capped at `request_timeout`.
 pub(super) const TAIL_SETTLE: Duration = Duration::from_secs(1);
 
+/// Empty answers the tail read takes for an offset below a partition's end (each retry
+/// waiting four times longer, from [`TAIL_FETCH_WAIT_MS`]) before it fails.
+pub(super) const TAIL_EMPTY_RETRIES: u32 = 5;
+
 /// Most bytes asked for in one fetch of the tail read.
 pub(super) const TAIL_FETCH_BYTES: i32 = 4 * 1024 * 1024;
 
@@ -168,7 +172,9 @@ pub(super) fn owner(record: &KafkaRecord, gateway: &str, epoch: u64) -> Owner {
 /// position (`tidegate-seq`, a thinned marker before a reading of the same number) of
 /// `gateway` under `epoch`. Stops at the first window holding one (the partition holds
 /// this journal's records in position order, so the newest is the highest), at a record of this gateway under an earlier epoch, at the partition's start,
-/// or `limit` records back (`None` then: nothing of ours within reach).
+/// or `limit` records back (`None` then: nothing of ours within reach). A fetch that returns
+/// nothing below the end is asked again (see [`TAIL_EMPTY_RETRIES`]), unless retention
+/// deleted those records meanwhile.
 pub async fn highest_delivered(
     client: &PartitionClient,
     gateway: &str,
@@ -191,9 +197,12 @@ pub async fn highest_delivered(
         let mut offset = start;
         let mut highest: Option<Position> = None;
         let mut earlier_epoch = false;
+        let mut empty_answers = 0;
         while offset < end {
+            // A retry waits longer: the broker may answer a short wait with nothing.
+            let wait = TAIL_FETCH_WAIT_MS.saturating_mul(1 << (2 * empty_answers.min(4)));
             let (records, _) = client
-                .fetch_records(offset, 1..TAIL_FETCH_BYTES, TAIL_FETCH_WAIT_MS)
+                .fetch_records(offset, 1..TAIL_FETCH_BYTES, wait)
                 .await?;
             let before = offset;
             for r in records {
@@ -213,9 +222,29 @@ pub async fn highest_delivered(
                 }
             }
             if offset == before {
-                // Nothing readable there (deleted under us): treat the window as read.
-                break;
+                // Nothing came back for an offset below the end. Passing over it would
+                // take an older window's highest for the partition's and send the newer
+                // records again; that happened against Tansu under load, which answers a
+                // fetch of records it holds with nothing now and then. Only records
+                // deleted under us (retention moved the partition's start past them) may
+                // be passed over; anything else is asked for again, and after
+                // TAIL_EMPTY_RETRIES empty answers the tail read fails, so that nothing is
+                // sent until a later read succeeds.
+                let start_now = client.get_offset(OffsetAt::Earliest).await?;
+                if start_now > offset {
+                    offset = start_now.min(end);
+                    continue;
+                }
+                empty_answers += 1;
+                if empty_answers > TAIL_EMPTY_RETRIES {
+                    return Err(KafkaError::InvalidResponse(format!(
+                        "fetching offset {offset} (below the partition's end {end_offset}) returned no records {empty_answers} times"
+                    )));
+                }
+                info!(offset, end = end_offset, empty_answers, "The tail read's fetch returned no records below the partition's end; asking again.");
+                continue;
             }
+            empty_answers = 0;
         }
         if highest.is_some() || earlier_epoch {
             return Ok(highest);
