@@ -21,6 +21,8 @@
 //! [KIP-98]: https://cwiki.apache.org/confluence/display/KAFKA/KIP-98+-+Exactly+Once+Delivery+and+Transactional+Messaging
 use std::io::{Cursor, Read, Write};
 
+use integer_encoding::VarInt;
+
 #[cfg(test)]
 use proptest::prelude::*;
 
@@ -170,61 +172,65 @@ where
     W: Write,
 {
     fn write(&self, writer: &mut W) -> Result<(), WriteError> {
-        // ============================================================================================
-        // ======================================== inner data ========================================
-        // write data to buffer because we need to prepend the length
-        let mut data = vec![];
+        // The record is prefixed by its length, computed here from the field sizes so that
+        // the fields go straight to `writer` (no per-record buffer to grow and copy).
+        fn len_i32(len: usize) -> Result<i32, WriteError> {
+            i32::try_from(len).map_err(|e| WriteError::Malformed(Box::new(e)))
+        }
+        fn bytes_len(field: Option<&[u8]>) -> Result<usize, WriteError> {
+            Ok(match field {
+                Some(b) => len_i32(b.len())?.required_space() + b.len(),
+                None => (-1i32).required_space(),
+            })
+        }
+        let mut len = 1 // attributes
+            + self.timestamp_delta.required_space()
+            + self.offset_delta.required_space()
+            + bytes_len(self.key.as_deref())?
+            + bytes_len(self.value.as_deref())?
+            + len_i32(self.headers.len())?.required_space();
+        for header in &self.headers {
+            len += bytes_len(Some(header.key.as_bytes()))? + bytes_len(Some(&header.value))?;
+        }
+        Varint(len_i32(len)?).write(writer)?;
 
         // attributes
-        Int8(0).write(&mut data)?;
+        Int8(0).write(writer)?;
 
         // timestampDelta
-        Varlong(self.timestamp_delta).write(&mut data)?;
+        Varlong(self.timestamp_delta).write(writer)?;
 
         // offsetDelta
-        Varint(self.offset_delta).write(&mut data)?;
+        Varint(self.offset_delta).write(writer)?;
 
         // key
         match &self.key {
             Some(key) => {
-                let l = i32::try_from(key.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-                Varint(l).write(&mut data)?;
-                data.write_all(key)?;
+                Varint(len_i32(key.len())?).write(writer)?;
+                writer.write_all(key)?;
             }
             None => {
-                Varint(-1).write(&mut data)?;
+                Varint(-1).write(writer)?;
             }
         }
 
         // value
         match &self.value {
             Some(value) => {
-                let l =
-                    i32::try_from(value.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-                Varint(l).write(&mut data)?;
-                data.write_all(value)?;
+                Varint(len_i32(value.len())?).write(writer)?;
+                writer.write_all(value)?;
             }
             None => {
-                Varint(-1).write(&mut data)?;
+                Varint(-1).write(writer)?;
             }
         }
 
         // headers
         // Note: This is NOT a normal array but uses a Varint instead.
-        let l =
-            i32::try_from(self.headers.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-        Varint(l).write(&mut data)?;
+        Varint(len_i32(self.headers.len())?).write(writer)?;
         for header in &self.headers {
-            header.write(&mut data)?;
+            header.write(writer)?;
         }
-
-        // ============================================================================================
-        // ============================================================================================
-
-        // now write accumulated data
-        let l = i32::try_from(data.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
-        Varint(l).write(writer)?;
-        writer.write_all(&data)?;
 
         Ok(())
     }
