@@ -13,7 +13,8 @@
 //! * this file: the sink, its settings and state, and the [`Sink`] impl that ties the rest
 //!   together (connect if needed, read the tails if unknown, deliver);
 //! * `connection`: clients, topic metadata and creation, partitions;
-//! * `produce`: planning a batch by partition, chunked produce requests, the record mapping;
+//! * `produce`: planning a batch by partition, the record mapping, written straight into
+//!   size-bounded produce requests (no allocation per record), sent in order;
 //! * `tail`: the tail read behind exactly-once delivery;
 //! * `errors`: classification of failures into retryable or fatal;
 //! * [`partitioner`](partition_for_key): Kafka's murmur2 partitioner; [`security`]: TLS and SASL.

@@ -4,13 +4,13 @@
 //! is remembered so its retry sends only the rest. Keeps *ordered per key* and *a retry
 //! never resends what was acknowledged* (see the [module docs](super)).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rskafka::client::partition::{Compression as KafkaCompression, PartitionClient};
-use rskafka::record::Record as KafkaRecord;
+use rskafka::record::EncodedRecords;
 use tracing::debug;
 
 use super::errors::{Failure, Severity};
@@ -69,31 +69,26 @@ impl KafkaSink {
         self.skip_delivered(batch, partitions.len());
         let plan = plan(batch, &self.acked.seqs, partitions.len());
         let (gateway, epoch, live) = (&self.gateway_id, self.epoch, self.live);
-        let sends = plan
-            .into_iter()
-            .zip(partitions)
-            .enumerate()
-            .filter(|(_, (records, _))| !records.is_empty())
-            .map(|(partition, (records, client))| {
-                let records = records
-                    .into_iter()
-                    .map(|item| {
-                        let mut record = to_kafka_record(item, gateway, epoch);
-                        if live {
-                            record.headers.insert(HEADER_LIVE.to_owned(), b"1".to_vec());
-                        }
-                        (item.position(), record)
-                    })
-                    .collect();
-                produce_partition(
-                    partition,
-                    client,
-                    records,
-                    self.compression,
-                    self.request_timeout,
-                )
-            })
-            .collect::<Vec<_>>();
+        let mut sends = Vec::with_capacity(partitions.len());
+        for (partition, (items, client)) in plan.into_iter().zip(partitions).enumerate() {
+            if items.is_empty() {
+                continue;
+            }
+            let chunks = encode_chunks(&items, gateway, epoch, live).map_err(|position| {
+                SinkError::fatal(format!(
+                    "{}: journal record {} cannot be encoded as a Kafka record (a field longer \
+                     than Kafka's 2 GiB limit); it is held and nothing after it is sent",
+                    self.target, position.seq
+                ))
+            })?;
+            sends.push(produce_partition(
+                partition,
+                client,
+                chunks,
+                self.compression,
+                self.request_timeout,
+            ));
+        }
         let outcomes = futures::future::join_all(sends).await;
 
         let mut failures = Vec::new();
@@ -172,25 +167,153 @@ pub(super) fn key(item: &Item) -> &[u8] {
     }
 }
 
-/// Splits one partition's records into produce requests of at most [`MAX_REQUEST_BYTES`]
-/// (estimated); a single larger record goes alone and the broker decides.
-pub(super) fn chunk(records: Vec<(Position, KafkaRecord)>) -> Vec<Vec<(Position, KafkaRecord)>> {
+/// One produce request's worth of a partition's share: the records, encoded, and their
+/// positions in the same order.
+pub(super) struct Chunk {
+    pub(super) positions: Vec<Position>,
+    pub(super) records: EncodedRecords,
+}
+
+/// Encodes one partition's items (in journal order) as Kafka records, split into produce
+/// requests of at most [`MAX_REQUEST_BYTES`] (estimated with [`RECORD_OVERHEAD_BYTES`] per
+/// record); a single larger record goes alone and the broker decides. Each record is
+/// written straight from the item's fields: no allocation per record. `Err` names an item
+/// that cannot be encoded (a field beyond Kafka's 32-bit lengths).
+pub(super) fn encode_chunks(
+    items: &[&Item],
+    gateway_id: &str,
+    epoch: Option<u64>,
+    live: bool,
+) -> Result<Vec<Chunk>, Position> {
+    let empty = || Chunk {
+        positions: Vec::new(),
+        records: EncodedRecords::default(),
+    };
     let mut chunks = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    for (seq, record) in records {
-        let size = record.approximate_size() + RECORD_OVERHEAD_BYTES;
-        if !current.is_empty() && bytes + size > MAX_REQUEST_BYTES {
-            chunks.push(std::mem::take(&mut current));
-            bytes = 0;
+    let mut current = empty();
+    let mut estimated = 0;
+    let mut fields = RecordFields::new(gateway_id, epoch, live);
+    for item in items {
+        let size = fields.estimated_size(item) + RECORD_OVERHEAD_BYTES;
+        if !current.positions.is_empty() && estimated + size > MAX_REQUEST_BYTES {
+            chunks.push(std::mem::replace(&mut current, empty()));
+            estimated = 0;
         }
-        bytes += size;
-        current.push((seq, record));
+        estimated += size;
+        fields
+            .push_to(&mut current.records, item)
+            .map_err(|_| item.position())?;
+        current.positions.push(item.position());
     }
-    if !current.is_empty() {
+    if !current.positions.is_empty() {
         chunks.push(current);
     }
-    chunks
+    Ok(chunks)
+}
+
+/// What every record of a partition's share carries, and buffers for the header values
+/// formatted per record, reused from record to record.
+struct RecordFields<'a> {
+    gateway_id: &'a str,
+    epoch: Option<String>,
+    live: bool,
+    seq: itoa::Buffer,
+    factor: itoa::Buffer,
+    range: String,
+}
+
+impl<'a> RecordFields<'a> {
+    fn new(gateway_id: &'a str, epoch: Option<u64>, live: bool) -> Self {
+        RecordFields {
+            gateway_id,
+            epoch: epoch.map(|e| e.to_string()),
+            live,
+            seq: itoa::Buffer::new(),
+            factor: itoa::Buffer::new(),
+            range: String::new(),
+        }
+    }
+
+    /// Key, value and header bytes of `item`'s record, at most (numbers counted at their
+    /// widest); [`RECORD_OVERHEAD_BYTES`] covers the framing.
+    fn estimated_size(&self, item: &Item) -> usize {
+        const NUMBER: usize = 20;
+        let mut size = key(item).len()
+            + HEADER_GATEWAY.len()
+            + self.gateway_id.len()
+            + HEADER_SEQ.len()
+            + NUMBER;
+        if let Some(e) = &self.epoch {
+            size += HEADER_EPOCH.len() + e.len();
+        }
+        if self.live {
+            size += HEADER_LIVE.len() + 1;
+        }
+        size + match item {
+            Item::Reading(r) => r.reading.payload.len(),
+            Item::Gap(_) => HEADER_GAP.len() + 2 * NUMBER + 2,
+            Item::Thinned(_) => {
+                HEADER_THINNED.len() + 2 * NUMBER + 2 + HEADER_THIN_FACTOR.len() + NUMBER
+            }
+        }
+    }
+
+    /// Writes the record [`to_kafka_record`] maps `item` to (plus `tidegate-live` on the
+    /// live lane), headers in the same key order, so the bytes are those `produce` sends
+    /// for that record.
+    fn push_to(
+        &mut self,
+        records: &mut EncodedRecords,
+        item: &Item,
+    ) -> Result<(), rskafka::record::EncodeError> {
+        use std::fmt::Write;
+        self.range.clear();
+        let value: &[u8] = match item {
+            Item::Reading(r) => &r.reading.payload,
+            // Writing to a String cannot fail.
+            Item::Gap(g) => {
+                let _ = write!(self.range, "{}..{}", g.first, g.last);
+                b""
+            }
+            Item::Thinned(t) => {
+                let _ = write!(self.range, "{}..{}", t.first, t.last);
+                b""
+            }
+        };
+        let seq = self.seq.format(item.seq());
+        let mut headers: [(&str, &[u8]); 7] = [("", b""); 7];
+        let mut n = 0;
+        macro_rules! add {
+            ($k:expr, $v:expr) => {{
+                headers[n] = ($k, $v);
+                n += 1;
+            }};
+        }
+        // In key order, as the BTreeMap of a `Record` gives them: tidegate-epoch,
+        // tidegate-gap, tidegate-gateway, tidegate-live, tidegate-seq, tidegate-thin-factor,
+        // tidegate-thinned.
+        if let Some(e) = &self.epoch {
+            add!(HEADER_EPOCH, e.as_bytes());
+        }
+        if let Item::Gap(_) = item {
+            add!(HEADER_GAP, self.range.as_bytes());
+        }
+        add!(HEADER_GATEWAY, self.gateway_id.as_bytes());
+        if self.live {
+            add!(HEADER_LIVE, b"1");
+        }
+        add!(HEADER_SEQ, seq.as_bytes());
+        if let Item::Thinned(t) = item {
+            add!(HEADER_THIN_FACTOR, self.factor.format(t.factor).as_bytes());
+            add!(HEADER_THINNED, self.range.as_bytes());
+        }
+        records.push(
+            Some(key(item)),
+            Some(value),
+            &headers[..n],
+            ingest_time(item.ingest_ms()),
+        )
+    }
 }
 
 /// What happened to one partition's share of a batch.
@@ -208,17 +331,17 @@ pub(super) struct PartitionOutcome {
 pub(super) async fn produce_partition(
     partition: usize,
     client: Arc<PartitionClient>,
-    records: Vec<(Position, KafkaRecord)>,
+    chunks: Vec<Chunk>,
     compression: KafkaCompression,
     timeout: Duration,
 ) -> PartitionOutcome {
-    let total = records.len();
+    let total: usize = chunks.iter().map(|c| c.positions.len()).sum();
     let mut acked = Vec::with_capacity(total);
-    for chunk in chunk(records) {
-        let (seqs, records): (Vec<Position>, Vec<KafkaRecord>) = chunk.into_iter().unzip();
-        let count = records.len();
+    for Chunk { positions, records } in chunks {
+        let count = positions.len();
         let failure =
-            match tokio::time::timeout(timeout, client.produce(records, compression)).await {
+            match tokio::time::timeout(timeout, client.produce_encoded(records, compression)).await
+            {
                 Ok(Ok(offsets)) => {
                     debug!(
                         topic = client.topic(),
@@ -227,7 +350,7 @@ pub(super) async fn produce_partition(
                         first_offset = offsets.first().copied(),
                         "Produced records."
                     );
-                    acked.extend(seqs);
+                    acked.extend(positions);
                     continue;
                 }
                 Ok(Err(e)) => Failure::Kafka(e),
@@ -248,12 +371,18 @@ pub(super) async fn produce_partition(
     }
 }
 
-/// Maps one batch item to the Kafka record tidegate sends: a reading keyed by its topic
+/// Maps one batch item to the Kafka record tidegate sends (the reference the encoder,
+/// [`encode_chunks`], is tested against byte for byte): a reading keyed by its topic
 /// with its payload as value; a gap keyed [`GAP_KEY`] with an empty value and the range in
 /// the [`HEADER_GAP`] header as `first..last`; a thinned marker keyed [`THINNED_KEY`] with
 /// an empty value, the range in [`HEADER_THINNED`] and the factor in [`HEADER_THIN_FACTOR`].
-pub(super) fn to_kafka_record(item: &Item, gateway_id: &str, epoch: Option<u64>) -> KafkaRecord {
-    let mut headers = BTreeMap::new();
+#[cfg(test)]
+pub(super) fn to_kafka_record(
+    item: &Item,
+    gateway_id: &str,
+    epoch: Option<u64>,
+) -> rskafka::record::Record {
+    let mut headers = std::collections::BTreeMap::new();
     headers.insert(HEADER_GATEWAY.to_owned(), gateway_id.as_bytes().to_vec());
     headers.insert(HEADER_SEQ.to_owned(), item.seq().to_string().into_bytes());
     if let Some(epoch) = epoch {
@@ -280,7 +409,7 @@ pub(super) fn to_kafka_record(item: &Item, gateway_id: &str, epoch: Option<u64>)
             Vec::new()
         }
     };
-    KafkaRecord {
+    rskafka::record::Record {
         key: Some(key(item).to_vec()),
         value: Some(value),
         headers,

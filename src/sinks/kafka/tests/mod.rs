@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use firmware_sim::testbed::{self, Tansu};
 use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
-use rskafka::record::Record as KafkaRecord;
+use rskafka::record::{EncodedRecords, Record as KafkaRecord};
 
 use super::errors::*;
 use super::produce::*;

@@ -111,43 +111,87 @@ fn the_acknowledged_memory_is_forgotten_when_a_new_batch_arrives() {
 #[test]
 fn large_partition_shares_are_split_into_ordered_chunks_under_the_request_limit() {
     let payload = Bytes::from(vec![b'x'; 100 * 1024]);
-    let records: Vec<(Position, KafkaRecord)> = (0..25)
-        .map(|seq| {
-            (
-                at(seq),
-                to_kafka_record(
-                    &Item::Reading(record(seq, "k", payload.clone())),
-                    GATEWAY,
-                    None,
-                ),
-            )
-        })
+    let items: Vec<Item> = (0..25)
+        .map(|seq| Item::Reading(record(seq, "k", payload.clone())))
         .collect();
-    let chunks = chunk(records);
+    let refs: Vec<&Item> = items.iter().collect();
+    let chunks = encode_chunks(&refs, GATEWAY, Some(EPOCH), false).expect("encodes");
     assert!(chunks.len() > 1);
-    let flattened: Vec<u64> = chunks.iter().flatten().map(|(s, _)| s.seq).collect();
+    let flattened: Vec<u64> = chunks
+        .iter()
+        .flat_map(|c| c.positions.iter().map(|p| p.seq))
+        .collect();
     assert_eq!(
         flattened,
         (0..25).collect::<Vec<_>>(),
         "order is kept across chunks"
     );
     for c in &chunks {
-        let bytes: usize = c
-            .iter()
-            .map(|(_, r)| r.approximate_size() + RECORD_OVERHEAD_BYTES)
-            .sum();
-        assert!(bytes <= MAX_REQUEST_BYTES, "chunk of {bytes} bytes");
+        assert_eq!(c.records.len(), c.positions.len());
+        assert!(
+            c.records.bytes_len() <= MAX_REQUEST_BYTES,
+            "chunk of {} bytes",
+            c.records.bytes_len()
+        );
     }
     // A record above the limit still goes, alone.
-    let huge = vec![(
-        at(0),
-        to_kafka_record(
-            &Item::Reading(record(0, "k", vec![0u8; 2 << 20])),
-            GATEWAY,
-            None,
-        ),
-    )];
-    assert_eq!(chunk(huge).len(), 1);
+    let huge = Item::Reading(record(0, "k", vec![0u8; 2 << 20]));
+    assert_eq!(
+        encode_chunks(&[&huge], GATEWAY, None, false)
+            .expect("encodes")
+            .len(),
+        1
+    );
+}
+
+/// The records the sink writes straight from the items are, byte for byte, those rskafka
+/// sends for the mapped records ([`to_kafka_record`], plus `tidegate-live` on the live
+/// lane): every kind of item, with and without an epoch, history and live lane.
+#[test]
+fn encoded_records_are_byte_for_byte_those_of_the_record_mapping() {
+    let items = [
+        Item::Reading(record(
+            7,
+            "turbines/wt-0001/telemetry",
+            &b"\x00{\"wind\":7.5}\xff"[..],
+        )),
+        Item::Gap(Gap {
+            first: 17,
+            last: 40,
+            ingest_ms: 1_764_000_000_100,
+        }),
+        Item::Thinned(Thinned {
+            first: 41,
+            last: 940,
+            factor: 8,
+            ingest_ms: 1_764_000_000_050,
+        }),
+        Item::Reading(record(941, "dev/2", "")),
+        Item::Reading(record(123_456_789_012_345, "dev/3", vec![b'y'; 300])),
+    ];
+    let refs: Vec<&Item> = items.iter().collect();
+    for epoch in [None, Some(EPOCH), Some(u64::MAX)] {
+        for live in [false, true] {
+            let chunks = encode_chunks(&refs, GATEWAY, epoch, live).expect("encodes");
+            assert_eq!(chunks.len(), 1);
+            let mapped: Vec<KafkaRecord> = items
+                .iter()
+                .map(|item| {
+                    let mut r = to_kafka_record(item, GATEWAY, epoch);
+                    if live {
+                        r.headers.insert(HEADER_LIVE.to_owned(), b"1".to_vec());
+                    }
+                    r
+                })
+                .collect();
+            let reference = EncodedRecords::from_records(mapped).expect("reference encodes");
+            assert_eq!(chunks[0].records, reference, "epoch {epoch:?}, live {live}");
+            assert_eq!(
+                chunks[0].positions,
+                items.iter().map(Item::position).collect::<Vec<_>>()
+            );
+        }
+    }
 }
 
 #[test]

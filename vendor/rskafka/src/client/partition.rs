@@ -19,7 +19,7 @@ use crate::{
         primitives::*,
         record::{Record as ProtocolRecord, *},
     },
-    record::{Record, RecordAndOffset},
+    record::{EncodedRecords, Record, RecordAndOffset},
     throttle::maybe_throttle,
     validation::ExactlyOne,
 };
@@ -203,7 +203,26 @@ impl PartitionClient {
 
         let n = records.len() as i64;
         let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        self.send_produce(request, n).await
+    }
 
+    /// Produce records already encoded with [`EncodedRecords`] (one batch, like
+    /// [`produce`](Self::produce), without its allocation per record).
+    pub async fn produce_encoded(
+        &self,
+        records: EncodedRecords,
+        compression: Compression,
+    ) -> Result<Vec<i64>> {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = records.len() as i64;
+        let request =
+            &build_encoded_produce_request(self.partition, &self.topic, records, compression);
+        self.send_produce(request, n).await
+    }
+
+    async fn send_produce(&self, request: &ProduceRequest, n: i64) -> Result<Vec<i64>> {
         maybe_retry(
             &self.backoff_config,
             self.unknown_topic_handling,
@@ -215,7 +234,7 @@ impl PartitionClient {
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
                 let response = broker
-                    .request(&request)
+                    .request(request)
                     .await
                     .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
                 maybe_throttle(response.throttle_time_ms)?;
@@ -643,17 +662,12 @@ where
         .map_err(Error::RetryFailed)?
 }
 
-fn build_produce_request(
-    partition: i32,
-    topic: &str,
-    records: Vec<Record>,
-    compression: Compression,
-) -> ProduceRequest {
-    let n = records.len() as i32;
-
-    // TODO: Retry on failure
-
-    let first_timestamp = records.first().unwrap().timestamp;
+/// Converts records to protocol records as a produce request carries them, with the
+/// batch's first and largest timestamp (milliseconds). `records` must not be empty.
+pub(crate) fn to_protocol_records(records: Vec<Record>) -> (Vec<ProtocolRecord>, i64, i64) {
+    let Some(first_timestamp) = records.first().map(|r| r.timestamp) else {
+        return (Vec::new(), 0, 0);
+    };
     let mut max_timestamp = first_timestamp;
 
     let records = records
@@ -675,13 +689,67 @@ fn build_produce_request(
             }
         })
         .collect();
+    (
+        records,
+        first_timestamp.timestamp_millis(),
+        max_timestamp.timestamp_millis(),
+    )
+}
 
+fn build_produce_request(
+    partition: i32,
+    topic: &str,
+    records: Vec<Record>,
+    compression: Compression,
+) -> ProduceRequest {
+    let n = records.len();
+    let (records, first_timestamp, max_timestamp) = to_protocol_records(records);
+    batch_produce_request(
+        partition,
+        topic,
+        n,
+        first_timestamp,
+        max_timestamp,
+        ControlBatchOrRecords::Records(records),
+        compression,
+    )
+}
+
+fn build_encoded_produce_request(
+    partition: i32,
+    topic: &str,
+    records: EncodedRecords,
+    compression: Compression,
+) -> ProduceRequest {
+    batch_produce_request(
+        partition,
+        topic,
+        records.count,
+        records.first_timestamp,
+        records.max_timestamp,
+        ControlBatchOrRecords::Encoded {
+            count: records.count,
+            bytes: records.bytes,
+        },
+        compression,
+    )
+}
+
+fn batch_produce_request(
+    partition: i32,
+    topic: &str,
+    n: usize,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    records: ControlBatchOrRecords,
+    compression: Compression,
+) -> ProduceRequest {
     let record_batch = ProduceRequestPartitionData {
         index: Int32(partition),
         records: Records(vec![RecordBatch {
             base_offset: 0,
             partition_leader_epoch: 0,
-            last_offset_delta: n - 1,
+            last_offset_delta: n as i32 - 1,
             is_transactional: false,
             base_sequence: -1,
             compression: match compression {
@@ -698,9 +766,9 @@ fn build_produce_request(
             timestamp_type: RecordBatchTimestampType::CreateTime,
             producer_id: -1,
             producer_epoch: -1,
-            first_timestamp: first_timestamp.timestamp_millis(),
-            max_timestamp: max_timestamp.timestamp_millis(),
-            records: ControlBatchOrRecords::Records(records),
+            first_timestamp,
+            max_timestamp,
+            records,
         }]),
     };
 
@@ -841,8 +909,8 @@ fn extract_records(
 
     for batch in partition_records {
         match batch.records {
-            ControlBatchOrRecords::ControlBatch(_) => {
-                // ignore
+            ControlBatchOrRecords::ControlBatch(_) | ControlBatchOrRecords::Encoded { .. } => {
+                // ignore (`Encoded` is only ever produced, never read)
             }
             ControlBatchOrRecords::Records(protocol_records) => {
                 records.reserve(protocol_records.len());

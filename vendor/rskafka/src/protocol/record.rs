@@ -172,68 +172,86 @@ where
     W: Write,
 {
     fn write(&self, writer: &mut W) -> Result<(), WriteError> {
-        // The record is prefixed by its length, computed here from the field sizes so that
-        // the fields go straight to `writer` (no per-record buffer to grow and copy).
-        fn len_i32(len: usize) -> Result<i32, WriteError> {
-            i32::try_from(len).map_err(|e| WriteError::Malformed(Box::new(e)))
-        }
-        fn bytes_len(field: Option<&[u8]>) -> Result<usize, WriteError> {
-            Ok(match field {
-                Some(b) => len_i32(b.len())?.required_space() + b.len(),
-                None => (-1i32).required_space(),
-            })
-        }
-        let mut len = 1 // attributes
-            + self.timestamp_delta.required_space()
-            + self.offset_delta.required_space()
-            + bytes_len(self.key.as_deref())?
-            + bytes_len(self.value.as_deref())?
-            + len_i32(self.headers.len())?.required_space();
-        for header in &self.headers {
-            len += bytes_len(Some(header.key.as_bytes()))? + bytes_len(Some(&header.value))?;
-        }
-        Varint(len_i32(len)?).write(writer)?;
+        write_record(
+            writer,
+            self.timestamp_delta,
+            self.offset_delta,
+            self.key.as_deref(),
+            self.value.as_deref(),
+            self.headers
+                .iter()
+                .map(|h| (h.key.as_bytes(), h.value.as_slice())),
+        )
+    }
+}
 
-        // attributes
-        Int8(0).write(writer)?;
-
-        // timestampDelta
-        Varlong(self.timestamp_delta).write(writer)?;
-
-        // offsetDelta
-        Varint(self.offset_delta).write(writer)?;
-
-        // key
-        match &self.key {
-            Some(key) => {
-                Varint(len_i32(key.len())?).write(writer)?;
-                writer.write_all(key)?;
+/// Writes one record in the v2 format from its fields. The record is prefixed by its
+/// length, computed here from the field sizes so that the fields go straight to `writer`
+/// (no per-record buffer to grow and copy). Shared by [`Record`] and
+/// [`crate::record::EncodedRecords`].
+pub(crate) fn write_record<'h, W, H>(
+    writer: &mut W,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: H,
+) -> Result<(), WriteError>
+where
+    W: Write,
+    H: Iterator<Item = (&'h [u8], &'h [u8])> + Clone + ExactSizeIterator,
+{
+    fn len_i32(len: usize) -> Result<i32, WriteError> {
+        i32::try_from(len).map_err(|e| WriteError::Malformed(Box::new(e)))
+    }
+    fn bytes_len(field: Option<&[u8]>) -> Result<usize, WriteError> {
+        Ok(match field {
+            Some(b) => len_i32(b.len())?.required_space() + b.len(),
+            None => (-1i32).required_space(),
+        })
+    }
+    fn write_bytes<W: Write>(writer: &mut W, field: Option<&[u8]>) -> Result<(), WriteError> {
+        match field {
+            Some(b) => {
+                Varint(len_i32(b.len())?).write(writer)?;
+                writer.write_all(b)?;
             }
-            None => {
-                Varint(-1).write(writer)?;
-            }
+            None => Varint(-1).write(writer)?,
         }
-
-        // value
-        match &self.value {
-            Some(value) => {
-                Varint(len_i32(value.len())?).write(writer)?;
-                writer.write_all(value)?;
-            }
-            None => {
-                Varint(-1).write(writer)?;
-            }
-        }
-
-        // headers
-        // Note: This is NOT a normal array but uses a Varint instead.
-        Varint(len_i32(self.headers.len())?).write(writer)?;
-        for header in &self.headers {
-            header.write(writer)?;
-        }
-
         Ok(())
     }
+    let mut len = 1 // attributes
+        + timestamp_delta.required_space()
+        + offset_delta.required_space()
+        + bytes_len(key)?
+        + bytes_len(value)?
+        + len_i32(headers.len())?.required_space();
+    for (k, v) in headers.clone() {
+        len += bytes_len(Some(k))? + bytes_len(Some(v))?;
+    }
+    Varint(len_i32(len)?).write(writer)?;
+
+    // attributes
+    Int8(0).write(writer)?;
+
+    // timestampDelta
+    Varlong(timestamp_delta).write(writer)?;
+
+    // offsetDelta
+    Varint(offset_delta).write(writer)?;
+
+    write_bytes(writer, key)?;
+    write_bytes(writer, value)?;
+
+    // headers
+    // Note: This is NOT a normal array but uses a Varint instead.
+    Varint(len_i32(headers.len())?).write(writer)?;
+    for (k, v) in headers {
+        write_bytes(writer, Some(k))?;
+        write_bytes(writer, Some(v))?;
+    }
+
+    Ok(())
 }
 
 /// Control Batch Record
@@ -304,6 +322,11 @@ pub enum ControlBatchOrRecords {
         )
     )]
     Records(Vec<Record>),
+
+    /// Records already written in the v2 format (see [`crate::record::EncodedRecords`]):
+    /// `count` records, back to back. Only ever produced, never read.
+    #[cfg_attr(test, proptest(skip))]
+    Encoded { count: usize, bytes: Vec<u8> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -772,6 +795,10 @@ impl RecordBatchBodyRef<'_> {
                 }
                 Ok(())
             }
+            ControlBatchOrRecords::Encoded { bytes, .. } => {
+                writer.write_all(bytes)?;
+                Ok(())
+            }
         }
     }
 }
@@ -825,6 +852,7 @@ where
         let n_records = match &self.records {
             ControlBatchOrRecords::ControlBatch(_) => 1,
             ControlBatchOrRecords::Records(records) => records.len(),
+            ControlBatchOrRecords::Encoded { count, .. } => *count,
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
         match self.compression {
