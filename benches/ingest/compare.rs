@@ -7,7 +7,9 @@ use std::time::Duration;
 use firmware_sim::testbed::free_port;
 
 use crate::mosquitto::{mosquitto_version, start_mosquitto};
-use crate::support::{load, print_load_average, ratio, run_measured, start_tidegate_with_journal};
+use crate::support::{
+    load, median, print_load_average, ratio, run_measured, start_tidegate_with_journal,
+};
 
 /// Phase 4: the same fleet and load against tidegate and Mosquitto, at saturation and at
 /// `rate` readings/s per device; each run gets a fresh broker. Then `pairs - 1` more
@@ -140,11 +142,11 @@ pub(crate) fn compare_with_mosquitto(
         ratios.push(zstd / none);
     }
     if ratios.len() > 1 {
-        ratios.sort_by(f64::total_cmp);
+        let mid = median(&mut ratios);
         println!(
             "saturation, zstd / none over {} pairs: median {:.2} (from {:.2} to {:.2})",
             ratios.len(),
-            ratios[ratios.len() / 2],
+            mid,
             ratios[0],
             ratios[ratios.len() - 1]
         );

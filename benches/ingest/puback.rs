@@ -11,8 +11,8 @@ use firmware_sim::LoadOptions;
 
 use crate::mosquitto::{mosquitto_version, start_mosquitto};
 use crate::support::{
-    backlog, goal, load, print_load_average, ratio, run_measured, start_tidegate, tidegate_bin,
-    Measured,
+    backlog, goal, load, median, print_load_average, ratio, run_measured, start_tidegate,
+    tidegate_bin, Measured,
 };
 
 /// The brokers of each fleet, in the order they run.
@@ -131,10 +131,6 @@ pub(crate) fn devices_waiting_for_puback(
             });
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
     let of = if rounds > 1 {
         " (medians over the rounds)"
     } else {
@@ -142,9 +138,14 @@ pub(crate) fn devices_waiting_for_puback(
     };
     let mut goals = Vec::new();
     for (devices, r) in journal {
-        let acked = median(r.iter().map(|x| x.acked).collect());
-        let p99_ms = median(r.iter().map(|x| x.p99_us as f64 / 1000.0).collect());
-        let mosquitto = median(r.iter().map(|x| x.mosquitto).collect());
+        let acked = median(&mut r.iter().map(|x| x.acked).collect::<Vec<_>>());
+        let p99_ms = median(
+            &mut r
+                .iter()
+                .map(|x| x.p99_us as f64 / 1000.0)
+                .collect::<Vec<_>>(),
+        );
+        let mosquitto = median(&mut r.iter().map(|x| x.mosquitto).collect::<Vec<_>>());
         match devices {
             100 => goals.push(format!(
                 "goal, 100 x 1 in flight, journal only: acknowledged ≥ Mosquitto's ({acked:.0} vs {mosquitto:.0}/s) and PUBACK p99 ≤ 2 ms ({p99_ms:.2} ms){of}: {}",

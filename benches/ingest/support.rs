@@ -188,6 +188,18 @@ pub(crate) fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The median of `v` (the mean of the two middle values when their number is even; 0 when
+/// empty). Sorts `v`.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `met` or `NOT met`, for the lines that compare a figure with a goal of issue 16.
 pub(crate) fn goal(met: bool) -> &'static str {
     if met {

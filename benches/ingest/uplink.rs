@@ -28,7 +28,9 @@ use firmware_sim::verify::LiveWatcher;
 use firmware_sim::{run_load, CancellationToken, LoadOptions};
 
 use crate::brokers::{retry_on_port_clash, tansu_behind};
-use crate::support::{backlog, cpu_secs, load, print_load_average, start_daemon, tidegate_bin};
+use crate::support::{
+    backlog, cpu_secs, load, median, print_load_average, start_daemon, tidegate_bin,
+};
 
 /// Turbines of both phases.
 const DEVICES: usize = 20;
@@ -266,8 +268,12 @@ fn full_speed_drain(
 
 /// Median and spread (max − min) of `v`.
 fn median_spread(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[v.len() - 1] - v[0])
+    let mid = median(v);
+    let spread = match (v.first(), v.last()) {
+        (Some(lo), Some(hi)) => hi - lo,
+        _ => 0.0,
+    };
+    (mid, spread)
 }
 
 /// Phase 7: the limiter's cost at full speed, `readings` drained `repeats` times by each
