@@ -16,11 +16,12 @@
 //! that it queues every reading as tidegate journals it (see [`mosquitto`]). Phases:
 //!
 //! 1. **Saturation**: 100 devices, QoS 1, 100-byte fixed payloads, 100 in flight each, as
-//!    fast as the windows allow, while forwarding to Kafka (3 partitions): durable
-//!    acknowledged rate, publish→PUBACK p50/p99, forwarding rate, the readings forwarded
-//!    during the run / acknowledged, publish→readable-in-Kafka p50/p99; then the same load
-//!    against a journal-only tidegate (acknowledged with forwarding / journal only) and
-//!    Mosquitto.
+//!    fast as the windows allow, while forwarding to Kafka (3 partitions), with a reader
+//!    checking every reading as it arrives: durable acknowledged rate, publish→PUBACK
+//!    p50/p99, forwarding rate, publish→readable-in-Kafka p50/p99, completeness; then the
+//!    same without the reader (it shares the cores: the goals' run, the readings tidegate
+//!    forwarded by the last PUBACK / acknowledged), against a journal-only tidegate
+//!    (acknowledged with forwarding / journal only) and against Mosquitto.
 //! 2. **Latency at a steady rate** below saturation, forwarding to Kafka: publish→PUBACK
 //!    p50/p99; then Mosquitto.
 //! 3. **Backlog drain**: a fixed number of turbine JSON readings journaled while the cluster
