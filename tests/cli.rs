@@ -53,6 +53,80 @@ fn check_config_names_every_bad_key_and_exits_1() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/tidegate.toml"));
 }
 
+/// Five mistakes of different kinds in three sections (a size, a policy name, an address,
+/// an unknown key, a duration): one run names them all, each with the file and line, the
+/// key, what was found and a valid value.
+#[test]
+fn check_config_reports_every_mistake_in_one_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nid = \"gw-1\"\n\n\
+         [journal]\nmax_size = \"10 apples\"\non_full = \"maybe\"\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:99999\"\nmax_conections = 10\n\n\
+         [[upstream]]\nname = \"cloud\"\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9092\"]\n\
+         topic = \"t\"\nlinger = \"fast\"\n",
+    )
+    .expect("write config");
+    let file = path.to_str().expect("a UTF-8 temp path");
+    let out = tidegate(&["check-config", "--config", file]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("has 5 errors"), "{text}");
+    for expected in [
+        format!(r#"{file}:5: journal.max_size: invalid value: string "10 apples", expected a size like "512MiB""#),
+        format!("{file}:6: journal.on_full: unknown variant `maybe`, expected one of `drop-oldest`, `reject`, `thin`"),
+        format!(r#"{file}:9: mqtt.listen: invalid value: string "127.0.0.1:99999", expected an address and port like "127.0.0.1:1883""#),
+        format!("{file}:10: mqtt.max_conections: unknown field `max_conections`, expected one of"),
+        format!(r#"{file}:17: upstream[0].linger: invalid value: string "fast", expected a duration like "10s""#),
+    ] {
+        assert!(text.contains(&expected), "missing `{expected}` in:\n{text}");
+    }
+    // The lines come in the file's order.
+    let at = |needle: &str| text.find(needle).expect("reported");
+    assert!(at("journal.max_size") < at("journal.on_full"));
+    assert!(at("mqtt.max_conections") < at("upstream[0].linger"));
+
+    // Fixed, the same file reads: nothing was reported that was not wrong.
+    let fixed = std::fs::read_to_string(&path)
+        .expect("read back")
+        .replace("10 apples", "10MiB")
+        .replace("maybe", "reject")
+        .replace("99999", "1883")
+        .replace("max_conections", "max_connections")
+        .replace("\"fast\"", "\"5ms\"");
+    std::fs::write(&path, fixed).expect("write config");
+    let out = tidegate(&["check-config", "--config", file]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A file that is not there says so once, with its path (the I/O error is not repeated as
+/// a cause of itself).
+#[test]
+fn a_missing_config_file_names_its_cause_once() {
+    for command in ["check-config", "run"] {
+        let out = tidegate(&[command, "--config", "/nonexistent/tidegate.toml"]);
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains(
+                "cannot read config file /nonexistent/tidegate.toml: No such file or directory"
+            ),
+            "{command}: {text}"
+        );
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{command}: {text}"
+        );
+    }
+}
+
 #[test]
 fn status_without_a_journal_says_where_it_looked() {
     let out = tidegate_on(&["status"], |dir| {

@@ -14,7 +14,10 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Address the HTTP listener binds. Loopback by default: the listener has no
     /// authentication, so exposing it is a deliberate choice (`"0.0.0.0:9464"`).
-    #[serde(default = "default_http_listen")]
+    #[serde(
+        default = "default_http_listen",
+        deserialize_with = "crate::config::units::socket_addr"
+    )]
     pub listen: SocketAddr,
 }
 

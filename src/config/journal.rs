@@ -57,7 +57,10 @@ pub struct JournalConfig {
     #[serde(default = "default_journal_dir")]
     pub dir: PathBuf,
     /// Cap on the readings held (encoded bytes plus per-record overhead).
-    #[serde(default = "default_max_size")]
+    #[serde(
+        default = "default_max_size",
+        deserialize_with = "crate::config::units::size"
+    )]
     pub max_size: ByteSize,
     /// Policy once `max_size` is reached.
     #[serde(default = "default_on_full")]
@@ -66,7 +69,8 @@ pub struct JournalConfig {
     /// them, sent or not. Unset (the default): no age limit.
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::option_duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_age: Option<Duration>,
@@ -74,7 +78,11 @@ pub struct JournalConfig {
     /// commits as soon as the writer is free; the writer always takes everything already
     /// queued, so readings arriving during a sync share the next one. A few ms trades
     /// latency for fewer syncs on slow storage.
-    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_commit_interval",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub commit_interval: Duration,
     /// Most readings in one commit; bounds a transaction's memory and latency.
     #[serde(default = "default_commit_max_records")]

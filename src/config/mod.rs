@@ -25,8 +25,10 @@ pub mod modbus;
 mod mqtt;
 mod mqtt_client;
 mod mqtt_subscribe;
+mod parse;
 pub mod secret;
 pub mod serial;
+mod units;
 mod upstream;
 
 pub use gateway::GatewayConfig;
@@ -37,6 +39,7 @@ pub use modbus::ModbusConfig;
 pub use mqtt::{MqttAuthConfig, MqttConfig};
 pub use mqtt_client::MqttClientConfig;
 pub use mqtt_subscribe::MqttSubscribeConfig;
+pub use parse::Problem;
 pub use serial::SerialConfig;
 pub use upstream::{
     BudgetPeriod, Compression, SaslMechanism, UplinkConfig, UpstreamConfig, UpstreamKind,
@@ -80,24 +83,45 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    /// The file could not be read. The I/O error is part of the message, not a `source`:
+    /// reported as a chain (`{:#}`) it would be said twice.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    /// The file is not valid TOML or does not match the schema.
-    #[error("config file {path} is invalid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    /// The file parsed but its values do not make sense together.
-    #[error("config file {path} has {} error(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    /// The file is not valid TOML, does not match the schema, or its values do not make
+    /// sense together: every problem found, each with its line and key where it has them.
+    #[error("{}", describe(path, problems))]
     Invalid {
         path: PathBuf,
-        problems: Vec<String>,
+        problems: Vec<Problem>,
     },
+}
+
+/// `config file F has N errors:` and a line per problem, `F:LINE: key: message` (the form
+/// editors and terminals turn into a link to the line).
+fn describe(path: &Path, problems: &[Problem]) -> String {
+    let n = problems.len();
+    let mut out = format!(
+        "config file {} has {n} error{}:",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&path.display().to_string());
+        if let Some(line) = p.line {
+            out.push_str(&format!(":{line}"));
+        }
+        out.push_str(": ");
+        if let Some(key) = &p.key {
+            out.push_str(key);
+            out.push_str(": ");
+        }
+        out.push_str(&p.message);
+    }
+    out
 }
 
 impl Config {
@@ -107,26 +131,74 @@ impl Config {
         path: &Path,
         stage_checks: impl FnOnce(&Config) -> Vec<String>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::from_toml_with(&text, path, stage_checks)
     }
 
     /// Parses and validates TOML text as [`Config::load_with`] does; `path` only names
-    /// the source in errors.
+    /// the source in errors. Every problem is reported at once: those of the text (each
+    /// refused key, see `parse`), then those of the values, the latter checked on the
+    /// config with the refused keys at their defaults and left out where they are about a
+    /// refused key.
     pub fn from_toml_with(
         text: &str,
         path: &Path,
         stage_checks: impl FnOnce(&Config) -> Vec<String>,
     ) -> Result<Config, ConfigError> {
-        let config = Self::parse(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut problems = config.validate();
-        problems.extend(stage_checks(&config));
+        let (mut problems, config) = parse::parse(text);
+        let Some(config) = config else {
+            problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        };
+        let refused: Vec<String> = problems.iter().filter_map(|p| p.key.clone()).collect();
+        let mut checks = config.validate();
+        checks.extend(stage_checks(&config));
+        for message in checks {
+            // The checks write `key: what is wrong`; a key a parse problem already named
+            // (or a key inside it) took its default, so a check of it says nothing new.
+            let key = message
+                .split_once(": ")
+                .map(|(k, _)| k)
+                .filter(|k| !k.contains(' '))
+                .map(str::to_owned);
+            let about_refused = key.as_deref().is_some_and(|k| {
+                refused.iter().any(|r| {
+                    k == r
+                        || k.starts_with(&format!("{r}."))
+                        || k.starts_with(&format!("{r}["))
+                        // A whole `[[section]]` entry was refused: the entries after it
+                        // moved up a number in this config, so the checks' numbers of
+                        // that section would name the wrong entries. Its checks wait
+                        // for the next run.
+                        || r.strip_suffix(']')
+                            .and_then(|r| r.rsplit_once('['))
+                            .is_some_and(|(section, _)| k.starts_with(&format!("{section}[")))
+                })
+            });
+            if about_refused {
+                continue;
+            }
+            let (key, message) = match key {
+                Some(k) => {
+                    let rest = message[k.len() + 2..].to_owned();
+                    (Some(k), rest)
+                }
+                None => (None, message),
+            };
+            problems.push(Problem {
+                line: key.as_deref().and_then(|k| parse::line_of_key(text, k)),
+                key,
+                message,
+            });
+        }
+        // In the order of the file, problems without a line last.
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -135,30 +207,6 @@ impl Config {
                 problems,
             })
         }
-    }
-
-    /// The TOML text as a configuration, with no check of the values. The sections that
-    /// flatten [`MqttClientConfig`] have their keys checked first (see there why).
-    fn parse(text: &str) -> Result<Config, toml::de::Error> {
-        if let Ok(table) = text.parse::<toml::Table>() {
-            for (section, own) in [
-                ("upstream", upstream::OWN_KEYS),
-                ("mqtt_subscribe", mqtt_subscribe::OWN_KEYS),
-            ] {
-                let tables = (table.get(section).and_then(toml::Value::as_array))
-                    .into_iter()
-                    .flatten()
-                    .filter_map(toml::Value::as_table);
-                for (i, t) in tables.enumerate() {
-                    if let Some(message) = mqtt_client::unknown_key(t, own) {
-                        return Err(serde::de::Error::custom(format!(
-                            "{section}[{i}]: {message}"
-                        )));
-                    }
-                }
-            }
-        }
-        toml::from_str(text)
     }
 
     /// Every problem the values alone show, each naming its key. Empty means these

@@ -32,10 +32,18 @@ pub struct ModbusConfig {
     #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
     /// Time between the starts of two polls of every slave on the port.
-    #[serde(default = "default_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_interval",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub interval: Duration,
     /// Time a slave has to answer one request before it counts as a timeout.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub timeout: Duration,
     /// Topic of every slave's readings unless the slave sets its own; unset means
     /// `modbus/<slave name>`.
@@ -43,10 +51,18 @@ pub struct ModbusConfig {
     pub topic: Option<String>,
     /// First delay before reopening a port that is missing or failed; doubles up to
     /// `backoff_max`.
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_initial",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_initial: Duration,
     /// Longest delay between attempts to reopen the port.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_max",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_max: Duration,
     /// The slaves polled on this port, in this order.
     #[serde(default)]

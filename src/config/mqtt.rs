@@ -12,10 +12,16 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// Address the device-facing MQTT listener binds (MQTT 3.1.1 and 5 on one port).
-    #[serde(default = "default_mqtt_listen")]
+    #[serde(
+        default = "default_mqtt_listen",
+        deserialize_with = "crate::config::units::socket_addr"
+    )]
     pub listen: SocketAddr,
     /// Largest MQTT packet accepted; a device sending more is disconnected and counted.
-    #[serde(default = "default_max_packet")]
+    #[serde(
+        default = "default_max_packet",
+        deserialize_with = "crate::config::units::size"
+    )]
     pub max_packet: ByteSize,
     /// Most devices connected at once; further connections are refused.
     #[serde(default = "default_max_connections")]
@@ -24,7 +30,11 @@ pub struct MqttConfig {
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
     /// Time allowed between the TCP connect and the MQTT CONNECT packet.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_connect_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub connect_timeout: Duration,
     /// Serve SUBSCRIBE: committed readings are fanned out to local subscribers (QoS 0,
     /// best effort) through an embedded rumqttd router. `false` refuses subscriptions.
@@ -36,7 +46,11 @@ pub struct MqttConfig {
     pub auth: MqttAuthConfig,
     /// A second, TLS listener (MQTT over TLS, usually port 8883); none by default.
     /// Needs `tls_cert` and `tls_key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::units::option_socket_addr"
+    )]
     pub tls_listen: Option<SocketAddr>,
     /// PEM certificate chain of the TLS listener, leaf first.
     #[serde(default, skip_serializing_if = "Option::is_none")]

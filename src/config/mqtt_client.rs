@@ -57,7 +57,11 @@ pub struct MqttClientConfig {
     pub client_key: Option<PathBuf>,
     /// MQTT keep-alive, at least 5s: tidegate pings this often, even when idle, and the
     /// broker drops a connection silent for 1.5 times as long.
-    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    #[serde(
+        default = "default_keep_alive",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub keep_alive: Duration,
     /// Start a new session on every connection (messages meant for tidegate while it is
     /// away are then lost). Default `false`: a persistent session.
@@ -85,16 +89,17 @@ pub(super) const KEYS: &[&str] = &[
     "max_inflight",
 ];
 
-/// serde's message for the first key of `table` that neither the section (its `own` keys)
-/// nor [`MqttClientConfig`] takes; `None` when every key is known.
-pub(super) fn unknown_key(table: &toml::Table, own: &[&str]) -> Option<String> {
+/// The first key of `table` that neither the section (its `own` keys) nor
+/// [`MqttClientConfig`] takes, with serde's message for it; `None` when every key is known.
+pub(super) fn unknown_key(table: &toml::Table, own: &[&str]) -> Option<(String, String)> {
     let known = |k: &str| own.contains(&k) || KEYS.contains(&k);
     let key = table.keys().find(|k| !known(k))?;
     let expected: Vec<String> = own.iter().chain(KEYS).map(|k| format!("`{k}`")).collect();
-    Some(format!(
+    let message = format!(
         "unknown field `{key}`, expected one of {}",
         expected.join(", ")
-    ))
+    );
+    Some((key.clone(), message))
 }
 
 impl Default for MqttClientConfig {

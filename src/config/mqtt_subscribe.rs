@@ -20,13 +20,25 @@ pub struct MqttSubscribeConfig {
     #[serde(default = "default_qos")]
     pub qos: u8,
     /// Time allowed to connect (TCP, TLS, CONNECT/CONNACK).
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_connect_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub connect_timeout: Duration,
     /// First delay before connecting again after a failure; doubles up to `backoff_max`.
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_initial",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_initial: Duration,
     /// Longest delay between connection attempts.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_max",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_max: Duration,
     /// The broker and how to connect to it (`url`, `protocol`, `client_id`, credentials,
     /// TLS files, `keep_alive`, `clean_session`, `max_inflight`). Flattened: the keys sit in

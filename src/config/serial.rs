@@ -67,14 +67,25 @@ pub struct SerialConfig {
     pub topic: Option<String>,
     /// Largest reading accepted; a longer frame is dropped (counted, logged) without
     /// being buffered. At most `mqtt.max_packet`.
-    #[serde(default = "default_max_frame")]
+    #[serde(
+        default = "default_max_frame",
+        deserialize_with = "crate::config::units::size"
+    )]
     pub max_frame: ByteSize,
     /// First delay before opening the port again after it was missing or lost; doubles
     /// up to `backoff_max`.
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_initial",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_initial: Duration,
     /// Longest delay between attempts to open the port.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_max",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_max: Duration,
 }
 

@@ -84,7 +84,11 @@ pub struct UpstreamConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// How long a forwarder waits for a batch to fill once it has something to send.
-    #[serde(default = "default_linger", with = "humantime_serde")]
+    #[serde(
+        default = "default_linger",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub linger: Duration,
     /// Batch compression; unset means `lz4`, or `zstd` when `bandwidth` is set (the codec
     /// that sends the fewest bytes per reading; see [`UpstreamConfig::compression`]).
@@ -104,13 +108,25 @@ pub struct UpstreamConfig {
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i16,
     /// Time allowed for one produce request before it counts as failed and is retried.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_request_timeout",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub request_timeout: Duration,
     /// First retry delay while the upstream is unreachable; doubles up to `backoff_max`.
-    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_initial",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_initial: Duration,
     /// Longest delay between retries.
-    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    #[serde(
+        default = "default_backoff_max",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub backoff_max: Duration,
     /// `kind = "mqtt"`: prepended to each reading's topic to form the upstream topic.
     #[serde(default)]
@@ -145,10 +161,18 @@ pub struct UpstreamConfig {
 pub struct UplinkConfig {
     /// Bytes per second on the wire (what the sink writes: requests after compression,
     /// framing included), both lanes together. Unset: unlimited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::units::option_size"
+    )]
     pub bandwidth: Option<ByteSize>,
     /// Bytes the link may send at once after being idle. Unset: one second's worth.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::units::option_size"
+    )]
     pub bandwidth_burst: Option<ByteSize>,
     /// `kind = "kafka"`: the topic of the live lane (empty: no live lane).
     #[serde(default)]
@@ -157,10 +181,18 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub live_topic_prefix: String,
     /// The live lane sends while the oldest unsent reading is older than this.
-    #[serde(default = "default_live_after", with = "humantime_serde")]
+    #[serde(
+        default = "default_live_after",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub live_after: Duration,
     /// Each topic's newest reading goes to the live lane at most once per this interval.
-    #[serde(default = "default_live_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_live_interval",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "crate::config::units::duration"
+    )]
     pub live_interval: Duration,
     /// Share of `bandwidth` the live lane may take while the backlog drains.
     #[serde(default = "default_live_share")]
@@ -169,7 +201,11 @@ pub struct UplinkConfig {
     #[serde(default)]
     pub urgent: Vec<String>,
     /// Bytes the link may carry per `budget_period` (sent and received). Unset: no budget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::config::units::option_size"
+    )]
     pub budget: Option<ByteSize>,
     /// The calendar period of `budget`.
     #[serde(default = "default_budget_period")]

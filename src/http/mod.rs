@@ -234,11 +234,16 @@ pub async fn serve(
         ))
         .with_state(state);
 
-    let addr = listener.local_addr().ok();
-    tracing::info!(listen = ?addr, "HTTP listener ready: /metrics, /health, status page at /.");
-    if let Some(a) = addr {
-        if !a.ip().is_loopback() {
-            tracing::warn!(listen = %a, "http.listen is not a loopback address: /metrics, /health and the status page are open to the network without authentication.");
+    match listener.local_addr() {
+        Ok(a) => {
+            tracing::info!(listen = %a, "HTTP listener ready: /metrics, /health, status page at /.");
+            if !a.ip().is_loopback() {
+                tracing::warn!(listen = %a, "http.listen is not a loopback address: /metrics, /health and the status page are open to the network without authentication.");
+            }
+        }
+        // Bound but unable to say where (not seen in practice): the listener still serves.
+        Err(e) => {
+            tracing::info!(error = %e, "HTTP listener ready: /metrics, /health, status page at /.")
         }
     }
 
