@@ -135,6 +135,19 @@ async fn get(addr: SocketAddr, path: &str) -> Result<bytes::Bytes, Fetch> {
     Ok(body)
 }
 
+/// How full an upstream's backlog bar is, 0 to 1: the bytes its unsent readings take
+/// (their share of the records held, times the bytes held) against `journal.max_size`. So
+/// a full bar is a journal full of readings that upstream has not had, where `on_full`
+/// starts to act; a share of the records held would draw 2 unsent readings of 2 held as
+/// a full bar. The status page draws its bar the same way (`assets/app.js`).
+pub fn backlog_share(backlog: u64, records: u64, bytes_held: u64, max_size: u64) -> f64 {
+    if records == 0 || max_size == 0 {
+        return 0.0;
+    }
+    let unsent = bytes_held as f64 * (backlog.min(records) as f64 / records as f64);
+    (unsent / max_size as f64).min(1.0)
+}
+
 /// Width of the backlog bar, in characters.
 const BAR: usize = 20;
 
@@ -253,11 +266,12 @@ pub fn render(
         );
     }
     for u in &summary.upstreams {
-        let share = if summary.records == 0 {
-            0.0
-        } else {
-            u.backlog as f64 / summary.records as f64
-        };
+        let share = backlog_share(
+            u.backlog,
+            summary.records,
+            summary.bytes_held,
+            config.journal.max_size.as_u64(),
+        );
         let filled = ((share * BAR as f64).round() as usize).min(BAR);
         let oldest = u
             .oldest_unsent_ms
@@ -265,10 +279,11 @@ pub fn render(
             .unwrap_or_else(|| "-".into());
         let _ = write!(
             s,
-            "upstream  {:<16} [{}{}] backlog {:>10}  oldest unsent {:>12}  cursor {}",
+            "upstream  {:<16} [{}{}] {:>5.1}% of max_size  backlog {:>10}  oldest unsent {:>12}  cursor {}",
             u.name,
             "#".repeat(filled),
             ".".repeat(BAR - filled),
+            share * 100.0,
             u.backlog,
             oldest,
             u.cursor
@@ -330,6 +345,17 @@ mod tests {
 
     fn render_with(summary: &Summary, config: &Config) -> String {
         render(summary, config, 0, Err(&LiveError::Disabled))
+    }
+
+    #[test]
+    fn the_backlog_bar_is_a_share_of_max_size_not_of_the_records_held() {
+        // 2 unsent readings of 2 held, 400 bytes, 1 GiB cap: next to nothing.
+        assert!(backlog_share(2, 2, 400, 1 << 30) < 1e-6);
+        // Half the records unsent in a journal at its cap: half a bar.
+        assert!((backlog_share(500, 1000, 1 << 30, 1 << 30) - 0.5).abs() < 1e-9);
+        // All unsent in a full journal: a full bar, never more.
+        assert_eq!(backlog_share(1000, 1000, 2 << 30, 1 << 30), 1.0);
+        assert_eq!(backlog_share(5, 0, 0, 1 << 30), 0.0);
     }
 
     #[test]

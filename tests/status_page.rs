@@ -211,6 +211,21 @@ async fn the_status_page_shows_live_figures_that_move_with_traffic_and_logs_no_e
             &gw,
         )
         .await;
+        // The backlog bar's scale is journal.max_size (1 GiB by default): the few readings
+        // of this traffic not yet sent leave it all but empty, and its title says so.
+        let share = wait_for_number(
+            &page,
+            "(() => { const b = document.querySelector('tr[data-upstream=\"cluster\"] .bar'); \
+             return b && b.title.includes('of journal.max_size') ? Number(b.getAttribute('data-share')) : null; })()",
+            None,
+            "the backlog bar with its scale",
+            &gw,
+        )
+        .await;
+        assert!(
+            share < 0.01,
+            "backlog bar {share} of max_size for a small backlog"
+        );
         // Its uplink row: both lanes, and the limit.
         wait_for_number(
             &page,

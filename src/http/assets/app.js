@@ -157,9 +157,15 @@
         var bar = document.createElement("span");
         bar.className = "bar";
         var fill = document.createElement("span");
-        // Share of the records held, as in `tidegate status`.
-        var share = held > 0 && u.backlog ? Math.min(1, u.backlog / held) : 0;
-        bar.title = "backlog as a share of the records the journal holds";
+        // The bytes the unsent readings take against journal.max_size, as in `tidegate
+        // status` (status.rs, backlog_share): a full bar is a journal full of readings
+        // this upstream has not had, where on_full starts to act.
+        var cap = s.journal.max_size || 0;
+        var unsent = held > 0 && u.backlog ? (s.journal.bytes_held || 0) * Math.min(1, u.backlog / held) : 0;
+        var share = cap > 0 ? Math.min(1, unsent / cap) : 0;
+        bar.title = "unsent: about " + fmtBytes(unsent) + ", " + (share * 100).toFixed(1) +
+          " % of journal.max_size (" + fmtBytes(cap) + "); a full bar is a full journal";
+        bar.setAttribute("data-share", share.toFixed(6));
         fill.style.width = (share * 100).toFixed(1) + "%";
         bar.appendChild(fill);
         bl.appendChild(bar);
