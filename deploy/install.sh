@@ -89,12 +89,7 @@ install -m 0644 "$here"/../docs/*.md "$doc_dir/docs/"
 
 # The dedicated user, declared for systemd-sysusers (which also creates it at boot if it is
 # ever missing) and in the dialout group for serial ports.
-cat >"$sysusers_path" <<'SYSUSERS'
-# tidegate's service user (deploy/install.sh).
-u tidegate - "tidegate IoT edge ingestion daemon" /var/lib/tidegate /usr/sbin/nologin
-m tidegate dialout
-SYSUSERS
-chmod 0644 "$sysusers_path"
+install -m 0644 "$here/tidegate.sysusers" "$sysusers_path"
 if [ "$live" = 1 ] && ! id tidegate >/dev/null 2>&1; then
   if command -v systemd-sysusers >/dev/null; then
     systemd-sysusers "$sysusers_path"

