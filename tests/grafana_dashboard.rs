@@ -419,3 +419,71 @@ fn the_extractor_reports_names_a_scrape_lacks() {
     assert_eq!(gone["tidegate_not_a_metric"], ["panel \"nested\""]);
     assert_eq!(gone["tidegate_upstream_gone"], ["variable $upstream"]);
 }
+
+/// `promtool check rules` on `exprs`, each as a recording rule: Prometheus's own parser and
+/// type checker (a range vector where an instant one is needed, a bad function or matcher
+/// fails). The dashboard's variables are replaced by values of their kind first. Returns
+/// promtool's output, and whether it accepted every expression.
+fn promtool_check(promtool: &Path, exprs: &[(String, String)]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, (_, expr)) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", "gw-grafana")
+            .replace("$upstream", ".*");
+        // A JSON string is a YAML double-quoted scalar.
+        let quoted = serde_json::to_string(&expr).expect("a string");
+        rules.push_str(&format!(
+            "  - record: dashboard_expr_{i}\n    expr: {quoted}\n"
+        ));
+    }
+    let path = dir.path().join("rules.yml");
+    std::fs::write(&path, rules).expect("write rules");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("run promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Every panel query is PromQL that Prometheus accepts (scripts/test.sh installs Debian's
+/// `prometheus` for `promtool`; without it the check says so and is skipped). A broken
+/// expression is refused by the same check.
+#[test]
+fn every_panel_query_is_promql_prometheus_accepts() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(promtool) = promtool else {
+        eprintln!(
+            "promtool is not installed; skipped (scripts/test.sh installs Debian's prometheus)"
+        );
+        return;
+    };
+    let panels: Vec<(String, String)> = expressions(&dashboard())
+        .into_iter()
+        .filter(|(at, _)| at.starts_with("panel "))
+        .collect();
+    assert!(panels.len() >= 20, "{} panel queries", panels.len());
+    let (ok, text) = promtool_check(&promtool, &panels);
+    assert!(ok, "promtool refused a panel query:\n{text}");
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", panels.len())),
+        "{text}"
+    );
+
+    let broken = [(
+        "panel \"broken\"".to_owned(),
+        "sum by (upstream) (rate(tidegate_upstream_sent_total[$__rate_interval])".to_owned(),
+    )];
+    let (ok, text) = promtool_check(&promtool, &broken);
+    assert!(!ok, "promtool accepted an unclosed expression:\n{text}");
+}
