@@ -127,6 +127,80 @@ fn a_missing_config_file_names_its_cause_once() {
     }
 }
 
+/// The manual page the Debian package installs (deploy/debian/tidegate.1) names every
+/// command and every option that `tidegate … --help` lists, so the two cannot drift apart.
+#[test]
+fn the_manual_page_names_every_command_and_option() {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/debian/tidegate.1"),
+    )
+    .expect("read the manual page");
+    // roff's escapes (`\-` for a hyphen, `\fB` for a font) out of the way.
+    let page = page
+        .replace("\\fB", "")
+        .replace("\\fR", "")
+        .replace("\\fI", "")
+        .replace("\\-", "-");
+    let help = |args: &[&str]| -> String {
+        let out = tidegate(&[args, &["--help"]].concat());
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A help text's commands (the first word of each line under "Commands:") and its
+    // long options.
+    let commands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_owned)
+            .collect()
+    };
+    let options = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .filter(|w| w.starts_with("--"))
+            .map(|w| w.trim_end_matches([',', '.', ')']).to_owned())
+            .filter(|w| {
+                w.len() > 2
+                    && w.chars()
+                        .skip(2)
+                        .all(|c| c.is_ascii_lowercase() || c == '-')
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    let top = help(&[]);
+    let mut paths: Vec<Vec<String>> = commands(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(paths.len() >= 5, "{top}");
+    while let Some(path) = paths.pop() {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        let text = help(&args);
+        let name = path.join(" ");
+        assert!(
+            page.contains(&name),
+            "the manual page does not name `{name}`"
+        );
+        for option in options(&text) {
+            assert!(
+                page.contains(&option),
+                "the manual page does not name `{name} {option}`"
+            );
+            checked += 1;
+        }
+        for sub in commands(&text) {
+            let mut p = path.clone();
+            p.push(sub);
+            paths.push(p);
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} options found in the help texts"
+    );
+}
+
 #[test]
 fn status_without_a_journal_says_where_it_looked() {
     let out = tidegate_on(&["status"], |dir| {

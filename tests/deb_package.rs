@@ -132,6 +132,7 @@ fn the_debian_package_installs_upgrades_removes_and_purges_cleanly() {
         "/usr/lib/sysusers.d/tidegate.conf",
         "/usr/lib/tmpfiles.d/tidegate.conf",
         "/usr/share/doc/tidegate/copyright",
+        "/usr/share/man/man1/tidegate.1.gz",
     ] {
         assert!(
             files.iter().any(|f| f == expected),
