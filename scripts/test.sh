@@ -29,15 +29,7 @@ echo "chromium: $TIDEGATE_CHROMIUM_BIN"
 # --- promtool (tests/grafana_dashboard.rs checks the dashboard's PromQL with it) -------------
 if ! command -v promtool >/dev/null 2>&1; then
     step "installing prometheus (apt-get), for promtool and the Grafana dashboard test"
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    # The package may start a Prometheus on port 9090; the test needs only promtool.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-    elif command -v service >/dev/null 2>&1; then
-        $SUDO service prometheus stop >/dev/null 2>&1 || true
-    fi
+    install_without_service prometheus
 fi
 
 # --- FUSE and tmpfs (the fault tests, tests/power_cut.rs and tests/disk_full.rs) ----------------
