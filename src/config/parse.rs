@@ -117,7 +117,7 @@ struct Node {
 /// as in the file before the entries in `removed` were blanked.
 fn nodes(doc: &toml_edit::ImDocument<&str>, removed: &[String]) -> Vec<Node> {
     let mut out = Vec::new();
-    walk_table(doc.as_table(), "", None, removed, &mut out);
+    walk_table(doc.as_table(), "", removed, &mut out);
     out
 }
 
@@ -129,13 +129,11 @@ fn join(prefix: &str, key: &str) -> String {
     }
 }
 
-/// Adds the nodes of `table` (at `prefix`) to `out`; `inline` is the line-level range of
-/// the key this table is the value of, when it is an inline table. Returns the end of the
-/// table's last key.
+/// Adds the nodes of `table` (at `prefix`) to `out` (an inline table's keys are added by
+/// [`walk_value`]). Returns the end of the table's last key.
 fn walk_table(
     table: &toml_edit::Table,
     prefix: &str,
-    inline: Option<&Range<usize>>,
     removed: &[String],
     out: &mut Vec<Node>,
 ) -> Option<usize> {
@@ -145,7 +143,7 @@ fn walk_table(
             continue;
         };
         let path = join(prefix, name);
-        let item_end = walk_item(key, item, &path, inline, removed, out);
+        let item_end = walk_item(key, item, &path, removed, out);
         end = end.max(item_end);
     }
     end
@@ -155,7 +153,6 @@ fn walk_item(
     key: &toml_edit::Key,
     item: &toml_edit::Item,
     path: &str,
-    inline: Option<&Range<usize>>,
     removed: &[String],
     out: &mut Vec<Node>,
 ) -> Option<usize> {
@@ -164,16 +161,16 @@ fn walk_item(
         toml_edit::Item::Value(value) => {
             let start = key.span()?.start;
             let end = value.span()?.end;
+            // A key on its own line: removing it removes exactly its extent.
             let extent = start..end;
-            let line_level = inline.cloned().unwrap_or_else(|| extent.clone());
             out.push(Node {
                 path: path.to_owned(),
                 start,
-                extent,
-                line_level: line_level.clone(),
+                extent: extent.clone(),
+                line_level: extent.clone(),
                 entry: false,
             });
-            walk_value(value, path, &line_level, out);
+            walk_value(value, path, &extent, out);
             Some(end)
         }
         toml_edit::Item::Table(table) => table_node(table, path, false, removed, out),
@@ -202,7 +199,7 @@ fn table_node(
 ) -> Option<usize> {
     let header = table.span();
     let at = out.len();
-    let end = walk_table(table, path, None, removed, out);
+    let end = walk_table(table, path, removed, out);
     if let (Some(header), Some(end)) = (header, end) {
         let extent = header.start..end;
         out.insert(
